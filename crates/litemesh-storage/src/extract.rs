@@ -1,0 +1,419 @@
+//! Extracting the changes a peer lacks.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params_from_iter;
+
+use crate::change::{ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges};
+use crate::clock::{Cells, EntryRef, RowClock};
+use crate::error::{Result, StorageError};
+use crate::ranges::RangeSet;
+use crate::schema::{TableMeta, q};
+use crate::store::{Store, read_knowledge};
+use crate::value::{Value, decode_pk};
+
+/// What one call to [`Store::changes_since`] produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    /// Batches handed to the sink.
+    pub batches: usize,
+    /// Versions (or chunks) with data.
+    pub versions: usize,
+    /// Row changes.
+    pub rows: usize,
+    /// Cells.
+    pub cells: usize,
+    /// Versions reported as cleared.
+    pub cleared_versions: u64,
+    /// Whether the sink stopped the extraction early.
+    pub stopped: bool,
+}
+
+struct Out<'s> {
+    max_bytes: usize,
+    cur: ChangeBatch,
+    size: usize,
+    sink: &'s mut dyn FnMut(ChangeBatch) -> Result<bool>,
+    stats: ExtractStats,
+}
+
+impl Out<'_> {
+    fn flush(&mut self) -> Result<()> {
+        if self.cur.is_empty() || self.stats.stopped {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.cur);
+        self.size = 0;
+        self.stats.batches += 1;
+        if !(self.sink)(batch)? {
+            self.stats.stopped = true;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: VersionChanges, size: usize) {
+        self.stats.versions += 1;
+        self.stats.rows += v.rows.len();
+        self.stats.cells += v.rows.iter().map(|r| r.cells.len()).sum::<usize>();
+        self.size += size + 32;
+        self.cur.versions.push(v);
+    }
+
+    fn emit_version(
+        &mut self,
+        actor: ActorId,
+        version: u64,
+        rows: Vec<RowChange>,
+        segments: &[(u64, u64)],
+    ) -> Result<()> {
+        let sizes: Vec<usize> = rows.iter().map(RowChange::encoded_size).collect();
+        let total: usize = sizes.iter().sum();
+        let whole = segments == [(0, u64::MAX)];
+        if whole && total + 32 <= self.max_bytes {
+            if self.size + total + 32 > self.max_bytes {
+                self.flush()?;
+            }
+            self.push(
+                VersionChanges {
+                    actor,
+                    version,
+                    chunk: None,
+                    rows,
+                },
+                total,
+            );
+            return Ok(());
+        }
+        // Split into chunks covering `segments`, never cutting between rows of
+        // one entry number.
+        let mut rows = rows.into_iter().zip(sizes).peekable();
+        for &(s, e) in segments {
+            let mut start = s;
+            let mut chunk: Vec<RowChange> = Vec::new();
+            let mut chunk_size = 0;
+            while let Some((r, _)) = rows.peek() {
+                if r.seq > e {
+                    break;
+                }
+                let (r, sz) = rows.next().expect("peeked");
+                let same_seq = chunk.last().is_some_and(|l| l.seq == r.seq);
+                if !chunk.is_empty() && !same_seq && self.size + chunk_size + sz + 32 > self.max_bytes {
+                    let last = chunk.last().expect("non-empty").seq;
+                    let full = std::mem::take(&mut chunk);
+                    self.push(
+                        VersionChanges {
+                            actor,
+                            version,
+                            chunk: Some(SeqRange { start, end: last }),
+                            rows: full,
+                        },
+                        chunk_size,
+                    );
+                    self.flush()?;
+                    if self.stats.stopped {
+                        return Ok(());
+                    }
+                    start = last + 1;
+                    chunk_size = 0;
+                } else if chunk.is_empty() && self.size > 0 && self.size + sz + 32 > self.max_bytes {
+                    self.flush()?;
+                }
+                chunk_size += sz;
+                chunk.push(r);
+            }
+            self.push(
+                VersionChanges {
+                    actor,
+                    version,
+                    chunk: Some(SeqRange { start, end: e }),
+                    rows: chunk,
+                },
+                chunk_size,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Streams, in batches of at most about `max_bytes`, exactly the changes that
+    /// a peer holding `theirs` lacks: for each actor, the versions this node has
+    /// and the peer has not, with their surviving cells, and the versions with
+    /// nothing left (every cell overwritten since) as cleared ranges. Versions the
+    /// peer holds in part are sent only for the parts it lacks. Runs on one
+    /// consistent snapshot. `sink` returns `false` to stop early.
+    pub fn changes_since(
+        &self,
+        theirs: &Knowledge,
+        max_bytes: usize,
+        mut sink: impl FnMut(ChangeBatch) -> Result<bool>,
+    ) -> Result<ExtractStats> {
+        let tx = self.conn.unchecked_transaction()?;
+        let ours = read_knowledge(&self.conn, &self.actors)?;
+        let mut out = Out {
+            max_bytes: max_bytes.max(1024),
+            cur: ChangeBatch::default(),
+            size: 0,
+            sink: &mut sink,
+            stats: ExtractStats::default(),
+        };
+        for (actor, have) in &ours.have {
+            let need = match theirs.have.get(actor) {
+                Some(t) => have.difference(t),
+                None => have.clone(),
+            };
+            if need.is_empty() {
+                continue;
+            }
+            let partial = theirs.partial.get(actor);
+            self.extract_actor(*actor, &need, partial, &mut out)?;
+            if out.stats.stopped {
+                break;
+            }
+        }
+        out.flush()?;
+        drop(tx);
+        Ok(out.stats)
+    }
+
+    /// Streams the changes of one version of this node's own actor (used to
+    /// broadcast a local commit).
+    pub fn version_changes(
+        &self,
+        version: u64,
+        max_bytes: usize,
+        mut sink: impl FnMut(ChangeBatch) -> Result<bool>,
+    ) -> Result<ExtractStats> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = Out {
+            max_bytes: max_bytes.max(1024),
+            cur: ChangeBatch::default(),
+            size: 0,
+            sink: &mut sink,
+            stats: ExtractStats::default(),
+        };
+        let mut need = RangeSet::new();
+        need.insert(version);
+        self.extract_actor(self.actor, &need, None, &mut out)?;
+        out.flush()?;
+        drop(tx);
+        Ok(out.stats)
+    }
+
+    fn extract_actor(
+        &self,
+        actor: ActorId,
+        need: &RangeSet,
+        their_partial: Option<&BTreeMap<u64, RangeSet>>,
+        out: &mut Out<'_>,
+    ) -> Result<()> {
+        let a = *self
+            .actor_idx
+            .get(&actor)
+            .ok_or_else(|| StorageError::Corrupt(format!("actor {actor} has no index")))?;
+        let by_id: BTreeMap<i64, &TableMeta> = self.tables.values().map(|t| (t.id, t)).collect();
+        let mut with_data = RangeSet::new();
+        for &(s, e) in need.ranges() {
+            let mut parked: BTreeMap<u64, Vec<RowChange>> = BTreeMap::new();
+            {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT version, change FROM __lm_parked WHERE actor = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version, seq",
+                )?;
+                let mut rows = stmt.query((a as i64, s as i64, e as i64))?;
+                while let Some(r) = rows.next()? {
+                    let blob: Vec<u8> = r.get(1)?;
+                    let rc: RowChange = rmp_serde::from_slice(&blob)
+                        .map_err(|e| StorageError::Corrupt(format!("parked change: {e}")))?;
+                    parked.entry(r.get::<_, i64>(0)? as u64).or_default().push(rc);
+                }
+            }
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT version, seq, tbl, pk FROM __lm_log WHERE actor = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version, seq",
+            )?;
+            let mut rows = stmt.query((a as i64, s as i64, e as i64))?;
+            let mut cur_version: Option<u64> = None;
+            let mut cur_rows: Vec<RowChange> = Vec::new();
+            while let Some(r) = rows.next()? {
+                let version = r.get::<_, i64>(0)? as u64;
+                if cur_version != Some(version) {
+                    if let Some(v) = cur_version {
+                        self.finish_version(actor, v, std::mem::take(&mut cur_rows), &mut parked, their_partial, &mut with_data, out)?;
+                        if out.stats.stopped {
+                            return Ok(());
+                        }
+                    }
+                    cur_version = Some(version);
+                }
+                let entry = EntryRef {
+                    actor: a,
+                    version,
+                    seq: r.get::<_, i64>(1)? as u64,
+                };
+                let Some(t) = by_id.get(&r.get::<_, i64>(2)?) else {
+                    continue;
+                };
+                let pk_blob: Vec<u8> = r.get(3)?;
+                let pk = decode_pk(&pk_blob)
+                    .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
+                if let Some(rc) = live_row(&self.conn, t, entry, pk)? {
+                    cur_rows.push(rc);
+                }
+            }
+            if let Some(v) = cur_version {
+                self.finish_version(actor, v, cur_rows, &mut parked, their_partial, &mut with_data, out)?;
+            }
+            for (v, rows) in std::mem::take(&mut parked) {
+                if out.stats.stopped {
+                    return Ok(());
+                }
+                let mut none = BTreeMap::new();
+                self.finish_version(actor, v, rows, &mut none, their_partial, &mut with_data, out)?;
+            }
+        }
+        let cleared = need.difference(&with_data);
+        for &(s, e) in cleared.ranges() {
+            out.stats.cleared_versions += e - s + 1;
+            out.size += 40;
+            out.cur.cleared.push(Cleared { actor, start: s, end: e });
+            if out.size > out.max_bytes {
+                out.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_version(
+        &self,
+        actor: ActorId,
+        version: u64,
+        mut rows: Vec<RowChange>,
+        parked: &mut BTreeMap<u64, Vec<RowChange>>,
+        their_partial: Option<&BTreeMap<u64, RangeSet>>,
+        with_data: &mut RangeSet,
+        out: &mut Out<'_>,
+    ) -> Result<()> {
+        if let Some(p) = parked.remove(&version) {
+            rows.extend(p);
+            rows.sort_by_key(|r| r.seq);
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        with_data.insert(version);
+        let mut segments = vec![(0, u64::MAX)];
+        if let Some(held) = their_partial.and_then(|p| p.get(&version)) {
+            let all = RangeSet::from_ranges([(0, u64::MAX)]);
+            segments = all.difference(held).ranges().to_vec();
+            rows.retain(|r| !held.contains(r.seq));
+            if segments.is_empty() {
+                return Ok(());
+            }
+        }
+        out.emit_version(actor, version, rows, &segments)
+    }
+
+    /// Deletes change-log entries whose cells were all overwritten (their
+    /// versions are then reported as cleared). Returns how many were removed.
+    pub fn compact(&mut self) -> Result<u64> {
+        let by_id: BTreeMap<i64, TableMeta> =
+            self.tables.values().map(|t| (t.id, t.clone())).collect();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut stale: Vec<(i64, i64, i64)> = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT actor, version, seq, tbl, pk FROM __lm_log")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (a, v, s): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let Some(t) = by_id.get(&r.get::<_, i64>(3)?) else {
+                    continue;
+                };
+                let pk = decode_pk(&r.get::<_, Vec<u8>>(4)?)
+                    .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
+                let entry = EntryRef {
+                    actor: a as u64,
+                    version: v as u64,
+                    seq: s as u64,
+                };
+                if live_row(&tx, t, entry, pk)?.is_none() {
+                    stale.push((a, v, s));
+                }
+            }
+        }
+        for k in &stale {
+            tx.prepare_cached("DELETE FROM __lm_log WHERE actor = ?1 AND version = ?2 AND seq = ?3")?
+                .execute(*k)?;
+        }
+        tx.commit()?;
+        Ok(stale.len() as u64)
+    }
+}
+
+/// The part of a row that entry `entry` still owns, or `None` if nothing.
+fn live_row(
+    conn: &rusqlite::Connection,
+    t: &TableMeta,
+    entry: EntryRef,
+    pk: Vec<Value>,
+) -> Result<Option<RowChange>> {
+    let join = t
+        .pk
+        .iter()
+        .map(|p| format!("d.{0} = k.{0}", q(p)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let cols: String = t.cols.iter().map(|c| format!(", d.{}", q(c))).collect();
+    let wher = t
+        .pk
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("k.{} = ?{}", q(p), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT k.__cl, k.__oa, k.__ov, k.__os, k.__oc, k.__cells{cols} FROM {} k LEFT JOIN {} d ON {join} WHERE {wher}",
+        t.clk,
+        q(&t.name)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(pk.iter()))?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let cl = r.get::<_, i64>(0)? as u64;
+    let clock = RowClock {
+        cl,
+        owner: EntryRef {
+            actor: r.get::<_, i64>(1)? as u64,
+            version: r.get::<_, i64>(2)? as u64,
+            seq: r.get::<_, i64>(3)? as u64,
+        },
+        owner_cells: r.get(4)?,
+        cells: Cells::decode(r.get::<_, Option<Vec<u8>>>(5)?.as_deref())
+            .ok_or_else(|| StorageError::Corrupt(format!("cell clocks of a row of {}", t.name)))?,
+    };
+    let mut cells = Vec::new();
+    if cl % 2 == 1 {
+        for (i, name) in t.cols.iter().enumerate() {
+            if let Some(c) = clock.cell(i as u32)
+                && c.entry == entry
+            {
+                cells.push(CellChange {
+                    column: name.clone(),
+                    value: r.get::<_, Value>(6 + i)?,
+                    cv: c.cv,
+                });
+            }
+        }
+    }
+    if cells.is_empty() && clock.owner != entry {
+        return Ok(None);
+    }
+    Ok(Some(RowChange {
+        table: t.name.clone(),
+        pk,
+        seq: entry.seq,
+        cl,
+        cells,
+    }))
+}

@@ -1,0 +1,55 @@
+//! # litemesh-storage
+//!
+//! Replicated SQLite tables for litemesh: every node keeps its own SQLite file;
+//! local writes to replicated tables are captured, in the same transaction, as
+//! cell-level changes tagged with `(actor, version)`; remote changes merge by a
+//! deterministic per-cell rule so that every replica converges to the same
+//! content whatever the order, duplication or delay of delivery.
+//!
+//! ```
+//! use litemesh_storage::{Knowledge, Store};
+//! # fn main() -> Result<(), litemesh_storage::StorageError> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut a = Store::open(dir.path().join("a.db"))?;
+//! let mut b = Store::open(dir.path().join("b.db"))?;
+//! let schema = "CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER)";
+//! a.apply_schema(schema)?;
+//! b.apply_schema(schema)?;
+//!
+//! a.execute_batch("INSERT INTO items VALUES ('x', 1)")?;
+//! // Ship to b everything it lacks.
+//! let theirs = b.knowledge()?;
+//! let mut batches = Vec::new();
+//! a.changes_since(&theirs, 64 * 1024, |batch| { batches.push(batch); Ok(true) })?;
+//! for batch in &batches { b.apply(batch)?; }
+//! let qty: i64 = b.connection().query_row("SELECT qty FROM items WHERE id = 'x'", [], |r| r.get(0))?;
+//! assert_eq!(qty, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/storage.md` for the data model and the merge rule.
+
+mod capture;
+mod change;
+mod clock;
+mod error;
+mod extract;
+mod merge;
+mod ranges;
+mod schema;
+mod store;
+mod value;
+mod varint;
+
+pub use capture::attach;
+pub use change::{
+    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge, RowChange,
+    SeqRange, VersionChanges, WIRE_VERSION, decode_batch, encode_batch, validate,
+};
+pub use error::{Result, StorageError};
+pub use extract::ExtractStats;
+pub use merge::ApplyReport;
+pub use ranges::RangeSet;
+pub use schema::SchemaReport;
+pub use store::{Committed, Store, StoreOptions};
+pub use value::Value;

@@ -1,0 +1,512 @@
+//! Replicated schema: validation of `CREATE TABLE` / `CREATE INDEX` statements,
+//! additive migrations, and the change-capture triggers.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use crate::error::{Result, StorageError};
+
+/// Quotes an SQL identifier.
+pub(crate) fn q(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// What applying a schema did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaReport {
+    /// Tables created.
+    pub created_tables: Vec<String>,
+    /// Columns added, as (table, column).
+    pub added_columns: Vec<(String, String)>,
+    /// Indexes created.
+    pub created_indexes: Vec<String>,
+    /// Warnings (e.g. rowid-alias keys that may collide across nodes).
+    pub warnings: Vec<String>,
+}
+
+impl SchemaReport {
+    /// True when the schema changed nothing.
+    pub fn is_unchanged(&self) -> bool {
+        self.created_tables.is_empty()
+            && self.added_columns.is_empty()
+            && self.created_indexes.is_empty()
+    }
+}
+
+/// A replicated table as the engine knows it (mirrors `__lm_tables` / `__lm_columns`).
+#[derive(Debug, Clone)]
+pub(crate) struct TableMeta {
+    pub id: i64,
+    pub name: String,
+    /// Primary-key columns in key order.
+    pub pk: Vec<String>,
+    /// Non-key columns by clock index.
+    pub cols: Vec<String>,
+    pub col_idx: HashMap<String, u32>,
+    /// Quoted name of the clock table.
+    pub clk: String,
+}
+
+impl TableMeta {
+    pub fn pk_where(&self, offset: usize) -> String {
+        self.pk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{} = ?{}", q(p), i + 1 + offset))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ColInfo {
+    name: String,
+    decl_type: String,
+    notnull: bool,
+    dflt: Option<String>,
+    pk: i64,
+    hidden: i64,
+}
+
+#[derive(Debug, Clone)]
+struct DeclaredTable {
+    name: String,
+    sql: String,
+    cols: Vec<ColInfo>,
+}
+
+impl DeclaredTable {
+    fn pk(&self) -> Vec<String> {
+        let mut pk: Vec<_> = self.cols.iter().filter(|c| c.pk > 0).collect();
+        pk.sort_by_key(|c| c.pk);
+        pk.into_iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+fn table_info(conn: &Connection, table: &str) -> Result<Vec<ColInfo>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_xinfo({})", q(table)))?;
+    let cols = stmt
+        .query_map([], |r| {
+            Ok(ColInfo {
+                name: r.get(1)?,
+                decl_type: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                notnull: r.get::<_, i64>(3)? != 0,
+                dflt: r.get(4)?,
+                pk: r.get(5)?,
+                hidden: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(cols)
+}
+
+fn is_reserved(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    l.starts_with("__lm_") || l.starts_with("sqlite_")
+}
+
+/// Parses the schema SQL in a scratch in-memory database and validates it.
+fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, Vec<(String, String, String)>)> {
+    let scratch = Connection::open_in_memory()?;
+    use rusqlite::fallible_iterator::FallibleIterator;
+    let mut batch = rusqlite::Batch::new(&scratch, sql);
+    while let Some(mut stmt) = batch
+        .next()
+        .map_err(|e| StorageError::SchemaSql(e.to_string()))?
+    {
+        let text = stmt.expanded_sql().unwrap_or_default();
+        let words: Vec<String> = text
+            .split_whitespace()
+            .take(3)
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
+        let ok = matches!(
+            words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+            ["CREATE", "TABLE", ..] | ["CREATE", "INDEX", ..] | ["CREATE", "UNIQUE", "INDEX"]
+        );
+        if !ok {
+            return Err(StorageError::SchemaSql(format!(
+                "only CREATE TABLE and CREATE INDEX statements are allowed, got: {}",
+                text.chars().take(80).collect::<String>()
+            )));
+        }
+        stmt.raw_execute()
+            .map_err(|e| StorageError::SchemaSql(e.to_string()))?;
+    }
+
+    let mut tables = Vec::new();
+    let rows: Vec<(String, String)> = scratch
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, sql) in rows {
+        if is_reserved(&name) {
+            return Err(StorageError::ReservedName(name));
+        }
+        let cols = table_info(&scratch, &name)?;
+        let t = DeclaredTable { name: name.clone(), sql: sql.clone(), cols };
+        let pk = t.pk();
+        if pk.is_empty() {
+            return Err(StorageError::NoPrimaryKey { table: name });
+        }
+        if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+            return Err(StorageError::Autoincrement { table: name });
+        }
+        let without_rowid = sql
+            .to_ascii_uppercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains("WITHOUT ROWID");
+        if pk.len() == 1 && !without_rowid {
+            let c = t.cols.iter().find(|c| c.name == pk[0]).expect("pk column");
+            if c.decl_type.eq_ignore_ascii_case("INTEGER") {
+                let w = format!(
+                    "table {name:?}: INTEGER PRIMARY KEY {:?} is SQLite's rowid; rows inserted on different \
+                     nodes with automatically chosen ids will collide and overwrite each other — \
+                     prefer TEXT keys holding UUIDs",
+                    c.name
+                );
+                tracing::warn!("{w}");
+                report.warnings.push(w);
+            }
+        }
+        for c in &t.cols {
+            if c.hidden != 0 {
+                return Err(StorageError::Unsupported {
+                    table: name,
+                    reason: format!("generated column {:?} is not supported", c.name),
+                });
+            }
+            if c.pk == 0 && c.notnull && c.dflt.is_none() {
+                return Err(StorageError::Unsupported {
+                    table: name,
+                    reason: format!(
+                        "column {:?} is NOT NULL without a DEFAULT; a row can arrive in parts from \
+                         several writers, so NOT NULL columns need a default",
+                        c.name
+                    ),
+                });
+            }
+        }
+        // Unique constraints other than the primary key cannot be honoured by a merge.
+        if let Some((idx, _)) = scratch
+            .prepare(&format!("PRAGMA index_list({})", q(&name)))?
+            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .find(|(_, unique, origin)| *unique && origin != "pk")
+            .map(|(n, _, o)| (n, o))
+        {
+            return Err(StorageError::Unsupported {
+                table: name,
+                reason: format!(
+                    "unique index or constraint {idx:?}: two nodes can write rows that are each valid \
+                     alone but conflict once merged; only the primary key may be unique"
+                ),
+            });
+        }
+        tables.push(t);
+    }
+    let indexes: Vec<(String, String, String)> = scratch
+        .prepare("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY rowid")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, _, _) in &indexes {
+        if is_reserved(name) {
+            return Err(StorageError::ReservedName(name.clone()));
+        }
+    }
+    Ok((tables, indexes))
+}
+
+/// Loads the replicated tables from the registry.
+pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, TableMeta>> {
+    let mut out = HashMap::new();
+    let mut stmt = conn.prepare("SELECT id, name, pk FROM __lm_tables")?;
+    let rows: Vec<(i64, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, name, pk) in rows {
+        let pk: Vec<String> = pk.split('\u{1f}').map(str::to_owned).collect();
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM __lm_columns WHERE tbl = ?1 ORDER BY idx")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let col_idx = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i as u32))
+            .collect();
+        out.insert(
+            name.clone(),
+            TableMeta {
+                id,
+                clk: q(&format!("__lm_clk_{name}")),
+                name,
+                pk,
+                cols,
+                col_idx,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Applies a schema: validates it, creates new tables and indexes, adds new
+/// columns, and refuses anything destructive. Runs inside `tx`.
+pub(crate) fn apply(tx: &Transaction<'_>, sql: &str) -> Result<SchemaReport> {
+    let mut report = SchemaReport::default();
+    let (declared, indexes) = declare(sql, &mut report)?;
+    let known = load_tables(tx)?;
+    for t in &declared {
+        match known.get(&t.name) {
+            None => create_table(tx, t, &mut report)?,
+            Some(meta) => migrate_table(tx, t, meta, &mut report)?,
+        }
+    }
+    for name in known.keys() {
+        if !declared.iter().any(|t| &t.name == name) {
+            return Err(StorageError::Destructive(format!(
+                "replicated table {name:?} is missing from the schema; dropping replicated tables is not supported"
+            )));
+        }
+    }
+    for (name, tbl, sql) in indexes {
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [&name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match existing {
+            None => {
+                tx.execute_batch(&sql)?;
+                report.created_indexes.push(name);
+            }
+            Some(old) if normalize(&old) == normalize(&sql) => {}
+            Some(_) => {
+                return Err(StorageError::Destructive(format!(
+                    "index {name:?} on {tbl:?} already exists with a different definition"
+                )));
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn normalize(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase()
+}
+
+fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaReport) -> Result<()> {
+    let exists: bool = tx.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [&t.name],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if exists {
+        return Err(StorageError::UnmanagedTable(t.name.clone()));
+    }
+    tx.execute_batch(&t.sql)?;
+    let pk = t.pk();
+    let pk_text = pk.join("\u{1f}");
+    tx.execute(
+        "INSERT INTO __lm_tables(name, pk, sql) VALUES (?1, ?2, ?3)",
+        (&t.name, &pk_text, &t.sql),
+    )?;
+    let id = tx.last_insert_rowid();
+    let mut idx = 0;
+    for c in t.cols.iter().filter(|c| c.pk == 0) {
+        tx.execute(
+            "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
+            (id, idx, &c.name),
+        )?;
+        idx += 1;
+    }
+    let pk_defs: Vec<String> = pk
+        .iter()
+        .map(|p| {
+            let c = t.cols.iter().find(|c| &c.name == p).expect("pk column");
+            format!("{} {}", q(p), c.decl_type)
+        })
+        .collect();
+    tx.execute_batch(&format!(
+        "CREATE TABLE {clk} ({defs}, __cl INTEGER NOT NULL, __oa INTEGER NOT NULL, \
+         __ov INTEGER NOT NULL, __os INTEGER NOT NULL, __oc INTEGER NOT NULL, __cells BLOB, \
+         PRIMARY KEY ({pks})) WITHOUT ROWID",
+        clk = q(&format!("__lm_clk_{}", t.name)),
+        defs = pk_defs.join(", "),
+        pks = pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", "),
+    ))?;
+    let meta = load_tables(tx)?
+        .remove(&t.name)
+        .ok_or_else(|| StorageError::Corrupt("table registry".into()))?;
+    create_triggers(tx, &meta)?;
+    report.created_tables.push(t.name.clone());
+    Ok(())
+}
+
+fn migrate_table(
+    tx: &Transaction<'_>,
+    t: &DeclaredTable,
+    meta: &TableMeta,
+    report: &mut SchemaReport,
+) -> Result<()> {
+    let current = table_info(tx, &t.name)?;
+    for c in &current {
+        let Some(d) = t.cols.iter().find(|d| d.name == c.name) else {
+            return Err(StorageError::Destructive(format!(
+                "column {:?} of {:?} is missing from the schema; dropping columns is not supported",
+                c.name, t.name
+            )));
+        };
+        let same = d.decl_type.eq_ignore_ascii_case(&c.decl_type)
+            && d.notnull == c.notnull
+            && d.pk == c.pk
+            && d.dflt == c.dflt;
+        if !same {
+            return Err(StorageError::Destructive(format!(
+                "column {:?} of {:?} changed its type, key, NOT NULL or DEFAULT; only new columns can be added",
+                c.name, t.name
+            )));
+        }
+    }
+    let mut added = false;
+    for d in &t.cols {
+        if current.iter().any(|c| c.name == d.name) {
+            continue;
+        }
+        if d.pk > 0 {
+            return Err(StorageError::Destructive(format!(
+                "new column {:?} of {:?} is part of the primary key; the key cannot change",
+                d.name, t.name
+            )));
+        }
+        let mut def = format!("{} {}", q(&d.name), d.decl_type);
+        if d.notnull {
+            def.push_str(" NOT NULL");
+        }
+        if let Some(dflt) = &d.dflt {
+            def.push_str(&format!(" DEFAULT {dflt}"));
+        }
+        tx.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {def}", q(&t.name)))?;
+        tx.execute(
+            "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
+            (meta.id, meta.cols.len() as i64 + report.added_columns.iter().filter(|(tb, _)| tb == &t.name).count() as i64, &d.name),
+        )?;
+        report.added_columns.push((t.name.clone(), d.name.clone()));
+        added = true;
+    }
+    if added {
+        let meta = load_tables(tx)?
+            .remove(&t.name)
+            .ok_or_else(|| StorageError::Corrupt("table registry".into()))?;
+        create_triggers(tx, &meta)?;
+    }
+    Ok(())
+}
+
+/// (Re)creates the change-capture triggers of a table.
+pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
+    let name = &t.name;
+    let tq = q(name);
+    let clk = &t.clk;
+    let tid = t.id;
+    let ncols = t.cols.len();
+    let list = |prefix: &str, cols: &[String]| {
+        cols.iter()
+            .map(|c| format!("{prefix}{}", q(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pk_cols = list("", &t.pk);
+    let pk_new = list("NEW.", &t.pk);
+    let pk_old = list("OLD.", &t.pk);
+    let match_on = |prefix: &str| {
+        t.pk.iter()
+            .map(|p| format!("{} = {prefix}{}", q(p), q(p)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let pk_same = t
+        .pk
+        .iter()
+        .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let log = |pkvals: &str| {
+        format!(
+            "INSERT INTO __lm_log(actor, version, seq, tbl, pk) \
+             VALUES (0, __lm_version(), __lm_seq(), {tid}, __lm_pk({pkvals}));\n\
+             UPDATE __lm_site SET next_version = __lm_version() + 1 \
+             WHERE id = 0 AND next_version <= __lm_version();\n"
+        )
+    };
+    let live = "__cl % 2 = 1";
+    let insert_clock = |pkvals: &str| {
+        format!(
+            "INSERT INTO {clk}({pk_cols}, __cl, __oa, __ov, __os, __oc, __cells) \
+             VALUES ({pkvals}, 1, 0, __lm_version(), __lm_cur_seq(), {ncols}, NULL) \
+             ON CONFLICT({pk_cols}) DO UPDATE SET \
+             __cells = CASE WHEN {live} THEN __lm_cells_all(__cells, __oc, __lm_version(), __lm_cur_seq(), {ncols}) ELSE NULL END, \
+             __oa = CASE WHEN {live} THEN __oa ELSE 0 END, \
+             __ov = CASE WHEN {live} THEN __ov ELSE __lm_version() END, \
+             __os = CASE WHEN {live} THEN __os ELSE __lm_cur_seq() END, \
+             __oc = CASE WHEN {live} THEN __oc ELSE {ncols} END, \
+             __cl = CASE WHEN {live} THEN __cl ELSE __cl + 1 END;\n"
+        )
+    };
+    let delete_clock = |m: &str| {
+        format!(
+            "UPDATE {clk} SET __cl = __cl + 1, __oa = 0, __ov = __lm_version(), \
+             __os = __lm_cur_seq(), __oc = 0, __cells = NULL WHERE {m} AND {live};\n"
+        )
+    };
+    let trig = |kind: &str| q(&format!("__lm_{kind}_{name}"));
+    let mut sql = String::new();
+    for kind in ["ins", "upd", "updpk", "del"] {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", trig(kind)));
+    }
+    sql.push_str(&format!(
+        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
+        trig("ins"),
+        log(&pk_new),
+        insert_clock(&pk_new)
+    ));
+    if ncols > 0 {
+        let changed: Vec<String> = t
+            .cols
+            .iter()
+            .map(|c| format!("NEW.{0} IS NOT OLD.{0}", q(c)))
+            .collect();
+        sql.push_str(&format!(
+            "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND ({any}) BEGIN\n{log}\
+             UPDATE {clk} SET __cells = __lm_cells_update(__cells, __oc, __lm_version(), __lm_cur_seq(), {args}) \
+             WHERE {m};\nEND;\n",
+            trig("upd"),
+            any = changed.join(" OR "),
+            log = log(&pk_new),
+            args = changed.join(", "),
+            m = match_on("NEW."),
+        ));
+    }
+    sql.push_str(&format!(
+        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}END;\n",
+        trig("updpk"),
+        log(&pk_old),
+        delete_clock(&match_on("OLD.")),
+        log(&pk_new),
+        insert_clock(&pk_new),
+    ));
+    sql.push_str(&format!(
+        "CREATE TRIGGER {} AFTER DELETE ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
+        trig("del"),
+        log(&pk_old),
+        delete_clock(&match_on("OLD.")),
+    ));
+    conn.execute_batch(&sql)?;
+    Ok(())
+}

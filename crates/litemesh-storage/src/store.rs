@@ -1,0 +1,354 @@
+//! The node's SQLite file: opening, local transactions, bookkeeping.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::capture::{CaptureState, attach_state};
+use crate::change::{ActorId, Knowledge};
+use crate::error::{Result, StorageError};
+use crate::ranges::RangeSet;
+use crate::schema::{self, SchemaReport, TableMeta};
+
+/// Version of the on-disk metadata layout.
+const FORMAT: i64 = 1;
+
+const INTERNAL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS __lm_site(
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    actor BLOB NOT NULL,
+    next_version INTEGER NOT NULL,
+    format INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS __lm_actors(idx INTEGER PRIMARY KEY, actor BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS __lm_have(
+    actor INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    PRIMARY KEY (actor, start)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_tables(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, pk TEXT NOT NULL, sql TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS __lm_columns(
+    tbl INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (tbl, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_log(
+    actor INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
+    tbl INTEGER NOT NULL, pk BLOB NOT NULL,
+    PRIMARY KEY (actor, version, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_parked(
+    actor INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL, change BLOB NOT NULL,
+    PRIMARY KEY (actor, version, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_partial(
+    actor INTEGER NOT NULL, version INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    rows BLOB NOT NULL,
+    PRIMARY KEY (actor, version, start)) WITHOUT ROWID;
+";
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `PRAGMA synchronous=FULL` (default): a commit is on disk before it returns.
+    /// Turn off only for throwaway stores.
+    pub durable: bool,
+    /// How long a writer waits for another connection's lock.
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durable: true,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// A committed local transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<T> {
+    /// What the closure returned.
+    pub value: T,
+    /// The version this node's actor gave the transaction, `None` if it wrote
+    /// nothing to replicated tables.
+    pub version: Option<u64>,
+}
+
+/// One node's replicated SQLite file.
+pub struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) state: Arc<CaptureState>,
+    pub(crate) actor: ActorId,
+    pub(crate) tables: HashMap<String, TableMeta>,
+    /// Local actor indexes: `actors[idx]` is the actor's id (index 0 is this node).
+    /// Append-only in the file; reloaded after any failed transaction.
+    pub(crate) actors: Vec<ActorId>,
+    pub(crate) actor_idx: HashMap<ActorId, u64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("actor", &self.actor).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) a node's file with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) a node's file. A new file gets a random actor id.
+    pub fn open_with(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(opts.busy_timeout)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            return Err(StorageError::Corrupt(format!(
+                "could not switch the file to WAL mode (got {mode})"
+            )));
+        }
+        conn.execute_batch(if opts.durable {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = OFF"
+        })?;
+        let state = attach_state(&mut conn)?;
+        {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(INTERNAL_DDL)?;
+            let site: Option<(Vec<u8>, i64)> = tx
+                .query_row("SELECT actor, format FROM __lm_site WHERE id = 0", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            match site {
+                None => {
+                    let actor = ActorId::random();
+                    tx.execute(
+                        "INSERT INTO __lm_site(id, actor, next_version, format) VALUES (0, ?1, 1, ?2)",
+                        (&actor.0[..], FORMAT),
+                    )?;
+                    tx.execute("INSERT INTO __lm_actors(idx, actor) VALUES (0, ?1)", [&actor.0[..]])?;
+                }
+                Some((_, f)) if f != FORMAT => {
+                    return Err(StorageError::Corrupt(format!(
+                        "metadata format {f} is not supported by this version (expects {FORMAT})"
+                    )));
+                }
+                Some(_) => {}
+            }
+            tx.commit()?;
+        }
+        let mut store = Store {
+            conn,
+            state,
+            actor: ActorId([0; 16]),
+            tables: HashMap::new(),
+            actors: Vec::new(),
+            actor_idx: HashMap::new(),
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Reloads the in-memory caches of file metadata (actor indexes, tables).
+    pub(crate) fn reload(&mut self) -> Result<()> {
+        let actors: Vec<(i64, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT idx, actor FROM __lm_actors ORDER BY idx")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.actors.clear();
+        self.actor_idx.clear();
+        for (i, (idx, bytes)) in actors.into_iter().enumerate() {
+            let id: [u8; 16] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("actor id length".into()))?;
+            if idx != i as i64 {
+                return Err(StorageError::Corrupt("actor indexes are not dense".into()));
+            }
+            self.actors.push(ActorId(id));
+            self.actor_idx.insert(ActorId(id), idx as u64);
+        }
+        self.actor = *self
+            .actors
+            .first()
+            .ok_or_else(|| StorageError::Corrupt("no local actor".into()))?;
+        self.tables = schema::load_tables(&self.conn)?;
+        Ok(())
+    }
+
+    /// This node's actor id.
+    pub fn actor_id(&self) -> ActorId {
+        self.actor
+    }
+
+    /// The last version this node's actor committed (0 if none).
+    pub fn db_version(&self) -> Result<u64> {
+        let next: i64 =
+            self.conn
+                .query_row("SELECT next_version FROM __lm_site WHERE id = 0", [], |r| r.get(0))?;
+        Ok(next as u64 - 1)
+    }
+
+    /// The replicated tables' names.
+    pub fn tables(&self) -> Vec<String> {
+        let mut t: Vec<_> = self.tables.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// The non-key columns the engine tracks for `table`.
+    pub fn columns(&self, table: &str) -> Option<(Vec<String>, Vec<String>)> {
+        self.tables.get(table).map(|t| (t.pk.clone(), t.cols.clone()))
+    }
+
+    /// Applies schema SQL (`CREATE TABLE` / `CREATE INDEX` statements): new
+    /// tables, columns and indexes are created; anything destructive is refused and
+    /// nothing changes. Changes parked for tables or columns this schema adds are
+    /// applied.
+    pub fn apply_schema(&mut self, sql: &str) -> Result<SchemaReport> {
+        let res = (|| -> Result<SchemaReport> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let report = schema::apply(&tx, sql)?;
+            tx.commit()?;
+            Ok(report)
+        })();
+        self.reload()?;
+        let report = res?;
+        if !report.is_unchanged() {
+            self.retry_parked()?;
+        }
+        Ok(report)
+    }
+
+    /// Runs `f` in one immediate SQLite transaction and commits it. Every write
+    /// to a replicated table is recorded in the same transaction under one new
+    /// version of this node's actor. If `f` fails, nothing is applied.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<Committed<T>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        let v = self.state.version.load(Ordering::SeqCst);
+        tx.commit()?;
+        Ok(Committed {
+            value,
+            version: (v != 0).then_some(v),
+        })
+    }
+
+    /// Runs statements (separated by `;`) as one transaction. See [`Store::transaction`].
+    pub fn execute_batch(&mut self, sql: &str) -> Result<Option<u64>> {
+        Ok(self.transaction(|tx| Ok(tx.execute_batch(sql)?))?.version)
+    }
+
+    /// The underlying connection, for reads. Writes through it are captured too
+    /// (it has the capture functions), but prefer [`Store::transaction`], which
+    /// reports the version.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// What this node holds: its own versions and every remote actor's ranges,
+    /// read from the file (the one source of truth).
+    pub fn knowledge(&self) -> Result<Knowledge> {
+        read_knowledge(&self.conn, &self.actors)
+    }
+
+    pub(crate) fn index_of(&mut self, actor: &ActorId) -> Result<u64> {
+        if let Some(&i) = self.actor_idx.get(actor) {
+            return Ok(i);
+        }
+        let idx = self.actors.len() as u64;
+        self.conn.execute(
+            "INSERT INTO __lm_actors(idx, actor) VALUES (?1, ?2)",
+            (idx as i64, &actor.0[..]),
+        )?;
+        self.actors.push(*actor);
+        self.actor_idx.insert(*actor, idx);
+        Ok(idx)
+    }
+}
+
+pub(crate) fn read_knowledge(conn: &Connection, actors: &[ActorId]) -> Result<Knowledge> {
+    let mut k = Knowledge::default();
+    let next: i64 = conn.query_row("SELECT next_version FROM __lm_site WHERE id = 0", [], |r| {
+        r.get(0)
+    })?;
+    let mut own = RangeSet::new();
+    own.insert_range(1, next as u64 - 1);
+    k.have.insert(actors[0], own);
+    let mut stmt = conn.prepare_cached("SELECT actor, start, end FROM __lm_have ORDER BY actor, start")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let a = actor_at(actors, r.get(0)?)?;
+        k.have
+            .entry(a)
+            .or_default()
+            .insert_range(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT actor, version, start, end FROM __lm_partial")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let a = actor_at(actors, r.get(0)?)?;
+        k.partial
+            .entry(a)
+            .or_default()
+            .entry(r.get::<_, i64>(1)? as u64)
+            .or_default()
+            .insert_range(r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64);
+    }
+    Ok(k)
+}
+
+pub(crate) fn actor_at(actors: &[ActorId], idx: i64) -> Result<ActorId> {
+    actors
+        .get(idx as usize)
+        .copied()
+        .ok_or_else(|| StorageError::Corrupt(format!("unknown actor index {idx}")))
+}
+
+/// Records that `actor` (a remote index) has `start..=end`, merging with
+/// adjacent ranges in `__lm_have`.
+pub(crate) fn add_have(conn: &Connection, actor: u64, start: u64, end: u64) -> Result<()> {
+    let a = actor as i64;
+    let (mut s, mut e) = (start, end);
+    // Ranges that overlap or touch [s, e].
+    let mut stmt = conn.prepare_cached(
+        "SELECT start, end FROM __lm_have WHERE actor = ?1 AND start <= ?3 AND end >= ?2",
+    )?;
+    let touching: Vec<(i64, i64)> = stmt
+        .query_map(
+            (a, s.saturating_sub(1) as i64, e.saturating_add(1).min(i64::MAX as u64) as i64),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    for (ts, te) in touching {
+        s = s.min(ts as u64);
+        e = e.max(te as u64);
+        conn.prepare_cached("DELETE FROM __lm_have WHERE actor = ?1 AND start = ?2")?
+            .execute((a, ts))?;
+    }
+    conn.prepare_cached("INSERT INTO __lm_have(actor, start, end) VALUES (?1, ?2, ?3)")?
+        .execute((a, s as i64, e as i64))?;
+    Ok(())
+}
+
+/// Whether remote `actor` index has `version` recorded.
+pub(crate) fn has_version(conn: &Connection, actor: u64, version: u64) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT end FROM __lm_have WHERE actor = ?1 AND start <= ?2 ORDER BY start DESC LIMIT 1",
+    )?;
+    let end: Option<i64> = stmt
+        .query_row((actor as i64, version as i64), |r| r.get(0))
+        .optional()?;
+    Ok(end.is_some_and(|e| e as u64 >= version))
+}
