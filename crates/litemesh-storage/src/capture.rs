@@ -72,10 +72,7 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         // SAFETY: the connection is only used to read one row while the
         // calling statement runs, as SQLite allows from inside a function.
         let conn = unsafe { ctx.get_connection()? };
-        let next: i64 =
-            conn.query_row("SELECT next_version FROM __lm_site WHERE id = 0", [], |r| {
-                r.get(0)
-            })?;
+        let next: i64 = conn.query_row(crate::store::NEXT_VERSION_SQL, [], |r| r.get(0))?;
         s.version.store(next as u64, Ordering::Relaxed);
         s.seq.store(0, Ordering::Relaxed);
         Ok(next)

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use rusqlite::params_from_iter;
 
 use crate::change::{ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges};
-use crate::clock::{Cells, EntryRef, RowClock};
+use crate::clock::EntryRef;
 use crate::error::{Result, StorageError};
 use crate::ranges::RangeSet;
-use crate::schema::{TableMeta, q};
+use crate::schema::TableMeta;
 use crate::store::{Store, read_knowledge};
 use crate::value::{Value, decode_pk};
 
@@ -211,7 +211,8 @@ impl Store {
             .actor_idx
             .get(&actor)
             .ok_or_else(|| StorageError::Corrupt(format!("actor {actor} has no index")))?;
-        let by_id: BTreeMap<i64, &TableMeta> = self.tables.values().map(|t| (t.id, t)).collect();
+        let by_id: BTreeMap<i64, &TableMeta> =
+            self.tables.values().map(|t| (t.id, t.as_ref())).collect();
         let mut with_data = RangeSet::new();
         for &(s, e) in need.ranges() {
             let mut parked: BTreeMap<u64, Vec<RowChange>> = BTreeMap::new();
@@ -316,7 +317,7 @@ impl Store {
     /// Deletes change-log entries whose cells were all overwritten (their
     /// versions are then reported as cleared). Returns how many were removed.
     pub fn compact(&mut self) -> Result<u64> {
-        let by_id: BTreeMap<i64, TableMeta> =
+        let by_id: BTreeMap<i64, std::sync::Arc<TableMeta>> =
             self.tables.values().map(|t| (t.id, t.clone())).collect();
         let tx = self.conn.unchecked_transaction()?;
         let mut stale: Vec<(i64, i64, i64)> = Vec::new();
@@ -340,6 +341,11 @@ impl Store {
                 }
             }
         }
+        // Keep the local version counter above every version ever used.
+        tx.execute(
+            &format!("UPDATE __lm_site SET next_version = ({}) WHERE id = 0", crate::store::NEXT_VERSION_SQL),
+            [],
+        )?;
         for k in &stale {
             tx.prepare_cached("DELETE FROM __lm_log WHERE actor = ?1 AND version = ?2 AND seq = ?3")?
                 .execute(*k)?;
@@ -356,64 +362,42 @@ fn live_row(
     entry: EntryRef,
     pk: Vec<Value>,
 ) -> Result<Option<RowChange>> {
-    let join = t
-        .pk
-        .iter()
-        .map(|p| format!("d.{0} = k.{0}", q(p)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let cols: String = t.cols.iter().map(|c| format!(", d.{}", q(c))).collect();
-    let wher = t
-        .pk
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("k.{} = ?{}", q(p), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let sql = format!(
-        "SELECT k.__cl, k.__oa, k.__ov, k.__os, k.__oc, k.__cells{cols} FROM {} k LEFT JOIN {} d ON {join} WHERE {wher}",
-        t.clk,
-        q(&t.name)
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(pk.iter()))?;
-    let Some(r) = rows.next()? else {
+    let Some(clock) = crate::merge::load_clock(conn, t, &pk)? else {
         return Ok(None);
     };
-    let cl = r.get::<_, i64>(0)? as u64;
-    let clock = RowClock {
-        cl,
-        owner: EntryRef {
-            actor: r.get::<_, i64>(1)? as u64,
-            version: r.get::<_, i64>(2)? as u64,
-            seq: r.get::<_, i64>(3)? as u64,
-        },
-        owner_cells: r.get(4)?,
-        cells: Cells::decode(r.get::<_, Option<Vec<u8>>>(5)?.as_deref())
-            .ok_or_else(|| StorageError::Corrupt(format!("cell clocks of a row of {}", t.name)))?,
-    };
-    let mut cells = Vec::new();
-    if cl % 2 == 1 {
-        for (i, name) in t.cols.iter().enumerate() {
+    let mut owned: Vec<(usize, u64)> = Vec::new();
+    if clock.cl % 2 == 1 {
+        for i in 0..t.cols.len() {
             if let Some(c) = clock.cell(i as u32)
                 && c.entry == entry
             {
-                cells.push(CellChange {
-                    column: name.clone(),
-                    value: r.get::<_, Value>(6 + i)?,
-                    cv: c.cv,
-                });
+                owned.push((i, c.cv));
             }
         }
     }
-    if cells.is_empty() && clock.owner != entry {
+    if owned.is_empty() && clock.owner != entry {
         return Ok(None);
+    }
+    let mut cells = Vec::with_capacity(owned.len());
+    if !owned.is_empty() {
+        let mut stmt = conn.prepare_cached(&t.sql.select_cols)?;
+        let mut rows = stmt.query(params_from_iter(pk.iter()))?;
+        let r = rows
+            .next()?
+            .ok_or_else(|| StorageError::Corrupt(format!("live clock without a row in {}", t.name)))?;
+        for (i, cv) in owned {
+            cells.push(CellChange {
+                column: t.cols[i].clone(),
+                value: r.get::<_, Value>(i)?,
+                cv,
+            });
+        }
     }
     Ok(Some(RowChange {
         table: t.name.clone(),
         pk,
         seq: entry.seq,
-        cl,
+        cl: clock.cl,
         cells,
     }))
 }

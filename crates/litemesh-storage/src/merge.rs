@@ -11,13 +11,13 @@
 //! Every batch is applied in one SQLite transaction together with the version
 //! bookkeeping: it lands whole or not at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::change::{ActorId, ChangeBatch, RowChange, SeqRange};
+use crate::change::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
 use crate::clock::{CellClock, Cells, EntryRef, RowClock};
 use crate::error::{Result, StorageError};
 use crate::ranges::RangeSet;
@@ -46,17 +46,43 @@ pub struct ApplyReport {
     pub tables_changed: BTreeSet<String>,
 }
 
-/// Disables the capture triggers while alive (remote changes are not local writes).
-struct CaptureOff<'a>(&'a std::sync::atomic::AtomicBool);
-impl<'a> CaptureOff<'a> {
-    fn new(flag: &'a std::sync::atomic::AtomicBool) -> Self {
-        flag.store(false, Ordering::SeqCst);
-        CaptureOff(flag)
+/// Merge mode, while alive: remote changes are not local writes, so the
+/// connection compiles statements without triggers (no trigger programs, no
+/// statement journals: merges run at the speed of plain writes), and the
+/// triggers' own guard (`__lm_local()`) is off as a second line of defence.
+/// Dropping the guard — also on panic — restores capture.
+struct MergeMode {
+    db: *mut rusqlite::ffi::sqlite3,
+    flag: std::sync::Arc<crate::capture::CaptureState>,
+}
+
+impl MergeMode {
+    fn enter(conn: &Connection, flag: std::sync::Arc<crate::capture::CaptureState>) -> Result<MergeMode> {
+        flag.enabled.store(false, Ordering::SeqCst);
+        let guard = MergeMode {
+            // SAFETY: the handle stays valid while the store (which owns the
+            // connection and this guard's scope) lives.
+            db: unsafe { conn.handle() },
+            flag,
+        };
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        Ok(guard)
     }
 }
-impl Drop for CaptureOff<'_> {
+
+impl Drop for MergeMode {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
+        // SAFETY: `db` is the live connection handle (see `enter`); this config
+        // verb takes an int and a nullable int pointer.
+        unsafe {
+            rusqlite::ffi::sqlite3_db_config(
+                self.db,
+                rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                1 as std::os::raw::c_int,
+                std::ptr::null_mut::<std::os::raw::c_int>(),
+            );
+        }
+        self.flag.enabled.store(true, Ordering::SeqCst);
     }
 }
 
@@ -65,10 +91,17 @@ impl Store {
     /// nor bookkeeping change. Versions already held are skipped, so applying a
     /// batch twice is harmless.
     pub fn apply(&mut self, batch: &ChangeBatch) -> Result<ApplyReport> {
-        crate::change::validate(batch)?;
-        let state = self.state.clone();
-        let _off = CaptureOff::new(&state.enabled);
-        let res = self.apply_inner(batch);
+        self.apply_all(std::slice::from_ref(batch))
+    }
+
+    /// Merges several batches in one SQLite transaction (one disk sync): all
+    /// of them, or none.
+    pub fn apply_all(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
+        for b in batches {
+            crate::change::validate(b)?;
+        }
+        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
+        let res = self.apply_inner(batches);
         if res.is_err() {
             // The transaction rolled back: drop cached actor indexes it added.
             self.reload()?;
@@ -76,10 +109,10 @@ impl Store {
         res
     }
 
-    fn apply_inner(&mut self, batch: &ChangeBatch) -> Result<ApplyReport> {
+    fn apply_inner(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match self.apply_body(batch, &mut report) {
+        match self.apply_body(batches, &mut report) {
             Ok(()) => {
                 self.conn.execute_batch("COMMIT")?;
                 Ok(report)
@@ -91,45 +124,88 @@ impl Store {
         }
     }
 
-    fn apply_body(&mut self, batch: &ChangeBatch, report: &mut ApplyReport) -> Result<()> {
+    fn apply_body(&mut self, batches: &[ChangeBatch], report: &mut ApplyReport) -> Result<()> {
         let own = self.actor;
-        for c in &batch.cleared {
-            if c.actor == own {
-                continue;
+        // Chunks of large versions, gathered over all batches of this call: a
+        // version whose chunks all arrive together is applied straight away.
+        let mut chunked: BTreeMap<(ActorId, u64), Vec<&VersionChanges>> = BTreeMap::new();
+        for batch in batches {
+            for c in &batch.cleared {
+                if c.actor == own {
+                    continue;
+                }
+                let a = self.index_of(&c.actor)?;
+                add_have(&self.conn, a, c.start, c.end)?;
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM __lm_partial WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
+                    )?
+                    .execute((a as i64, c.start as i64, c.end as i64))?;
+                report.versions_cleared += c.end - c.start + 1;
             }
-            let a = self.index_of(&c.actor)?;
-            add_have(&self.conn, a, c.start, c.end)?;
-            self.conn
-                .prepare_cached("DELETE FROM __lm_partial WHERE actor = ?1 AND version BETWEEN ?2 AND ?3")?
-                .execute((a as i64, c.start as i64, c.end as i64))?;
-            report.versions_cleared += c.end - c.start + 1;
-        }
-        for v in &batch.versions {
-            if v.actor == own {
-                report.versions_duplicate += 1;
-                continue;
-            }
-            let a = self.index_of(&v.actor)?;
-            if has_version(&self.conn, a, v.version)? {
-                report.versions_duplicate += 1;
-                continue;
-            }
-            let rows = match v.chunk {
-                Some(SeqRange { start: 0, end: u64::MAX }) | None => v.rows.clone(),
-                Some(chunk) => match self.buffer_chunk(a, v.version, chunk, &v.rows)? {
-                    Some(rows) => rows,
-                    None => {
-                        report.chunks_buffered += 1;
-                        continue;
+            for v in &batch.versions {
+                if v.actor == own {
+                    report.versions_duplicate += 1;
+                    continue;
+                }
+                match v.chunk {
+                    None | Some(SeqRange { start: 0, end: u64::MAX }) => {
+                        self.apply_version(v.actor, v.version, v.rows.iter(), report)?;
                     }
-                },
-            };
-            for row in &rows {
-                self.merge_row(a, v.actor, v.version, row, report)?;
+                    Some(_) => chunked.entry((v.actor, v.version)).or_default().push(v),
+                }
             }
-            add_have(&self.conn, a, v.version, v.version)?;
-            report.versions_applied += 1;
         }
+        for ((actor, version), parts) in chunked {
+            let a = self.index_of(&actor)?;
+            if has_version(&self.conn, a, version)? {
+                report.versions_duplicate += 1;
+                continue;
+            }
+            let mut covered = RangeSet::new();
+            for p in &parts {
+                let c = p.chunk.expect("chunked");
+                covered.insert_range(c.start, c.end);
+            }
+            if covered.contains_range(0, u64::MAX) {
+                self.conn
+                    .prepare_cached("DELETE FROM __lm_partial WHERE actor = ?1 AND version = ?2")?
+                    .execute((a as i64, version as i64))?;
+                // Overlapping chunks may repeat a row; merging is idempotent.
+                let mut rows: Vec<&RowChange> = parts.iter().flat_map(|p| &p.rows).collect();
+                rows.sort_by_key(|r| r.seq);
+                self.apply_version(actor, version, rows.into_iter(), report)?;
+                continue;
+            }
+            for p in parts {
+                let chunk = p.chunk.expect("chunked");
+                if let Some(rows) = self.buffer_chunk(a, version, chunk, &p.rows)? {
+                    self.apply_version(actor, version, rows.iter(), report)?;
+                    break;
+                }
+                report.chunks_buffered += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_version<'r>(
+        &mut self,
+        actor: ActorId,
+        version: u64,
+        rows: impl Iterator<Item = &'r RowChange>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let a = self.index_of(&actor)?;
+        if has_version(&self.conn, a, version)? {
+            report.versions_duplicate += 1;
+            return Ok(());
+        }
+        for row in rows {
+            self.merge_row(a, actor, version, row, report)?;
+        }
+        add_have(&self.conn, a, version, version)?;
+        report.versions_applied += 1;
         Ok(())
     }
 
@@ -166,15 +242,10 @@ impl Store {
             .prepare_cached("DELETE FROM __lm_partial WHERE actor = ?1 AND version = ?2")?
             .execute((a as i64, version as i64))?;
         let mut all: Vec<RowChange> = Vec::new();
-        let mut seen = BTreeSet::new();
         for p in parts {
             let rows: Vec<RowChange> = rmp_serde::from_slice(&p)
                 .map_err(|e| StorageError::Corrupt(format!("buffered chunk: {e}")))?;
-            for r in rows {
-                if seen.insert((r.seq, r.table.clone(), format!("{:?}", r.pk))) {
-                    all.push(r);
-                }
-            }
+            all.extend(rows);
         }
         all.sort_by_key(|r| r.seq);
         Ok(Some(all))
@@ -213,8 +284,7 @@ impl Store {
 
     /// Applies changes parked for tables or columns that are now known.
     pub(crate) fn retry_parked(&mut self) -> Result<ApplyReport> {
-        let state = self.state.clone();
-        let _off = CaptureOff::new(&state.enabled);
+        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
         let mut report = ApplyReport::default();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let res = (|| {
@@ -300,7 +370,7 @@ impl Store {
         if row.cl > local_cl {
             if row.cl % 2 == 0 {
                 if local_cl % 2 == 1 {
-                    conn.prepare_cached(&format!("DELETE FROM {} WHERE {}", q(&t.name), t.pk_where(0)))?
+                    conn.prepare_cached(&t.sql.delete_row)?
                         .execute(params_from_iter(row.pk.iter()))?;
                     report.rows_deleted += 1;
                     report.tables_changed.insert(t.name.clone());
@@ -308,23 +378,37 @@ impl Store {
                 store_clock(conn, &t, &row.pk, row.cl, entry, 0, &Cells::default())?;
             } else {
                 // A new life of the row: earlier cells are void.
-                let mut cols: Vec<&str> = t.pk.iter().map(String::as_str).collect();
-                let mut vals: Vec<&Value> = row.pk.iter().collect();
                 let mut cells = Cells::default();
                 let mut compact = known.len() == t.cols.len();
                 for (i, c) in &known {
-                    cols.push(&t.cols[*i as usize]);
-                    vals.push(&c.value);
                     compact &= c.cv == 1;
                     cells.set(*i, CellClock { cv: c.cv, entry });
                 }
-                let sql = format!(
-                    "INSERT OR REPLACE INTO {}({}) VALUES ({})",
-                    q(&t.name),
-                    cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
-                    (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
-                );
-                conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+                if known.len() == t.cols.len() {
+                    // Every column present: one prepared statement for all rows.
+                    let mut vals: Vec<&Value> = row.pk.iter().collect();
+                    let mut by_idx: Vec<Option<&Value>> = vec![None; t.cols.len()];
+                    for (i, c) in &known {
+                        by_idx[*i as usize] = Some(&c.value);
+                    }
+                    vals.extend(by_idx.into_iter().map(|v| v.unwrap_or(&Value::Null)));
+                    conn.prepare_cached(&t.sql.replace_row)?
+                        .execute(params_from_iter(vals))?;
+                } else {
+                    let mut cols: Vec<&str> = t.pk.iter().map(String::as_str).collect();
+                    let mut vals: Vec<&Value> = row.pk.iter().collect();
+                    for (i, c) in &known {
+                        cols.push(&t.cols[*i as usize]);
+                        vals.push(&c.value);
+                    }
+                    let sql = format!(
+                        "INSERT OR REPLACE INTO {}({}) VALUES ({})",
+                        q(&t.name),
+                        cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
+                        (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                    );
+                    conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+                }
                 let oc = if compact {
                     cells = Cells::default();
                     t.cols.len() as u32
@@ -352,15 +436,11 @@ impl Store {
                 }
             }
             if !won.is_empty() {
-                let sets = won
-                    .iter()
-                    .enumerate()
-                    .map(|(n, (i, _))| format!("{} = ?{}", q(&t.cols[*i as usize]), n + 1))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!("UPDATE {} SET {sets} WHERE {}", q(&t.name), t.pk_where(won.len()));
-                let vals: Vec<&Value> = won.iter().map(|(_, v)| *v).chain(row.pk.iter()).collect();
-                conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
+                for (i, v) in &won {
+                    let vals = std::iter::once(*v).chain(row.pk.iter());
+                    conn.prepare_cached(&t.sql.update_col[*i as usize])?
+                        .execute(params_from_iter(vals))?;
+                }
                 for (i, _) in &won {
                     let cv = known.iter().find(|(k, _)| k == i).map(|(_, c)| c.cv).unwrap_or(1);
                     local.cells.set(*i, CellClock { cv, entry });
@@ -383,12 +463,7 @@ impl Store {
 }
 
 pub(crate) fn load_clock(conn: &Connection, t: &TableMeta, pk: &[Value]) -> Result<Option<RowClock>> {
-    let sql = format!(
-        "SELECT __cl, __oa, __ov, __os, __oc, __cells FROM {} WHERE {}",
-        t.clk,
-        t.pk_where(0)
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&t.sql.load_clock)?;
     let row = stmt
         .query_row(params_from_iter(pk.iter()), |r| {
             Ok((
@@ -427,19 +502,6 @@ fn store_clock(
     oc: u32,
     cells: &Cells,
 ) -> Result<()> {
-    let n = t.pk.len();
-    let sql = format!(
-        "INSERT OR REPLACE INTO {}({}, __cl, __oa, __ov, __os, __oc, __cells) VALUES ({}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-        t.clk,
-        t.pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", "),
-        (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", "),
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 4,
-        n + 5,
-        n + 6
-    );
     let mut params: Vec<rusqlite::types::Value> = pk.iter().map(to_sql_value).collect();
     params.push((cl as i64).into());
     params.push((owner.actor as i64).into());
@@ -450,19 +512,20 @@ fn store_clock(
         Some(b) => b.into(),
         None => rusqlite::types::Value::Null,
     });
-    conn.prepare_cached(&sql)?.execute(params_from_iter(params))?;
+    conn.prepare_cached(&t.sql.store_clock)?
+        .execute(params_from_iter(params))?;
     Ok(())
 }
 
 fn store_cells(conn: &Connection, t: &TableMeta, pk: &[Value], cells: &Cells) -> Result<()> {
-    let sql = format!("UPDATE {} SET __cells = ?1 WHERE {}", t.clk, t.pk_where(1));
     let blob = cells.encode();
     let mut params: Vec<rusqlite::types::Value> = vec![match blob {
         Some(b) => b.into(),
         None => rusqlite::types::Value::Null,
     }];
     params.extend(pk.iter().map(to_sql_value));
-    conn.prepare_cached(&sql)?.execute(params_from_iter(params))?;
+    conn.prepare_cached(&t.sql.store_cells)?
+        .execute(params_from_iter(params))?;
     Ok(())
 }
 

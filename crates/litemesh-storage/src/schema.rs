@@ -46,16 +46,66 @@ pub(crate) struct TableMeta {
     pub col_idx: HashMap<String, u32>,
     /// Quoted name of the clock table.
     pub clk: String,
+    /// Prepared-statement texts used for every merged or extracted row.
+    pub sql: std::sync::Arc<TableSql>,
 }
 
-impl TableMeta {
-    pub fn pk_where(&self, offset: usize) -> String {
-        self.pk
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{} = ?{}", q(p), i + 1 + offset))
-            .collect::<Vec<_>>()
-            .join(" AND ")
+/// SQL texts of one table, built once when the table is loaded.
+#[derive(Debug)]
+pub(crate) struct TableSql {
+    /// `SELECT clock FROM clk WHERE pk = ?1..`
+    pub load_clock: String,
+    /// `INSERT OR REPLACE INTO clk(pk.., clock..) VALUES (?..)`
+    pub store_clock: String,
+    /// `UPDATE clk SET __cells = ?1 WHERE pk = ?2..`
+    pub store_cells: String,
+    /// `DELETE FROM t WHERE pk = ?1..`
+    pub delete_row: String,
+    /// `SELECT cols.. FROM t WHERE pk = ?1..`
+    pub select_cols: String,
+    /// `INSERT OR REPLACE INTO t(pk.., cols..) VALUES (?..)`
+    pub replace_row: String,
+    /// Per column: `UPDATE t SET col = ?1 WHERE pk = ?2..`
+    pub update_col: Vec<String>,
+}
+
+impl TableSql {
+    fn new(name: &str, clk: &str, pk: &[String], cols: &[String]) -> TableSql {
+        let w = |offset: usize| {
+            pk.iter()
+                .enumerate()
+                .map(|(i, p)| format!("{} = ?{}", q(p), i + 1 + offset))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let params = |n: usize| (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let names = |c: &[String]| c.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+        let all: Vec<String> = pk.iter().chain(cols).cloned().collect();
+        let t = q(name);
+        TableSql {
+            load_clock: format!("SELECT __cl, __oa, __ov, __os, __oc, __cells FROM {clk} WHERE {}", w(0)),
+            store_clock: format!(
+                "INSERT OR REPLACE INTO {clk}({}, __cl, __oa, __ov, __os, __oc, __cells) VALUES ({})",
+                names(pk),
+                params(pk.len() + 6)
+            ),
+            store_cells: format!("UPDATE {clk} SET __cells = ?1 WHERE {}", w(1)),
+            delete_row: format!("DELETE FROM {t} WHERE {}", w(0)),
+            select_cols: if cols.is_empty() {
+                format!("SELECT 1 FROM {t} WHERE {}", w(0))
+            } else {
+                format!("SELECT {} FROM {t} WHERE {}", names(cols), w(0))
+            },
+            replace_row: format!(
+                "INSERT OR REPLACE INTO {t}({}) VALUES ({})",
+                names(&all),
+                params(all.len())
+            ),
+            update_col: cols
+                .iter()
+                .map(|c| format!("UPDATE {t} SET {} = ?1 WHERE {}", q(c), w(1)))
+                .collect(),
+        }
     }
 }
 
@@ -222,7 +272,7 @@ fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, 
 }
 
 /// Loads the replicated tables from the registry.
-pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, TableMeta>> {
+pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, std::sync::Arc<TableMeta>>> {
     let mut out = HashMap::new();
     let mut stmt = conn.prepare("SELECT id, name, pk FROM __lm_tables")?;
     let rows: Vec<(i64, String, String)> = stmt
@@ -239,16 +289,19 @@ pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, TableMeta
             .enumerate()
             .map(|(i, c)| (c.clone(), i as u32))
             .collect();
+        let clk = q(&format!("__lm_clk_{name}"));
+        let sql = std::sync::Arc::new(TableSql::new(&name, &clk, &pk, &cols));
         out.insert(
             name.clone(),
-            TableMeta {
+            std::sync::Arc::new(TableMeta {
                 id,
-                clk: q(&format!("__lm_clk_{name}")),
+                sql,
+                clk,
                 name,
                 pk,
                 cols,
                 col_idx,
-            },
+            }),
         );
     }
     Ok(out)
@@ -440,9 +493,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     let log = |pkvals: &str| {
         format!(
             "INSERT INTO __lm_log(actor, version, seq, tbl, pk) \
-             VALUES (0, __lm_version(), __lm_seq(), {tid}, __lm_pk({pkvals}));\n\
-             UPDATE __lm_site SET next_version = __lm_version() + 1 \
-             WHERE id = 0 AND next_version <= __lm_version();\n"
+             VALUES (0, __lm_version(), __lm_seq(), {tid}, __lm_pk({pkvals}));\n"
         )
     };
     let live = "__cl % 2 = 1";
