@@ -31,7 +31,9 @@ fn rows(n: usize, seed: u64) -> Vec<Row> {
         .map(|_| Row {
             id: format!("{:016x}", rng.random::<u64>()),
             a: rng.random_range(0..1_000_000),
-            b: (0..16).map(|_| rng.random_range(b'a'..=b'z') as char).collect(),
+            b: (0..16)
+                .map(|_| rng.random_range(b'a'..=b'z') as char)
+                .collect(),
             c: rng.random::<f64>() * 1000.0,
         })
         .collect()
@@ -233,15 +235,24 @@ fn main() {
         median(&s.plain_size) as f64 / 1e6,
         median(&s.repl_size) as f64 / 1e6
     );
-    println!("{:<44}{:>14}{:>14.0}", "extract all changes, cells/s", "-", extract_rate);
-    println!("{:<44}{:>14}{:>14.0}", "apply all into empty replica, cells/s", "-", full_rate);
+    println!(
+        "{:<44}{:>14}{:>14.0}",
+        "extract all changes, cells/s", "-", extract_rate
+    );
+    println!(
+        "{:<44}{:>14}{:>14.0}",
+        "apply all into empty replica, cells/s", "-", full_rate
+    );
     println!(
         "{:<44}{:>14}{:>14.0}",
         "delta extract only, cells/s",
         "-",
         median(&s.delta_cells) as f64 / secs(median(&s.delta_extract))
     );
-    println!("{:<44}{:>14}{:>14.0}", "delta extract + apply, cells/s", "-", delta_rate);
+    println!(
+        "{:<44}{:>14}{:>14.0}",
+        "delta extract + apply, cells/s", "-", delta_rate
+    );
     println!("insert_overhead_x: {insert_x:.2}");
     println!("full_merge_cells_per_s: {full_rate:.0}");
     println!("delta_cells_per_s: {delta_rate:.0}");

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::params_from_iter;
 
-use crate::change::{ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges};
+use crate::change::{
+    ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges,
+};
 use crate::clock::EntryRef;
 use crate::error::{Result, StorageError};
 use crate::ranges::RangeSet;
@@ -97,7 +99,10 @@ impl Out<'_> {
                 }
                 let (r, sz) = rows.next().expect("peeked");
                 let same_seq = chunk.last().is_some_and(|l| l.seq == r.seq);
-                if !chunk.is_empty() && !same_seq && self.size + chunk_size + sz + 32 > self.max_bytes {
+                if !chunk.is_empty()
+                    && !same_seq
+                    && self.size + chunk_size + sz + 32 > self.max_bytes
+                {
                     let last = chunk.last().expect("non-empty").seq;
                     let full = std::mem::take(&mut chunk);
                     self.push(
@@ -115,7 +120,8 @@ impl Out<'_> {
                     }
                     start = last + 1;
                     chunk_size = 0;
-                } else if chunk.is_empty() && self.size > 0 && self.size + sz + 32 > self.max_bytes {
+                } else if chunk.is_empty() && self.size > 0 && self.size + sz + 32 > self.max_bytes
+                {
                     self.flush()?;
                 }
                 chunk_size += sz;
@@ -225,7 +231,10 @@ impl Store {
                     let blob: Vec<u8> = r.get(1)?;
                     let rc: RowChange = rmp_serde::from_slice(&blob)
                         .map_err(|e| StorageError::Corrupt(format!("parked change: {e}")))?;
-                    parked.entry(r.get::<_, i64>(0)? as u64).or_default().push(rc);
+                    parked
+                        .entry(r.get::<_, i64>(0)? as u64)
+                        .or_default()
+                        .push(rc);
                 }
             }
             let mut stmt = self.conn.prepare_cached(
@@ -238,7 +247,15 @@ impl Store {
                 let version = r.get::<_, i64>(0)? as u64;
                 if cur_version != Some(version) {
                     if let Some(v) = cur_version {
-                        self.finish_version(actor, v, std::mem::take(&mut cur_rows), &mut parked, their_partial, &mut with_data, out)?;
+                        self.finish_version(
+                            actor,
+                            v,
+                            std::mem::take(&mut cur_rows),
+                            &mut parked,
+                            their_partial,
+                            &mut with_data,
+                            out,
+                        )?;
                         if out.stats.stopped {
                             return Ok(());
                         }
@@ -261,21 +278,41 @@ impl Store {
                 }
             }
             if let Some(v) = cur_version {
-                self.finish_version(actor, v, cur_rows, &mut parked, their_partial, &mut with_data, out)?;
+                self.finish_version(
+                    actor,
+                    v,
+                    cur_rows,
+                    &mut parked,
+                    their_partial,
+                    &mut with_data,
+                    out,
+                )?;
             }
             for (v, rows) in std::mem::take(&mut parked) {
                 if out.stats.stopped {
                     return Ok(());
                 }
                 let mut none = BTreeMap::new();
-                self.finish_version(actor, v, rows, &mut none, their_partial, &mut with_data, out)?;
+                self.finish_version(
+                    actor,
+                    v,
+                    rows,
+                    &mut none,
+                    their_partial,
+                    &mut with_data,
+                    out,
+                )?;
             }
         }
         let cleared = need.difference(&with_data);
         for &(s, e) in cleared.ranges() {
             out.stats.cleared_versions += e - s + 1;
             out.size += 40;
-            out.cur.cleared.push(Cleared { actor, start: s, end: e });
+            out.cur.cleared.push(Cleared {
+                actor,
+                start: s,
+                end: e,
+            });
             if out.size > out.max_bytes {
                 out.flush()?;
             }
@@ -343,12 +380,17 @@ impl Store {
         }
         // Keep the local version counter above every version ever used.
         tx.execute(
-            &format!("UPDATE __lm_site SET next_version = ({}) WHERE id = 0", crate::store::NEXT_VERSION_SQL),
+            &format!(
+                "UPDATE __lm_site SET next_version = ({}) WHERE id = 0",
+                crate::store::NEXT_VERSION_SQL
+            ),
             [],
         )?;
         for k in &stale {
-            tx.prepare_cached("DELETE FROM __lm_log WHERE actor = ?1 AND version = ?2 AND seq = ?3")?
-                .execute(*k)?;
+            tx.prepare_cached(
+                "DELETE FROM __lm_log WHERE actor = ?1 AND version = ?2 AND seq = ?3",
+            )?
+            .execute(*k)?;
         }
         tx.commit()?;
         Ok(stale.len() as u64)
@@ -382,9 +424,9 @@ fn live_row(
     if !owned.is_empty() {
         let mut stmt = conn.prepare_cached(&t.sql.select_cols)?;
         let mut rows = stmt.query(params_from_iter(pk.iter()))?;
-        let r = rows
-            .next()?
-            .ok_or_else(|| StorageError::Corrupt(format!("live clock without a row in {}", t.name)))?;
+        let r = rows.next()?.ok_or_else(|| {
+            StorageError::Corrupt(format!("live clock without a row in {}", t.name))
+        })?;
         for (i, cv) in owned {
             cells.push(CellChange {
                 column: t.cols[i].clone(),

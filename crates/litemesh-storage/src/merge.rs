@@ -57,7 +57,10 @@ struct MergeMode {
 }
 
 impl MergeMode {
-    fn enter(conn: &Connection, flag: std::sync::Arc<crate::capture::CaptureState>) -> Result<MergeMode> {
+    fn enter(
+        conn: &Connection,
+        flag: std::sync::Arc<crate::capture::CaptureState>,
+    ) -> Result<MergeMode> {
         flag.enabled.store(false, Ordering::SeqCst);
         let guard = MergeMode {
             // SAFETY: the handle stays valid while the store (which owns the
@@ -65,7 +68,10 @@ impl MergeMode {
             db: unsafe { conn.handle() },
             flag,
         };
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+            false,
+        )?;
         Ok(guard)
     }
 }
@@ -149,7 +155,11 @@ impl Store {
                     continue;
                 }
                 match v.chunk {
-                    None | Some(SeqRange { start: 0, end: u64::MAX }) => {
+                    None
+                    | Some(SeqRange {
+                        start: 0,
+                        end: u64::MAX,
+                    }) => {
                         self.apply_version(v.actor, v.version, v.rows.iter(), report)?;
                     }
                     Some(_) => chunked.entry((v.actor, v.version)).or_default().push(v),
@@ -257,7 +267,9 @@ impl Store {
         // table); keep the cells of both.
         let existing: Option<Vec<u8>> = self
             .conn
-            .prepare_cached("SELECT change FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3")?
+            .prepare_cached(
+                "SELECT change FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3",
+            )?
             .query_row((a as i64, version as i64, row.seq as i64), |r| r.get(0))
             .optional()?;
         let blob = match existing {
@@ -296,12 +308,18 @@ impl Store {
             for (a, v, s, blob) in parked {
                 let row: RowChange = rmp_serde::from_slice(&blob)
                     .map_err(|e| StorageError::Corrupt(format!("parked change: {e}")))?;
-                let Some(t) = self.tables.get(&row.table) else { continue };
-                if !row.cells.iter().any(|c| t.col_idx.contains_key(&c.column)) && !row.cells.is_empty() {
+                let Some(t) = self.tables.get(&row.table) else {
+                    continue;
+                };
+                if !row.cells.iter().any(|c| t.col_idx.contains_key(&c.column))
+                    && !row.cells.is_empty()
+                {
                     continue;
                 }
                 self.conn
-                    .prepare_cached("DELETE FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3")?
+                    .prepare_cached(
+                        "DELETE FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3",
+                    )?
                     .execute((a, v, s))?;
                 let actor = crate::store::actor_at(&self.actors, a)?;
                 self.merge_row(a as u64, actor, v as u64, &row, &mut report)?;
@@ -368,7 +386,7 @@ impl Store {
         }
         let mut wrote = false;
         if row.cl > local_cl {
-            if row.cl % 2 == 0 {
+            if row.cl.is_multiple_of(2) {
                 if local_cl % 2 == 1 {
                     conn.prepare_cached(&t.sql.delete_row)?
                         .execute(params_from_iter(row.pk.iter()))?;
@@ -405,7 +423,10 @@ impl Store {
                         "INSERT OR REPLACE INTO {}({}) VALUES ({})",
                         q(&t.name),
                         cols.iter().map(|c| q(c)).collect::<Vec<_>>().join(", "),
-                        (1..=cols.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                        (1..=cols.len())
+                            .map(|i| format!("?{i}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                     conn.prepare_cached(&sql)?.execute(params_from_iter(vals))?;
                 }
@@ -442,7 +463,11 @@ impl Store {
                         .execute(params_from_iter(vals))?;
                 }
                 for (i, _) in &won {
-                    let cv = known.iter().find(|(k, _)| k == i).map(|(_, c)| c.cv).unwrap_or(1);
+                    let cv = known
+                        .iter()
+                        .find(|(k, _)| k == i)
+                        .map(|(_, c)| c.cv)
+                        .unwrap_or(1);
                     local.cells.set(*i, CellClock { cv, entry });
                 }
                 store_cells(conn, &t, &row.pk, &local.cells)?;
@@ -462,7 +487,11 @@ impl Store {
     }
 }
 
-pub(crate) fn load_clock(conn: &Connection, t: &TableMeta, pk: &[Value]) -> Result<Option<RowClock>> {
+pub(crate) fn load_clock(
+    conn: &Connection,
+    t: &TableMeta,
+    pk: &[Value],
+) -> Result<Option<RowClock>> {
     let mut stmt = conn.prepare_cached(&t.sql.load_clock)?;
     let row = stmt
         .query_row(params_from_iter(pk.iter()), |r| {

@@ -45,9 +45,9 @@ impl RangeSet {
 
     /// Number of versions in the set (saturating).
     pub fn count(&self) -> u64 {
-        self.ranges
-            .iter()
-            .fold(0u64, |acc, (s, e)| acc.saturating_add(e - s).saturating_add(1))
+        self.ranges.iter().fold(0u64, |acc, (s, e)| {
+            acc.saturating_add(e - s).saturating_add(1)
+        })
     }
 
     /// Whether `v` is in the set.
@@ -70,9 +70,13 @@ impl RangeSet {
             return;
         }
         // First range whose end + 1 >= start (could merge with the new one).
-        let first = self.ranges.partition_point(|&(_, e)| e.saturating_add(1) < start);
+        let first = self
+            .ranges
+            .partition_point(|&(_, e)| e.saturating_add(1) < start);
         // First range whose start > end + 1 (cannot merge).
-        let last = self.ranges.partition_point(|&(s, _)| s <= end.saturating_add(1));
+        let last = self
+            .ranges
+            .partition_point(|&(s, _)| s <= end.saturating_add(1));
         if first >= last {
             self.ranges.insert(first, (start, end));
             return;

@@ -78,12 +78,20 @@ impl TableSql {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        let params = |n: usize| (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let params = |n: usize| {
+            (1..=n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let names = |c: &[String]| c.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
         let all: Vec<String> = pk.iter().chain(cols).cloned().collect();
         let t = q(name);
         TableSql {
-            load_clock: format!("SELECT __cl, __oa, __ov, __os, __oc, __cells FROM {clk} WHERE {}", w(0)),
+            load_clock: format!(
+                "SELECT __cl, __oa, __ov, __os, __oc, __cells FROM {clk} WHERE {}",
+                w(0)
+            ),
             store_clock: format!(
                 "INSERT OR REPLACE INTO {clk}({}, __cl, __oa, __ov, __os, __oc, __cells) VALUES ({})",
                 names(pk),
@@ -118,6 +126,9 @@ struct ColInfo {
     pk: i64,
     hidden: i64,
 }
+
+/// An index as declared: (name, table, SQL).
+type DeclaredIndex = (String, String, String);
 
 #[derive(Debug, Clone)]
 struct DeclaredTable {
@@ -157,7 +168,10 @@ fn is_reserved(name: &str) -> bool {
 }
 
 /// Parses the schema SQL in a scratch in-memory database and validates it.
-fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, Vec<(String, String, String)>)> {
+fn declare(
+    sql: &str,
+    report: &mut SchemaReport,
+) -> Result<(Vec<DeclaredTable>, Vec<DeclaredIndex>)> {
     let scratch = Connection::open_in_memory()?;
     use rusqlite::fallible_iterator::FallibleIterator;
     let mut batch = rusqlite::Batch::new(&scratch, sql);
@@ -172,7 +186,11 @@ fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, 
             .map(|w| w.to_ascii_uppercase())
             .collect();
         let ok = matches!(
-            words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+            words
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
             ["CREATE", "TABLE", ..] | ["CREATE", "INDEX", ..] | ["CREATE", "UNIQUE", "INDEX"]
         );
         if !ok {
@@ -195,7 +213,11 @@ fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, 
             return Err(StorageError::ReservedName(name));
         }
         let cols = table_info(&scratch, &name)?;
-        let t = DeclaredTable { name: name.clone(), sql: sql.clone(), cols };
+        let t = DeclaredTable {
+            name: name.clone(),
+            sql: sql.clone(),
+            cols,
+        };
         let pk = t.pk();
         if pk.is_empty() {
             return Err(StorageError::NoPrimaryKey { table: name });
@@ -243,7 +265,13 @@ fn declare(sql: &str, report: &mut SchemaReport) -> Result<(Vec<DeclaredTable>, 
         // Unique constraints other than the primary key cannot be honoured by a merge.
         if let Some((idx, _)) = scratch
             .prepare(&format!("PRAGMA index_list({})", q(&name)))?
-            .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
             .find(|(_, unique, origin)| *unique && origin != "pk")
@@ -351,7 +379,10 @@ pub(crate) fn apply(tx: &Transaction<'_>, sql: &str) -> Result<SchemaReport> {
 }
 
 fn normalize(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_lowercase()
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
 }
 
 fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaReport) -> Result<()> {
@@ -371,13 +402,11 @@ fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaRepo
         (&t.name, &pk_text, &t.sql),
     )?;
     let id = tx.last_insert_rowid();
-    let mut idx = 0;
-    for c in t.cols.iter().filter(|c| c.pk == 0) {
+    for (idx, c) in t.cols.iter().filter(|c| c.pk == 0).enumerate() {
         tx.execute(
             "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
-            (id, idx, &c.name),
+            (id, idx as i64, &c.name),
         )?;
-        idx += 1;
     }
     let pk_defs: Vec<String> = pk
         .iter()
@@ -448,7 +477,16 @@ fn migrate_table(
         tx.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {def}", q(&t.name)))?;
         tx.execute(
             "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
-            (meta.id, meta.cols.len() as i64 + report.added_columns.iter().filter(|(tb, _)| tb == &t.name).count() as i64, &d.name),
+            (
+                meta.id,
+                meta.cols.len() as i64
+                    + report
+                        .added_columns
+                        .iter()
+                        .filter(|(tb, _)| tb == &t.name)
+                        .count() as i64,
+                &d.name,
+            ),
         )?;
         report.added_columns.push((t.name.clone(), d.name.clone()));
         added = true;
@@ -484,12 +522,11 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    let pk_same = t
-        .pk
-        .iter()
-        .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let pk_same =
+        t.pk.iter()
+            .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
     let log = |pkvals: &str| {
         format!(
             "INSERT INTO __lm_log(actor, version, seq, tbl, pk) \

@@ -133,9 +133,11 @@ impl Store {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(INTERNAL_DDL)?;
             let site: Option<(Vec<u8>, i64)> = tx
-                .query_row("SELECT actor, format FROM __lm_site WHERE id = 0", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT actor, format FROM __lm_site WHERE id = 0",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
             match site {
                 None => {
@@ -144,7 +146,10 @@ impl Store {
                         "INSERT INTO __lm_site(id, actor, next_version, format) VALUES (0, ?1, 1, ?2)",
                         (&actor.0[..], FORMAT),
                     )?;
-                    tx.execute("INSERT INTO __lm_actors(idx, actor) VALUES (0, ?1)", [&actor.0[..]])?;
+                    tx.execute(
+                        "INSERT INTO __lm_actors(idx, actor) VALUES (0, ?1)",
+                        [&actor.0[..]],
+                    )?;
                 }
                 Some((_, f)) if f != FORMAT => {
                     return Err(StorageError::Corrupt(format!(
@@ -215,7 +220,9 @@ impl Store {
 
     /// The non-key columns the engine tracks for `table`.
     pub fn columns(&self, table: &str) -> Option<(Vec<String>, Vec<String>)> {
-        self.tables.get(table).map(|t| (t.pk.clone(), t.cols.clone()))
+        self.tables
+            .get(table)
+            .map(|t| (t.pk.clone(), t.cols.clone()))
     }
 
     /// Applies schema SQL (`CREATE TABLE` / `CREATE INDEX` statements): new
@@ -294,10 +301,12 @@ impl Store {
 pub(crate) fn read_knowledge(conn: &Connection, actors: &[ActorId]) -> Result<Knowledge> {
     let mut k = Knowledge::default();
     let next: i64 = conn.query_row(NEXT_VERSION_SQL, [], |r| r.get(0))?;
-    let mut own = RangeSet::new();
-    own.insert_range(1, next as u64 - 1);
-    k.have.insert(actors[0], own);
-    let mut stmt = conn.prepare_cached("SELECT actor, start, end FROM __lm_have ORDER BY actor, start")?;
+    if next > 1 {
+        k.have
+            .insert(actors[0], RangeSet::from_ranges([(1, next as u64 - 1)]));
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT actor, start, end FROM __lm_have ORDER BY actor, start")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let a = actor_at(actors, r.get(0)?)?;
@@ -306,8 +315,7 @@ pub(crate) fn read_knowledge(conn: &Connection, actors: &[ActorId]) -> Result<Kn
             .or_default()
             .insert_range(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
     }
-    let mut stmt =
-        conn.prepare_cached("SELECT actor, version, start, end FROM __lm_partial")?;
+    let mut stmt = conn.prepare_cached("SELECT actor, version, start, end FROM __lm_partial")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let a = actor_at(actors, r.get(0)?)?;
@@ -339,7 +347,11 @@ pub(crate) fn add_have(conn: &Connection, actor: u64, start: u64, end: u64) -> R
     )?;
     let touching: Vec<(i64, i64)> = stmt
         .query_map(
-            (a, s.saturating_sub(1) as i64, e.saturating_add(1).min(i64::MAX as u64) as i64),
+            (
+                a,
+                s.saturating_sub(1) as i64,
+                e.saturating_add(1).min(i64::MAX as u64) as i64,
+            ),
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
         .collect::<rusqlite::Result<_>>()?;

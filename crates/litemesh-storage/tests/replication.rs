@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use litemesh_storage::{Knowledge, Store, StorageError, Value, attach, decode_batch, encode_batch};
+use litemesh_storage::{Knowledge, StorageError, Store, Value, attach, decode_batch, encode_batch};
 
 fn text(s: &str) -> Value {
     Value::Text(s.into())
@@ -14,20 +14,27 @@ fn insert_update_delete_replicate() {
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
     let v1 = a
-        .execute_batch("INSERT INTO items VALUES ('x', 1, 'one'); INSERT INTO items VALUES ('y', 2, 'two');")
+        .execute_batch(
+            "INSERT INTO items VALUES ('x', 1, 'one'); INSERT INTO items VALUES ('y', 2, 'two');",
+        )
         .unwrap();
     assert_eq!(v1, Some(1), "one transaction is one version");
     sync(&a, &mut b);
     assert_eq!(dump(&b, "items"), dump(&a, "items"));
     assert_eq!(dump(&b, "items").len(), 2);
 
-    a.execute_batch("UPDATE items SET b = 'uno' WHERE id = 'x'").unwrap();
+    a.execute_batch("UPDATE items SET b = 'uno' WHERE id = 'x'")
+        .unwrap();
     a.execute_batch("DELETE FROM items WHERE id = 'y'").unwrap();
     sync(&a, &mut b);
-    assert_eq!(dump(&b, "items"), vec![vec![text("x"), Value::Integer(1), text("uno")]]);
+    assert_eq!(
+        dump(&b, "items"),
+        vec![vec![text("x"), Value::Integer(1), text("uno")]]
+    );
 
     // Re-insert after delete resurrects the row everywhere.
-    a.execute_batch("INSERT INTO items VALUES ('y', 3, 'tres')").unwrap();
+    a.execute_batch("INSERT INTO items VALUES ('y', 3, 'tres')")
+        .unwrap();
     sync(&a, &mut b);
     assert_eq!(dump(&b, "items"), dump(&a, "items"));
     // Nothing left to send, and b knows all of a's versions.
@@ -40,18 +47,26 @@ fn concurrent_writes_converge_per_cell() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
-    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')").unwrap();
+    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')")
+        .unwrap();
     sync(&a, &mut b);
     // Different cells of one row written on both sides: both survive.
-    a.execute_batch("UPDATE items SET a = 10 WHERE id = 'x'").unwrap();
-    b.execute_batch("UPDATE items SET b = 'b-side' WHERE id = 'x'").unwrap();
+    a.execute_batch("UPDATE items SET a = 10 WHERE id = 'x'")
+        .unwrap();
+    b.execute_batch("UPDATE items SET b = 'b-side' WHERE id = 'x'")
+        .unwrap();
     // The same cell written on both sides: one deterministic winner.
-    a.execute_batch("INSERT INTO tags VALUES ('t', 1, 'from-a')").unwrap();
-    b.execute_batch("INSERT INTO tags VALUES ('t', 1, 'from-b')").unwrap();
+    a.execute_batch("INSERT INTO tags VALUES ('t', 1, 'from-a')")
+        .unwrap();
+    b.execute_batch("INSERT INTO tags VALUES ('t', 1, 'from-b')")
+        .unwrap();
     sync(&a, &mut b);
     sync(&b, &mut a);
     assert_eq!(dump(&a, "items"), dump(&b, "items"));
-    assert_eq!(dump(&a, "items"), vec![vec![text("x"), Value::Integer(10), text("b-side")]]);
+    assert_eq!(
+        dump(&a, "items"),
+        vec![vec![text("x"), Value::Integer(10), text("b-side")]]
+    );
     assert_eq!(dump(&a, "tags"), dump(&b, "tags"));
 }
 
@@ -60,17 +75,23 @@ fn delete_wins_over_concurrent_update_then_reinsert_wins_over_delete() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
-    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')").unwrap();
+    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')")
+        .unwrap();
     sync(&a, &mut b);
     a.execute_batch("DELETE FROM items WHERE id = 'x'").unwrap();
-    b.execute_batch("UPDATE items SET a = 5 WHERE id = 'x'").unwrap();
+    b.execute_batch("UPDATE items SET a = 5 WHERE id = 'x'")
+        .unwrap();
     sync(&a, &mut b);
     sync(&b, &mut a);
     assert!(dump(&a, "items").is_empty());
     assert!(dump(&b, "items").is_empty());
-    b.execute_batch("INSERT INTO items VALUES ('x', 7, 'again')").unwrap();
+    b.execute_batch("INSERT INTO items VALUES ('x', 7, 'again')")
+        .unwrap();
     sync(&b, &mut a);
-    assert_eq!(dump(&a, "items"), vec![vec![text("x"), Value::Integer(7), text("again")]]);
+    assert_eq!(
+        dump(&a, "items"),
+        vec![vec![text("x"), Value::Integer(7), text("again")]]
+    );
 }
 
 #[test]
@@ -79,8 +100,13 @@ fn applying_twice_or_out_of_order_is_harmless() {
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
     for i in 0..5 {
-        a.execute_batch(&format!("INSERT INTO items VALUES ('k{i}', {i}, 'v{i}')")).unwrap();
-        a.execute_batch(&format!("UPDATE items SET a = a + 100 WHERE id = 'k{}'", i / 2)).unwrap();
+        a.execute_batch(&format!("INSERT INTO items VALUES ('k{i}', {i}, 'v{i}')"))
+            .unwrap();
+        a.execute_batch(&format!(
+            "UPDATE items SET a = a + 100 WHERE id = 'k{}'",
+            i / 2
+        ))
+        .unwrap();
     }
     let mut all = batches(&a, &b, 1024);
     all.reverse();
@@ -97,9 +123,12 @@ fn overwritten_versions_are_reported_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
-    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')").unwrap(); // v1
-    a.execute_batch("UPDATE items SET a = 2 WHERE id = 'x'").unwrap(); // v2
-    a.execute_batch("UPDATE items SET a = 3 WHERE id = 'x'").unwrap(); // v3 overwrites v2
+    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')")
+        .unwrap(); // v1
+    a.execute_batch("UPDATE items SET a = 2 WHERE id = 'x'")
+        .unwrap(); // v2
+    a.execute_batch("UPDATE items SET a = 3 WHERE id = 'x'")
+        .unwrap(); // v3 overwrites v2
     let bs = batches(&a, &b, 64 * 1024);
     let cleared: Vec<_> = bs.iter().flat_map(|b| b.cleared.clone()).collect();
     assert_eq!(cleared.len(), 1);
@@ -108,7 +137,11 @@ fn overwritten_versions_are_reported_cleared() {
         b.apply(bt).unwrap();
     }
     let k = b.knowledge().unwrap();
-    assert_eq!(k.have[&a.actor_id()].ranges(), &[(1, 3)], "the gap at v2 is closed");
+    assert_eq!(
+        k.have[&a.actor_id()].ranges(),
+        &[(1, 3)],
+        "the gap at v2 is closed"
+    );
     assert_eq!(dump(&b, "items"), dump(&a, "items"));
     // Compaction removes the stale log entry and changes nothing else.
     assert_eq!(a.compact().unwrap(), 1);
@@ -123,8 +156,10 @@ fn relayed_changes_reach_a_third_node() {
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
     let mut c = open(&dir, "c");
-    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')").unwrap();
-    b.execute_batch("INSERT INTO items VALUES ('y', 2, 'two')").unwrap();
+    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')")
+        .unwrap();
+    b.execute_batch("INSERT INTO items VALUES ('y', 2, 'two')")
+        .unwrap();
     sync(&a, &mut b);
     sync(&b, &mut c); // c gets a's write through b
     assert_eq!(dump(&c, "items"), dump(&b, "items"));
@@ -171,32 +206,54 @@ fn failure_in_the_middle_of_a_batch_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
-    a.execute_batch("INSERT INTO items VALUES ('k1', 1, 'ok'); INSERT INTO items VALUES ('k2', 2, 'ok')")
+    a.execute_batch(
+        "INSERT INTO items VALUES ('k1', 1, 'ok'); INSERT INTO items VALUES ('k2', 2, 'ok')",
+    )
+    .unwrap();
+    a.transaction(|tx| {
+        let mut st = tx.prepare("INSERT INTO items VALUES (?1, ?2, ?3)")?;
+        for i in 0..3000 {
+            st.execute((format!("bulk-{i:05}"), i, "x".repeat(100)))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    a.execute_batch("INSERT INTO items VALUES ('k4', 4, 'ok')")
         .unwrap();
-    a.execute_batch("INSERT INTO items VALUES ('k3', 3, 'boom')").unwrap();
-    a.execute_batch("INSERT INTO items VALUES ('k4', 4, 'ok')").unwrap();
     let all = batches(&a, &b, 64 * 1024);
-    assert_eq!(all.len(), 1);
-    // A constraint on b's side makes the third version fail half way through the batch.
+    assert!(all.len() > 1);
+    // The disk fills up (simulated with a page limit) half way through.
+    let pages: i64 = b
+        .connection()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
     b.connection()
-        .execute_batch(
-            "CREATE TRIGGER fail_boom BEFORE INSERT ON items WHEN NEW.b = 'boom' \
-             BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END",
-        )
+        .execute_batch(&format!("PRAGMA max_page_count = {}", pages + 40))
         .unwrap();
     let before = b.knowledge().unwrap();
-    let err = b.apply(&all[0]).unwrap_err();
-    assert!(err.to_string().contains("disk full"), "{err}");
-    assert!(dump(&b, "items").is_empty(), "no data from the failed batch");
-    assert_eq!(b.knowledge().unwrap(), before, "no bookkeeping from the failed batch");
-    let log: i64 = b
-        .connection()
-        .query_row("SELECT count(*) FROM __lm_log", [], |r| r.get(0))
+    let err = b.apply_all(&all).unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(
+        dump(&b, "items").is_empty(),
+        "no data from the failed batch"
+    );
+    assert_eq!(
+        b.knowledge().unwrap(),
+        before,
+        "no bookkeeping from the failed batch"
+    );
+    for table in ["__lm_log", "__lm_partial", "__lm_clk_items", "__lm_parked"] {
+        let n: i64 = b
+            .connection()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{table} is empty after the failure");
+    }
+    // Once there is room again the same batches apply in full.
+    b.connection()
+        .execute_batch("PRAGMA max_page_count = 1073741823")
         .unwrap();
-    assert_eq!(log, 0);
-    // Once the cause is gone the same batch applies in full.
-    b.connection().execute_batch("DROP TRIGGER fail_boom").unwrap();
-    b.apply(&all[0]).unwrap();
+    b.apply_all(&all).unwrap();
     assert_eq!(dump(&b, "items"), dump(&a, "items"));
     assert!(b.knowledge().unwrap().covers(&a.knowledge().unwrap()));
 }
@@ -220,7 +277,10 @@ fn changes_for_unknown_tables_and_columns_are_parked_then_applied() {
         assert_eq!(r.rows_parked, 2);
     }
     // Known cells applied, unknown kept.
-    assert_eq!(dump(&b, "items"), vec![vec![text("x"), Value::Integer(1), text("one")]]);
+    assert_eq!(
+        dump(&b, "items"),
+        vec![vec![text("x"), Value::Integer(1), text("one")]]
+    );
     // b forwards the parked cells to c, which does not know them either.
     sync(&b, &mut c);
     // Both learn the schema: the parked changes apply.
@@ -250,12 +310,17 @@ fn writes_through_other_connections_are_captured_or_refused() {
     // An attached connection writes and is recorded.
     let mut app = rusqlite::Connection::open(&path).unwrap();
     attach(&mut app).unwrap();
-    app.execute("INSERT INTO items VALUES ('app', 1, 'x')", []).unwrap();
-    app.execute("UPDATE items SET a = 2 WHERE id = 'app'", []).unwrap();
+    app.execute("INSERT INTO items VALUES ('app', 1, 'x')", [])
+        .unwrap();
+    app.execute("UPDATE items SET a = 2 WHERE id = 'app'", [])
+        .unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let mut b = open(&dir2, "b");
     sync(&a, &mut b);
-    assert_eq!(dump(&b, "items"), vec![vec![text("app"), Value::Integer(2), text("x")]]);
+    assert_eq!(
+        dump(&b, "items"),
+        vec![vec![text("app"), Value::Integer(2), text("x")]]
+    );
     assert_eq!(a.db_version().unwrap(), 2);
 }
 
@@ -264,20 +329,29 @@ fn actor_and_versions_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (actor, k) = {
         let mut a = open(&dir, "a");
-        a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')").unwrap();
+        a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one')")
+            .unwrap();
         (a.actor_id(), a.knowledge().unwrap())
     };
     let mut a = Store::open(dir.path().join("a.db")).unwrap();
     assert_eq!(a.actor_id(), actor);
     assert_eq!(a.knowledge().unwrap(), k);
-    assert_eq!(a.execute_batch("INSERT INTO items VALUES ('y', 1, 'one')").unwrap(), Some(2));
+    assert_eq!(
+        a.execute_batch("INSERT INTO items VALUES ('y', 1, 'one')")
+            .unwrap(),
+        Some(2)
+    );
     // A rolled-back transaction uses no version.
     let err = a.transaction(|tx| {
         tx.execute("INSERT INTO items VALUES ('z', 1, 'one')", [])?;
         Err::<(), _>(StorageError::UnknownTable("abort".into()))
     });
     assert!(err.is_err());
-    assert_eq!(a.execute_batch("INSERT INTO items VALUES ('w', 1, 'one')").unwrap(), Some(3));
+    assert_eq!(
+        a.execute_batch("INSERT INTO items VALUES ('w', 1, 'one')")
+            .unwrap(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -285,16 +359,27 @@ fn wire_encoding_roundtrips_and_rejects_garbage() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let b = open(&dir, "b");
-    a.execute_batch("INSERT INTO items VALUES ('x', 1, 'one'); INSERT INTO tags VALUES ('t', 1, x'00ff')")
-        .unwrap();
+    a.execute_batch(
+        "INSERT INTO items VALUES ('x', 1, 'one'); INSERT INTO tags VALUES ('t', 1, x'00ff')",
+    )
+    .unwrap();
     let bs = batches(&a, &b, 64 * 1024);
     let bytes = encode_batch(&bs[0], 1 << 20).unwrap();
     assert_eq!(decode_batch(&bytes, 1 << 20).unwrap(), bs[0]);
-    assert!(matches!(decode_batch(&bytes, 10), Err(StorageError::TooLarge { .. })));
-    assert!(matches!(encode_batch(&bs[0], 10), Err(StorageError::TooLarge { .. })));
+    assert!(matches!(
+        decode_batch(&bytes, 10),
+        Err(StorageError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        encode_batch(&bs[0], 10),
+        Err(StorageError::TooLarge { .. })
+    ));
     let mut wrong = bytes.clone();
     wrong[0] = 99;
-    assert!(matches!(decode_batch(&wrong, 1 << 20), Err(StorageError::Decode(_))));
+    assert!(matches!(
+        decode_batch(&wrong, 1 << 20),
+        Err(StorageError::Decode(_))
+    ));
     assert!(decode_batch(&[], 100).is_err());
     for cut in 0..bytes.len() {
         let _ = decode_batch(&bytes[..cut], 1 << 20);
