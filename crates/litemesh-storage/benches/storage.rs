@@ -99,7 +99,7 @@ fn median<T: Copy + PartialOrd>(v: &[T]) -> T {
     s[s.len() / 2]
 }
 
-fn run(n: usize, seed: u64, s: &mut Samples) {
+fn run(n: usize, seed: u64, s: &mut Samples, insert_only: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = rows(n, seed);
 
@@ -129,6 +129,9 @@ fn run(n: usize, seed: u64, s: &mut Samples) {
     s.repl_insert.push(t.elapsed());
     checkpoint(a.connection());
     s.repl_size.push(file_size(&a_path));
+    if insert_only {
+        return;
+    }
 
     // Full merge into an empty replica.
     let mut b = Store::open(dir.path().join("b.db")).unwrap();
@@ -172,10 +175,22 @@ fn arg(name: &str, default: usize) -> usize {
 fn main() {
     let runs = arg("--runs", 5);
     let n = arg("--rows", 100_000);
+    let insert_only = std::env::args().any(|a| a == "--insert-only");
     let mut s = Samples::default();
     for i in 0..runs {
-        run(n, i as u64 + 1, &mut s);
+        run(n, i as u64 + 1, &mut s, insert_only);
         eprintln!("run {}/{runs} done", i + 1);
+    }
+    if insert_only {
+        let ratios: Vec<f64> = s
+            .plain_insert
+            .iter()
+            .zip(&s.repl_insert)
+            .map(|(p, r)| r.as_secs_f64() / p.as_secs_f64())
+            .collect();
+        println!("insert ratios: {ratios:.2?}");
+        println!("insert_overhead_x: {:.2}", median(&ratios));
+        return;
     }
     let secs = |d: Duration| d.as_secs_f64();
     let plain_ins = secs(median(&s.plain_insert));

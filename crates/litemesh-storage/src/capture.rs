@@ -9,14 +9,15 @@
 //! them (for example the `sqlite3` shell) gets `no such function: __lm_local`
 //! on any write to a replicated table: writes are refused, never unrecorded.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
-use crate::clock::{CellClock, Cells, EntryRef};
+use crate::clock::{EntryRef, RowClock};
+use crate::log::{LogEntry, put_entry};
 use crate::value::encode_pk;
 
 /// Per-connection capture state: the version and entry counter of the open
@@ -29,12 +30,30 @@ pub(crate) struct CaptureState {
     pub version: AtomicU64,
     /// Next entry number within the version.
     pub seq: AtomicU64,
+    /// When set (inside [`Store::transaction`](crate::Store::transaction)),
+    /// change-log entries are collected in `buffer` and written in chunks
+    /// before the commit instead of one row per write.
+    pub buffering: AtomicBool,
+    pub buffer: Mutex<Vec<LogEntry>>,
 }
 
 impl CaptureState {
     fn reset(&self) {
         self.version.store(0, Ordering::SeqCst);
         self.seq.store(0, Ordering::SeqCst);
+        self.buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Takes the buffered log entries.
+    pub fn take_buffer(&self) -> Vec<LogEntry> {
+        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn buffer_len(&self) -> usize {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -74,7 +93,6 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         let conn = unsafe { ctx.get_connection()? };
         let next: i64 = conn.query_row(crate::store::NEXT_VERSION_SQL, [], |r| r.get(0))?;
         s.version.store(next as u64, Ordering::Relaxed);
-        s.seq.store(0, Ordering::Relaxed);
         Ok(next)
     })?;
 
@@ -88,78 +106,109 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(s.seq.load(Ordering::Relaxed).saturating_sub(1) as i64)
     })?;
 
-    conn.create_scalar_function("__lm_pk", -1, det, |ctx| {
-        let vals: Vec<ValueRef<'_>> = (0..ctx.len()).map(|i| ctx.get_raw(i)).collect();
-        Ok(ToSqlOutput::Owned(SqlValue::Blob(encode_pk(&vals))))
+    // __lm_buffered(table_id, pk...): inside a store transaction, buffer the
+    // log entry of the current row write and return 1; else return 0.
+    let s = state.clone();
+    conn.create_scalar_function("__lm_buffered", -1, flags, move |ctx| {
+        if !s.buffering.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (tbl, pk) = entry_args(ctx)?;
+        let seq = s.seq.load(Ordering::Relaxed).saturating_sub(1);
+        s.buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(LogEntry { seq, tbl, pk });
+        Ok(true)
     })?;
 
-    // __lm_cells_update(cells, oc, version, seq, changed_0, changed_1, ...)
-    conn.create_scalar_function("__lm_cells_update", -1, flags, |ctx| {
-        if ctx.len() < 4 {
-            return Err(user_err("__lm_cells_update: too few arguments"));
+    // __lm_entry(table_id, pk...): the one-entry log chunk of the current row write.
+    let s = state.clone();
+    conn.create_scalar_function("__lm_entry", -1, flags, move |ctx| {
+        let (tbl, pk) = entry_args(ctx)?;
+        let seq = s.seq.load(Ordering::Relaxed).saturating_sub(1);
+        let mut out = Vec::with_capacity(pk.len() + 8);
+        put_entry(&mut out, seq, seq, tbl, &pk);
+        Ok(ToSqlOutput::Owned(SqlValue::Blob(out)))
+    })?;
+    let _ = det;
+
+    // __lm_clk_insert(old_clock, version, seq, ncols): the clock after a local insert.
+    conn.create_scalar_function("__lm_clk_insert", 4, flags, |ctx| {
+        let old = clock_arg(ctx, 0)?;
+        let entry = entry_arg(ctx, 1)?;
+        let ncols: u32 = ctx.get(3)?;
+        Ok(RowClock::inserted(old.as_ref(), entry, ncols).encode())
+    })?;
+
+    // __lm_clk_update(clock, version, seq, changed_0, changed_1, ...): the clock
+    // after a local update of the flagged columns.
+    conn.create_scalar_function("__lm_clk_update", -1, flags, |ctx| {
+        if ctx.len() < 3 {
+            return Err(user_err("__lm_clk_update: too few arguments"));
         }
-        let (mut cells, oc, entry) = cells_args(ctx)?;
-        for col in 0..ctx.len() - 4 {
-            let changed: bool = ctx.get::<Option<bool>>(col + 4)?.unwrap_or(false);
-            if changed {
-                bump_cell(&mut cells, oc, col as u32, entry);
+        let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
+        let entry = entry_arg(ctx, 1)?;
+        for col in 0..ctx.len() - 3 {
+            if ctx.get::<Option<bool>>(col + 3)?.unwrap_or(false) {
+                clock.bump(col as u32, entry);
             }
         }
-        Ok(blob_or_null(cells))
+        Ok(clock.encode())
     })?;
 
-    // __lm_cells_all(cells, oc, version, seq, ncols): every cell overwritten.
-    conn.create_scalar_function("__lm_cells_all", 5, flags, |ctx| {
-        let (mut cells, oc, entry) = cells_args(ctx)?;
-        let ncols: i64 = ctx.get(4)?;
-        for col in 0..ncols.max(0) as u32 {
-            bump_cell(&mut cells, oc, col, entry);
-        }
-        Ok(blob_or_null(cells))
+    // __lm_clk_delete(clock, version, seq): the clock after a local delete.
+    conn.create_scalar_function("__lm_clk_delete", 3, flags, |ctx| {
+        let clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
+        Ok(clock.deleted(entry_arg(ctx, 1)?).encode())
     })?;
 
     let s = state.clone();
     conn.commit_hook(Some(move || {
+        // Entries still buffered would be lost by this commit: refuse it.
+        let lost = s.buffer_len() > 0;
+        if lost {
+            tracing::error!(
+                "commit with unwritten change-log entries refused; end store transactions through Store::transaction"
+            );
+        }
         s.reset();
-        false
+        lost
     }))?;
     let s = state.clone();
     conn.rollback_hook(Some(move || s.reset()))?;
     Ok(state)
 }
 
-fn cells_args(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<(Cells, i64, EntryRef)> {
-    let blob = match ctx.get_raw(0) {
-        ValueRef::Blob(b) => Some(b),
-        ValueRef::Null => None,
-        _ => return Err(user_err("corrupt cell clocks")),
-    };
-    let cells = Cells::decode(blob).ok_or_else(|| user_err("corrupt cell clocks"))?;
-    let oc: i64 = ctx.get(1)?;
-    let version: i64 = ctx.get(2)?;
-    let seq: i64 = ctx.get(3)?;
-    Ok((
-        cells,
-        oc,
-        EntryRef {
-            actor: 0,
-            version: version as u64,
-            seq: seq as u64,
-        },
-    ))
-}
-
-fn bump_cell(cells: &mut Cells, oc: i64, col: u32, entry: EntryRef) {
-    let old = cells
-        .get(col)
-        .map(|c| c.cv)
-        .unwrap_or(u64::from(i64::from(col) < oc));
-    cells.set(col, CellClock { cv: old + 1, entry });
-}
-
-fn blob_or_null(cells: Cells) -> ToSqlOutput<'static> {
-    match cells.encode() {
-        Some(b) => ToSqlOutput::Owned(SqlValue::Blob(b)),
-        None => ToSqlOutput::Owned(SqlValue::Null),
+fn entry_args(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<(i64, Vec<u8>)> {
+    if ctx.len() < 2 {
+        return Err(user_err("log entry: table id and key expected"));
     }
+    let tbl: i64 = ctx.get(0)?;
+    let vals: Vec<ValueRef<'_>> = (1..ctx.len()).map(|i| ctx.get_raw(i)).collect();
+    Ok((tbl, encode_pk(&vals)))
+}
+
+fn clock_arg(
+    ctx: &rusqlite::functions::Context<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<RowClock>> {
+    match ctx.get_raw(i) {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) => RowClock::decode(b)
+            .map(Some)
+            .ok_or_else(|| user_err("corrupt row clock")),
+        _ => Err(user_err("corrupt row clock")),
+    }
+}
+
+/// A local entry from (version, seq) arguments at `i`, `i + 1`.
+fn entry_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> rusqlite::Result<EntryRef> {
+    let version: i64 = ctx.get(i)?;
+    let seq: i64 = ctx.get(i + 1)?;
+    Ok(EntryRef {
+        actor: 0,
+        version: version as u64,
+        seq: seq as u64,
+    })
 }

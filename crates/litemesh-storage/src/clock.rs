@@ -2,19 +2,20 @@
 //!
 //! Every replicated table `T` has a companion table `__lm_clk_T`, keyed by the same
 //! primary key, holding one row per row of `T` that ever existed (deleted rows stay
-//! as tombstones):
+//! as tombstones), with one packed column `__clk`:
 //!
-//! | column | meaning |
+//! | field | meaning |
 //! |---|---|
-//! | `__cl` | causal length: odd = alive, even = deleted |
-//! | `__oa`, `__ov`, `__os` | the entry (actor index, version, seq) that set `__cl` |
-//! | `__oc` | cells with a column index below `__oc` and not listed in `__cells` belong to that entry with cell version 1 (the common case after an insert) |
-//! | `__cells` | varint-encoded list of explicit cell clocks `(column index, cell version, actor index, version, seq)` |
+//! | `cl` | causal length: odd = alive, even = deleted |
+//! | `owner` | the entry (actor index, version, seq) that set `cl` |
+//! | `oc` | cells with a column index below `oc` and no explicit clock belong to `owner` with cell version 1 (the common case after an insert) |
+//! | cells | explicit cell clocks `(column index, cell version, actor index, version, seq)` |
 //!
-//! The compact default (`__oc` = number of columns, `__cells = NULL`) makes a
-//! freshly inserted row cost a few bytes of metadata, and a column added later
-//! needs no metadata rewrite: its index is at or above every existing row's
-//! `__oc`, so its cells start with no clock (and the column's default value).
+//! all as varints. The compact default (`oc` = number of columns, no explicit
+//! cells) makes a freshly inserted row cost a few bytes of metadata, and a
+//! column added later needs no metadata rewrite: its index is at or above
+//! every existing row's `oc`, so its cells start with no clock (and the
+//! column's default value).
 
 use crate::varint;
 
@@ -124,5 +125,123 @@ impl RowClock {
         } else {
             None
         })
+    }
+}
+
+impl RowClock {
+    /// The clock of a row first inserted by `entry` with `ncols` non-key columns.
+    pub fn inserted(prev: Option<&RowClock>, entry: EntryRef, ncols: u32) -> RowClock {
+        match prev {
+            // INSERT OR REPLACE over a live row: every cell is overwritten.
+            Some(p) if p.cl % 2 == 1 => {
+                let mut c = p.clone();
+                for col in 0..ncols {
+                    c.bump(col, entry);
+                }
+                c
+            }
+            _ => RowClock {
+                cl: prev.map_or(1, |p| p.cl + 1),
+                owner: entry,
+                owner_cells: ncols,
+                cells: Cells::default(),
+            },
+        }
+    }
+
+    /// The clock after `entry` deleted the row (unchanged if already deleted).
+    pub fn deleted(&self, entry: EntryRef) -> RowClock {
+        if self.cl.is_multiple_of(2) {
+            return self.clone();
+        }
+        RowClock {
+            cl: self.cl + 1,
+            owner: entry,
+            owner_cells: 0,
+            cells: Cells::default(),
+        }
+    }
+
+    /// Records a local write of column `col` by `entry`: cell version + 1.
+    pub fn bump(&mut self, col: u32, entry: EntryRef) {
+        let old = self.cell(col).map_or(0, |c| c.cv);
+        self.cells.set(col, CellClock { cv: old + 1, entry });
+    }
+
+    /// Packs the clock for the `__clk` column.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.cells.0.len() * 8);
+        varint::put(&mut out, self.cl);
+        varint::put(&mut out, self.owner.actor);
+        varint::put(&mut out, self.owner.version);
+        varint::put(&mut out, self.owner.seq);
+        varint::put(&mut out, u64::from(self.owner_cells));
+        if let Some(cells) = self.cells.encode() {
+            out.extend_from_slice(&cells);
+        }
+        out
+    }
+
+    /// Unpacks the `__clk` column. `None` if corrupt.
+    pub fn decode(mut bytes: &[u8]) -> Option<RowClock> {
+        let cl = varint::get(&mut bytes)?;
+        let actor = varint::get(&mut bytes)?;
+        let version = varint::get(&mut bytes)?;
+        let seq = varint::get(&mut bytes)?;
+        let owner_cells = u32::try_from(varint::get(&mut bytes)?).ok()?;
+        let cells = Cells::decode(Some(bytes))?;
+        Some(RowClock {
+            cl,
+            owner: EntryRef {
+                actor,
+                version,
+                seq,
+            },
+            owner_cells,
+            cells,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_transitions() {
+        let e = |v, s| EntryRef {
+            actor: 0,
+            version: v,
+            seq: s,
+        };
+        let c = RowClock::inserted(None, e(1, 0), 3);
+        assert_eq!(c.cl, 1);
+        assert_eq!(c.cell(2).unwrap().cv, 1);
+        assert!(c.cell(3).is_none(), "a column added later has no clock");
+        assert_eq!(RowClock::decode(&c.encode()).unwrap(), c);
+        let mut u = c.clone();
+        u.bump(1, e(2, 0));
+        assert_eq!(
+            u.cell(1).unwrap(),
+            CellClock {
+                cv: 2,
+                entry: e(2, 0)
+            }
+        );
+        assert_eq!(RowClock::decode(&u.encode()).unwrap(), u);
+        let d = u.deleted(e(3, 0));
+        assert_eq!(d.cl, 2);
+        assert!(d.cell(0).is_none());
+        assert_eq!(
+            d.deleted(e(4, 0)),
+            d,
+            "deleting a deleted row changes nothing"
+        );
+        let r = RowClock::inserted(Some(&d), e(5, 0), 3);
+        assert_eq!((r.cl, r.owner), (3, e(5, 0)));
+        let rr = RowClock::inserted(Some(&r), e(6, 0), 3);
+        assert_eq!(rr.cl, 3, "replace over a live row keeps its life");
+        assert_eq!(rr.cell(0).unwrap().cv, 2);
+        assert!(RowClock::decode(&[0x80]).is_none());
     }
 }

@@ -9,6 +9,7 @@ use crate::change::{
 };
 use crate::clock::EntryRef;
 use crate::error::{Result, StorageError};
+use crate::log::{LogEntry, decode_entries};
 use crate::ranges::RangeSet;
 use crate::schema::TableMeta;
 use crate::store::{Store, read_knowledge};
@@ -238,7 +239,7 @@ impl Store {
                 }
             }
             let mut stmt = self.conn.prepare_cached(
-                "SELECT version, seq, tbl, pk FROM __lm_log WHERE actor = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version, seq",
+                "SELECT version, entries, seq FROM __lm_log WHERE actor = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version, seq",
             )?;
             let mut rows = stmt.query((a as i64, s as i64, e as i64))?;
             let mut cur_version: Option<u64> = None;
@@ -262,19 +263,21 @@ impl Store {
                     }
                     cur_version = Some(version);
                 }
-                let entry = EntryRef {
-                    actor: a,
-                    version,
-                    seq: r.get::<_, i64>(1)? as u64,
-                };
-                let Some(t) = by_id.get(&r.get::<_, i64>(2)?) else {
-                    continue;
-                };
-                let pk_blob: Vec<u8> = r.get(3)?;
-                let pk = decode_pk(&pk_blob)
-                    .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
-                if let Some(rc) = live_row(&self.conn, t, entry, pk)? {
-                    cur_rows.push(rc);
+                let blob: Vec<u8> = r.get(1)?;
+                for le in decode_entries(&blob, r.get::<_, i64>(2)? as u64)? {
+                    let Some(t) = by_id.get(&le.tbl) else {
+                        continue;
+                    };
+                    let pk = decode_pk(&le.pk)
+                        .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
+                    let entry = EntryRef {
+                        actor: a,
+                        version,
+                        seq: le.seq,
+                    };
+                    if let Some(rc) = live_row(&self.conn, t, entry, pk)? {
+                        cur_rows.push(rc);
+                    }
                 }
             }
             if let Some(v) = cur_version {
@@ -357,27 +360,6 @@ impl Store {
         let by_id: BTreeMap<i64, std::sync::Arc<TableMeta>> =
             self.tables.values().map(|t| (t.id, t.clone())).collect();
         let tx = self.conn.unchecked_transaction()?;
-        let mut stale: Vec<(i64, i64, i64)> = Vec::new();
-        {
-            let mut stmt = tx.prepare("SELECT actor, version, seq, tbl, pk FROM __lm_log")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let (a, v, s): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                let Some(t) = by_id.get(&r.get::<_, i64>(3)?) else {
-                    continue;
-                };
-                let pk = decode_pk(&r.get::<_, Vec<u8>>(4)?)
-                    .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
-                let entry = EntryRef {
-                    actor: a as u64,
-                    version: v as u64,
-                    seq: s as u64,
-                };
-                if live_row(&tx, t, entry, pk)?.is_none() {
-                    stale.push((a, v, s));
-                }
-            }
-        }
         // Keep the local version counter above every version ever used.
         tx.execute(
             &format!(
@@ -386,14 +368,49 @@ impl Store {
             ),
             [],
         )?;
-        for k in &stale {
+        let mut removed = 0u64;
+        let mut rewrites: Vec<(i64, i64, i64, Vec<LogEntry>)> = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT actor, version, seq, entries FROM __lm_log")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (a, v, s): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let entries = decode_entries(&r.get::<_, Vec<u8>>(3)?, s as u64)?;
+                let before = entries.len();
+                let mut live = Vec::with_capacity(before);
+                for le in entries {
+                    let Some(t) = by_id.get(&le.tbl) else {
+                        live.push(le);
+                        continue;
+                    };
+                    let pk = decode_pk(&le.pk)
+                        .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
+                    let entry = EntryRef {
+                        actor: a as u64,
+                        version: v as u64,
+                        seq: le.seq,
+                    };
+                    if live_row(&tx, t, entry, pk)?.is_some() {
+                        live.push(le);
+                    }
+                }
+                if live.len() < before {
+                    removed += (before - live.len()) as u64;
+                    rewrites.push((a, v, s, live));
+                }
+            }
+        }
+        for (a, v, s, live) in rewrites {
             tx.prepare_cached(
                 "DELETE FROM __lm_log WHERE actor = ?1 AND version = ?2 AND seq = ?3",
             )?
-            .execute(*k)?;
+            .execute((a, v, s))?;
+            if !live.is_empty() {
+                crate::log::write_chunks(&tx, a as u64, v as u64, &live)?;
+            }
         }
         tx.commit()?;
-        Ok(stale.len() as u64)
+        Ok(removed)
     }
 }
 

@@ -34,6 +34,7 @@ mod change;
 mod clock;
 mod error;
 mod extract;
+mod log;
 mod merge;
 mod ranges;
 mod schema;

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use crate::change::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
 use crate::clock::{CellClock, Cells, EntryRef, RowClock};
 use crate::error::{Result, StorageError};
+use crate::log::LogEntry;
 use crate::ranges::RangeSet;
 use crate::schema::{TableMeta, q};
 use crate::store::{Store, add_have, has_version};
@@ -211,8 +212,12 @@ impl Store {
             report.versions_duplicate += 1;
             return Ok(());
         }
+        let mut logged = Vec::new();
         for row in rows {
-            self.merge_row(a, actor, version, row, report)?;
+            logged.extend(self.merge_row(a, actor, version, row, report)?);
+        }
+        if !logged.is_empty() {
+            crate::log::write_chunks(&self.conn, a, version, &logged)?;
         }
         add_have(&self.conn, a, version, version)?;
         report.versions_applied += 1;
@@ -322,7 +327,9 @@ impl Store {
                     )?
                     .execute((a, v, s))?;
                 let actor = crate::store::actor_at(&self.actors, a)?;
-                self.merge_row(a as u64, actor, v as u64, &row, &mut report)?;
+                if let Some(e) = self.merge_row(a as u64, actor, v as u64, &row, &mut report)? {
+                    crate::log::write_chunks(&self.conn, a as u64, v as u64, &[e])?;
+                }
             }
             Ok(())
         })();
@@ -346,9 +353,10 @@ impl Store {
         version: u64,
         row: &RowChange,
         report: &mut ApplyReport,
-    ) -> Result<()> {
+    ) -> Result<Option<LogEntry>> {
         let Some(t) = self.tables.get(&row.table).cloned() else {
-            return self.park(a, version, row, report);
+            self.park(a, version, row, report)?;
+            return Ok(None);
         };
         if row.pk.len() != t.pk.len() {
             return Err(StorageError::Decode(format!(
@@ -382,7 +390,7 @@ impl Store {
         let local_cl = local.as_ref().map_or(0, |c| c.cl);
         let conn = &self.conn;
         if row.cl < local_cl {
-            return Ok(());
+            return Ok(None);
         }
         let mut wrote = false;
         if row.cl > local_cl {
@@ -393,7 +401,13 @@ impl Store {
                     report.rows_deleted += 1;
                     report.tables_changed.insert(t.name.clone());
                 }
-                store_clock(conn, &t, &row.pk, row.cl, entry, 0, &Cells::default())?;
+                let clock = RowClock {
+                    cl: row.cl,
+                    owner: entry,
+                    owner_cells: 0,
+                    cells: Cells::default(),
+                };
+                store_clock(conn, &t, &row.pk, &clock)?;
             } else {
                 // A new life of the row: earlier cells are void.
                 let mut cells = Cells::default();
@@ -436,7 +450,13 @@ impl Store {
                 } else {
                     0
                 };
-                store_clock(conn, &t, &row.pk, row.cl, entry, oc, &cells)?;
+                let clock = RowClock {
+                    cl: row.cl,
+                    owner: entry,
+                    owner_cells: oc,
+                    cells,
+                };
+                store_clock(conn, &t, &row.pk, &clock)?;
                 report.cells_written += known.len();
                 report.tables_changed.insert(t.name.clone());
             }
@@ -470,20 +490,21 @@ impl Store {
                         .unwrap_or(1);
                     local.cells.set(*i, CellClock { cv, entry });
                 }
-                store_cells(conn, &t, &row.pk, &local.cells)?;
+                store_clock(conn, &t, &row.pk, &local)?;
                 report.cells_written += won.len();
                 report.tables_changed.insert(t.name.clone());
                 wrote = true;
             }
         }
-        if wrote {
-            let pkref: Vec<ValueRef<'_>> = row.pk.iter().map(Value::as_ref).collect();
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO __lm_log(actor, version, seq, tbl, pk) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute((a as i64, version as i64, row.seq as i64, t.id, encode_pk(&pkref)))?;
+        if !wrote {
+            return Ok(None);
         }
-        Ok(())
+        let pkref: Vec<ValueRef<'_>> = row.pk.iter().map(Value::as_ref).collect();
+        Ok(Some(LogEntry {
+            seq: row.seq,
+            tbl: t.id,
+            pk: encode_pk(&pkref),
+        }))
     }
 }
 
@@ -493,67 +514,20 @@ pub(crate) fn load_clock(
     pk: &[Value],
 ) -> Result<Option<RowClock>> {
     let mut stmt = conn.prepare_cached(&t.sql.load_clock)?;
-    let row = stmt
-        .query_row(params_from_iter(pk.iter()), |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, Option<Vec<u8>>>(5)?,
-            ))
-        })
+    let blob: Option<Vec<u8>> = stmt
+        .query_row(params_from_iter(pk.iter()), |r| r.get(0))
         .optional()?;
-    let Some((cl, oa, ov, os, oc, cells)) = row else {
-        return Ok(None);
-    };
-    let cells = Cells::decode(cells.as_deref())
-        .ok_or_else(|| StorageError::Corrupt(format!("cell clocks of a row of {}", t.name)))?;
-    Ok(Some(RowClock {
-        cl: cl as u64,
-        owner: EntryRef {
-            actor: oa as u64,
-            version: ov as u64,
-            seq: os as u64,
-        },
-        owner_cells: oc,
-        cells,
-    }))
+    blob.map(|b| {
+        RowClock::decode(&b)
+            .ok_or_else(|| StorageError::Corrupt(format!("row clock in {}", t.name)))
+    })
+    .transpose()
 }
 
-fn store_clock(
-    conn: &Connection,
-    t: &TableMeta,
-    pk: &[Value],
-    cl: u64,
-    owner: EntryRef,
-    oc: u32,
-    cells: &Cells,
-) -> Result<()> {
+fn store_clock(conn: &Connection, t: &TableMeta, pk: &[Value], clock: &RowClock) -> Result<()> {
     let mut params: Vec<rusqlite::types::Value> = pk.iter().map(to_sql_value).collect();
-    params.push((cl as i64).into());
-    params.push((owner.actor as i64).into());
-    params.push((owner.version as i64).into());
-    params.push((owner.seq as i64).into());
-    params.push(i64::from(oc).into());
-    params.push(match cells.encode() {
-        Some(b) => b.into(),
-        None => rusqlite::types::Value::Null,
-    });
+    params.push(clock.encode().into());
     conn.prepare_cached(&t.sql.store_clock)?
-        .execute(params_from_iter(params))?;
-    Ok(())
-}
-
-fn store_cells(conn: &Connection, t: &TableMeta, pk: &[Value], cells: &Cells) -> Result<()> {
-    let blob = cells.encode();
-    let mut params: Vec<rusqlite::types::Value> = vec![match blob {
-        Some(b) => b.into(),
-        None => rusqlite::types::Value::Null,
-    }];
-    params.extend(pk.iter().map(to_sql_value));
-    conn.prepare_cached(&t.sql.store_cells)?
         .execute(params_from_iter(params))?;
     Ok(())
 }

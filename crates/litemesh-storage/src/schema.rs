@@ -57,8 +57,6 @@ pub(crate) struct TableSql {
     pub load_clock: String,
     /// `INSERT OR REPLACE INTO clk(pk.., clock..) VALUES (?..)`
     pub store_clock: String,
-    /// `UPDATE clk SET __cells = ?1 WHERE pk = ?2..`
-    pub store_cells: String,
     /// `DELETE FROM t WHERE pk = ?1..`
     pub delete_row: String,
     /// `SELECT cols.. FROM t WHERE pk = ?1..`
@@ -88,16 +86,12 @@ impl TableSql {
         let all: Vec<String> = pk.iter().chain(cols).cloned().collect();
         let t = q(name);
         TableSql {
-            load_clock: format!(
-                "SELECT __cl, __oa, __ov, __os, __oc, __cells FROM {clk} WHERE {}",
-                w(0)
-            ),
+            load_clock: format!("SELECT __clk FROM {clk} WHERE {}", w(0)),
             store_clock: format!(
-                "INSERT OR REPLACE INTO {clk}({}, __cl, __oa, __ov, __os, __oc, __cells) VALUES ({})",
+                "INSERT OR REPLACE INTO {clk}({}, __clk) VALUES ({})",
                 names(pk),
-                params(pk.len() + 6)
+                params(pk.len() + 1)
             ),
-            store_cells: format!("UPDATE {clk} SET __cells = ?1 WHERE {}", w(1)),
             delete_row: format!("DELETE FROM {t} WHERE {}", w(0)),
             select_cols: if cols.is_empty() {
                 format!("SELECT 1 FROM {t} WHERE {}", w(0))
@@ -416,9 +410,7 @@ fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaRepo
         })
         .collect();
     tx.execute_batch(&format!(
-        "CREATE TABLE {clk} ({defs}, __cl INTEGER NOT NULL, __oa INTEGER NOT NULL, \
-         __ov INTEGER NOT NULL, __os INTEGER NOT NULL, __oc INTEGER NOT NULL, __cells BLOB, \
-         PRIMARY KEY ({pks})) WITHOUT ROWID",
+        "CREATE TABLE {clk} ({defs}, __clk BLOB NOT NULL, PRIMARY KEY ({pks})) WITHOUT ROWID",
         clk = q(&format!("__lm_clk_{}", t.name)),
         defs = pk_defs.join(", "),
         pks = pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", "),
@@ -527,30 +519,27 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
             .collect::<Vec<_>>()
             .join(" AND ");
+    // Each row write: number it, update the row clock, log it (buffered inside
+    // a store transaction, else written at once as a one-entry chunk).
     let log = |pkvals: &str| {
         format!(
-            "INSERT INTO __lm_log(actor, version, seq, tbl, pk) \
-             VALUES (0, __lm_version(), __lm_seq(), {tid}, __lm_pk({pkvals}));\n"
+            "SELECT __lm_seq();\n\
+             INSERT INTO __lm_log(actor, version, seq, last, entries) \
+             SELECT 0, __lm_version(), __lm_cur_seq(), __lm_cur_seq(), __lm_entry({tid}, {pkvals}) \
+             WHERE NOT __lm_buffered({tid}, {pkvals});\n"
         )
     };
-    let live = "__cl % 2 = 1";
     let insert_clock = |pkvals: &str| {
         format!(
-            "INSERT INTO {clk}({pk_cols}, __cl, __oa, __ov, __os, __oc, __cells) \
-             VALUES ({pkvals}, 1, 0, __lm_version(), __lm_cur_seq(), {ncols}, NULL) \
+            "INSERT INTO {clk}({pk_cols}, __clk) \
+             VALUES ({pkvals}, __lm_clk_insert(NULL, __lm_version(), __lm_cur_seq(), {ncols})) \
              ON CONFLICT({pk_cols}) DO UPDATE SET \
-             __cells = CASE WHEN {live} THEN __lm_cells_all(__cells, __oc, __lm_version(), __lm_cur_seq(), {ncols}) ELSE NULL END, \
-             __oa = CASE WHEN {live} THEN __oa ELSE 0 END, \
-             __ov = CASE WHEN {live} THEN __ov ELSE __lm_version() END, \
-             __os = CASE WHEN {live} THEN __os ELSE __lm_cur_seq() END, \
-             __oc = CASE WHEN {live} THEN __oc ELSE {ncols} END, \
-             __cl = CASE WHEN {live} THEN __cl ELSE __cl + 1 END;\n"
+             __clk = __lm_clk_insert(__clk, __lm_version(), __lm_cur_seq(), {ncols});\n"
         )
     };
     let delete_clock = |m: &str| {
         format!(
-            "UPDATE {clk} SET __cl = __cl + 1, __oa = 0, __ov = __lm_version(), \
-             __os = __lm_cur_seq(), __oc = 0, __cells = NULL WHERE {m} AND {live};\n"
+            "UPDATE {clk} SET __clk = __lm_clk_delete(__clk, __lm_version(), __lm_cur_seq()) WHERE {m};\n"
         )
     };
     let trig = |kind: &str| q(&format!("__lm_{kind}_{name}"));
@@ -572,7 +561,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             .collect();
         sql.push_str(&format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND ({any}) BEGIN\n{log}\
-             UPDATE {clk} SET __cells = __lm_cells_update(__cells, __oc, __lm_version(), __lm_cur_seq(), {args}) \
+             UPDATE {clk} SET __clk = __lm_clk_update(__clk, __lm_version(), __lm_cur_seq(), {args}) \
              WHERE {m};\nEND;\n",
             trig("upd"),
             any = changed.join(" OR "),

@@ -41,9 +41,10 @@ CREATE TABLE IF NOT EXISTS __lm_columns(
     tbl INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
     PRIMARY KEY (tbl, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __lm_log(
+    id INTEGER PRIMARY KEY,
     actor INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
-    tbl INTEGER NOT NULL, pk BLOB NOT NULL,
-    PRIMARY KEY (actor, version, seq)) WITHOUT ROWID;
+    last INTEGER NOT NULL, entries BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS __lm_log_key ON __lm_log(actor, version, seq);
 CREATE TABLE IF NOT EXISTS __lm_parked(
     actor INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL, change BLOB NOT NULL,
     PRIMARY KEY (actor, version, seq)) WITHOUT ROWID;
@@ -256,7 +257,17 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
+        let value = {
+            let _buffering = Buffering::on(&self.state);
+            let value = f(&tx)?;
+            // Write the buffered change-log entries in chunks, in this transaction.
+            let entries = self.state.take_buffer();
+            if !entries.is_empty() {
+                let v = self.state.version.load(Ordering::SeqCst);
+                crate::log::write_chunks(&tx, 0, v, &entries)?;
+            }
+            value
+        };
         let v = self.state.version.load(Ordering::SeqCst);
         tx.commit()?;
         Ok(Committed {
@@ -295,6 +306,22 @@ impl Store {
         self.actors.push(*actor);
         self.actor_idx.insert(*actor, idx);
         Ok(idx)
+    }
+}
+
+/// Buffers change-log entries while alive (also on panic, it switches back).
+struct Buffering<'a>(&'a CaptureState);
+
+impl<'a> Buffering<'a> {
+    fn on(state: &'a CaptureState) -> Self {
+        state.buffering.store(true, Ordering::SeqCst);
+        Buffering(state)
+    }
+}
+
+impl Drop for Buffering<'_> {
+    fn drop(&mut self) {
+        self.0.buffering.store(false, Ordering::SeqCst);
     }
 }
 

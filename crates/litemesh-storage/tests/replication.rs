@@ -19,6 +19,10 @@ fn insert_update_delete_replicate() {
         )
         .unwrap();
     assert_eq!(v1, Some(1), "one transaction is one version");
+    // Every row write of a version has its own entry number.
+    let bs = batches(&a, &b, 64 * 1024);
+    let seqs: Vec<u64> = bs[0].versions[0].rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![0, 1]);
     sync(&a, &mut b);
     assert_eq!(dump(&b, "items"), dump(&a, "items"));
     assert_eq!(dump(&b, "items").len(), 2);

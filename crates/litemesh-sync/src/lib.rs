@@ -1,0 +1,26 @@
+//! # litemesh-sync
+//!
+//! How changes travel between litemesh nodes, as a sans-IO core: this crate
+//! decides *what* to send to *whom* and *when*; a driver (the `litemesh` node,
+//! or the simulator) moves the bytes and talks to storage.
+//!
+//! Two mechanisms:
+//!
+//! - **Broadcast** ([`Scheduler::on_local_commit`], [`Scheduler::on_broadcast`]):
+//!   a fresh commit goes at once to a few peers, nearest by round-trip time
+//!   first, and each receiver that learns something new relays it a bounded
+//!   number of hops. Sends are rate-limited; when the queue overflows, the
+//!   oldest message is dropped and anti-entropy repairs the gap.
+//! - **Anti-entropy** ([`Scheduler::poll_sync`]): every few seconds, and at
+//!   once when a peer joins, comes back, or is known to hold more, the node
+//!   reconciles with one peer: it sends its [`Knowledge`]; the peer streams
+//!   back exactly the change batches it lacks ([`Message::SyncBatch`]) and ends
+//!   with its own knowledge ([`Message::SyncDone`]).
+//!
+//! [`Knowledge`]: litemesh_storage::Knowledge
+
+mod message;
+mod scheduler;
+
+pub use message::{DEFAULT_MAX_MESSAGE, Message, SyncError, decode, encode};
+pub use scheduler::{Config, PeerStatus, Scheduler, SyncOutcome, Transmit};
