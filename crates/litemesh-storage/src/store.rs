@@ -201,6 +201,13 @@ impl Store {
         Ok(())
     }
 
+    /// Re-reads the file's metadata (tables, known actors). A second `Store` on
+    /// the same file (e.g. one used for reads) calls this to see actors and
+    /// tables another connection added.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.reload()
+    }
+
     /// This node's actor id.
     pub fn actor_id(&self) -> ActorId {
         self.actor

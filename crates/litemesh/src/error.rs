@@ -1,0 +1,40 @@
+//! Errors of the node.
+
+use std::time::Duration;
+
+/// Everything a node operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The storage engine refused or failed (bad SQL, constraint, disk…).
+    #[error(transparent)]
+    Storage(#[from] litemesh_storage::StorageError),
+    /// The transport could not start or failed.
+    #[error("transport: {0}")]
+    Transport(#[from] litemesh_transport::Error),
+    /// A statement sent as a query would write.
+    #[error("only read-only statements are allowed in a query: {0}")]
+    NotReadOnly(String),
+    /// A malformed version token.
+    #[error("invalid version token: {0}")]
+    InvalidToken(String),
+    /// The node did not apply what a token names within the wait.
+    #[error("this node has not yet applied {missing} named by the token after {waited:?}")]
+    Lagging {
+        /// What is missing, e.g. `actor 1a2b…: version 42`.
+        missing: String,
+        /// How long the query waited.
+        waited: Duration,
+    },
+    /// Bad settings.
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Storage(e.into())
+    }
+}

@@ -1,0 +1,39 @@
+//! # litemesh
+//!
+//! The embeddable litemesh node: a local SQLite file whose replicated tables
+//! are kept in sync with every other node of the mesh, peer to peer, over QUIC
+//! with mutual TLS.
+//!
+//! ```no_run
+//! use litemesh::{Node, Settings, Tls};
+//! # async fn demo() -> Result<(), litemesh::Error> {
+//! let mut settings = Settings::new("node.db", "127.0.0.1:7400".parse().unwrap());
+//! settings.schema.push("CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER)".into());
+//! settings.tls = Tls::Files { ca: "ca.pem".into(), cert: "n1.pem".into(), key: "n1.key".into() };
+//! settings.seeds.push("127.0.0.1:7401".parse().unwrap());
+//! let node = Node::start(settings).await?;
+//! let done = node.execute(vec!["INSERT INTO items VALUES ('x', 1)".into()]).await?;
+//! // Read it back, on this or any other node, never older than that write:
+//! let rows = node.query("SELECT qty FROM items".into(), Some(&done.token), std::time::Duration::from_secs(5)).await?;
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Consistency: every table converges (per-cell last-writer-wins by logical
+//! clock); a read given a version token waits until this node has applied
+//! everything the token names (read-your-writes, monotonic reads across nodes).
+//! See `docs/consistency.md`.
+
+mod error;
+mod node;
+mod settings;
+mod sql;
+mod token;
+
+pub use error::Error;
+pub use litemesh_storage::Value;
+pub use litemesh_transport::FaultHandle;
+pub use node::{ChangeEvent, Executed, MemberInfo, Node, PeerStatus, Status, Subscription};
+pub use settings::{Settings, Tls};
+pub use sql::{QueryResult, Statement};
+pub use token::Token;

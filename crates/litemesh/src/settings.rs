@@ -1,0 +1,88 @@
+//! Node settings (the same as the agent's flags).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use litemesh_transport::FaultHandle;
+
+/// How the node authenticates peers.
+#[derive(Debug, Clone)]
+pub enum Tls {
+    /// Mutual TLS from PEM files: the mesh CA, this node's certificate and key.
+    Files {
+        /// CA certificate.
+        ca: PathBuf,
+        /// Node certificate (signed by the CA).
+        cert: PathBuf,
+        /// Node private key.
+        key: PathBuf,
+    },
+    /// Mutual TLS from PEM text.
+    Pem {
+        /// CA certificate.
+        ca: String,
+        /// Node certificate.
+        cert: String,
+        /// Node private key.
+        key: String,
+    },
+    /// No peer authentication (local experiments only).
+    Insecure,
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node's SQLite file (created if missing).
+    pub db_path: PathBuf,
+    /// UDP address for QUIC (port 0: pick one).
+    pub listen: SocketAddr,
+    /// Nodes of the mesh to join by; none: first node of a new mesh.
+    pub seeds: Vec<SocketAddr>,
+    /// Schema SQL texts (`CREATE TABLE` / `CREATE INDEX`), applied at start.
+    pub schema: Vec<String>,
+    /// Peer authentication.
+    pub tls: Tls,
+    /// Name shown in membership (default: derived from the listen address).
+    pub name: Option<String>,
+    /// Region, used for peer selection and shown in membership.
+    pub region: Option<String>,
+    /// The HTTP API address to advertise in membership, if any.
+    pub api_addr: Option<String>,
+    /// Mesh id: nodes of different meshes refuse each other.
+    pub mesh_id: String,
+    /// Fault injection (tests).
+    pub faults: Option<FaultHandle>,
+    /// Broadcast and anti-entropy tuning.
+    pub sync: litemesh_sync::Config,
+    /// Membership tuning.
+    pub membership: litemesh_membership::Config,
+    /// QUIC keep-alive interval (dead connections are detected within a few).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Settings {
+    /// Defaults for a node with `db_path` listening on `listen`, insecure,
+    /// with no seeds and no schema.
+    pub fn new(db_path: impl Into<PathBuf>, listen: SocketAddr) -> Settings {
+        Settings {
+            db_path: db_path.into(),
+            listen,
+            seeds: Vec::new(),
+            schema: Vec::new(),
+            tls: Tls::Insecure,
+            name: None,
+            region: None,
+            api_addr: None,
+            mesh_id: "litemesh".into(),
+            faults: None,
+            sync: litemesh_sync::Config::default(),
+            membership: litemesh_membership::Config::default(),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
+        }
+    }
+}
