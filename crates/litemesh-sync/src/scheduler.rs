@@ -15,7 +15,10 @@ use crate::message::{DEFAULT_MAX_MESSAGE, Message, encode};
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Peers a fresh commit (or a relay) is sent to.
+    /// A fresh local commit goes directly to this many peers, nearest by
+    /// round-trip time first (all of them in a mesh this small or smaller).
+    pub direct_fanout: usize,
+    /// Further random peers a fresh commit goes to, and peers a relay goes to.
     pub fanout: usize,
     /// How many times a broadcast may be relayed.
     pub relay_hops: u8,
@@ -34,6 +37,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            direct_fanout: 32,
             fanout: 3,
             relay_hops: 4,
             sync_interval: Duration::from_secs(2),
@@ -183,7 +187,17 @@ impl Scheduler {
     /// A local transaction committed: send its encoded batch to `fanout`
     /// peers, nearest first.
     pub fn on_local_commit(&mut self, batch: Vec<u8>) {
-        let targets = self.targets(None);
+        // The nearest peers directly (every peer of a small mesh), plus a few
+        // random ones to seed the relays across regions.
+        let mut peers: Vec<(SocketAddr, Option<Duration>)> =
+            self.peers.iter().map(|(a, p)| (*a, p.rtt)).collect();
+        peers.shuffle(&mut self.rng);
+        peers.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
+        let direct = self.config.direct_fanout.min(peers.len());
+        let mut targets: Vec<SocketAddr> = peers[..direct].iter().map(|p| p.0).collect();
+        let mut rest: Vec<SocketAddr> = peers[direct..].iter().map(|p| p.0).collect();
+        rest.shuffle(&mut self.rng);
+        targets.extend(rest.into_iter().take(self.config.fanout));
         self.enqueue(targets, self.config.relay_hops, batch);
     }
 
@@ -203,6 +217,7 @@ impl Scheduler {
         self.enqueue(targets, hops - 1, batch);
     }
 
+    /// Relay targets: half the fan-out to the nearest peers, the rest at random.
     fn targets(&mut self, exclude: Option<SocketAddr>) -> Vec<SocketAddr> {
         let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
             .peers
@@ -383,7 +398,8 @@ mod tests {
     fn local_commit_goes_to_nearest_peers_first() {
         let mut s = Scheduler::new(
             Config {
-                fanout: 2,
+                direct_fanout: 1,
+                fanout: 1,
                 ..Config::default()
             },
             1,
@@ -408,6 +424,20 @@ mod tests {
             to.contains(&addr(0)),
             "the nearest peer is always chosen: {to:?}"
         );
+    }
+
+    #[test]
+    fn a_small_mesh_gets_every_commit_directly() {
+        let mut s = Scheduler::new(Config::default(), 9);
+        for i in 0..20 {
+            s.peer_up(addr(i), Some(ms(1)));
+        }
+        s.on_local_commit(vec![1]);
+        let mut to = std::collections::BTreeSet::new();
+        while let Some(t) = s.poll_transmit(ms(0)) {
+            to.insert(t.to);
+        }
+        assert_eq!(to.len(), 20);
     }
 
     #[test]
@@ -439,7 +469,8 @@ mod tests {
     #[test]
     fn rate_limit_and_queue_overflow_drop_oldest() {
         let cfg = Config {
-            fanout: 1,
+            direct_fanout: 1,
+            fanout: 0,
             rate_limit_bytes_per_s: 1000,
             queue_limit: 3,
             ..Config::default()
