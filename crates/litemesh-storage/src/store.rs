@@ -64,6 +64,9 @@ pub struct StoreOptions {
     pub busy_timeout: std::time::Duration,
     /// SQLite page cache size in KiB (`PRAGMA cache_size`).
     pub cache_kib: u32,
+    /// The actor id of a file created now (default: random). Deterministic
+    /// simulations set it; an existing file keeps its own.
+    pub actor: Option<ActorId>,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +75,7 @@ impl Default for StoreOptions {
             durable: true,
             busy_timeout: std::time::Duration::from_secs(5),
             cache_kib: 64 * 1024,
+            actor: None,
         }
     }
 }
@@ -142,7 +146,7 @@ impl Store {
                 .optional()?;
             match site {
                 None => {
-                    let actor = ActorId::random();
+                    let actor = opts.actor.unwrap_or_else(ActorId::random);
                     tx.execute(
                         "INSERT INTO __lm_site(id, actor, next_version, format) VALUES (0, ?1, 1, ?2)",
                         (&actor.0[..], FORMAT),
