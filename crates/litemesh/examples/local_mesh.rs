@@ -24,7 +24,11 @@ async fn show(nodes: &[(Node, FaultHandle)]) {
     let mut line = String::new();
     for (n, _) in nodes {
         let alive = n.members().iter().filter(|m| m.state == "alive").count();
-        line.push_str(&format!("  {}: {} rows, sees {alive} alive", n.name(), count(n).await));
+        line.push_str(&format!(
+            "  {}: {} rows, sees {alive} alive",
+            n.name(),
+            count(n).await
+        ));
     }
     println!("{line}");
 }
@@ -49,31 +53,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes: Vec<(Node, FaultHandle)> = Vec::new();
     for name in ["alpha", "beta", "gamma"] {
         let (cert, key) = litemesh_transport::generate_node_cert(&ca_cert, &ca_key, name)?;
-        let mut s = Settings::new(dir.path().join(format!("{name}.db")), "127.0.0.1:0".parse()?);
+        let mut s = Settings::new(
+            dir.path().join(format!("{name}.db")),
+            "127.0.0.1:0".parse()?,
+        );
         s.name = Some(name.into());
         s.schema.push(SCHEMA.into());
-        s.tls = Tls::Pem { ca: ca_cert.clone(), cert, key };
-        s.seeds = nodes.first().map(|(n, _)| n.local_addr()).into_iter().collect();
+        s.tls = Tls::Pem {
+            ca: ca_cert.clone(),
+            cert,
+            key,
+        };
+        s.seeds = nodes
+            .first()
+            .map(|(n, _)| n.local_addr())
+            .into_iter()
+            .collect();
         let faults = FaultHandle::new();
         s.faults = Some(faults.clone());
         let node = Node::start(s).await?;
-        println!("started {} on {} (seed: {:?})", name, node.local_addr(), nodes.first().map(|(n, _)| n.local_addr()));
+        println!(
+            "started {} on {} (seed: {:?})",
+            name,
+            node.local_addr(),
+            nodes.first().map(|(n, _)| n.local_addr())
+        );
         nodes.push((node, faults));
     }
-    while nodes.iter().any(|(n, _)| n.members().iter().filter(|m| m.state == "alive").count() < 3) {
+    while nodes
+        .iter()
+        .any(|(n, _)| n.members().iter().filter(|m| m.state == "alive").count() < 3)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("mesh formed:");
     show(&nodes).await;
 
     // A write, then a read on another node that waits for it (version token).
-    let done = nodes[0].0.execute(vec!["INSERT INTO notes VALUES ('hello', 'alpha', 'first note')".into()]).await?;
+    let done = nodes[0]
+        .0
+        .execute(vec![
+            "INSERT INTO notes VALUES ('hello', 'alpha', 'first note')".into(),
+        ])
+        .await?;
     let t = Instant::now();
     let rows = nodes[2]
         .0
-        .query("SELECT body FROM notes WHERE id = 'hello'".into(), Some(&done.token), Duration::from_secs(5))
+        .query(
+            "SELECT body FROM notes WHERE id = 'hello'".into(),
+            Some(&done.token),
+            Duration::from_secs(5),
+        )
         .await?;
-    println!("gamma reads alpha's write with its token after {:?}: {:?}", t.elapsed(), rows.rows[0][0]);
+    println!(
+        "gamma reads alpha's write with its token after {:?}: {:?}",
+        t.elapsed(),
+        rows.rows[0][0]
+    );
 
     // Partition gamma from the others; both sides keep writing.
     let gamma = nodes[2].0.local_addr();
@@ -96,10 +132,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let mut dumps = Vec::new();
         for (n, _) in &nodes {
-            dumps.push(n.query("SELECT * FROM notes ORDER BY id".into(), None, Duration::ZERO).await?.rows);
+            dumps.push(
+                n.query(
+                    "SELECT * FROM notes ORDER BY id".into(),
+                    None,
+                    Duration::ZERO,
+                )
+                .await?
+                .rows,
+            );
         }
         if dumps.windows(2).all(|w| w[0] == w[1]) {
-            println!("identical on all three after {:?} ({} rows)", healed.elapsed(), dumps[0].len());
+            println!(
+                "identical on all three after {:?} ({} rows)",
+                healed.elapsed(),
+                dumps[0].len()
+            );
             break;
         }
         if healed.elapsed() > Duration::from_secs(30) {
@@ -110,7 +158,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     show(&nodes).await;
     let st = nodes[0].0.status().await?;
-    println!("alpha status: db_version {} version vector {:?}", st.db_version, st.version_vector);
+    println!(
+        "alpha status: db_version {} version vector {:?}",
+        st.db_version, st.version_vector
+    );
     for (n, _) in &nodes {
         n.shutdown().await;
     }

@@ -301,11 +301,14 @@ fn open_stores(settings: &Settings) -> Result<(Store, Store, rusqlite::Connectio
         }
     }
     let reader = Store::open(&settings.db_path)?;
-    let query = rusqlite::Connection::open_with_flags(
+    let mut query = rusqlite::Connection::open_with_flags(
         &settings.db_path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     query.busy_timeout(Duration::from_secs(5))?;
+    // Statements on replicated tables name the capture functions (in their
+    // triggers) even when they are refused as writes.
+    litemesh_storage::attach(&mut query)?;
     Ok((writer, reader, query))
 }
 

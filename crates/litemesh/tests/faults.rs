@@ -157,25 +157,49 @@ async fn a_node_offline_during_writes_catches_up_when_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_joiner_catches_up_on_a_large_table() {
+async fn a_late_joiner_catches_up_and_never_shows_half_a_transaction() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let a = start(&dir, &ca, "a", &[]).await;
     let seed = a.node.local_addr();
-    // One transaction of 20,000 rows (replicated atomically) and many small ones.
+    // 100,000 rows: one transaction of 20,000 (replicated in chunks, applied
+    // atomically) and 80 transactions of 1,000.
     insert_many(&a.node, "big", 20_000, 20_000).await;
-    insert_many(&a.node, "small", 30_000, 1_000).await;
-    let joined_at = Instant::now();
+    insert_many(&a.node, "small", 80_000, 1_000).await;
     let late = start(&dir, &ca, "late", &[seed]).await;
     let nodes = vec![a.node.clone(), late.node.clone()];
-    let took = eventually(Duration::from_secs(120), "late joiner caught up", || {
-        let nodes = nodes.clone();
-        async move { all_identical(&nodes).await }
-    })
-    .await;
-    eprintln!("late joiner caught up on 50,000 rows in {took:?} (debug build)");
-    let _ = joined_at;
+    let started = Instant::now();
+    loop {
+        // The big transaction is visible entirely or not at all.
+        let big = late
+            .node
+            .query(
+                "SELECT count(*) FROM items WHERE node = 'big'".into(),
+                None,
+                Duration::ZERO,
+            )
+            .await
+            .unwrap()
+            .rows[0][0]
+            .clone();
+        assert!(
+            big == Value::Integer(0) || big == Value::Integer(20_000),
+            "half a transaction visible: {big:?}"
+        );
+        if all_identical(&nodes).await {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "late joiner did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "late joiner caught up on 100,000 rows in {:?} (debug build)",
+        started.elapsed()
+    );
     for n in &nodes {
         n.shutdown().await;
     }

@@ -102,3 +102,77 @@ async fn token_reads_on_another_node_are_never_stale() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_status_and_graceful_leave() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let nodes = start_mesh(&dir, &ca, 3).await;
+    let mut remote = nodes[1].subscribe(&["items"]);
+    let mut local = nodes[0].subscribe(&[]);
+    let done = nodes[0]
+        .execute(vec!["INSERT INTO items VALUES ('s', 'n0', 1)".into()])
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected, vec![1]);
+    assert_eq!(done.version, 1);
+    let ev = tokio::time::timeout(Duration::from_secs(10), local.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ev.local && ev.tables.contains("items"));
+    let ev = tokio::time::timeout(Duration::from_secs(10), remote.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ev.local && ev.tables.contains("items"));
+
+    // Status: versions held and replication peers.
+    nodes[1]
+        .wait_for(&done.token, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let st = nodes[1].status().await.unwrap();
+    assert_eq!(
+        st.version_vector.get(&nodes[0].actor_id().to_hex()),
+        Some(&1)
+    );
+    assert_eq!(st.peers.len(), 2);
+    assert_eq!(st.db_version, 0, "n1 wrote nothing itself");
+
+    // A read-only check on queries, and a bad statement changes nothing.
+    let err = nodes[1]
+        .query("DELETE FROM items".into(), None, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let err = nodes[1]
+        .execute(vec![
+            "INSERT INTO items VALUES ('t', 'n1', 1)".into(),
+            "INSERT INTO nope VALUES (1)".into(),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no such table"), "{err}");
+    assert_eq!(
+        dump(&nodes[1]).await.len(),
+        1,
+        "the failed transaction applied nothing"
+    );
+
+    // A graceful leave is seen as "left", not as a failure.
+    nodes[2].shutdown().await;
+    eventually(Duration::from_secs(5), "the others see n2 as left", || {
+        let ok = nodes[..2].iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|m| m.name == "n2" && m.state == "left")
+        });
+        async move { ok }
+    })
+    .await;
+    for n in &nodes[..2] {
+        n.shutdown().await;
+    }
+}
