@@ -858,6 +858,7 @@ async fn membership_loop(
     let mut shutdown = inner.shutdown.subscribe();
     let mut leaving: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
     let mut last_rtt_push = tokio::time::Instant::now();
+    publish_members(&inner, &m, false);
     loop {
         // Outputs of the state machine.
         while let Some(t) = m.poll_transmit() {

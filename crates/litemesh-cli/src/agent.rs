@@ -1,0 +1,377 @@
+//! `litemesh agent`: one node and its HTTP API.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use litemesh::{Node, Settings, Tls};
+use serde::Deserialize;
+
+use crate::CliResult;
+use crate::api::{AppState, router};
+
+const DEFAULT_API: &str = "127.0.0.1:8787";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8788";
+const DEFAULT_HEALTH_MAX_BEHIND: u64 = 1000;
+
+/// Flags of `litemesh agent` (each may also be set in the `--config` file).
+#[derive(Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML file with any of these settings (keys named like the flags, `_`
+    /// for `-`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The node's SQLite file; created if missing (required).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// UDP address for QUIC; port 0 picks one [default: 127.0.0.1:8788].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// A node of the mesh to join by (repeatable; host names allowed). None:
+    /// this is the first node of a new mesh.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub seed: Vec<String>,
+    /// HTTP API address [default: 127.0.0.1:8787].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api: Option<String>,
+    /// `.sql` file or folder of them (sorted by name): CREATE TABLE / CREATE
+    /// INDEX statements, applied at start (additive only). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub schema: Vec<PathBuf>,
+    /// Node name [default: host name and QUIC port].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Region (used for peer selection, shown in membership).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Mesh CA certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, signed by the CA).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// No peer authentication (local experiments only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// `/v1/health` answers 503 when a peer has more than this many versions
+    /// the node lacks [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub health_max_behind: Option<u64>,
+}
+
+/// A setting given once or as a list.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(x) => vec![x],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The `--config` file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    db: Option<PathBuf>,
+    listen: Option<String>,
+    seed: Option<OneOrMany<String>>,
+    api: Option<String>,
+    schema: Option<OneOrMany<PathBuf>>,
+    name: Option<String>,
+    region: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure: Option<bool>,
+    health_max_behind: Option<u64>,
+}
+
+/// Settings after merging the file and the flags.
+#[derive(Debug)]
+struct Resolved {
+    db: PathBuf,
+    listen: SocketAddr,
+    seeds: Vec<SocketAddr>,
+    api: SocketAddr,
+    schema: Vec<String>,
+    name: Option<String>,
+    region: Option<String>,
+    tls: Tls,
+    health_max_behind: u64,
+}
+
+fn resolve_one(what: &str, s: &str, prefer_v4: bool) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{what} {s:?}: {e} (expected ADDR:PORT or HOST:PORT)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == prefer_v4)
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{what} {s:?}: the name resolves to no address"))
+}
+
+/// The schema texts from files and folders of `.sql` files.
+fn read_schema(paths: &[PathBuf]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        let md = std::fs::metadata(p).map_err(|e| format!("schema {}: {e}", p.display()))?;
+        let files = if md.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| format!("schema folder {}: {e}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "sql") && f.is_file())
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![p.clone()]
+        };
+        for f in files {
+            out.push(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| format!("schema file {}: {e}", f.display()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+const TLS_HELP: &str = "peers must be authenticated: give --tls-ca, --tls-cert and --tls-key \
+(make them with `litemesh tls ca --out DIR` and then \
+`litemesh tls node --ca-dir DIR --name NAME --out DIR2` for each node), \
+or pass --insecure for a local experiment without peer authentication";
+
+fn resolve(args: AgentArgs) -> Result<Resolved, String> {
+    let file = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("config file {}: {e}", p.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|e| format!("config file {}: {e}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    // Relative paths in the file are relative to the file's folder.
+    let base = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+    let db = args
+        .db
+        .or(file.db.map(rel))
+        .ok_or("--db PATH is required (the node's SQLite file)")?;
+    let listen_s = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = resolve_one("--listen", &listen_s, true)?;
+    let seed_s = if args.seed.is_empty() {
+        file.seed.map(OneOrMany::into_vec).unwrap_or_default()
+    } else {
+        args.seed
+    };
+    let seeds = seed_s
+        .iter()
+        .map(|s| resolve_one("--seed", s, listen.is_ipv4()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let api_s = args.api.or(file.api).unwrap_or_else(|| DEFAULT_API.into());
+    let api = resolve_one("--api", &api_s, true)?;
+    let schema_paths = if args.schema.is_empty() {
+        file.schema
+            .map(|s| s.into_vec().into_iter().map(rel).collect())
+            .unwrap_or_default()
+    } else {
+        args.schema
+    };
+    let schema = read_schema(&schema_paths)?;
+    let insecure = args.insecure || file.insecure.unwrap_or(false);
+    let ca = args.tls_ca.or(file.tls_ca.map(rel));
+    let cert = args.tls_cert.or(file.tls_cert.map(rel));
+    let key = args.tls_key.or(file.tls_key.map(rel));
+    let tls = match (ca, cert, key, insecure) {
+        (Some(ca), Some(cert), Some(key), false) => Tls::Files { ca, cert, key },
+        (None, None, None, true) => Tls::Insecure,
+        (None, None, None, false) => return Err(TLS_HELP.into()),
+        (_, _, _, true) => {
+            return Err("--insecure cannot be combined with --tls-ca/--tls-cert/--tls-key".into());
+        }
+        _ => return Err("mutual TLS needs all three of --tls-ca, --tls-cert and --tls-key".into()),
+    };
+    Ok(Resolved {
+        db,
+        listen,
+        seeds,
+        api,
+        schema,
+        name: args.name.or(file.name),
+        region: args.region.or(file.region),
+        tls,
+        health_max_behind: args
+            .health_max_behind
+            .or(file.health_max_behind)
+            .unwrap_or(DEFAULT_HEALTH_MAX_BEHIND),
+    })
+}
+
+/// Holds an exclusive lock on `<db>.lock` for as long as it lives.
+fn lock_db(db: &Path) -> Result<File, String> {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    let path = PathBuf::from(p);
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("lock file {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is already in use by another litemesh agent (lock {} is held); \
+             stop it first or use another --db",
+            db.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(args: AgentArgs) -> CliResult {
+    let r = resolve(args)?;
+    let _lock = lock_db(&r.db)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(serve(r))
+}
+
+async fn serve(r: Resolved) -> CliResult {
+    // Installed first: a signal during the start is handled once it is done.
+    let signals = Signals::new()?;
+    let listener = tokio::net::TcpListener::bind(r.api)
+        .await
+        .map_err(|e| format!("cannot bind the HTTP API on {}: {e}", r.api))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| format!("HTTP API address: {e}"))?;
+    // The default name needs the QUIC port: with port 0, pick one now.
+    let mut listen = r.listen;
+    if listen.port() == 0 && r.name.is_none() {
+        let s = UdpSocket::bind(listen).map_err(|e| format!("cannot bind {listen}: {e}"))?;
+        listen = s.local_addr().map_err(|e| format!("{listen}: {e}"))?;
+    }
+    let mut settings = Settings::new(&r.db, listen);
+    settings.seeds = r.seeds;
+    settings.schema = r.schema;
+    settings.tls = r.tls;
+    settings.name = Some(
+        r.name
+            .unwrap_or_else(|| format!("{}-{}", host_name(), listen.port())),
+    );
+    settings.region = r.region;
+    settings.api_addr = Some(api_addr.to_string());
+    let node = Node::start(settings)
+        .await
+        .map_err(|e| format!("cannot start the node: {e}"))?;
+
+    let state = Arc::new(AppState {
+        node: node.clone(),
+        health_max_behind: r.health_max_behind,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_rx2 = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx2.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "litemesh agent ready api={} listen={} name={}",
+            api_addr,
+            node.local_addr(),
+            node.name()
+        );
+        let _ = out.flush();
+    }
+
+    let signal = signals.recv().await;
+    tracing::info!("{signal}: leaving the mesh");
+    eprintln!("litemesh: {signal} received, leaving the mesh");
+    let _ = stop_tx.send(true);
+    node.shutdown().await;
+    // In-flight requests get a moment to finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    drop(stop_rx);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?,
+            int: signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

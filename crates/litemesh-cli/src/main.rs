@@ -1,0 +1,66 @@
+//! `litemesh`: the command line of the litemesh replication mesh.
+//!
+//! - `litemesh agent` runs one node and its HTTP API;
+//! - `litemesh tls ca|node` makes the mesh's certificates;
+//! - `litemesh exec|query|members|status` talk to an agent's HTTP API;
+//! - `litemesh demo` runs a small mesh in one process, partitions and heals it.
+
+mod agent;
+mod api;
+mod client;
+mod demo;
+mod json;
+mod tls;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Peer-to-peer SQLite replication mesh.
+#[derive(Parser, Debug)]
+#[command(name = "litemesh", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node of the mesh, with its HTTP API.
+    Agent(agent::AgentArgs),
+    /// Make the mesh's TLS certificates.
+    Tls(tls::TlsArgs),
+    /// Run SQL statements as one transaction on an agent.
+    Exec(client::ExecArgs),
+    /// Run a read-only query on an agent and print the rows.
+    Query(client::QueryArgs),
+    /// Show an agent's view of the mesh membership.
+    Members(client::ApiArgs),
+    /// Show an agent's versions, peers and replication lag.
+    Status(client::ApiArgs),
+    /// Run a small mesh in this process: writes, a partition, its healing.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(a) => agent::run(a),
+        Command::Tls(a) => tls::run(a),
+        Command::Exec(a) => client::exec(a),
+        Command::Query(a) => client::query(a),
+        Command::Members(a) => client::members(a),
+        Command::Status(a) => client::status(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("litemesh: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors of the command line: a message for the user.
+pub type CliResult = Result<ExitCode, String>;
