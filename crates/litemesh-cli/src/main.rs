@@ -42,8 +42,26 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Client commands behave like other Unix tools when their output is cut
+/// short (`litemesh status | head`): they end quietly on SIGPIPE instead of
+/// panicking on a broken pipe. The agent keeps Rust's default (ignored).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread
+    // is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Exec(_) | Command::Query(_) | Command::Members(_) | Command::Status(_)
+    ) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         Command::Agent(a) => agent::run(a),
         Command::Tls(a) => tls::run(a),
