@@ -30,6 +30,9 @@ pub(crate) struct CaptureState {
     pub version: AtomicU64,
     /// Next entry number within the version.
     pub seq: AtomicU64,
+    /// The next version, read by `Store::transaction` before running the
+    /// caller's statements, so the first capture needs no query (0: unknown).
+    pub next_hint: AtomicU64,
     /// When set (inside [`Store::transaction`](crate::Store::transaction)),
     /// change-log entries are collected in `buffer` and written in chunks
     /// before the commit instead of one row per write.
@@ -40,6 +43,7 @@ pub(crate) struct CaptureState {
 impl CaptureState {
     fn reset(&self) {
         self.version.store(0, Ordering::SeqCst);
+        self.next_hint.store(0, Ordering::SeqCst);
         self.seq.store(0, Ordering::SeqCst);
         self.buffer
             .lock()
@@ -87,6 +91,11 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         let v = s.version.load(Ordering::Relaxed);
         if v != 0 {
             return Ok(v as i64);
+        }
+        let hint = s.next_hint.load(Ordering::Relaxed);
+        if hint != 0 {
+            s.version.store(hint, Ordering::Relaxed);
+            return Ok(hint as i64);
         }
         // SAFETY: the connection is only used to read one row while the
         // calling statement runs, as SQLite allows from inside a function.

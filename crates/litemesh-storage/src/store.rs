@@ -219,7 +219,10 @@ impl Store {
 
     /// The last version this node's actor committed (0 if none).
     pub fn db_version(&self) -> Result<u64> {
-        let next: i64 = self.conn.query_row(NEXT_VERSION_SQL, [], |r| r.get(0))?;
+        let next: i64 = self
+            .conn
+            .prepare_cached(NEXT_VERSION_SQL)?
+            .query_row([], |r| r.get(0))?;
         Ok(next as u64 - 1)
     }
 
@@ -268,6 +271,12 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Inside this immediate transaction no other connection can commit, so
+        // the next version read now stays valid until the commit.
+        let next: i64 = tx
+            .prepare_cached(NEXT_VERSION_SQL)?
+            .query_row([], |r| r.get(0))?;
+        self.state.next_hint.store(next as u64, Ordering::SeqCst);
         let value = {
             let _buffering = Buffering::on(&self.state);
             let value = f(&tx)?;
@@ -338,7 +347,9 @@ impl Drop for Buffering<'_> {
 
 pub(crate) fn read_knowledge(conn: &Connection, actors: &[ActorId]) -> Result<Knowledge> {
     let mut k = Knowledge::default();
-    let next: i64 = conn.query_row(NEXT_VERSION_SQL, [], |r| r.get(0))?;
+    let next: i64 = conn
+        .prepare_cached(NEXT_VERSION_SQL)?
+        .query_row([], |r| r.get(0))?;
     if next > 1 {
         k.have
             .insert(actors[0], RangeSet::from_ranges([(1, next as u64 - 1)]));

@@ -360,13 +360,17 @@ impl Scheduler {
     /// When the driver should call back (next round, retry, or rate-limit
     /// refill), if anything is pending.
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        let mut t = if self.peers.is_empty() {
+        // While the concurrency limit is reached, only a finishing sync (which
+        // the driver reports) can start another: no timer for rounds then.
+        let running = self.peers.values().filter(|p| p.syncing).count();
+        let can_sync = running < self.config.max_concurrent_syncs;
+        let mut t = if self.peers.is_empty() || !can_sync {
             None
         } else {
             Some(self.next_round.max(now))
         };
         for p in self.peers.values() {
-            if p.urgent && !p.syncing {
+            if can_sync && p.urgent && !p.syncing {
                 let r = p.retry_at.max(now);
                 t = Some(t.map_or(r, |x| x.min(r)));
             }
@@ -507,6 +511,11 @@ mod tests {
         assert_eq!(s.poll_sync(ms(0)), Some(addr(2)));
         assert_eq!(s.poll_sync(ms(0)), Some(addr(1)));
         assert_eq!(s.poll_sync(ms(0)), None, "concurrency limit");
+        assert_eq!(
+            s.poll_timeout(ms(0)),
+            None,
+            "nothing to wake for until a sync ends"
+        );
         s.sync_done(
             ms(10),
             addr(2),

@@ -61,7 +61,7 @@ impl ToSql for Param<'_> {
 
 /// Runs one write statement; returns rows affected.
 pub(crate) fn execute(conn: &Connection, st: &Statement) -> Result<usize, Error> {
-    let mut stmt = conn.prepare(&st.sql)?;
+    let mut stmt = conn.prepare_cached(&st.sql)?;
     Ok(stmt.execute(params_from_iter(st.params.iter().map(Param)))?)
 }
 
@@ -71,7 +71,7 @@ pub(crate) fn query(
     st: &Statement,
     max_rows: usize,
 ) -> Result<QueryResult, Error> {
-    let mut stmt = conn.prepare(&st.sql)?;
+    let mut stmt = conn.prepare_cached(&st.sql)?;
     if !stmt.readonly() {
         return Err(Error::NotReadOnly(st.sql.chars().take(200).collect()));
     }
