@@ -322,6 +322,12 @@ async fn serve(r: Resolved) -> CliResult {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_rx2 = stop_rx.clone();
     let server = tokio::spawn(async move {
+        // Small request/answer exchanges: no Nagle delay on the API's sockets.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set: {e}");
+            }
+        });
         axum::serve(listener, router(state))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx2.wait_for(|s| *s).await;
