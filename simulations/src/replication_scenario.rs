@@ -208,7 +208,7 @@ impl SimNode for Replica {
             (SYNC, Message::SyncRequest { knowledge }) => {
                 let ours = self.knowledge();
                 if !ours.covers(&knowledge) {
-                    self.sched.mark_urgent(from);
+                    self.sched.mark_urgent(now, from);
                 }
                 let mut frames = Vec::new();
                 self.store

@@ -154,10 +154,17 @@ impl Scheduler {
     }
 
     /// Reconcile with `addr` as soon as possible (e.g. it showed versions this
-    /// node lacks).
-    pub fn mark_urgent(&mut self, addr: SocketAddr) {
+    /// node lacks) — unless a reconciliation with it completed in the last
+    /// quarter interval: under a steady stream of writes a peer almost always
+    /// holds something still in flight, which broadcast or the next round
+    /// brings, and reacting to each would keep every pair syncing.
+    pub fn mark_urgent(&mut self, now: Duration, addr: SocketAddr) {
+        let recent = self.config.sync_interval / 4;
         if let Some(p) = self.peers.get_mut(&addr) {
-            p.urgent = true;
+            let fresh = p.last_sync.is_some_and(|t| now.saturating_sub(t) < recent);
+            if !fresh {
+                p.urgent = true;
+            }
         }
     }
 

@@ -773,13 +773,14 @@ async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> 
     let mut group = Vec::new();
     let mut group_bytes = 0;
     let mut theirs = None;
+    let mut learned = false;
     while let Some(frame) = stream.next().await? {
         match litemesh_sync::decode(&frame, DEFAULT_MAX_MESSAGE) {
             Ok(Message::SyncBatch { batch }) => {
                 group_bytes += batch.len();
                 group.push(decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?);
                 if group_bytes >= APPLY_GROUP_BYTES {
-                    inner.apply(std::mem::take(&mut group)).await?;
+                    learned |= inner.apply(std::mem::take(&mut group)).await?;
                     group_bytes = 0;
                 }
             }
@@ -788,11 +789,14 @@ async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> 
             Err(e) => return Err(Error::Settings(e.to_string())),
         }
     }
-    inner.apply(group).await?;
+    learned |= inner.apply(group).await?;
     let theirs =
         theirs.ok_or_else(|| Error::Settings("sync ended without its final frame".into()))?;
     let ours = inner.knowledge.borrow().clone();
-    let has_more = !ours.covers(&theirs);
+    // Come back at once only if this exchange taught us something and the peer
+    // still holds more (we were catching up); versions it committed meanwhile
+    // arrive by broadcast or the next round.
+    let has_more = learned && !ours.covers(&theirs);
     inner
         .peer_knowledge
         .lock()
@@ -838,7 +842,7 @@ async fn sync_loop(
                     }
                     SyncInput::Broadcast { from, hops, batch, newly } => sched.on_broadcast(from, hops, batch, newly),
                     SyncInput::Done(a, outcome) => sched.sync_done(inner.now(), a, outcome),
-                    SyncInput::Urgent(a) => sched.mark_urgent(a),
+                    SyncInput::Urgent(a) => sched.mark_urgent(inner.now(), a),
                     SyncInput::Status(tx) => {
                         let _ = tx.send((sched.peers(), sched.queue_len(), sched.dropped()));
                     }
