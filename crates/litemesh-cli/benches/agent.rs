@@ -17,30 +17,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value as Json, json};
 
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn post_with(client: &ureq::Agent, api: &str, path: &str, body: &Json) -> (u16, String) {
-    let mut r = client
-        .post(format!("http://{api}{path}"))
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .expect("POST");
-    let status = r.status().as_u16();
-    let text = r
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .read_to_string()
-        .expect("body");
-    (status, text)
-}
-
 fn token_of(answer: &str) -> String {
     let v: Json = serde_json::from_str(answer).expect("json");
     v["token"].as_str().expect("token").to_string()
@@ -54,7 +30,8 @@ fn visible_everywhere(apis: &[String], token: &str) {
             let api = api.clone();
             let path = format!("/v1/queries?min_token={token}&wait_ms=30000");
             std::thread::spawn(move || {
-                let (status, body) = post_with(&http(), &api, &path, &json!("SELECT 1"));
+                let (status, body) =
+                    post_with(&client(), &api, &path, json!("SELECT 1").to_string());
                 assert_eq!(status, 200, "{body}");
             })
         })
@@ -139,7 +116,7 @@ fn main() {
         })
     });
     std::thread::sleep(Duration::from_secs(1));
-    let client = http();
+    let client = client();
 
     // Sequential single-row transactions to one agent.
     let t0 = Instant::now();
@@ -149,7 +126,7 @@ fn main() {
             "INSERT INTO items VALUES (?, ?, 'seq')",
             [format!("seq-{n}"), n]
         ]]);
-        let (status, text) = post_with(&client, &apis[0], "/v1/transactions", &body);
+        let (status, text) = post_with(&client, &apis[0], "/v1/transactions", body.to_string());
         assert_eq!(status, 200, "{text}");
         n += 1;
     }
@@ -165,7 +142,12 @@ fn main() {
         })
         .collect();
     let t0 = Instant::now();
-    let (status, text) = post_with(&client, &apis[1], "/v1/transactions", &Json::Array(stmts));
+    let (status, text) = post_with(
+        &client,
+        &apis[1],
+        "/v1/transactions",
+        Json::Array(stmts).to_string(),
+    );
     assert_eq!(status, 200, "{text}");
     let big_tx = t0.elapsed().as_secs_f64();
     let token = token_of(&text);
@@ -186,7 +168,7 @@ fn main() {
             "INSERT INTO items VALUES (?, ?, 'prop')",
             [format!("prop-{i}"), i]
         ]]);
-        let (status, text) = post_with(&client, &apis[w], "/v1/transactions", &body);
+        let (status, text) = post_with(&client, &apis[w], "/v1/transactions", body.to_string());
         assert_eq!(status, 200, "{text}");
         let t0 = Instant::now();
         let token = token_of(&text);

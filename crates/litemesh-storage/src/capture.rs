@@ -79,7 +79,6 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         ..Default::default()
     });
     let flags = FunctionFlags::SQLITE_UTF8;
-    let det = flags | FunctionFlags::SQLITE_DETERMINISTIC;
 
     let s = state.clone();
     conn.create_scalar_function("__lm_local", 0, flags, move |_| {
@@ -140,7 +139,6 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         put_entry(&mut out, seq, seq, tbl, &pk);
         Ok(ToSqlOutput::Owned(SqlValue::Blob(out)))
     })?;
-    let _ = det;
 
     // __lm_clk_insert(old_clock, version, seq, ncols): the clock after a local insert.
     conn.create_scalar_function("__lm_clk_insert", 4, flags, |ctx| {

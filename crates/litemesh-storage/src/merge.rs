@@ -47,26 +47,6 @@ pub struct ApplyReport {
     pub tables_changed: BTreeSet<String>,
 }
 
-/// Row changes from which a merge runs in merge mode.
-const MERGE_MODE_ROWS: usize = 256;
-
-/// Capture off while alive (remote changes are not local writes): the
-/// triggers' `__lm_local()` guard then skips them.
-struct CaptureOff(std::sync::Arc<crate::capture::CaptureState>);
-
-impl CaptureOff {
-    fn new(state: &std::sync::Arc<crate::capture::CaptureState>) -> CaptureOff {
-        state.enabled.store(false, Ordering::SeqCst);
-        CaptureOff(state.clone())
-    }
-}
-
-impl Drop for CaptureOff {
-    fn drop(&mut self) {
-        self.0.enabled.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Merge mode, while alive: remote changes are not local writes, so the
 /// connection compiles statements without triggers (no trigger programs, no
 /// statement journals: merges run at the speed of plain writes), and the
@@ -127,21 +107,9 @@ impl Store {
         for b in batches {
             crate::change::validate(b)?;
         }
-        // Large merges compile their statements without triggers (merge
-        // mode); switching it expires every prepared statement of the
-        // connection, which costs more than the triggers' guard for a small
-        // batch, so small ones only turn capture off.
-        let rows: usize = batches
-            .iter()
-            .flat_map(|b| &b.versions)
-            .map(|v| v.rows.len())
-            .sum();
-        let _merge = if rows >= MERGE_MODE_ROWS {
-            Some(MergeMode::enter(&self.conn, self.state.clone())?)
-        } else {
-            None
-        };
-        let _off = CaptureOff::new(&self.state);
+        // Merge mode for every batch, small or large, so that application
+        // triggers never fire for remote changes (a documented guarantee).
+        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
         let res = self.apply_inner(batches);
         if res.is_err() {
             // The transaction rolled back: drop cached actor indexes it added.

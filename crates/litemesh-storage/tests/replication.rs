@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use litemesh_storage::{Knowledge, StorageError, Store, Value, attach, decode_batch, encode_batch};
+use litemesh_storage::{StorageError, Store, Value, attach, decode_batch, encode_batch};
 
 fn text(s: &str) -> Value {
     Value::Text(s.into())
@@ -388,5 +388,4 @@ fn wire_encoding_roundtrips_and_rejects_garbage() {
     for cut in 0..bytes.len() {
         let _ = decode_batch(&bytes[..cut], 1 << 20);
     }
-    let _ = Knowledge::default();
 }

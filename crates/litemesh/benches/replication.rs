@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use litemesh::{Node, Settings, Statement, Tls, Value};
-use litemesh_storage::{Knowledge, Store, encode_batch};
+use litemesh_storage::{Store, encode_batch};
 
 const SCHEMA: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, a INTEGER, b TEXT, c REAL)";
 
@@ -188,7 +188,6 @@ fn reconcile_bytes(rows: usize, k: usize) -> (usize, usize) {
     )
     .unwrap()
     .len();
-    let _ = Knowledge::default();
     (request + response + done, raw)
 }
 

@@ -99,7 +99,6 @@ async fn partition_with_writes_on_both_sides_heals_and_loses_nothing() {
     for s in &all {
         s.faults.heal();
     }
-    let healed = Instant::now();
     let took = eventually(Duration::from_secs(20), "identical after heal", || {
         let nodes = nodes.clone();
         async move { all_identical(&nodes).await }
@@ -109,7 +108,6 @@ async fn partition_with_writes_on_both_sides_heals_and_loses_nothing() {
         "converged {took:?} after healing a 35 s partition ({} acknowledged writes)",
         acked.len()
     );
-    let _ = healed;
     let rows = dump(&nodes[2]).await;
     for id in &acked {
         assert!(

@@ -138,7 +138,9 @@ impl Drop for Agent {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client that returns every status as an answer; reuse one to keep
+/// its connections alive.
+pub fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -146,9 +148,23 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+fn agent() -> ureq::Agent {
+    client()
+}
+
 /// `(status, body text)` of a POST.
 pub fn post(api: &str, path: &str, body: impl Into<Vec<u8>>) -> (u16, String) {
-    let mut r = agent()
+    post_with(&agent(), api, path, body)
+}
+
+/// `(status, body text)` of a POST through `client`.
+pub fn post_with(
+    client: &ureq::Agent,
+    api: &str,
+    path: &str,
+    body: impl Into<Vec<u8>>,
+) -> (u16, String) {
+    let mut r = client
         .post(format!("http://{api}{path}"))
         .header("content-type", "application/json")
         .send(body.into())
