@@ -108,6 +108,10 @@ pub struct Status {
     pub db_version: u64,
     /// Highest version held per actor.
     pub version_vector: BTreeMap<String, u64>,
+    /// Per actor, the highest version `n` such that every version `1..=n` is
+    /// held: what this node has of that actor without gaps. Tokens naming
+    /// versions up to it are satisfied here.
+    pub complete_through: BTreeMap<String, u64>,
     /// Replication peers.
     pub peers: Vec<PeerStatus>,
     /// Broadcast messages waiting for the rate limit.
@@ -597,6 +601,17 @@ impl Node {
                 .heads()
                 .into_iter()
                 .map(|(a, v)| (a.to_hex(), v))
+                .collect(),
+            complete_through: k
+                .have
+                .iter()
+                .map(|(a, r)| {
+                    let n = match r.ranges().first() {
+                        Some(&(1, end)) => end,
+                        _ => 0,
+                    };
+                    (a.to_hex(), n)
+                })
                 .collect(),
             peers,
             broadcast_queue: queue,

@@ -138,6 +138,11 @@ async fn subscriptions_status_and_graceful_leave() {
         st.version_vector.get(&nodes[0].actor_id().to_hex()),
         Some(&1)
     );
+    assert_eq!(
+        st.complete_through.get(&nodes[0].actor_id().to_hex()),
+        Some(&1),
+        "version 1 held, no gap"
+    );
     assert_eq!(st.peers.len(), 2);
     assert_eq!(st.db_version, 0, "n1 wrote nothing itself");
 

@@ -1,0 +1,2794 @@
+//! The checker: reads a recorded [`History`] and reports the anomalies it
+//! shows, plus metrics (convergence after each fault, replication lag, join
+//! time).
+//!
+//! # Soundness
+//!
+//! Every rule is meant to be *sound*: a correct litemesh never triggers it,
+//! whatever the timing, the faults and the outcome of uncertain requests. Where
+//! the history does not determine the answer (a write that timed out may or
+//! may not have been applied; a read that failed tells nothing), the checker
+//! assumes whatever makes the history legal.
+//!
+//! # The precedence relation on register writes
+//!
+//! A *register write* is one `SetRegister`/`DeleteRegister` statement of a
+//! `Write` op; it carries the op's node, invoke and complete times and
+//! outcome. For two writes on the same key, `W' ≺ W` ("W' definitely precedes
+//! W") iff both were sent to the same node, `W'` was acknowledged (`Ok`) and
+//! `W'` completed before `W` was invoked.
+//!
+//! Why this is sound: litemesh merges per cell (causal length per row, then
+//! cell version, then actor id). When `W` runs on a node, `W'` is already
+//! committed there (it was acknowledged, by that node, before `W` was even
+//! sent), so `W` either bumps the row's causal length above `W'`'s (a delete, or
+//! a re-insert after a delete) or writes the cell with a higher cell version in
+//! the same life. Either way `W`'s clock beats `W'`'s on every node: wherever
+//! `W` has been applied, the state `W'` produced can never be current again.
+//! Nothing is claimed about writes sent to different nodes: they may be
+//! concurrent, and either may win.
+//!
+//! An observed register value `Some(v)` names exactly one write, because
+//! values are unique over the run. An observed `None` (no row) is explained by
+//! any delete of that key that may have been applied (any non-failed one), or
+//! by the initial state, which precedes every write. An observation is *stale
+//! with respect to an applied write* `W` when every write that could explain
+//! it `≺ W` (the initial state is stale with respect to any write; a delete
+//! explains `None` itself, so `None` is never stale with respect to a delete
+//! it could be).
+//!
+//! When several writes are known to be applied on a node (the "knowledge"
+//! below), an observation is stale if each of its explanations `≺` *some*
+//! known-applied write: each explanation is then overwritten on that node.
+//! Known-applied writes come from: a value read on the node (the write that
+//! wrote it), an acknowledged write sent to the node (local commit before the
+//! answer), the write whose token a successful read waited for (its *sets*
+//! only, see below), and — for the final states — every acknowledged write
+//! (each must reach every node).
+//!
+//! # Deletes that change nothing
+//!
+//! A `DELETE` of a row the node does not hold changes nothing: litemesh
+//! captures changes with per-row triggers, so no tombstone, no version, and
+//! (if nothing else changed) an empty token. `W' ≺ D` for such a delete `D`
+//! still means something *on `D`'s node* and *in the final states*: the row
+//! was absent there when `D` ran, so the state `W'` produced had already been
+//! overwritten there by a change that, like every applied change, reaches
+//! every node. But another node holding `D`'s token does not necessarily hold
+//! that change, so knowledge from tokens only uses the token op's
+//! `SetRegister` statements (a set always changes the row: values are
+//! unique). An acknowledged delete still counts as applied on its own node
+//! (read-your-writes) and for the final states.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::history::{History, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt};
+
+/// At most this many op ids per anomaly.
+const MAX_OPS: usize = 10;
+/// At most this many examples listed in an anomaly's detail.
+const MAX_EXAMPLES: usize = 10;
+/// Crash log tails longer than this are cut (from the front).
+const MAX_LOG: usize = 4000;
+
+/// What the checker found: the anomalies (empty for a clean run) and the
+/// metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Every anomaly found, grouped by kind (in [`AnomalyKind`] order).
+    pub anomalies: Vec<Anomaly>,
+    /// Counts, convergence times, replication lag and join times.
+    pub metrics: Metrics,
+}
+
+impl CheckResult {
+    /// Number of anomalies of each kind found (kinds with none are absent).
+    pub fn counts(&self) -> BTreeMap<AnomalyKind, usize> {
+        let mut out = BTreeMap::new();
+        for a in &self.anomalies {
+            *out.entry(a.kind).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// True if no anomaly was found.
+    pub fn is_clean(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+}
+
+/// One violation of a rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    /// Which rule.
+    pub kind: AnomalyKind,
+    /// Human-readable explanation, with node names, values and times (bounded
+    /// length: long lists are cut to a few examples and a total).
+    pub detail: String,
+    /// Ids of the requests that show it (at most 10).
+    pub ops: Vec<u64>,
+}
+
+/// The rules the checker enforces. Each variant's doc says what it means and
+/// why a correct system never shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnomalyKind {
+    /// An acknowledged write's event row is missing from (or different in) a
+    /// node's final contents. Acknowledged writes must reach every node, and
+    /// event rows are never updated or deleted. One anomaly per (node, txn).
+    LostWrite,
+    /// Something written only by a request that failed definitely (4xx) is
+    /// visible: an event row in a final state, or a register value read or in
+    /// a final state. A failed transaction applies nothing.
+    FailedWriteVisible,
+    /// A transaction was seen partially: a `TxnCheck` reported a partial
+    /// transaction, a final state holds some but not all rows of a
+    /// transaction (also for writes of unknown outcome: they apply whole or
+    /// not at all), or a token read counted a number of rows other than 0 and
+    /// the size. Transactions are applied atomically, locally and remotely.
+    HalfTransaction,
+    /// The final contents of the nodes differ after the final healing.
+    Divergence,
+    /// A read with a version token did not see the write named by the token:
+    /// `ReadTxn` counted 0 rows, or `ReadRegister` returned a value stale with
+    /// respect to a register write of the token's op on the same key.
+    StaleTokenRead,
+    /// A later read on the same node went backwards: `CountEvents` counted
+    /// fewer rows than a read that completed before it was sent, or
+    /// `ReadRegister` returned a value stale with respect to a write already
+    /// known applied on that node (seen by an earlier read, acknowledged by
+    /// the node itself, or waited for with a token). Node state is durable,
+    /// also across restarts.
+    NonMonotonicRead,
+    /// A register value (read, or in a final state) that no request ever
+    /// wrote.
+    InventedValue,
+    /// A node's final register value is stale with respect to an acknowledged
+    /// write of that key (which must have reached every node).
+    SupersededFinalValue,
+    /// After the clients stopped and every fault was healed, a node's last
+    /// progress sample still lacks versions of acknowledged writes.
+    NotConverged,
+    /// A node's last membership view does not list every other node alive.
+    MembershipNotConverged,
+    /// An agent process exited unexpectedly.
+    AgentCrash,
+}
+
+impl AnomalyKind {
+    /// Every kind, in order.
+    pub const ALL: [AnomalyKind; 11] = [
+        AnomalyKind::LostWrite,
+        AnomalyKind::FailedWriteVisible,
+        AnomalyKind::HalfTransaction,
+        AnomalyKind::Divergence,
+        AnomalyKind::StaleTokenRead,
+        AnomalyKind::NonMonotonicRead,
+        AnomalyKind::InventedValue,
+        AnomalyKind::SupersededFinalValue,
+        AnomalyKind::NotConverged,
+        AnomalyKind::MembershipNotConverged,
+        AnomalyKind::AgentCrash,
+    ];
+
+    /// Kebab-case name, e.g. `lost-write` (the same as its serde form).
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::FailedWriteVisible => "failed-write-visible",
+            AnomalyKind::HalfTransaction => "half-transaction",
+            AnomalyKind::Divergence => "divergence",
+            AnomalyKind::StaleTokenRead => "stale-token-read",
+            AnomalyKind::NonMonotonicRead => "non-monotonic-read",
+            AnomalyKind::InventedValue => "invented-value",
+            AnomalyKind::SupersededFinalValue => "superseded-final-value",
+            AnomalyKind::NotConverged => "not-converged",
+            AnomalyKind::MembershipNotConverged => "membership-not-converged",
+            AnomalyKind::AgentCrash => "agent-crash",
+        }
+    }
+}
+
+impl std::fmt::Display for AnomalyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What was measured. Times are in seconds; `None` when not measurable.
+/// Progress samples are taken about every 100 ms, so convergence and lag times
+/// are no finer than that.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metrics {
+    /// Requests in the history.
+    pub ops: u64,
+    /// Outcomes per request kind (`write`, `count`, `txn-check`,
+    /// `read-register`, `read-txn`).
+    pub by_kind: BTreeMap<String, OutcomeCounts>,
+    /// Event rows inserted by acknowledged writes.
+    pub rows_acked: u64,
+    /// Register statements (sets and deletes) of acknowledged writes.
+    pub register_writes_acked: u64,
+    /// One entry per fault, in order.
+    pub faults: Vec<FaultResult>,
+    /// Time from `quiet_from` until every node held every acknowledged
+    /// version (`None`: some node never did before the samples end).
+    pub converged_after_quiet: Option<f64>,
+    /// Time from `quiet_from` until every node's view listed every other node
+    /// alive (`None`: never before the views end).
+    pub membership_after_quiet: Option<f64>,
+    /// Replication lag of acknowledged writes.
+    pub lag: LagMetrics,
+    /// The join measurement, if the run had one.
+    pub join: Option<JoinMetrics>,
+}
+
+/// How many requests of one kind ended each way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    /// Answered with success.
+    pub ok: u64,
+    /// Refused definitely.
+    pub failed: u64,
+    /// No definite answer.
+    pub unknown: u64,
+}
+
+/// A fault and how fast the mesh recovered from it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultResult {
+    /// The fault's description.
+    pub label: String,
+    /// The fault's kind.
+    pub kind: String,
+    /// When it started.
+    pub start: f64,
+    /// When it was healed.
+    pub heal: f64,
+    /// `heal - start`.
+    pub hold: f64,
+    /// Time after `heal` until every node held every version acknowledged by
+    /// `heal` (the first progress sample at or after `heal` showing it, the
+    /// latest over the nodes). `None` if some node did not before the next
+    /// fault started (or, for the last fault, before the samples end).
+    pub converged_after: Option<f64>,
+    /// Time after `heal` until every node's latest view (taken after `heal`)
+    /// listed every other node alive. `None` if not before the next fault
+    /// started (or the views end).
+    pub membership_after: Option<f64>,
+}
+
+/// Replication lag: for an acknowledged write with version `(actor, v)`, the
+/// time from its acknowledgement until every node's progress sample showed
+/// `complete_through[actor] >= v` (the latest over the nodes). Nodes are those
+/// running the mesh at the write's time (the joining node only counts for
+/// writes acknowledged after it was spawned).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LagMetrics {
+    /// Writes whose lag was measured.
+    pub measured: u64,
+    /// Acknowledged writes with a version that some node was never seen
+    /// holding (not measurable).
+    pub not_visible: u64,
+    /// Median lag.
+    pub p50: Option<f64>,
+    /// 99th percentile lag.
+    pub p99: Option<f64>,
+    /// Largest lag.
+    pub max: Option<f64>,
+    /// The write op with the largest lag.
+    pub max_op: Option<u64>,
+    /// Writes measured whose interval `[complete, visible]` overlaps no fault
+    /// interval `[start, heal]`.
+    pub calm_measured: u64,
+    /// Median lag of calm writes.
+    pub calm_p50: Option<f64>,
+    /// 99th percentile lag of calm writes.
+    pub calm_p99: Option<f64>,
+    /// Largest lag of calm writes.
+    pub calm_max: Option<f64>,
+    /// The calm write op with the largest lag.
+    pub calm_max_op: Option<u64>,
+}
+
+/// How fast a node joined an existing mesh.
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinMetrics {
+    /// The joining node.
+    pub node: NodeIx,
+    /// Rows in the mesh when it joined.
+    pub rows: u64,
+    /// `ready - spawned`.
+    pub ready_after: f64,
+    /// `caught_up - spawned` (`None` if it never caught up).
+    pub caught_up_after: Option<f64>,
+    /// `caught_up - ready` (`None` if it never caught up).
+    pub catch_up: Option<f64>,
+}
+
+/// Checks a history: every anomaly rule, and the metrics.
+///
+/// Runs in roughly `O(n log n)` in the number of ops, rows and samples.
+pub fn check(h: &History) -> CheckResult {
+    let ix = Index::build(h);
+    let mut out = Vec::new();
+    check_final_events(&ix, &mut out);
+    check_lost_writes(&ix, &mut out);
+    check_divergence(&ix, &mut out);
+    check_reads(&ix, &mut out);
+    check_count_monotonic(&ix, &mut out);
+    check_register_monotonic(&ix, &mut out);
+    check_final_registers(&ix, &mut out);
+    check_not_converged(&ix, &mut out);
+    check_membership(&ix, &mut out);
+    check_crashes(&ix, &mut out);
+    // Stable: keeps the (deterministic) order within a kind.
+    out.sort_by_key(|a| a.kind);
+    let metrics = metrics(&ix);
+    CheckResult {
+        anomalies: out,
+        metrics,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Index of the history
+// ---------------------------------------------------------------------------
+
+/// An op's outcome, without the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Ok,
+    Failed,
+    Unknown,
+}
+
+fn status(o: &Outcome) -> St {
+    match o {
+        Outcome::Ok => St::Ok,
+        Outcome::Failed(_) => St::Failed,
+        Outcome::Unknown(_) => St::Unknown,
+    }
+}
+
+/// One register statement of a write op.
+struct RegWrite<'a> {
+    op: &'a Op,
+    st: St,
+    key: &'a str,
+    /// `None` for a delete.
+    value: Option<&'a str>,
+}
+
+/// Which write a register value names.
+#[derive(Clone, Copy)]
+enum Src {
+    /// Index into [`Index::regs`].
+    One(usize),
+    /// Written by more than one statement (should not happen: values are
+    /// unique). Such values are not used for staleness, only for "invented".
+    Many,
+}
+
+/// Who wrote an event row id.
+struct EventRef {
+    /// The first op writing it.
+    op: u64,
+    /// Every op writing it failed.
+    all_failed: bool,
+}
+
+/// The deletes of one key sent to one node (failed ones excluded: they
+/// explain nothing).
+struct DelInfo {
+    /// One of them has an unknown outcome: such a delete is never `≺`
+    /// anything, so it can always explain `None`.
+    unknown: bool,
+    /// Latest completion of an acknowledged one (`-inf` if none).
+    max_ok_complete: f64,
+}
+
+/// Per register key.
+#[derive(Default)]
+struct KeyInfo {
+    /// Non-failed deletes, per node they were sent to.
+    dels: BTreeMap<NodeIx, DelInfo>,
+    /// Every acknowledged write of the key, as knowledge (for final states).
+    ok_writes: Knowledge,
+}
+
+/// A write known to be applied on some node: the latest invocation among
+/// known-applied writes sent to one writer node.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// Invocation time of the write.
+    invoke: f64,
+    /// The op that showed it applied (a read, or the write itself).
+    witness: u64,
+    /// The write op.
+    write_op: u64,
+}
+
+/// What is known applied, for one key on one node (or everywhere): per writer
+/// node, the latest-invoked known-applied write. An acknowledged write `W2` is
+/// overwritten iff `W2.complete < known[W2.node].invoke` (then `W2 ≺` that
+/// write).
+#[derive(Default, Clone)]
+struct Knowledge {
+    t: BTreeMap<NodeIx, Known>,
+}
+
+impl Knowledge {
+    fn learn(&mut self, writer: NodeIx, k: Known) {
+        match self.t.get_mut(&writer) {
+            Some(cur) if cur.invoke >= k.invoke => {}
+            Some(cur) => *cur = k,
+            None => {
+                self.t.insert(writer, k);
+            }
+        }
+    }
+
+    /// Whether the value written by `w` can no longer be current: `w ≺` a
+    /// known-applied write. Returns that write.
+    fn stale_some(&self, w: &RegWrite<'_>) -> Option<Known> {
+        if w.st != St::Ok {
+            return None;
+        }
+        self.t
+            .get(&w.op.node)
+            .filter(|k| w.op.complete < k.invoke)
+            .copied()
+    }
+
+    /// Whether `None` (no row) can no longer be current: something is known
+    /// applied (so the initial state is overwritten) and every non-failed
+    /// delete of the key `≺` a known-applied write. Returns one such write.
+    fn stale_none(&self, key: Option<&KeyInfo>) -> Option<Known> {
+        let first = *self.t.values().next()?;
+        let Some(key) = key else {
+            return Some(first);
+        };
+        let mut witness = first;
+        for (node, d) in &key.dels {
+            if d.unknown {
+                return None;
+            }
+            match self.t.get(node) {
+                Some(k) if d.max_ok_complete < k.invoke => witness = *k,
+                _ => return None,
+            }
+        }
+        Some(witness)
+    }
+}
+
+struct Index<'a> {
+    h: &'a History,
+    /// Number of nodes.
+    n: usize,
+    ops: HashMap<u64, &'a Op>,
+    regs: Vec<RegWrite<'a>>,
+    /// Register statements of each write op (indices into `regs`).
+    op_regs: HashMap<u64, Vec<usize>>,
+    by_value: HashMap<&'a str, Src>,
+    keys: BTreeMap<&'a str, KeyInfo>,
+    events: HashMap<&'a str, EventRef>,
+    /// Write ops of each transaction id.
+    txn_ops: HashMap<&'a str, Vec<u64>>,
+    /// Progress samples per node, by time.
+    samples: Vec<Vec<&'a Sample>>,
+    /// Membership views, by time.
+    views: Vec<&'a MembersView>,
+}
+
+impl<'a> Index<'a> {
+    fn build(h: &'a History) -> Index<'a> {
+        let n = if h.nodes > 0 {
+            h.nodes
+        } else {
+            h.node_records.len().max(h.finals.len())
+        };
+        let mut ix = Index {
+            h,
+            n,
+            ops: HashMap::with_capacity(h.ops.len()),
+            regs: Vec::new(),
+            op_regs: HashMap::new(),
+            by_value: HashMap::new(),
+            keys: BTreeMap::new(),
+            events: HashMap::new(),
+            txn_ops: HashMap::new(),
+            samples: Vec::new(),
+            views: Vec::new(),
+        };
+        for op in &h.ops {
+            ix.ops.insert(op.id, op);
+            let OpKind::Write { stmts, .. } = &op.kind else {
+                continue;
+            };
+            let st = status(&op.outcome);
+            for s in stmts {
+                match s {
+                    Stmt::InsertEvent { id, txn, .. } => {
+                        ix.events
+                            .entry(id.as_str())
+                            .and_modify(|e| e.all_failed &= st == St::Failed)
+                            .or_insert(EventRef {
+                                op: op.id,
+                                all_failed: st == St::Failed,
+                            });
+                        let ops = ix.txn_ops.entry(txn.as_str()).or_default();
+                        if ops.last() != Some(&op.id) {
+                            ops.push(op.id);
+                        }
+                    }
+                    Stmt::SetRegister { key, value } => {
+                        let i = ix.regs.len();
+                        ix.regs.push(RegWrite {
+                            op,
+                            st,
+                            key,
+                            value: Some(value),
+                        });
+                        ix.op_regs.entry(op.id).or_default().push(i);
+                        ix.by_value
+                            .entry(value.as_str())
+                            .and_modify(|s| *s = Src::Many)
+                            .or_insert(Src::One(i));
+                    }
+                    Stmt::DeleteRegister { key } => {
+                        let i = ix.regs.len();
+                        ix.regs.push(RegWrite {
+                            op,
+                            st,
+                            key,
+                            value: None,
+                        });
+                        ix.op_regs.entry(op.id).or_default().push(i);
+                    }
+                    Stmt::Invalid => {}
+                }
+            }
+        }
+        for w in &ix.regs {
+            let k = ix.keys.entry(w.key).or_default();
+            if w.st == St::Failed {
+                continue;
+            }
+            if w.value.is_none() {
+                let d = k.dels.entry(w.op.node).or_insert(DelInfo {
+                    unknown: false,
+                    max_ok_complete: f64::NEG_INFINITY,
+                });
+                if w.st == St::Unknown {
+                    d.unknown = true;
+                } else {
+                    d.max_ok_complete = d.max_ok_complete.max(w.op.complete);
+                }
+            }
+            if w.st == St::Ok {
+                k.ok_writes.learn(
+                    w.op.node,
+                    Known {
+                        invoke: w.op.invoke,
+                        witness: w.op.id,
+                        write_op: w.op.id,
+                    },
+                );
+            }
+        }
+        let slots = h
+            .samples
+            .iter()
+            .map(|s| s.node + 1)
+            .max()
+            .unwrap_or(0)
+            .max(n);
+        ix.samples = vec![Vec::new(); slots];
+        for s in &h.samples {
+            ix.samples[s.node].push(s);
+        }
+        for v in &mut ix.samples {
+            v.sort_by(|a, b| a.at.total_cmp(&b.at));
+        }
+        ix.views = h.members.iter().collect();
+        ix.views.sort_by(|a, b| a.at.total_cmp(&b.at));
+        ix
+    }
+
+    /// The register write a value names, if exactly one.
+    fn writer_of(&self, value: &str) -> Option<Option<&RegWrite<'a>>> {
+        match self.by_value.get(value)? {
+            Src::One(i) => Some(Some(&self.regs[*i])),
+            Src::Many => Some(None),
+        }
+    }
+
+    /// Whether node `node` is part of the mesh at time `t` (the joining node
+    /// only from its spawn on).
+    fn participates(&self, node: NodeIx, t: f64) -> bool {
+        match &self.h.join {
+            Some(j) if j.node == node => j.spawned <= t,
+            _ => true,
+        }
+    }
+
+    fn nodes_at(&self, t: f64) -> Vec<NodeIx> {
+        (0..self.n).filter(|&i| self.participates(i, t)).collect()
+    }
+}
+
+fn name(node: NodeIx) -> String {
+    format!("n{}", node + 1)
+}
+
+/// Sorted, deduplicated, at most [`MAX_OPS`] op ids.
+fn op_list(ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = Vec::new();
+    for id in ids {
+        if !v.contains(&id) {
+            v.push(id);
+            if v.len() == MAX_OPS {
+                break;
+            }
+        }
+    }
+    v
+}
+
+/// `a, b, c … (N in all)` from the first examples and a total.
+fn examples(items: &[String], total: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(MAX_EXAMPLES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if total > items.len().min(MAX_EXAMPLES) {
+        let _ = write!(s, " … ({total} in all)");
+    }
+    s
+}
+
+fn push(out: &mut Vec<Anomaly>, kind: AnomalyKind, detail: String, ops: Vec<u64>) {
+    out.push(Anomaly { kind, detail, ops });
+}
+
+fn show(v: Option<&str>) -> String {
+    match v {
+        Some(v) => format!("{v:?}"),
+        None => "no row".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Final states: events
+// ---------------------------------------------------------------------------
+
+/// Event rows in the final states.
+///
+/// - **FailedWriteVisible**: a row whose id only failed writes inserted. A
+///   failed transaction applies nothing, so its rows can be nowhere.
+/// - **HalfTransaction**: per node, the rows of a transaction present must be
+///   all of them (`count == size`, and all rows agree on `size`). A
+///   transaction, acknowledged or of unknown outcome, is applied whole or not
+///   at all, and event rows are never deleted.
+fn check_final_events(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for f in &ix.h.finals {
+        let mut failed: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        // txn -> (rows, size of first row, sizes disagree)
+        let mut txns: HashMap<&str, (u64, u64, bool)> = HashMap::new();
+        for (id, (txn, size)) in &f.events {
+            if let Some(e) = ix.events.get(id.as_str())
+                && e.all_failed
+            {
+                failed.entry(e.op).or_default().push(id);
+            }
+            let t = txns.entry(txn.as_str()).or_insert((0, *size, false));
+            t.0 += 1;
+            if t.1 != *size {
+                t.2 = true;
+            }
+        }
+        for (op, ids) in failed {
+            let list: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            push(
+                out,
+                AnomalyKind::FailedWriteVisible,
+                format!(
+                    "{}: final state holds event rows of failed write op {op}: {}",
+                    name(f.node),
+                    examples(&list, ids.len())
+                ),
+                vec![op],
+            );
+        }
+        let mut half: Vec<(&str, u64, u64, bool)> = txns
+            .into_iter()
+            .filter(|(_, (rows, size, mixed))| *mixed || rows != size)
+            .map(|(txn, (rows, size, mixed))| (txn, rows, size, mixed))
+            .collect();
+        half.sort();
+        for (txn, rows, size, mixed) in half {
+            let ops = ix.txn_ops.get(txn).cloned().unwrap_or_default();
+            let detail = if mixed {
+                format!(
+                    "{}: final state holds {rows} rows of txn {txn} that disagree on its size",
+                    name(f.node)
+                )
+            } else {
+                format!(
+                    "{}: final state holds {rows} of the {size} rows of txn {txn}",
+                    name(f.node)
+                )
+            };
+            push(out, AnomalyKind::HalfTransaction, detail, op_list(ops));
+        }
+    }
+}
+
+/// **LostWrite**: every event row of an acknowledged write must be in every
+/// node's final state with the same `(txn, size)`. Acknowledged writes reach
+/// every node once faults are healed, and event rows are never updated or
+/// deleted. One anomaly per (node, txn).
+fn check_lost_writes(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    struct Lost<'a> {
+        op: u64,
+        missing: Vec<&'a str>,
+        missing_total: usize,
+        different: usize,
+        size: u32,
+    }
+    let mut lost: BTreeMap<(NodeIx, &str), Lost<'_>> = BTreeMap::new();
+    for op in &ix.h.ops {
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let OpKind::Write { stmts, .. } = &op.kind else {
+            continue;
+        };
+        for s in stmts {
+            let Stmt::InsertEvent { id, txn, size } = s else {
+                continue;
+            };
+            for f in &ix.h.finals {
+                let found = f.events.get(id);
+                let ok = matches!(found, Some((t, sz)) if t == txn && *sz == u64::from(*size));
+                if ok {
+                    continue;
+                }
+                let l = lost.entry((f.node, txn.as_str())).or_insert(Lost {
+                    op: op.id,
+                    missing: Vec::new(),
+                    missing_total: 0,
+                    different: 0,
+                    size: *size,
+                });
+                if found.is_some() {
+                    l.different += 1;
+                } else {
+                    l.missing_total += 1;
+                    if l.missing.len() < MAX_EXAMPLES {
+                        l.missing.push(id);
+                    }
+                }
+            }
+        }
+    }
+    for ((node, txn), l) in lost {
+        let mut detail = format!(
+            "{}: acknowledged write op {} (txn {txn}, {} rows)",
+            name(node),
+            l.op,
+            l.size
+        );
+        if l.missing_total > 0 {
+            let ids: Vec<String> = l.missing.iter().map(|s| s.to_string()).collect();
+            let _ = write!(
+                detail,
+                ", rows missing from its final state: {}",
+                examples(&ids, l.missing_total)
+            );
+        }
+        if l.different > 0 {
+            let _ = write!(
+                detail,
+                ", {} rows present with a different (txn, size)",
+                l.different
+            );
+        }
+        push(out, AnomalyKind::LostWrite, detail, vec![l.op]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Divergence
+// ---------------------------------------------------------------------------
+
+/// Differences between two sorted maps: keys only in `a`, only in `b`, and in
+/// both with different values (examples, and totals).
+struct MapDiff<K> {
+    only_a: (Vec<K>, usize),
+    only_b: (Vec<K>, usize),
+    differ: (Vec<K>, usize),
+}
+
+fn diff_maps<'m, K: Ord + Clone, V: PartialEq>(
+    a: &'m BTreeMap<K, V>,
+    b: &'m BTreeMap<K, V>,
+) -> MapDiff<&'m K> {
+    fn note<K>(slot: &mut (Vec<K>, usize), k: K) {
+        if slot.0.len() < MAX_EXAMPLES {
+            slot.0.push(k);
+        }
+        slot.1 += 1;
+    }
+    let mut d = MapDiff {
+        only_a: (Vec::new(), 0),
+        only_b: (Vec::new(), 0),
+        differ: (Vec::new(), 0),
+    };
+    let mut ia = a.iter().peekable();
+    let mut ib = b.iter().peekable();
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                note(&mut d.only_a, *ka);
+                ia.next();
+            }
+            (None, Some((kb, _))) => {
+                note(&mut d.only_b, *kb);
+                ib.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    note(&mut d.only_a, *ka);
+                    ia.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    note(&mut d.only_b, *kb);
+                    ib.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        note(&mut d.differ, *ka);
+                    }
+                    ia.next();
+                    ib.next();
+                }
+            },
+        }
+    }
+    d
+}
+
+/// **Divergence**: after the final healing every node must hold exactly the
+/// same rows (every change reaches every node, and merging is deterministic).
+///
+/// The final states are grouped into classes of identical content; the
+/// largest class is the reference and each other class gets one anomaly with
+/// examples of differing rows (bounded).
+fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let finals = &ix.h.finals;
+    let mut classes: Vec<Vec<usize>> = Vec::new();
+    for (i, f) in finals.iter().enumerate() {
+        let same = classes.iter_mut().find(|c| {
+            let r = &finals[c[0]];
+            r.events == f.events && r.registers == f.registers
+        });
+        match same {
+            Some(c) => c.push(i),
+            None => classes.push(vec![i]),
+        }
+    }
+    if classes.len() < 2 {
+        return;
+    }
+    let reference = (0..classes.len())
+        .max_by_key(|&c| (classes[c].len(), std::cmp::Reverse(c)))
+        .unwrap_or(0);
+    let names = |c: &[usize]| {
+        c.iter()
+            .map(|&i| name(finals[i].node))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let r = &finals[classes[reference][0]];
+    for (ci, class) in classes.iter().enumerate() {
+        if ci == reference {
+            continue;
+        }
+        let o = &finals[class[0]];
+        let (rn, on) = (name(r.node), name(o.node));
+        let mut detail = format!(
+            "final state of {{{}}} differs from {{{}}}:",
+            names(class),
+            names(&classes[reference])
+        );
+        let mut ops = Vec::new();
+        let ev = diff_maps(&r.events, &o.events);
+        let rg = diff_maps(&r.registers, &o.registers);
+        let ev_op = |id: &String| ix.events.get(id.as_str()).map(|e| e.op);
+        let val_op =
+            |v: Option<&String>| v.and_then(|v| ix.writer_of(v)).flatten().map(|w| w.op.id);
+        for (label, (keys, total)) in [
+            (format!("events only on {rn}"), &ev.only_a),
+            (format!("events only on {on}"), &ev.only_b),
+            ("events with different (txn, size)".to_string(), &ev.differ),
+        ] {
+            if *total == 0 {
+                continue;
+            }
+            let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            ops.extend(keys.iter().filter_map(|k| ev_op(k)));
+            let _ = write!(detail, " {label}: {};", examples(&list, *total));
+        }
+        let reg_keys = rg
+            .only_a
+            .0
+            .iter()
+            .chain(&rg.only_b.0)
+            .chain(&rg.differ.0)
+            .collect::<BTreeSet<_>>();
+        let reg_total = rg.only_a.1 + rg.only_b.1 + rg.differ.1;
+        if reg_total > 0 {
+            let list: Vec<String> = reg_keys
+                .iter()
+                .map(|k| {
+                    let (a, b) = (r.registers.get(**k), o.registers.get(**k));
+                    ops.extend(val_op(a));
+                    ops.extend(val_op(b));
+                    format!(
+                        "{k}: {rn}={} {on}={}",
+                        show(a.map(|s| s.as_str())),
+                        show(b.map(|s| s.as_str()))
+                    )
+                })
+                .collect();
+            let _ = write!(detail, " registers: {};", examples(&list, reg_total));
+        }
+        detail.pop();
+        push(out, AnomalyKind::Divergence, detail, op_list(ops));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reads
+// ---------------------------------------------------------------------------
+
+/// Per-read rules:
+///
+/// - **HalfTransaction** (a): a `TxnCheck` that reports a partial transaction.
+/// - **StaleTokenRead** / **HalfTransaction** (c): a `ReadTxn` waits for the
+///   token of the write that inserted the transaction, so it must count all
+///   `size` rows. `0` means the token's write was not visible (stale); any
+///   other count but `size` means the transaction was seen half applied.
+/// - **StaleTokenRead** (registers): a `ReadRegister` with the token of write
+///   op `W` runs where `W` is applied, so if `W` sets the key, the value must
+///   not be stale with respect to that set (see the module docs): the value
+///   of `W` itself, or of any write not `≺ W`, is fine. A delete in `W` is not
+///   used: it may have changed nothing (module docs, "Deletes that change
+///   nothing"), so `None` or an older value proves nothing.
+/// - **InventedValue**: a value no `SetRegister` wrote.
+/// - **FailedWriteVisible**: a value only a failed write wrote.
+fn check_reads(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for op in &ix.h.ops {
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        match &op.kind {
+            OpKind::TxnCheck {
+                writer,
+                from_seq,
+                partial: Some(partial),
+            } if !partial.is_empty() => {
+                let list: Vec<String> = partial
+                    .iter()
+                    .map(|(txn, seen, size)| format!("{txn} ({seen} of {size} rows)"))
+                    .collect();
+                let ops = std::iter::once(op.id).chain(
+                    partial
+                        .iter()
+                        .filter_map(|(txn, _, _)| ix.txn_ops.get(txn.as_str()))
+                        .flatten()
+                        .copied(),
+                );
+                push(
+                    out,
+                    AnomalyKind::HalfTransaction,
+                    format!(
+                        "{}: txn check of client {writer}'s rows from seq {from_seq} saw partial transactions: {}",
+                        name(op.node),
+                        examples(&list, partial.len())
+                    ),
+                    op_list(ops),
+                );
+            }
+            OpKind::ReadTxn {
+                txn,
+                size,
+                after,
+                count: Some(count),
+                ..
+            } if *count != u64::from(*size) => {
+                let (kind, what) = if *count == 0 {
+                    (
+                        AnomalyKind::StaleTokenRead,
+                        "does not see the token's write",
+                    )
+                } else {
+                    (AnomalyKind::HalfTransaction, "sees the transaction partly")
+                };
+                push(
+                    out,
+                    kind,
+                    format!(
+                        "{}: read of txn {txn} with the token of write op {after} counted {count} of {size} rows: {what}",
+                        name(op.node)
+                    ),
+                    vec![op.id, *after],
+                );
+            }
+            OpKind::ReadRegister {
+                key,
+                after,
+                value: Some(value),
+                ..
+            } => {
+                let observed = value.as_deref();
+                let mut writer = None;
+                if let Some(v) = observed {
+                    match ix.writer_of(v) {
+                        None => {
+                            push(
+                                out,
+                                AnomalyKind::InventedValue,
+                                format!(
+                                    "{}: read of register {key} returned {v:?}, which no request wrote",
+                                    name(op.node)
+                                ),
+                                vec![op.id],
+                            );
+                            continue;
+                        }
+                        Some(Some(w)) if w.st == St::Failed => {
+                            push(
+                                out,
+                                AnomalyKind::FailedWriteVisible,
+                                format!(
+                                    "{}: read of register {key} returned {v:?}, written only by failed op {}",
+                                    name(op.node),
+                                    w.op.id
+                                ),
+                                vec![op.id, w.op.id],
+                            );
+                            continue;
+                        }
+                        Some(Some(w)) => writer = Some(w),
+                        // Ambiguous value: tells nothing about staleness.
+                        Some(None) => continue,
+                    }
+                }
+                let Some(after) = after else { continue };
+                let Some(w) = ix.ops.get(after) else { continue };
+                if status(&w.outcome) == St::Failed {
+                    continue;
+                }
+                let on_key = ix.op_regs.get(after).is_some_and(|r| {
+                    r.iter()
+                        .any(|&i| ix.regs[i].key == key && ix.regs[i].value.is_some())
+                });
+                if !on_key {
+                    continue;
+                }
+                let mut k = Knowledge::default();
+                k.learn(
+                    w.node,
+                    Known {
+                        invoke: w.invoke,
+                        witness: w.id,
+                        write_op: w.id,
+                    },
+                );
+                let stale = match writer {
+                    Some(wr) => k.stale_some(wr).map(|_| {
+                        format!(
+                            "written by op {} on {} (acknowledged at {:.3}), before op {} was sent to {} at {:.3}",
+                            wr.op.id,
+                            name(wr.op.node),
+                            wr.op.complete,
+                            w.id,
+                            name(w.node),
+                            w.invoke
+                        )
+                    }),
+                    None => k.stale_none(ix.keys.get(key.as_str())).map(|_| {
+                        "every delete of the key (if any) was acknowledged by the same node before it was sent".to_string()
+                    }),
+                };
+                if let Some(why) = stale {
+                    let mut ops = vec![op.id, w.id];
+                    ops.extend(writer.map(|wr| wr.op.id));
+                    push(
+                        out,
+                        AnomalyKind::StaleTokenRead,
+                        format!(
+                            "{}: read of register {key} with the token of write op {} returned {}: {why}",
+                            name(op.node),
+                            w.id,
+                            show(observed)
+                        ),
+                        op_list(ops),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// **NonMonotonicRead** (counts): events are never deleted and node state is
+/// durable (also across restarts), so on one node a `CountEvents` sent after
+/// another one completed counts at least as many rows.
+///
+/// Per node: reads sorted by invocation, swept against reads sorted by
+/// completion, keeping the largest count among reads completed strictly
+/// before. Violations are grouped by the earlier read they contradict.
+fn check_count_monotonic(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let mut per_node: BTreeMap<NodeIx, Vec<(&Op, u64)>> = BTreeMap::new();
+    for op in &ix.h.ops {
+        if let (Outcome::Ok, OpKind::CountEvents { count: Some(count) }) = (&op.outcome, &op.kind) {
+            per_node.entry(op.node).or_default().push((op, *count));
+        }
+    }
+    for (node, reads) in per_node {
+        let mut by_invoke = reads.clone();
+        by_invoke.sort_by(|a, b| a.0.invoke.total_cmp(&b.0.invoke));
+        let mut by_complete = reads;
+        by_complete.sort_by(|a, b| a.0.complete.total_cmp(&b.0.complete));
+        let mut best: Option<(&Op, u64)> = None;
+        let mut j = 0;
+        // earlier read id -> (its count, later reads that counted fewer)
+        type Later<'o> = Vec<(&'o Op, u64)>;
+        let mut bad: BTreeMap<u64, (u64, Later<'_>)> = BTreeMap::new();
+        for &(r2, c2) in &by_invoke {
+            while j < by_complete.len() && by_complete[j].0.complete < r2.invoke {
+                let (r1, c1) = by_complete[j];
+                if best.is_none_or(|(_, b)| c1 > b) {
+                    best = Some((r1, c1));
+                }
+                j += 1;
+            }
+            if let Some((r1, c1)) = best
+                && c2 < c1
+            {
+                bad.entry(r1.id)
+                    .or_insert((c1, Vec::new()))
+                    .1
+                    .push((r2, c2));
+            }
+        }
+        for (r1, (c1, later)) in bad {
+            let (r2, c2) = later[0];
+            let mut detail = format!(
+                "{}: count of events went from {c1} (op {r1}) to {c2} (op {}, sent at {:.3}, after op {r1} completed)",
+                name(node),
+                r2.id,
+                r2.invoke
+            );
+            if later.len() > 1 {
+                let _ = write!(
+                    detail,
+                    "; {} later reads counted fewer than {c1}",
+                    later.len()
+                );
+            }
+            let ops = std::iter::once(r1).chain(later.iter().map(|(r, _)| r.id));
+            push(out, AnomalyKind::NonMonotonicRead, detail, op_list(ops));
+        }
+    }
+}
+
+/// **NonMonotonicRead** (registers): on one node, once a write is known
+/// applied there, no later read on that node may return a value stale with
+/// respect to it (node state is durable, and a write never un-applies).
+///
+/// A write is known applied on node `X` for key `k` from the completion of:
+/// a read on `X` that returned its value (any outcome but failed); an
+/// acknowledged write sent to `X` (committed locally before the answer: this
+/// is read-your-writes); a successful read on `X` (register or txn) waiting
+/// for its token (its sets only, see the module docs). A read sent to `X`
+/// afterwards must return a value not stale with respect to any of them.
+///
+/// Per (node, key), one sweep over the events in time order (a read sent at
+/// the same instant as another completes does not count as after it), keeping
+/// per writer node the latest invocation known applied: `O(n log n)`.
+/// Violations are grouped by (node, key, contradicted write).
+fn check_register_monotonic<'a>(ix: &Index<'a>, out: &mut Vec<Anomaly>) {
+    enum Ev<'o> {
+        Learn { writer: NodeIx, known: Known },
+        Query { op: &'o Op, value: Option<&'o str> },
+    }
+    type Groups<'o> = BTreeMap<(NodeIx, &'o str), Vec<(f64, Ev<'o>)>>;
+    let mut groups: Groups<'a> = BTreeMap::new();
+    // `sets_only`: learn from a write's sets only (for writes known applied
+    // through their token, see `check_reads`).
+    let learn_op = |groups: &mut Groups<'a>,
+                    at_node: NodeIx,
+                    at: f64,
+                    witness: u64,
+                    w: &Op,
+                    sets_only: bool| {
+        let Some(regs) = ix.op_regs.get(&w.id) else {
+            return;
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for &i in regs {
+            let key = ix.regs[i].key;
+            if (sets_only && ix.regs[i].value.is_none()) || seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            groups.entry((at_node, key)).or_default().push((
+                at,
+                Ev::Learn {
+                    writer: w.node,
+                    known: Known {
+                        invoke: w.invoke,
+                        witness,
+                        write_op: w.id,
+                    },
+                },
+            ));
+        }
+    };
+    for op in &ix.h.ops {
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        match &op.kind {
+            OpKind::Write { .. } => learn_op(&mut groups, op.node, op.complete, op.id, op, false),
+            OpKind::ReadRegister {
+                key,
+                after,
+                value: Some(value),
+                ..
+            } => {
+                let value = value.as_deref();
+                groups
+                    .entry((op.node, key.as_str()))
+                    .or_default()
+                    .push((op.invoke, Ev::Query { op, value }));
+                if let Some(v) = value
+                    && let Some(Some(w)) = ix.writer_of(v)
+                    && w.st != St::Failed
+                {
+                    groups.entry((op.node, key.as_str())).or_default().push((
+                        op.complete,
+                        Ev::Learn {
+                            writer: w.op.node,
+                            known: Known {
+                                invoke: w.op.invoke,
+                                witness: op.id,
+                                write_op: w.op.id,
+                            },
+                        },
+                    ));
+                }
+                if let Some(w) = after.and_then(|a| ix.ops.get(&a))
+                    && status(&w.outcome) != St::Failed
+                {
+                    learn_op(&mut groups, op.node, op.complete, op.id, w, true);
+                }
+            }
+            OpKind::ReadTxn {
+                after,
+                count: Some(_),
+                ..
+            } => {
+                if let Some(w) = ix.ops.get(after)
+                    && status(&w.outcome) != St::Failed
+                {
+                    learn_op(&mut groups, op.node, op.complete, op.id, w, true);
+                }
+            }
+            _ => {}
+        }
+    }
+    for ((node, key), mut evs) in groups {
+        // Queries before learns at the same instant: "after" is strict.
+        evs.sort_by(|a, b| {
+            a.0.total_cmp(&b.0).then_with(|| {
+                let rank = |e: &Ev<'_>| matches!(e, Ev::Learn { .. }) as u8;
+                rank(&a.1).cmp(&rank(&b.1))
+            })
+        });
+        let key_info = ix.keys.get(key);
+        let mut k = Knowledge::default();
+        // contradicted write op -> (its witness, later reads)
+        type Later<'o> = Vec<(&'o Op, Option<&'o str>)>;
+        let mut bad: BTreeMap<u64, (Known, Later<'_>)> = BTreeMap::new();
+        for (_, ev) in &evs {
+            match ev {
+                Ev::Learn { writer, known } => k.learn(*writer, *known),
+                Ev::Query { op, value } => {
+                    let stale = match value {
+                        Some(v) => match ix.writer_of(v) {
+                            Some(Some(w)) if w.st != St::Failed => k.stale_some(w),
+                            _ => None,
+                        },
+                        None => k.stale_none(key_info),
+                    };
+                    if let Some(known) = stale {
+                        bad.entry(known.write_op)
+                            .or_insert((known, Vec::new()))
+                            .1
+                            .push((op, *value));
+                    }
+                }
+            }
+        }
+        for (write_op, (known, later)) in bad {
+            let (r2, v2) = later[0];
+            let shown_by = if known.witness == write_op {
+                format!("acknowledged by {} itself", name(node))
+            } else {
+                format!("seen applied there by op {}", known.witness)
+            };
+            let why = match v2.and_then(|v| ix.writer_of(v)).flatten() {
+                Some(w2) => format!(
+                    "written by op {} on {}, acknowledged at {:.3}, before op {write_op} was sent there at {:.3}",
+                    w2.op.id,
+                    name(w2.op.node),
+                    w2.op.complete,
+                    known.invoke
+                ),
+                None => format!(
+                    "every delete of the key (if any) precedes op {write_op} or another write known applied"
+                ),
+            };
+            let mut detail = format!(
+                "{}: read of register {key} (op {}, sent at {:.3}) returned {} although write op {write_op} was already {shown_by}: {why}",
+                name(node),
+                r2.id,
+                r2.invoke,
+                show(v2)
+            );
+            if later.len() > 1 {
+                let _ = write!(
+                    detail,
+                    "; {} later reads were stale the same way",
+                    later.len()
+                );
+            }
+            let mut ops = vec![known.witness, write_op];
+            ops.extend(later.iter().map(|(r, _)| r.id));
+            push(out, AnomalyKind::NonMonotonicRead, detail, op_list(ops));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Final states: registers
+// ---------------------------------------------------------------------------
+
+/// Register values in the final states:
+///
+/// - **InventedValue**: a value no `SetRegister` wrote.
+/// - **FailedWriteVisible**: a value only a failed write wrote.
+/// - **SupersededFinalValue**: every acknowledged write reaches every node, so
+///   the final value of a key must not be stale with respect to any
+///   acknowledged write of that key: a value `Some(v)` from write `W` is
+///   superseded if `W ≺` some acknowledged write `W1` (same node, `W`
+///   acknowledged before `W1` was sent); `None` is superseded if some
+///   acknowledged write exists and every non-failed delete of the key `≺` some
+///   acknowledged write (the initial state is then overwritten, and so is
+///   every delete's result).
+fn check_final_registers(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let empty = Knowledge::default();
+    for f in &ix.h.finals {
+        let node = name(f.node);
+        // Values present.
+        for (key, v) in &f.registers {
+            let w = match ix.writer_of(v) {
+                None => {
+                    push(
+                        out,
+                        AnomalyKind::InventedValue,
+                        format!(
+                            "{node}: final value of register {key} is {v:?}, which no request wrote"
+                        ),
+                        Vec::new(),
+                    );
+                    continue;
+                }
+                Some(None) => continue,
+                Some(Some(w)) => w,
+            };
+            if w.st == St::Failed {
+                push(
+                    out,
+                    AnomalyKind::FailedWriteVisible,
+                    format!(
+                        "{node}: final value of register {key} is {v:?}, written only by failed op {}",
+                        w.op.id
+                    ),
+                    vec![w.op.id],
+                );
+                continue;
+            }
+            let k = ix.keys.get(key.as_str()).map_or(&empty, |k| &k.ok_writes);
+            if let Some(known) = k.stale_some(w) {
+                push(
+                    out,
+                    AnomalyKind::SupersededFinalValue,
+                    format!(
+                        "{node}: final value of register {key} is {v:?} from op {} (acknowledged by {} at {:.3}), but op {} was sent to {} at {:.3} and acknowledged",
+                        w.op.id,
+                        name(w.op.node),
+                        w.op.complete,
+                        known.write_op,
+                        name(w.op.node),
+                        known.invoke
+                    ),
+                    vec![w.op.id, known.write_op],
+                );
+            }
+        }
+        // Keys with no row.
+        for (key, info) in &ix.keys {
+            if f.registers.contains_key(*key) {
+                continue;
+            }
+            if let Some(known) = info.ok_writes.stale_none(Some(info)) {
+                let why = if info.dels.is_empty() {
+                    "no delete of it was ever sent".to_string()
+                } else {
+                    "every delete of it was acknowledged before a later write to the same node was sent".to_string()
+                };
+                push(
+                    out,
+                    AnomalyKind::SupersededFinalValue,
+                    format!(
+                        "{node}: register {key} has no row in the final state, but acknowledged write op {} set or deleted it and {why}",
+                        known.write_op
+                    ),
+                    vec![known.write_op],
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Convergence, membership, crashes
+// ---------------------------------------------------------------------------
+
+/// Whether a sample shows every version of `target`.
+fn holds(s: &Sample, target: &BTreeMap<&str, u64>) -> bool {
+    target
+        .iter()
+        .all(|(a, v)| s.complete_through.get(*a).copied().unwrap_or(0) >= *v)
+}
+
+/// The first sample of `node` at or after `from` and before `until` holding
+/// `target`.
+fn first_holding(
+    ix: &Index<'_>,
+    node: NodeIx,
+    from: f64,
+    until: f64,
+    target: &BTreeMap<&str, u64>,
+) -> Option<f64> {
+    let s = ix.samples.get(node)?;
+    let start = s.partition_point(|x| x.at < from);
+    s[start..]
+        .iter()
+        .take_while(|x| x.at < until)
+        .find(|x| holds(x, target))
+        .map(|x| x.at)
+}
+
+/// Time after `from` until every node in `nodes` held `target`.
+fn convergence_time(
+    ix: &Index<'_>,
+    nodes: &[NodeIx],
+    from: f64,
+    until: f64,
+    target: &BTreeMap<&str, u64>,
+) -> Option<f64> {
+    let mut latest = from;
+    for &n in nodes {
+        latest = latest.max(first_holding(ix, n, from, until, target)?);
+    }
+    Some(latest - from)
+}
+
+/// Whether a view lists every node of `nodes` other than its own alive.
+fn view_ok(v: &MembersView, nodes: &[NodeIx]) -> bool {
+    nodes.iter().filter(|&&o| o != v.node).all(|&o| {
+        let want = name(o);
+        v.members
+            .iter()
+            .any(|(n, st)| *n == want && st.eq_ignore_ascii_case("alive"))
+    })
+}
+
+/// Time after `from` until, for every node of `nodes`, its latest view taken
+/// in `[from, t]` lists every other node alive.
+fn membership_time(ix: &Index<'_>, nodes: &[NodeIx], from: f64, until: f64) -> Option<f64> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let start = ix.views.partition_point(|v| v.at < from);
+    let mut good: BTreeMap<NodeIx, bool> = BTreeMap::new();
+    let mut n_good = 0;
+    for v in &ix.views[start..] {
+        if v.at >= until {
+            break;
+        }
+        if !nodes.contains(&v.node) {
+            continue;
+        }
+        let ok = view_ok(v, nodes);
+        let prev = good.insert(v.node, ok).unwrap_or(false);
+        match (prev, ok) {
+            (false, true) => n_good += 1,
+            (true, false) => n_good -= 1,
+            _ => {}
+        }
+        if n_good == nodes.len() {
+            return Some(v.at - from);
+        }
+    }
+    None
+}
+
+/// Per actor, the highest version of an acknowledged write, and that write.
+fn max_versions<'a>(ix: &Index<'a>) -> BTreeMap<&'a str, (u64, u64)> {
+    let mut t: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for op in &ix.h.ops {
+        if let (
+            Outcome::Ok,
+            OpKind::Write {
+                version: Some((actor, v)),
+                ..
+            },
+        ) = (&op.outcome, &op.kind)
+        {
+            let e = t.entry(actor.as_str()).or_insert((*v, op.id));
+            if *v > e.0 {
+                *e = (*v, op.id);
+            }
+        }
+    }
+    t
+}
+
+/// **NotConverged**: once faults are healed and clients stopped, every node
+/// receives every acknowledged version; its last progress sample (which must
+/// be at or after `quiet_from`) must show `complete_through >=` the highest
+/// acknowledged version of every actor.
+fn check_not_converged(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let target = max_versions(ix);
+    for node in 0..ix.n {
+        let last = ix.samples.get(node).and_then(|s| s.last());
+        let Some(last) = last.filter(|s| s.at >= ix.h.quiet_from) else {
+            push(
+                out,
+                AnomalyKind::NotConverged,
+                format!(
+                    "{}: no progress sample at or after quiet_from ({:.3})",
+                    name(node),
+                    ix.h.quiet_from
+                ),
+                Vec::new(),
+            );
+            continue;
+        };
+        let mut lacks = Vec::new();
+        let mut ops = Vec::new();
+        for (actor, (v, op)) in &target {
+            let has = last.complete_through.get(*actor).copied().unwrap_or(0);
+            if has < *v {
+                lacks.push(format!("{actor}: holds through {has}, needs {v}"));
+                ops.push(*op);
+            }
+        }
+        if !lacks.is_empty() {
+            push(
+                out,
+                AnomalyKind::NotConverged,
+                format!(
+                    "{}: last progress sample (at {:.3}) lacks acknowledged versions: {}",
+                    name(node),
+                    last.at,
+                    examples(&lacks, lacks.len())
+                ),
+                op_list(ops),
+            );
+        }
+    }
+}
+
+/// **MembershipNotConverged**: with every fault healed, failure detection
+/// must end with everyone alive: each node's last view must list every other
+/// node (`n{i+1}`) with state `alive` (its own entry is ignored).
+fn check_membership(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let all: Vec<NodeIx> = (0..ix.n).collect();
+    let mut last: BTreeMap<NodeIx, &MembersView> = BTreeMap::new();
+    for v in &ix.views {
+        last.insert(v.node, v);
+    }
+    for node in 0..ix.n {
+        let Some(v) = last.get(&node) else {
+            push(
+                out,
+                AnomalyKind::MembershipNotConverged,
+                format!("{}: no membership view recorded", name(node)),
+                Vec::new(),
+            );
+            continue;
+        };
+        if view_ok(v, &all) {
+            continue;
+        }
+        let wrong: Vec<String> = all
+            .iter()
+            .filter(|&&o| o != node)
+            .filter_map(|&o| {
+                let want = name(o);
+                let states: Vec<&str> = v
+                    .members
+                    .iter()
+                    .filter(|(n, _)| *n == want)
+                    .map(|(_, s)| s.as_str())
+                    .collect();
+                if states.iter().any(|s| s.eq_ignore_ascii_case("alive")) {
+                    None
+                } else if states.is_empty() {
+                    Some(format!("{want} missing"))
+                } else {
+                    Some(format!("{want} {}", states.join("/")))
+                }
+            })
+            .collect();
+        push(
+            out,
+            AnomalyKind::MembershipNotConverged,
+            format!(
+                "{}: last membership view (at {:.3}): {}",
+                name(node),
+                v.at,
+                examples(&wrong, wrong.len())
+            ),
+            Vec::new(),
+        );
+    }
+}
+
+/// **AgentCrash**: every unexpected agent exit the runner recorded.
+fn check_crashes(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for (i, r) in ix.h.node_records.iter().enumerate() {
+        let who = if r.name.is_empty() {
+            name(i)
+        } else {
+            r.name.clone()
+        };
+        for (at, status, log) in &r.crashes {
+            let tail = if log.len() > MAX_LOG {
+                let mut cut = log.len() - MAX_LOG;
+                while !log.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                format!("…{}", &log[cut..])
+            } else {
+                log.clone()
+            };
+            push(
+                out,
+                AnomalyKind::AgentCrash,
+                format!(
+                    "{who}: agent exited unexpectedly at {at:.3} ({status}); log tail:\n{tail}"
+                ),
+                Vec::new(),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+fn kind_name(k: &OpKind) -> &'static str {
+    match k {
+        OpKind::Write { .. } => "write",
+        OpKind::CountEvents { .. } => "count",
+        OpKind::TxnCheck { .. } => "txn-check",
+        OpKind::ReadRegister { .. } => "read-register",
+        OpKind::ReadTxn { .. } => "read-txn",
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Range-maximum table over one series, answering "first index at or after
+/// `from` with value `>= v`" in `O(log n)` by binary lifting.
+struct SparseMax {
+    levels: Vec<Vec<u64>>,
+}
+
+impl SparseMax {
+    fn new(values: Vec<u64>) -> SparseMax {
+        let n = values.len();
+        let mut levels = vec![values];
+        let mut k = 1;
+        while (1usize << k) <= n {
+            let prev = &levels[k - 1];
+            let half = 1usize << (k - 1);
+            let next = (0..=n - (1usize << k))
+                .map(|i| prev[i].max(prev[i + half]))
+                .collect();
+            levels.push(next);
+            k += 1;
+        }
+        SparseMax { levels }
+    }
+
+    fn first_at_least(&self, from: usize, v: u64) -> Option<usize> {
+        let n = self.levels[0].len();
+        let mut i = from;
+        for k in (0..self.levels.len()).rev() {
+            let step = 1usize << k;
+            if i + step <= n && self.levels[k][i] < v {
+                i += step;
+            }
+        }
+        (i < n).then_some(i)
+    }
+}
+
+fn metrics(ix: &Index<'_>) -> Metrics {
+    let h = ix.h;
+    let mut m = Metrics {
+        ops: h.ops.len() as u64,
+        ..Metrics::default()
+    };
+    for name in ["write", "count", "txn-check", "read-register", "read-txn"] {
+        m.by_kind.insert(name.to_string(), OutcomeCounts::default());
+    }
+    for op in &h.ops {
+        let c = m
+            .by_kind
+            .entry(kind_name(&op.kind).to_string())
+            .or_default();
+        match status(&op.outcome) {
+            St::Ok => c.ok += 1,
+            St::Failed => c.failed += 1,
+            St::Unknown => c.unknown += 1,
+        }
+        if let (Outcome::Ok, OpKind::Write { stmts, .. }) = (&op.outcome, &op.kind) {
+            for s in stmts {
+                match s {
+                    Stmt::InsertEvent { .. } => m.rows_acked += 1,
+                    Stmt::SetRegister { .. } | Stmt::DeleteRegister { .. } => {
+                        m.register_writes_acked += 1
+                    }
+                    Stmt::Invalid => {}
+                }
+            }
+        }
+    }
+
+    // Acknowledged versioned writes, by completion.
+    let mut versioned: Vec<(&Op, &str, u64)> = h
+        .ops
+        .iter()
+        .filter(|op| op.outcome == Outcome::Ok)
+        .filter_map(|op| match &op.kind {
+            OpKind::Write {
+                version: Some((a, v)),
+                ..
+            } => Some((op, a.as_str(), *v)),
+            _ => None,
+        })
+        .collect();
+    versioned.sort_by(|a, b| a.0.complete.total_cmp(&b.0.complete));
+
+    // Per fault: the versions acknowledged by its heal (one sweep in heal
+    // order).
+    let mut by_heal: Vec<usize> = (0..h.faults.len()).collect();
+    by_heal.sort_by(|&a, &b| h.faults[a].heal.total_cmp(&h.faults[b].heal));
+    let mut targets: Vec<BTreeMap<&str, u64>> = vec![BTreeMap::new(); h.faults.len()];
+    let mut running: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut j = 0;
+    for &fi in &by_heal {
+        while j < versioned.len() && versioned[j].0.complete <= h.faults[fi].heal {
+            let (_, a, v) = versioned[j];
+            let e = running.entry(a).or_insert(0);
+            *e = (*e).max(v);
+            j += 1;
+        }
+        targets[fi] = running.clone();
+    }
+    for (fi, f) in h.faults.iter().enumerate() {
+        let until = h
+            .faults
+            .get(fi + 1)
+            .map_or(f64::INFINITY, |next| next.start);
+        let nodes = ix.nodes_at(f.heal);
+        m.faults.push(FaultResult {
+            label: f.label.clone(),
+            kind: f.kind.clone(),
+            start: f.start,
+            heal: f.heal,
+            hold: f.heal - f.start,
+            converged_after: convergence_time(ix, &nodes, f.heal, until, &targets[fi]),
+            membership_after: membership_time(ix, &nodes, f.heal, until),
+        });
+    }
+
+    let all: Vec<NodeIx> = (0..ix.n).collect();
+    let final_target: BTreeMap<&str, u64> = max_versions(ix)
+        .into_iter()
+        .map(|(a, (v, _))| (a, v))
+        .collect();
+    m.converged_after_quiet =
+        convergence_time(ix, &all, h.quiet_from, f64::INFINITY, &final_target);
+    m.membership_after_quiet = membership_time(ix, &all, h.quiet_from, f64::INFINITY);
+
+    m.lag = lag(ix, &versioned);
+
+    m.join = h.join.as_ref().map(|j| JoinMetrics {
+        node: j.node,
+        rows: j.rows,
+        ready_after: j.ready - j.spawned,
+        caught_up_after: j.caught_up.map(|c| c - j.spawned),
+        catch_up: j.caught_up.map(|c| c - j.ready),
+    });
+    m
+}
+
+/// Replication lag (see [`LagMetrics`]).
+fn lag(ix: &Index<'_>, versioned: &[(&Op, &str, u64)]) -> LagMetrics {
+    let h = ix.h;
+    // Actor → index, numbered in key order: the per-actor tables below are
+    // built by iterating the keys.
+    let actors: BTreeMap<&str, usize> = versioned
+        .iter()
+        .map(|(_, a, _)| *a)
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (a, i))
+        .collect();
+    // Per node: sample times, and per actor a range-max table of
+    // complete_through.
+    let tables: Vec<(Vec<f64>, Vec<SparseMax>)> = (0..ix.n)
+        .map(|node| {
+            let s = ix.samples.get(node).map(|v| v.as_slice()).unwrap_or(&[]);
+            let times = s.iter().map(|x| x.at).collect();
+            let per_actor = actors
+                .keys()
+                .map(|a| {
+                    SparseMax::new(
+                        s.iter()
+                            .map(|x| x.complete_through.get(*a).copied().unwrap_or(0))
+                            .collect(),
+                    )
+                })
+                .collect();
+            (times, per_actor)
+        })
+        .collect();
+
+    // Fault intervals, merged, for "calm".
+    let mut intervals: Vec<(f64, f64)> = h.faults.iter().map(|f| (f.start, f.heal)).collect();
+    intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut merged: Vec<(f64, f64)> = Vec::new();
+    for (s, e) in intervals {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let calm = |from: f64, to: f64| {
+        let i = merged.partition_point(|iv| iv.1 < from);
+        merged.get(i).is_none_or(|iv| iv.0 > to)
+    };
+
+    let mut all: Vec<(f64, u64)> = Vec::new();
+    let mut quiet: Vec<(f64, u64)> = Vec::new();
+    let mut out = LagMetrics::default();
+    for &(op, actor, v) in versioned {
+        let ai = actors[actor];
+        let mut visible = op.complete;
+        let mut seen = true;
+        for (node, (times, per_actor)) in tables.iter().enumerate() {
+            if !ix.participates(node, op.complete) {
+                continue;
+            }
+            let from = times.partition_point(|t| *t < op.complete);
+            match per_actor[ai].first_at_least(from, v) {
+                Some(i) => visible = visible.max(times[i]),
+                None => {
+                    seen = false;
+                    break;
+                }
+            }
+        }
+        if !seen {
+            out.not_visible += 1;
+            continue;
+        }
+        let l = visible - op.complete;
+        all.push((l, op.id));
+        if calm(op.complete, visible) {
+            quiet.push((l, op.id));
+        }
+    }
+    let stats = |v: &mut Vec<(f64, u64)>| {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let xs: Vec<f64> = v.iter().map(|x| x.0).collect();
+        (
+            v.len() as u64,
+            percentile(&xs, 0.5),
+            percentile(&xs, 0.99),
+            v.last().map(|x| x.0),
+            v.last().map(|x| x.1),
+        )
+    };
+    (out.measured, out.p50, out.p99, out.max, out.max_op) = stats(&mut all);
+    (
+        out.calm_measured,
+        out.calm_p50,
+        out.calm_p99,
+        out.calm_max,
+        out.calm_max_op,
+    ) = stats(&mut quiet);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{FaultRecord, FinalState, JoinRecord, NodeRecord};
+
+    fn actor(node: NodeIx) -> String {
+        format!("a{}", node + 1)
+    }
+
+    fn ev(id: &str, txn: &str, size: u32) -> Stmt {
+        Stmt::InsertEvent {
+            id: id.into(),
+            txn: txn.into(),
+            size,
+        }
+    }
+
+    fn set(key: &str, value: &str) -> Stmt {
+        Stmt::SetRegister {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn del(key: &str) -> Stmt {
+        Stmt::DeleteRegister { key: key.into() }
+    }
+
+    fn unknown() -> Outcome {
+        Outcome::Unknown("timeout".into())
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Failed("400 bad sql".into())
+    }
+
+    /// Builds synthetic histories.
+    struct B {
+        h: History,
+        next: u64,
+        versions: Vec<u64>,
+    }
+
+    impl B {
+        fn new(nodes: usize) -> B {
+            let h = History {
+                seed: 1,
+                nodes,
+                node_records: (0..nodes)
+                    .map(|i| NodeRecord {
+                        name: name(i),
+                        actor: actor(i),
+                        started: vec![0.0],
+                        crashes: Vec::new(),
+                    })
+                    .collect(),
+                ..History::default()
+            };
+            B {
+                h,
+                next: 1,
+                versions: vec![0; nodes],
+            }
+        }
+
+        fn op(&mut self, node: NodeIx, t0: f64, t1: f64, kind: OpKind, outcome: Outcome) -> u64 {
+            let id = self.next;
+            self.next += 1;
+            self.h.ops.push(Op {
+                id,
+                client: node as u32,
+                node,
+                invoke: t0,
+                complete: t1,
+                kind,
+                outcome,
+            });
+            id
+        }
+
+        fn write(&mut self, node: NodeIx, t0: f64, t1: f64, stmts: Vec<Stmt>, o: Outcome) -> u64 {
+            let (token, version) = if o == Outcome::Ok {
+                self.versions[node] += 1;
+                let v = self.versions[node];
+                (Some(format!("{}:{v}", actor(node))), Some((actor(node), v)))
+            } else {
+                (None, None)
+            };
+            let kind = OpKind::Write {
+                stmts,
+                token,
+                version,
+            };
+            self.op(node, t0, t1, kind, o)
+        }
+
+        fn ok(&mut self, node: NodeIx, t0: f64, t1: f64, stmts: Vec<Stmt>) -> u64 {
+            self.write(node, t0, t1, stmts, Outcome::Ok)
+        }
+
+        fn read(
+            &mut self,
+            node: NodeIx,
+            t0: f64,
+            t1: f64,
+            key: &str,
+            after: Option<u64>,
+            value: Option<&str>,
+        ) -> u64 {
+            let kind = OpKind::ReadRegister {
+                key: key.into(),
+                token: after.map(|a| format!("tok{a}")),
+                after,
+                value: Some(value.map(String::from)),
+            };
+            self.op(node, t0, t1, kind, Outcome::Ok)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn read_txn(
+            &mut self,
+            node: NodeIx,
+            t0: f64,
+            t1: f64,
+            txn: &str,
+            size: u32,
+            after: u64,
+            count: u64,
+        ) -> u64 {
+            let kind = OpKind::ReadTxn {
+                txn: txn.into(),
+                size,
+                token: format!("tok{after}"),
+                after,
+                count: Some(count),
+            };
+            self.op(node, t0, t1, kind, Outcome::Ok)
+        }
+
+        fn count(&mut self, node: NodeIx, t0: f64, t1: f64, count: u64) -> u64 {
+            self.op(
+                node,
+                t0,
+                t1,
+                OpKind::CountEvents { count: Some(count) },
+                Outcome::Ok,
+            )
+        }
+
+        fn sample(&mut self, node: NodeIx, at: f64, ct: &[(NodeIx, u64)]) {
+            self.h.samples.push(Sample {
+                at,
+                node,
+                complete_through: ct.iter().map(|(n, v)| (actor(*n), *v)).collect(),
+            });
+        }
+
+        /// Every node holds every acknowledged version so far.
+        fn sample_all(&mut self, at: f64) {
+            let ct: Vec<(NodeIx, u64)> = self.versions.iter().copied().enumerate().collect();
+            for n in 0..self.h.nodes {
+                self.sample(n, at, &ct);
+            }
+        }
+
+        fn view(&mut self, node: NodeIx, at: f64, members: &[(NodeIx, &str)]) {
+            self.h.members.push(MembersView {
+                at,
+                node,
+                members: members
+                    .iter()
+                    .map(|(n, s)| (name(*n), s.to_string()))
+                    .collect(),
+            });
+        }
+
+        /// Every node sees every node (itself included) alive.
+        fn views_all(&mut self, at: f64) {
+            let all: Vec<(NodeIx, &str)> = (0..self.h.nodes).map(|n| (n, "alive")).collect();
+            for n in 0..self.h.nodes {
+                self.view(n, at, &all);
+            }
+        }
+
+        fn fault(&mut self, start: f64, heal: f64) {
+            self.h.faults.push(FaultRecord {
+                label: format!("partition at {start}"),
+                kind: "partition-halves".into(),
+                start,
+                heal,
+                down: Vec::new(),
+            });
+        }
+
+        /// Quiet from `at`: converged samples and views right after, and
+        /// identical finals modelled by applying the acknowledged writes in
+        /// completion order.
+        fn settle(&mut self, at: f64) {
+            self.h.quiet_from = at;
+            self.sample_all(at + 0.1);
+            self.views_all(at + 0.1);
+            let mut writes: Vec<&Op> = self
+                .h
+                .ops
+                .iter()
+                .filter(|o| o.outcome == Outcome::Ok && matches!(o.kind, OpKind::Write { .. }))
+                .collect();
+            writes.sort_by(|a, b| a.complete.total_cmp(&b.complete));
+            let mut f = FinalState::default();
+            for w in writes {
+                let OpKind::Write { stmts, .. } = &w.kind else {
+                    unreachable!()
+                };
+                for s in stmts {
+                    match s {
+                        Stmt::InsertEvent { id, txn, size } => {
+                            f.events.insert(id.clone(), (txn.clone(), u64::from(*size)));
+                        }
+                        Stmt::SetRegister { key, value } => {
+                            f.registers.insert(key.clone(), value.clone());
+                        }
+                        Stmt::DeleteRegister { key } => {
+                            f.registers.remove(key);
+                        }
+                        Stmt::Invalid => {}
+                    }
+                }
+            }
+            self.h.finals = (0..self.h.nodes)
+                .map(|node| FinalState { node, ..f.clone() })
+                .collect();
+        }
+
+        /// Sets a register in every final state.
+        fn final_reg(&mut self, key: &str, value: Option<&str>) {
+            for f in &mut self.h.finals {
+                match value {
+                    Some(v) => f.registers.insert(key.into(), v.into()),
+                    None => f.registers.remove(key),
+                };
+            }
+        }
+
+        fn check(&self) -> CheckResult {
+            check(&self.h)
+        }
+    }
+
+    fn kinds(r: &CheckResult) -> Vec<AnomalyKind> {
+        r.anomalies.iter().map(|a| a.kind).collect()
+    }
+
+    fn assert_clean(r: &CheckResult) {
+        assert!(r.is_clean(), "unexpected anomalies: {:#?}", r.anomalies);
+    }
+
+    /// Asserts that exactly `n` anomalies of `kind` were found and nothing
+    /// else; returns them.
+    fn only(r: &CheckResult, kind: AnomalyKind, n: usize) -> Vec<Anomaly> {
+        let of: Vec<Anomaly> = r
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == kind)
+            .cloned()
+            .collect();
+        assert_eq!(
+            (of.len(), r.anomalies.len()),
+            (n, n),
+            "expected {n} × {kind} only, got: {:#?}",
+            r.anomalies
+        );
+        of
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    /// A small clean run with one partition.
+    fn clean() -> (B, [u64; 4]) {
+        let mut b = B::new(3);
+        let w1 = b.ok(0, 0.0, 0.1, vec![ev("e1", "t1", 2), ev("e2", "t1", 2)]);
+        let w2 = b.ok(1, 0.05, 0.15, vec![set("k", "x1")]);
+        b.sample_all(0.3);
+        b.read(2, 0.31, 0.32, "k", Some(w2), Some("x1"));
+        b.read_txn(2, 0.33, 0.34, "t1", 2, w1, 2);
+        b.count(2, 0.35, 0.36, 2);
+        b.count(2, 0.40, 0.41, 2);
+        b.fault(1.0, 2.0);
+        let w3 = b.ok(0, 1.1, 1.2, vec![set("k", "x2"), ev("e3", "t3", 1)]);
+        b.sample(0, 1.3, &[(0, 2), (1, 1)]);
+        b.sample(1, 1.3, &[(0, 1), (1, 1)]);
+        b.sample(2, 1.3, &[(0, 1), (1, 1)]);
+        // n2 does not see x2 yet: another node, no token.
+        b.read(1, 1.4, 1.5, "k", None, Some("x1"));
+        b.count(1, 1.4, 1.5, 2);
+        b.read(0, 1.4, 1.5, "k", None, Some("x2"));
+        b.count(0, 1.4, 1.5, 3);
+        b.views_all(2.2);
+        b.sample_all(2.3);
+        b.read(1, 2.4, 2.5, "k", None, Some("x2"));
+        let w4 = b.ok(1, 3.0, 3.1, vec![del("k")]);
+        b.read(1, 3.2, 3.3, "k", None, None);
+        b.read(2, 3.2, 3.3, "k", Some(w4), None);
+        b.settle(4.0);
+        (b, [w1, w2, w3, w4])
+    }
+
+    #[test]
+    fn clean_history_has_no_anomalies_and_sensible_metrics() {
+        let (b, [_, _, w3, _]) = clean();
+        let r = b.check();
+        assert_clean(&r);
+        let m = &r.metrics;
+        assert_eq!(m.ops, b.h.ops.len() as u64);
+        assert_eq!(m.by_kind["write"].ok, 4);
+        assert_eq!(m.by_kind["read-register"].ok, 6);
+        assert_eq!(m.by_kind["count"].ok, 4);
+        assert_eq!(m.by_kind["read-txn"].ok, 1);
+        assert_eq!(m.rows_acked, 3);
+        assert_eq!(m.register_writes_acked, 3);
+        assert_eq!(m.faults.len(), 1);
+        let f = &m.faults[0];
+        assert_eq!(f.hold, 1.0);
+        assert!(close(f.converged_after, 0.3), "{f:?}");
+        assert!(close(f.membership_after, 0.2), "{f:?}");
+        assert!(close(m.converged_after_quiet, 0.1));
+        assert!(close(m.membership_after_quiet, 0.1));
+        let lag = &m.lag;
+        assert_eq!((lag.measured, lag.not_visible), (4, 0));
+        // w3 became visible everywhere only after the heal.
+        assert_eq!(lag.max_op, Some(w3));
+        assert!(close(lag.max, 2.3 - 1.2));
+        assert_eq!(lag.calm_measured, 3);
+        assert!(close(lag.calm_max, 1.0));
+        assert!(close(lag.p50, 0.2), "{lag:?}");
+        assert!(m.join.is_none());
+        // Serializes.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("converged_after"));
+    }
+
+    #[test]
+    fn lag_is_measured_per_actor_whatever_the_order_writes_come_in() {
+        // The first acknowledged write is by the actor that sorts last, and
+        // the actors reach different versions: the per-actor tables must
+        // still be matched to the right actor.
+        let mut b = B::new(3);
+        b.ok(2, 0.0, 0.1, vec![ev("a-0", "a", 1)]);
+        b.ok(0, 0.0, 0.1, vec![ev("b-0", "b", 1)]);
+        b.ok(0, 0.1, 0.15, vec![ev("c-0", "c", 1)]);
+        b.sample(0, 0.2, &[(0, 2), (2, 1)]);
+        b.sample(1, 0.2, &[(0, 2)]);
+        b.sample(2, 0.2, &[(0, 2), (2, 1)]);
+        b.sample(1, 0.5, &[(0, 2), (2, 1)]);
+        b.settle(1.0);
+        let lag = b.check().metrics.lag;
+        assert_eq!((lag.measured, lag.not_visible), (3, 0), "{lag:?}");
+        assert!(close(lag.max, 0.4), "{lag:?}");
+        assert_eq!(lag.max_op, Some(1), "the write of n3 waited for n2");
+    }
+
+    #[test]
+    fn fault_convergence_is_none_without_a_sample_before_the_next_fault() {
+        let (mut b, _) = clean();
+        // A second fault starting before the post-heal samples.
+        b.h.faults.push(FaultRecord {
+            label: "kill n2".into(),
+            kind: "kill".into(),
+            start: 2.1,
+            heal: 2.6,
+            down: vec![1],
+        });
+        let r = b.check();
+        assert_eq!(r.metrics.faults[0].converged_after, None);
+        assert_eq!(r.metrics.faults[0].membership_after, None);
+        assert!(r.metrics.faults[1].converged_after.is_some());
+    }
+
+    #[test]
+    fn join_metrics() {
+        let (mut b, _) = clean();
+        b.h.join = Some(JoinRecord {
+            node: 2,
+            rows: 10,
+            spawned: 0.0,
+            ready: 0.5,
+            caught_up: Some(2.0),
+        });
+        let j = b.check().metrics.join.unwrap();
+        assert_eq!(
+            (j.ready_after, j.caught_up_after, j.catch_up),
+            (0.5, Some(2.0), Some(1.5))
+        );
+    }
+
+    #[test]
+    fn lost_write() {
+        let (mut b, [w1, ..]) = clean();
+        b.h.finals[1].events.remove("e2");
+        let r = b.check();
+        let lost: Vec<_> = r
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::LostWrite)
+            .collect();
+        assert_eq!(lost.len(), 1, "{:#?}", r.anomalies);
+        assert_eq!(lost[0].ops, vec![w1]);
+        assert!(lost[0].detail.starts_with("n2:"), "{}", lost[0].detail);
+        // The missing row also makes the txn half there, and n2 diverge.
+        assert!(kinds(&r).contains(&AnomalyKind::HalfTransaction));
+        assert!(kinds(&r).contains(&AnomalyKind::Divergence));
+    }
+
+    #[test]
+    fn failed_write_visible() {
+        let (mut b, _) = clean();
+        let w = b.write(
+            0,
+            5.0,
+            5.1,
+            vec![ev("f1", "tf", 1), set("j", "fv"), Stmt::Invalid],
+            failed(),
+        );
+        b.read(1, 5.2, 5.3, "j", None, Some("fv"));
+        for f in &mut b.h.finals {
+            f.events.insert("f1".into(), ("tf".into(), 1));
+        }
+        let r = b.check();
+        let a = only(&r, AnomalyKind::FailedWriteVisible, 4);
+        assert!(a.iter().all(|a| a.ops.contains(&w)));
+        // The final register value is fine if absent.
+        b.final_reg("j", Some("fv"));
+        let r = b.check();
+        only(&r, AnomalyKind::FailedWriteVisible, 7);
+    }
+
+    #[test]
+    fn half_transaction_in_finals_txn_check_and_read_txn() {
+        let (mut b, [w1, ..]) = clean();
+        // An unknown-outcome write may be applied, but whole.
+        let w = b.write(
+            0,
+            5.0,
+            5.1,
+            vec![ev("u1", "tu", 2), ev("u2", "tu", 2)],
+            unknown(),
+        );
+        for f in &mut b.h.finals {
+            f.events.insert("u1".into(), ("tu".into(), 2));
+        }
+        let r = b.check();
+        let a = only(&r, AnomalyKind::HalfTransaction, 3);
+        assert_eq!(a[0].ops, vec![w]);
+
+        let (mut b, _) = clean();
+        let c = b.op(
+            2,
+            5.0,
+            5.1,
+            OpKind::TxnCheck {
+                writer: 0,
+                from_seq: 0,
+                partial: Some(vec![("t1".into(), 1, 2)]),
+            },
+            Outcome::Ok,
+        );
+        let r = b.check();
+        let a = only(&r, AnomalyKind::HalfTransaction, 1);
+        assert_eq!(a[0].ops, vec![c, w1]);
+
+        let (mut b, _) = clean();
+        let rt = b.read_txn(1, 5.0, 5.1, "t1", 2, w1, 1);
+        let r = b.check();
+        let a = only(&r, AnomalyKind::HalfTransaction, 1);
+        assert_eq!(a[0].ops, vec![rt, w1]);
+    }
+
+    #[test]
+    fn divergence() {
+        let mut b = B::new(3);
+        // Concurrent writes on two nodes: either may win, but everywhere.
+        b.ok(0, 0.0, 0.1, vec![set("k", "x1")]);
+        b.ok(1, 0.0, 0.1, vec![set("k", "x2")]);
+        b.settle(1.0);
+        b.h.finals[0].registers.insert("k".into(), "x1".into());
+        b.h.finals[1].registers.insert("k".into(), "x2".into());
+        b.h.finals[2].registers.insert("k".into(), "x2".into());
+        let r = b.check();
+        let a = only(&r, AnomalyKind::Divergence, 1);
+        assert!(
+            a[0].detail.contains("{n1} differs from {n2, n3}"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[0].detail.contains("k: n2=\"x2\" n1=\"x1\""),
+            "{}",
+            a[0].detail
+        );
+    }
+
+    #[test]
+    fn stale_token_read_on_events() {
+        let (mut b, [w1, ..]) = clean();
+        let rt = b.read_txn(1, 5.0, 5.1, "t1", 2, w1, 0);
+        let r = b.check();
+        let a = only(&r, AnomalyKind::StaleTokenRead, 1);
+        assert_eq!(a[0].ops, vec![rt, w1]);
+    }
+
+    #[test]
+    fn stale_token_read_on_registers() {
+        let mut b = B::new(3);
+        let w1 = b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let w2 = b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        // With w2's token, a (acknowledged by n1 before w2 was sent) is stale.
+        let r1 = b.read(1, 4.0, 4.1, "k", Some(w2), Some("a"));
+        b.settle(10.0);
+        let r = b.check();
+        let a = only(&r, AnomalyKind::StaleTokenRead, 1);
+        assert_eq!(a[0].ops, vec![r1, w2, w1]);
+
+        // No row at all after a set: the initial state is stale.
+        let mut b = B::new(3);
+        let w1 = b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let r1 = b.read(1, 4.0, 4.1, "k", Some(w1), None);
+        b.settle(10.0);
+        let a = only(&b.check(), AnomalyKind::StaleTokenRead, 1);
+        assert_eq!(a[0].ops, vec![r1, w1]);
+
+        // No row, where the only delete was acknowledged before the set.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![del("k")]);
+        let w1 = b.ok(0, 2.0, 3.0, vec![set("k", "a")]);
+        b.read(1, 4.0, 4.1, "k", Some(w1), None);
+        b.settle(10.0);
+        only(&b.check(), AnomalyKind::StaleTokenRead, 1);
+    }
+
+    #[test]
+    fn non_monotonic_count() {
+        let (mut b, _) = clean();
+        let r1 = b.count(1, 5.0, 5.1, 3);
+        let r2 = b.count(1, 5.2, 5.3, 2);
+        let r3 = b.count(1, 5.4, 5.5, 1);
+        // Concurrent with r1 (sent before it completed): not ordered.
+        b.count(1, 5.05, 5.06, 2);
+        let a = only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+        assert_eq!(a[0].ops, vec![r1, r2, r3]);
+    }
+
+    #[test]
+    fn non_monotonic_register_read() {
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let w2 = b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        let r1 = b.read(1, 4.0, 4.1, "k", None, Some("b"));
+        let r2 = b.read(1, 4.2, 4.3, "k", None, Some("a"));
+        // On n3 the same reads in the other order are fine.
+        b.read(2, 4.0, 4.1, "k", None, Some("a"));
+        b.read(2, 4.2, 4.3, "k", None, Some("b"));
+        // Concurrent reads on n2 are not ordered.
+        b.read(1, 4.05, 4.15, "k", None, Some("a"));
+        b.settle(10.0);
+        let a = only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+        assert_eq!(a[0].ops, vec![r1, w2, r2]);
+
+        // None after having seen a value, with no delete ever.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b.read(1, 4.0, 4.1, "k", None, Some("a"));
+        b.read(1, 4.2, 4.3, "k", None, None);
+        b.settle(10.0);
+        only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+    }
+
+    #[test]
+    fn read_your_writes_and_token_knowledge() {
+        // A node's own acknowledged write is applied there.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let w2 = b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        let r = b.read(0, 4.0, 4.1, "k", None, Some("a"));
+        b.settle(10.0);
+        let a = only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+        assert_eq!(a[0].ops, vec![w2, r]);
+
+        // A token read shows its write applied for later reads on that node.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let w2 = b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        let t = b.read_txn(1, 4.0, 4.1, "none", 0, w2, 0);
+        let r = b.read(1, 4.2, 4.3, "k", None, Some("a"));
+        b.settle(10.0);
+        let a = only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+        assert_eq!(a[0].ops, vec![t, w2, r]);
+    }
+
+    #[test]
+    fn invented_value() {
+        let (mut b, _) = clean();
+        b.read(1, 5.0, 5.1, "k", None, Some("zzz"));
+        b.final_reg("k2", Some("yyy"));
+        only(&b.check(), AnomalyKind::InventedValue, 4);
+    }
+
+    #[test]
+    fn superseded_final_value() {
+        let mut b = B::new(3);
+        let w1 = b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let w2 = b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        b.settle(10.0);
+        b.final_reg("k", Some("a"));
+        let a = only(&b.check(), AnomalyKind::SupersededFinalValue, 3);
+        assert_eq!(a[0].ops, vec![w1, w2]);
+
+        // No row but an acknowledged set and no delete.
+        b.final_reg("k", None);
+        only(&b.check(), AnomalyKind::SupersededFinalValue, 3);
+
+        // No row where the delete was followed by a set on the same node.
+        let mut b = B::new(3);
+        b.ok(1, 0.0, 1.0, vec![del("k")]);
+        b.ok(1, 2.0, 3.0, vec![set("k", "b")]);
+        b.settle(10.0);
+        b.final_reg("k", None);
+        only(&b.check(), AnomalyKind::SupersededFinalValue, 3);
+    }
+
+    #[test]
+    fn not_converged() {
+        let (mut b, [_, _, w3, _]) = clean();
+        b.sample(2, 4.5, &[(1, 2)]);
+        let a = only(&b.check(), AnomalyKind::NotConverged, 1);
+        assert!(a[0].detail.starts_with("n3:"), "{}", a[0].detail);
+        assert_eq!(a[0].ops, vec![w3]);
+        assert!(close(b.check().metrics.converged_after_quiet, 0.1));
+
+        // No sample at all after quiet.
+        let (mut b, _) = clean();
+        b.h.samples.retain(|s| s.node != 1 || s.at < 4.0);
+        only(&b.check(), AnomalyKind::NotConverged, 1);
+    }
+
+    #[test]
+    fn membership_not_converged() {
+        let (mut b, _) = clean();
+        b.view(1, 5.0, &[(0, "alive"), (1, "alive"), (2, "suspect")]);
+        b.h.members.retain(|v| v.node != 2);
+        let a = only(&b.check(), AnomalyKind::MembershipNotConverged, 2);
+        assert!(a[0].detail.contains("n3 suspect"), "{}", a[0].detail);
+        assert!(
+            a[1].detail.contains("n3: no membership view"),
+            "{}",
+            a[1].detail
+        );
+        assert_eq!(b.check().metrics.membership_after_quiet, None);
+    }
+
+    #[test]
+    fn agent_crash() {
+        let (mut b, _) = clean();
+        b.h.node_records[1]
+            .crashes
+            .push((2.5, "signal 6".into(), "thread panicked".into()));
+        let a = only(&b.check(), AnomalyKind::AgentCrash, 1);
+        assert!(a[0].detail.contains("n2") && a[0].detail.contains("panicked"));
+    }
+
+    #[test]
+    fn concurrent_writes_older_looking_value_wins() {
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b.ok(1, 2.0, 3.0, vec![set("k", "b")]);
+        // n3 applied b first, then a (which won the merge).
+        b.read(2, 4.0, 4.1, "k", None, Some("b"));
+        b.read(2, 4.2, 4.3, "k", None, Some("a"));
+        b.settle(10.0);
+        b.final_reg("k", Some("a"));
+        assert_clean(&b.check());
+    }
+
+    #[test]
+    fn unknown_write_value_may_appear() {
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b.write(
+            0,
+            2.0,
+            3.0,
+            vec![set("k", "u"), ev("u1", "tu", 1)],
+            unknown(),
+        );
+        b.read(1, 4.0, 4.1, "k", None, Some("u"));
+        b.read(1, 4.2, 4.3, "k", None, Some("u"));
+        b.settle(10.0);
+        b.final_reg("k", Some("u"));
+        for f in &mut b.h.finals {
+            f.events.insert("u1".into(), ("tu".into(), 1));
+        }
+        assert_clean(&b.check());
+        // Or not appear at all.
+        b.final_reg("k", Some("a"));
+        for f in &mut b.h.finals {
+            f.events.remove("u1");
+        }
+        assert_clean(&b.check());
+    }
+
+    #[test]
+    fn none_after_delete_is_fine() {
+        let mut b = B::new(3);
+        let w1 = b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        let d = b.ok(1, 2.0, 3.0, vec![del("k")]);
+        // The delete on another node may win over w1.
+        b.read(2, 4.0, 4.1, "k", Some(w1), None);
+        b.read(2, 4.2, 4.3, "k", Some(d), None);
+        b.read(0, 4.2, 4.3, "k", None, None);
+        b.read(1, 4.2, 4.3, "k", None, None);
+        // A delete of unknown outcome sent after w1 on its node.
+        let mut b2 = B::new(3);
+        let w = b2.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b2.write(0, 2.0, 3.0, vec![del("k")], unknown());
+        b2.read(1, 4.0, 4.1, "k", Some(w), None);
+        b2.settle(10.0);
+        b2.final_reg("k", None);
+        assert_clean(&b2.check());
+        b.settle(10.0);
+        assert_clean(&b.check());
+    }
+
+    #[test]
+    fn delete_token_proves_nothing_elsewhere() {
+        // n2 deletes k, n1 receives it, then n1's own delete changes nothing
+        // (no tombstone, no version): n3 holding that delete's token may not
+        // hold n2's delete yet, and still show a.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b.ok(1, 1.5, 1.6, vec![del("k")]);
+        let d = b.ok(0, 2.0, 3.0, vec![del("k"), ev("e1", "t1", 1)]);
+        b.read(2, 4.0, 4.1, "k", Some(d), Some("a"));
+        b.read(2, 4.2, 4.3, "k", None, Some("a"));
+        b.settle(10.0);
+        assert_clean(&b.check());
+        // On n1 itself a is gone for good.
+        let r = b.read(0, 4.0, 4.1, "k", None, Some("a"));
+        let a = only(&b.check(), AnomalyKind::NonMonotonicRead, 1);
+        assert_eq!(a[0].ops, vec![d, r]);
+    }
+
+    #[test]
+    fn old_value_on_another_node_without_token_is_fine() {
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 1.0, vec![set("k", "a")]);
+        b.ok(0, 2.0, 3.0, vec![set("k", "b")]);
+        b.read(1, 4.0, 4.1, "k", None, Some("a"));
+        b.read(1, 4.2, 4.3, "k", None, Some("a"));
+        b.read(2, 4.0, 4.1, "k", None, None);
+        b.read(2, 4.2, 4.3, "k", None, Some("b"));
+        b.settle(10.0);
+        assert_clean(&b.check());
+    }
+
+    #[test]
+    fn names_are_kebab_case_and_match_serde() {
+        for k in AnomalyKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+        }
+    }
+
+    #[test]
+    fn sparse_max_first_at_least() {
+        let vals = vec![1, 5, 2, 7, 3, 3, 9, 0, 4];
+        let t = SparseMax::new(vals.clone());
+        for from in 0..=vals.len() + 1 {
+            for v in 0..11 {
+                let want = (from..vals.len()).find(|&i| vals[i] >= v);
+                assert_eq!(t.first_at_least(from, v), want, "from {from} v {v}");
+            }
+        }
+        assert_eq!(SparseMax::new(Vec::new()).first_at_least(0, 0), None);
+    }
+
+    #[test]
+    fn large_history_is_fast() {
+        // 5 nodes, 200k ops, ~60k rows per node: must be well under a few
+        // seconds even in debug builds (no quadratic loop).
+        let mut b = B::new(5);
+        let mut t = 0.0;
+        for i in 0..100_000u64 {
+            t += 0.001;
+            let node = (i % 5) as usize;
+            if i % 3 == 0 {
+                b.ok(
+                    node,
+                    t,
+                    t + 0.0005,
+                    vec![set(&format!("k{}", i % 7), &format!("v{i}"))],
+                );
+            } else {
+                b.ok(
+                    node,
+                    t,
+                    t + 0.0005,
+                    vec![ev(&format!("e{i}"), &format!("t{i}"), 1)],
+                );
+            }
+            b.read(node, t, t + 0.0005, &format!("k{}", i % 7), None, None);
+            if i % 100 == 0 {
+                b.sample_all(t + 0.0006);
+            }
+        }
+        b.settle(t + 1.0);
+        let start = std::time::Instant::now();
+        let r = b.check();
+        let took = start.elapsed();
+        // Reads of no row after sets on the same node are stale: lots of
+        // NonMonotonicRead, grouped.
+        assert!(
+            r.counts()
+                .keys()
+                .all(|k| *k == AnomalyKind::NonMonotonicRead)
+        );
+        assert!(took.as_secs_f64() < 20.0, "took {took:?}");
+        eprintln!("checked {} ops in {took:?}", b.h.ops.len());
+    }
+}

@@ -1,0 +1,21 @@
+//! The litemesh chaos suite.
+//!
+//! `litemesh-chaos run` starts real `litemesh agent` processes with mutual TLS
+//! inside a network namespace it creates, drives concurrent HTTP clients
+//! against them while a seeded schedule injects faults (iptables partitions
+//! and packet loss, SIGKILL and restart, SIGSTOP pauses, long outages), records
+//! every request and answer in a [`history::History`], and checks it
+//! ([`check`]): no acknowledged write lost, identical replicas after healing,
+//! no transaction seen half applied, no stale token read, no read going
+//! backwards, membership converged.
+
+pub mod api;
+pub mod check;
+pub mod cluster;
+pub mod history;
+pub mod netns;
+pub mod observe;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod workload;

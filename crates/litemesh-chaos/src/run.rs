@@ -1,0 +1,533 @@
+//! One run, inside the namespace: start the mesh, preload it, add a late
+//! joiner, start the clients, play the fault schedule, heal, wait for
+//! convergence, read the final contents, stop everything, check.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+
+use crate::api::{Answer, Api};
+use crate::check::{CheckResult, check};
+use crate::cluster::{Cluster, ClusterError, ProcState};
+use crate::history::{
+    FaultRecord, FinalState, History, JoinRecord, NodeIx, NodeRecord, Op, OpKind, Outcome, Stmt,
+};
+use crate::netns::{Firewall, NetError};
+use crate::observe::{self, Observed};
+use crate::schedule::{Fault, Phase, ScheduleKind, schedule};
+use crate::workload::{Client, Shared, WorkloadConfig, parse_token, stmt_json};
+
+/// Client id of the runner's own preload writes.
+pub const PRELOAD_CLIENT: u32 = 1000;
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Number of nodes (at least 3).
+    pub nodes: usize,
+    /// Seed of the schedule and the clients.
+    pub seed: u64,
+    /// Which schedule.
+    pub schedule: ScheduleKind,
+    /// Length of the random schedule, in seconds.
+    pub duration: f64,
+    /// Clients per node.
+    pub clients_per_node: usize,
+    /// Mean pause between a client's requests.
+    pub think: Duration,
+    /// Rows in the mesh before the last node joins.
+    pub preload: u64,
+    /// The `litemesh` binary.
+    pub agent_bin: PathBuf,
+    /// Where files, logs and results go.
+    pub out: PathBuf,
+    /// `RUST_LOG` of the agents.
+    pub agent_log: String,
+    /// How long the final convergence may take before it counts as failed.
+    pub converge_deadline: Duration,
+}
+
+/// A run that could not be carried out (as opposed to one that found
+/// anomalies).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Namespace or firewall trouble.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Agent trouble.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Runner {
+    cfg: RunConfig,
+    cluster: Cluster,
+    fw: Firewall,
+    shared: Arc<Shared>,
+    observed: Arc<Mutex<Observed>>,
+    records: Vec<NodeRecord>,
+    runner_ops: Vec<Op>,
+    api: Api,
+}
+
+fn say(shared: &Shared, msg: impl AsRef<str>) {
+    println!("[{:7.2}s] {}", shared.now(), msg.as_ref());
+}
+
+impl Runner {
+    fn now(&self) -> f64 {
+        self.shared.now()
+    }
+
+    fn start_node(&mut self, ix: NodeIx) -> Result<f64, RunError> {
+        match self.cluster.start(ix) {
+            Ok(()) => {}
+            Err(e) => {
+                // One retry: a start failure is itself an anomaly, recorded.
+                let t = self.now();
+                self.records[ix]
+                    .crashes
+                    .push((t, "failed to start".into(), e.to_string()));
+                say(&self.shared, format!("n{} failed to start: {e}", ix + 1));
+                std::thread::sleep(Duration::from_secs(1));
+                self.cluster.start(ix)?;
+            }
+        }
+        let t = self.now();
+        self.records[ix].started.push(t);
+        Ok(t)
+    }
+
+    /// Sleeps `secs`, restarting (and recording) any agent that exits on
+    /// its own meanwhile.
+    fn watch(&mut self, secs: f64) -> Result<(), RunError> {
+        let until = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
+        loop {
+            for (ix, status, tail) in self.cluster.reap_unexpected() {
+                let t = self.now();
+                say(
+                    &self.shared,
+                    format!(
+                        "ANOMALY: n{} exited unexpectedly ({status}); restarting it",
+                        ix + 1
+                    ),
+                );
+                self.records[ix].crashes.push((t, status, tail));
+                self.start_node(ix)?;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Per actor, the highest acknowledged version so far.
+    fn acked_target(&self, ops: &[Op]) -> BTreeMap<String, u64> {
+        let mut t: BTreeMap<String, u64> = BTreeMap::new();
+        for op in ops {
+            if let (
+                OpKind::Write {
+                    version: Some((a, v)),
+                    ..
+                },
+                Outcome::Ok,
+            ) = (&op.kind, &op.outcome)
+            {
+                let e = t.entry(a.clone()).or_default();
+                *e = (*e).max(*v);
+            }
+        }
+        t
+    }
+
+    /// The mesh's current knowledge: per actor, the highest version any
+    /// node holds completely.
+    fn mesh_target(&self) -> BTreeMap<String, u64> {
+        let o = self.observed.lock().unwrap();
+        let mut t: BTreeMap<String, u64> = BTreeMap::new();
+        for ct in o.latest.values() {
+            for (a, v) in ct {
+                let e = t.entry(a.clone()).or_default();
+                *e = (*e).max(*v);
+            }
+        }
+        t
+    }
+
+    /// Waits until `nodes` all hold `target`; returns the time it took.
+    fn wait_hold(
+        &mut self,
+        nodes: &[NodeIx],
+        target: &BTreeMap<String, u64>,
+        deadline: Duration,
+    ) -> Result<Option<f64>, RunError> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if self
+                .observed
+                .lock()
+                .unwrap()
+                .all_hold(nodes.iter().copied(), target)
+            {
+                return Ok(Some(start.elapsed().as_secs_f64()));
+            }
+            self.watch(0.05)?;
+        }
+        Ok(None)
+    }
+
+    fn preload(&mut self) -> Result<(), RunError> {
+        let api = self.cluster.specs[0].api.clone();
+        let mut seq = 0u64;
+        let mut left = self.cfg.preload;
+        while left > 0 {
+            let n = left.min(1000) as u32;
+            seq += 1;
+            let txn = format!("c{PRELOAD_CLIENT}-{seq}");
+            let stmts: Vec<Stmt> = (0..n)
+                .map(|k| Stmt::InsertEvent {
+                    id: format!("{txn}-{k}"),
+                    txn: txn.clone(),
+                    size: n,
+                })
+                .collect();
+            let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, PRELOAD_CLIENT)).collect();
+            let invoke = self.now();
+            let answer = self.api.post(&api, "/v1/transactions", &Json::Array(body));
+            let Answer::Ok(text) = answer else {
+                return Err(RunError::Other(format!("preload failed: {answer:?}")));
+            };
+            let v: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
+            let token = v["token"].as_str().map(str::to_string);
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            self.runner_ops.push(Op {
+                id,
+                client: PRELOAD_CLIENT,
+                node: 0,
+                invoke,
+                complete: self.now(),
+                kind: OpKind::Write {
+                    stmts,
+                    version: token.as_deref().and_then(parse_token),
+                    token,
+                },
+                outcome: Outcome::Ok,
+            });
+            left -= u64::from(n);
+        }
+        Ok(())
+    }
+
+    /// Starts the last node on an empty file and measures how long it takes
+    /// to hold everything the mesh holds, polling it every 10 ms.
+    fn join(&mut self, ix: NodeIx, rows: u64) -> Result<JoinRecord, RunError> {
+        let target = self.mesh_target();
+        let spawned = self.now();
+        let ready = self.start_node(ix)?;
+        let api = self.cluster.specs[ix].api.clone();
+        let poll = Api::new(Duration::from_millis(500));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut caught_up = None;
+        while Instant::now() < deadline {
+            if let Answer::Ok(body) = poll.get(&api, "/v1/status") {
+                let at = self.now();
+                let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+                let holds = target
+                    .iter()
+                    .all(|(a, n)| v["complete_through"][a.as_str()].as_u64().unwrap_or(0) >= *n);
+                if holds {
+                    caught_up = Some(at);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(JoinRecord {
+            node: ix,
+            rows,
+            spawned,
+            ready,
+            caught_up,
+        })
+    }
+
+    fn play(&mut self, phase: &Phase) -> Result<FaultRecord, RunError> {
+        let addrs: Vec<String> = self.cluster.specs.iter().map(|s| s.ip.clone()).collect();
+        let f = &phase.fault;
+        let start = self.now();
+        say(
+            &self.shared,
+            format!("fault: {} for {:.1} s", f.label(), phase.hold),
+        );
+        let mut down = Vec::new();
+        match f {
+            Fault::Kill { node } => {
+                self.cluster.kill(*node);
+                down.push(*node);
+            }
+            Fault::Pause { node } => {
+                self.cluster.pause(*node);
+                down.push(*node);
+            }
+            Fault::Offline { node } => {
+                if let Some(why) = self.cluster.terminate(*node, Duration::from_secs(20)) {
+                    let t = self.now();
+                    self.records[*node].crashes.push((
+                        t,
+                        why,
+                        crate::cluster::log_tail(&self.cluster.specs[*node].log, 30),
+                    ));
+                }
+                down.push(*node);
+            }
+            _ => self.fw.apply(&f.drop_rules(&addrs))?,
+        }
+        // A killed or terminated node has no process and a paused one does
+        // not exit, so `watch` only ever sees real crashes.
+        self.watch(phase.hold)?;
+        match f {
+            Fault::Kill { node } | Fault::Offline { node } => {
+                self.start_node(*node)?;
+            }
+            Fault::Pause { node } => self.cluster.resume(*node),
+            _ => self.fw.heal()?,
+        }
+        let heal = self.now();
+        Ok(FaultRecord {
+            label: f.label(),
+            kind: f.kind().into(),
+            start,
+            heal,
+            down,
+        })
+    }
+
+    fn final_state(&self, ix: NodeIx) -> Result<FinalState, RunError> {
+        let api = &self.cluster.specs[ix].api;
+        let big = Api::new(Duration::from_secs(120));
+        let read = |sql: &str| {
+            big.query(api, sql, json!([]), None)
+                .map_err(|a| RunError::Other(format!("final read of n{}: {a:?}", ix + 1)))
+        };
+        let mut st = FinalState {
+            node: ix,
+            ..Default::default()
+        };
+        for r in read("SELECT id, txn, size FROM events")? {
+            st.events.insert(
+                r[0].as_str().unwrap_or("").into(),
+                (
+                    r[1].as_str().unwrap_or("").into(),
+                    r[2].as_u64().unwrap_or(0),
+                ),
+            );
+        }
+        for r in read("SELECT k, v FROM registers")? {
+            st.registers.insert(
+                r[0].as_str().unwrap_or("").into(),
+                r[1].as_str().unwrap_or("").into(),
+            );
+        }
+        Ok(st)
+    }
+}
+
+/// Carries out a run inside the current network namespace; returns the
+/// history and what the checker found in it.
+pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
+    let fw = Firewall::init()?;
+    let n = cfg.nodes;
+    let cluster = Cluster::prepare(&cfg.agent_bin, &cfg.out, n, &cfg.agent_log)?;
+    let clients = n * cfg.clients_per_node;
+    let shared = Arc::new(Shared {
+        t0: Instant::now(),
+        apis: cluster.specs.iter().map(|s| s.api.clone()).collect(),
+        next_id: AtomicU64::new(0),
+        seqs: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+        stop: AtomicBool::new(false),
+    });
+    let mut r = Runner {
+        records: cluster
+            .specs
+            .iter()
+            .map(|s| NodeRecord {
+                name: s.name.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        cluster,
+        fw,
+        shared: shared.clone(),
+        observed: Arc::new(Mutex::new(Observed::default())),
+        runner_ops: Vec::new(),
+        api: Api::new(Duration::from_secs(60)),
+        cfg: cfg.clone(),
+    };
+    let stop_observer = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (s, st, o) = (shared.clone(), stop_observer.clone(), r.observed.clone());
+        std::thread::spawn(move || observe::run(s, st, o))
+    };
+
+    // The mesh, without its last node.
+    let joiner = n - 1;
+    for ix in 0..joiner {
+        r.start_node(ix)?;
+    }
+    say(&shared, format!("{} agents ready", joiner));
+    let first: Vec<NodeIx> = (0..joiner).collect();
+    r.preload()?;
+    let target = r.acked_target(&r.runner_ops.clone());
+    match r.wait_hold(&first, &target, Duration::from_secs(120))? {
+        Some(t) => say(
+            &shared,
+            format!(
+                "preloaded {} rows; on all {joiner} nodes after {t:.2} s",
+                cfg.preload
+            ),
+        ),
+        None => {
+            return Err(RunError::Other(
+                "the preload never reached every node".into(),
+            ));
+        }
+    }
+
+    // The late joiner.
+    let join = r.join(joiner, cfg.preload)?;
+    match join.caught_up {
+        Some(c) => say(
+            &shared,
+            format!(
+                "n{} joined: ready {:.3} s after start, caught up {:.3} s after ready",
+                joiner + 1,
+                join.ready - join.spawned,
+                c - join.ready
+            ),
+        ),
+        None => say(&shared, format!("n{} never caught up", joiner + 1)),
+    }
+
+    // The clients.
+    let wcfg = WorkloadConfig {
+        think: cfg.think,
+        write_timeout: Duration::from_secs(5),
+        token_wait: Duration::from_secs(2),
+    };
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = Client::new(c as u32, c % n, cfg.seed, shared.clone(), wcfg.clone());
+            std::thread::spawn(move || client.run())
+        })
+        .collect();
+    say(&shared, format!("{clients} clients writing and reading"));
+    r.watch(5.0)?;
+
+    // The faults.
+    let phases = schedule(cfg.schedule, n, cfg.seed, cfg.duration);
+    let mut faults = Vec::new();
+    for phase in &phases {
+        let rec = r.play(phase)?;
+        let target = r.mesh_target();
+        let heal = rec.heal;
+        faults.push(rec);
+        let everyone: Vec<NodeIx> = (0..n).collect();
+        let waited = r.wait_hold(&everyone, &target, Duration::from_secs_f64(phase.settle))?;
+        match waited {
+            Some(t) => say(
+                &shared,
+                format!("healed; all nodes hold what the mesh held at the heal after {t:.2} s"),
+            ),
+            None => say(
+                &shared,
+                format!(
+                    "healed; not converged within the {:.0} s settle",
+                    phase.settle
+                ),
+            ),
+        }
+        let left = phase.settle - (r.now() - heal);
+        r.watch(left)?;
+    }
+
+    // Quiet: clients stop, everything is healed; wait for convergence.
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut ops = std::mem::take(&mut r.runner_ops);
+    for h in handles {
+        ops.extend(
+            h.join()
+                .map_err(|_| RunError::Other("a client thread panicked".into()))?,
+        );
+    }
+    let quiet_from = r.now();
+    r.fw.heal()?;
+    for ix in 0..n {
+        match r.cluster.state(ix) {
+            ProcState::Paused => r.cluster.resume(ix),
+            ProcState::Down => {
+                r.start_node(ix)?;
+            }
+            ProcState::Running => {}
+        }
+    }
+    let target = r.acked_target(&ops);
+    let everyone: Vec<NodeIx> = (0..n).collect();
+    match r.wait_hold(&everyone, &target, cfg.converge_deadline)? {
+        Some(t) => say(
+            &shared,
+            format!("clients stopped; every acknowledged write on every node after {t:.2} s"),
+        ),
+        None => say(&shared, "clients stopped; NOT converged by the deadline"),
+    }
+    let members_deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < members_deadline && !r.observed.lock().unwrap().membership_converged(n) {
+        r.watch(0.1)?;
+    }
+    r.watch(0.6)?; // one more membership sample of every node
+    say(
+        &shared,
+        format!(
+            "membership converged: {}",
+            r.observed.lock().unwrap().membership_converged(n)
+        ),
+    );
+    stop_observer.store(true, Ordering::Relaxed);
+    let _ = observer.join();
+
+    let mut finals = Vec::new();
+    for ix in 0..n {
+        finals.push(r.final_state(ix)?);
+    }
+    for (ix, why) in r.cluster.stop_all() {
+        let t = r.now();
+        let tail = crate::cluster::log_tail(&r.cluster.specs[ix].log, 30);
+        r.records[ix].crashes.push((t, why, tail));
+    }
+    let observed = std::mem::take(&mut *r.observed.lock().unwrap());
+    for (ix, actor) in &observed.actors {
+        r.records[*ix].actor = actor.clone();
+    }
+    let history = History {
+        seed: cfg.seed,
+        nodes: n,
+        node_records: r.records.clone(),
+        ops,
+        faults,
+        samples: observed.samples,
+        members: observed.members,
+        quiet_from,
+        finals,
+        join: Some(join),
+    };
+    let result = check(&history);
+    Ok((history, result))
+}
