@@ -386,6 +386,20 @@ impl Cluster {
         })
     }
 
+    /// True when every active node sees every other active node (with its
+    /// current generation) as alive: no suspicion left anywhere.
+    pub fn all_alive(&self) -> bool {
+        let act: Vec<usize> = (0..self.len()).filter(|&i| self.active[i]).collect();
+        act.iter().all(|&i| {
+            let m = self.membership(i);
+            act.iter().filter(|&&j| j != i).all(|&j| {
+                let e = self.identities[j];
+                m.member(e.id)
+                    .is_some_and(|x| x.identity == e && x.state == MemberState::Alive)
+            })
+        })
+    }
+
     /// Approximate fraction of (active observer, other active member)
     /// pairs known: live-member counts against the expected count (exact
     /// as long as nobody crashed, which holds during warm-up; O(N)).

@@ -8,7 +8,7 @@
 //! identical results.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -154,6 +154,9 @@ pub struct Network<N: SimNode> {
     by_addr: BTreeMap<SocketAddr, usize>,
     /// Partition group per node; messages only flow within a group.
     groups: Option<Vec<u32>>,
+    /// Nodes whose outgoing messages are all lost (one-way loss: they still
+    /// receive).
+    muted: BTreeSet<usize>,
     delivered: u64,
     dropped: u64,
 }
@@ -170,6 +173,7 @@ impl<N: SimNode> Network<N> {
             slots: Vec::new(),
             by_addr: BTreeMap::new(),
             groups: None,
+            muted: BTreeSet::new(),
             delivered: 0,
             dropped: 0,
         }
@@ -310,6 +314,16 @@ impl<N: SimNode> Network<N> {
         self.groups = None;
     }
 
+    /// Loses everything node `idx` sends (it still receives), or stops doing
+    /// so.
+    pub fn set_muted(&mut self, idx: usize, muted: bool) {
+        if muted {
+            self.muted.insert(idx);
+        } else {
+            self.muted.remove(&idx);
+        }
+    }
+
     /// Processes events up to and including time `t`.
     pub fn run_until(&mut self, t: Duration) {
         while let Some(q) = self.queue.peek() {
@@ -403,6 +417,10 @@ impl<N: SimNode> Network<N> {
             self.dropped += 1;
             return;
         };
+        if self.muted.contains(&from_idx) {
+            self.dropped += 1;
+            return;
+        }
         if let Some(g) = &self.groups
             && g.get(from_idx) != g.get(to)
         {

@@ -285,3 +285,38 @@ fn simulation_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// One-way loss: for 10 s everything one node of five sends is lost (it still
+/// hears the others). It accuses everyone and is accused; once its packets
+/// flow again, its stale accusations must not leave healthy members
+/// suspected for long: every member sees every other alive soon after
+/// (20 seeds: median within 2 s, worst within 8 s; before suspects were told
+/// of the suspicion when they spoke to the suspecter, the worst was 23 s).
+#[test]
+fn one_way_loss_heals_without_lingering_suspicion() {
+    let mut times = Vec::new();
+    for seed in 1..=20 {
+        let mut c = cluster(5, 0.0, 100 + seed, Config::default());
+        c.run_for(S(20));
+        c.net.set_muted(3, true);
+        c.run_for(S(10));
+        c.net.set_muted(3, false);
+        let start = c.now();
+        let mut t = None;
+        while c.now() - start < S(60) {
+            if c.all_alive() {
+                t = Some(c.now() - start);
+                break;
+            }
+            c.run_for(Duration::from_millis(100));
+        }
+        let t = t.unwrap_or_else(|| panic!("seed {seed}: suspicion still there 60 s after"));
+        println!("seed {seed}: all alive {t:?} after the one-way loss ended");
+        times.push(t.as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let (median, worst) = (times[times.len() / 2], times[times.len() - 1]);
+    println!("median {median:.1} s, worst {worst:.1} s");
+    assert!(median <= 2.0, "median {median} s");
+    assert!(worst <= 8.0, "worst {worst} s");
+}

@@ -47,8 +47,9 @@ struct RunArgs {
     /// Seed of the fault schedule and the clients.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// `ci`: every fault once (about 4 minutes); `random`: random faults for
-    /// `--duration`.
+    /// `ci`: every fault once (about 3 minutes); `random`: random faults for
+    /// `--duration`; `sabotage`: loses acknowledged writes on purpose, so the
+    /// run must fail (shows the checker sees data loss).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Ci)]
     schedule: ScheduleKind,
     /// Length of a random schedule: `90s`, `30m`, `2h` (ignored by `ci`).

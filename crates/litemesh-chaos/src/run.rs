@@ -289,6 +289,10 @@ impl Runner {
                 }
                 down.push(*node);
             }
+            Fault::Wipe { node } => {
+                self.fw.apply(&f.drop_rules(&addrs))?;
+                down.push(*node);
+            }
             _ => self.fw.apply(&f.drop_rules(&addrs))?,
         }
         // A killed or terminated node has no process and a paused one does
@@ -299,6 +303,17 @@ impl Runner {
                 self.start_node(*node)?;
             }
             Fault::Pause { node } => self.cluster.resume(*node),
+            Fault::Wipe { node } => {
+                self.cluster.kill(*node);
+                let db = self.cluster.specs[*node].db.clone();
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = db.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+                self.start_node(*node)?;
+                self.fw.heal()?;
+            }
             _ => self.fw.heal()?,
         }
         let heal = self.now();

@@ -54,6 +54,13 @@ pub enum Fault {
         /// The node.
         node: NodeIx,
     },
+    /// Sabotage, to show that the checker catches data loss: the node is
+    /// isolated (its clients' writes are acknowledged but reach nobody), then
+    /// killed, its files deleted, and restarted empty.
+    Wipe {
+        /// The node.
+        node: NodeIx,
+    },
 }
 
 fn names(nodes: &[NodeIx]) -> String {
@@ -73,6 +80,7 @@ impl Fault {
             Fault::Kill { .. } => "kill-restart",
             Fault::Pause { .. } => "pause",
             Fault::Offline { .. } => "offline",
+            Fault::Wipe { .. } => "wipe",
         }
     }
 
@@ -100,6 +108,10 @@ impl Fault {
             Fault::Kill { node } => format!("SIGKILL n{}, restart on the same file", node + 1),
             Fault::Pause { node } => format!("SIGSTOP n{}, then SIGCONT", node + 1),
             Fault::Offline { node } => format!("n{} offline (SIGTERM), then restarted", node + 1),
+            Fault::Wipe { node } => format!(
+                "SABOTAGE: n{} isolated, then killed, its files deleted, restarted empty",
+                node + 1
+            ),
         }
     }
 
@@ -138,6 +150,10 @@ impl Fault {
                 to: None,
                 p: *p,
             }),
+            Fault::Wipe { node } => {
+                let rest: Vec<NodeIx> = (0..addrs.len()).filter(|i| i != node).collect();
+                cut(&[*node], &rest, &mut out);
+            }
             Fault::Kill { .. } | Fault::Pause { .. } | Fault::Offline { .. } => {}
         }
         out
@@ -165,6 +181,9 @@ pub enum ScheduleKind {
     /// Faults drawn at random (kinds, nodes, holds) until the duration is
     /// used up.
     Random,
+    /// One fault that loses acknowledged writes on purpose ([`Fault::Wipe`]):
+    /// the run must end with anomalies. Shows the checker is not blind.
+    Sabotage,
 }
 
 fn shuffled(n: usize, rng: &mut ChaCha8Rng) -> Vec<NodeIx> {
@@ -265,6 +284,13 @@ pub fn schedule(kind: ScheduleKind, n: usize, seed: u64, duration: f64) -> Vec<P
                 },
             ]
         }
+        ScheduleKind::Sabotage => vec![Phase {
+            fault: Fault::Wipe {
+                node: rng.random_range(0..n),
+            },
+            hold: 8.0,
+            settle: 6.0,
+        }],
         ScheduleKind::Random => {
             let mut out = Vec::new();
             let mut used = 0.0;

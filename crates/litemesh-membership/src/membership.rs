@@ -100,6 +100,8 @@ struct Suspicion {
     confirming: bool,
     /// Failed last checks so far (two are needed, spaced apart).
     failed_checks: u8,
+    /// When we last told the suspect itself (so that it refutes).
+    told: Option<Instant>,
 }
 
 struct Entry {
@@ -443,6 +445,7 @@ impl Membership {
             trace!(%from, "message from an old generation ignored");
             return Ok(());
         }
+        self.tell_if_suspected(now, from, sender);
         match message {
             Message::Ping {
                 seq,
@@ -453,7 +456,7 @@ impl Membership {
                 self.apply_gossip(now, gossip);
                 if target == self.me.identity.id && target_generation == self.me.identity.generation
                 {
-                    self.send_ack(from, seq);
+                    self.send_ack(from, seq, None);
                 }
             }
             Message::Ack { seq, gossip } => {
@@ -704,14 +707,16 @@ impl Membership {
                 nacks: 0,
             },
         );
-        // A confirmation probe carries the suspicion so that a live target
-        // refutes in its ack.
-        let extra = (purpose == ProbePurpose::Confirm).then_some(Update::Suspect {
-            id: target,
-            generation,
-            incarnation,
-            from: self.me.identity.id,
-        });
+        // Lifeguard's buddy system: a probe of a member we suspect carries
+        // the suspicion, so that a live target refutes in its ack.
+        let extra = (purpose == ProbePurpose::Confirm)
+            .then_some(Update::Suspect {
+                id: target,
+                generation,
+                incarnation,
+                from: self.me.identity.id,
+            })
+            .or_else(|| self.suspicion_of(target, generation));
         self.send_ping(addr, seq, target, generation, extra);
         let m = self.lhm_mult();
         self.set_timer(
@@ -865,7 +870,7 @@ impl Membership {
             }
             r.acked = true;
             let (requester, rseq) = (r.requester, r.requester_seq);
-            self.send_ack(requester, rseq);
+            self.send_ack(requester, rseq, None);
         } else if let Some((id, _)) = self.reconnects.remove(&seq) {
             if sender.id != id {
                 return;
@@ -1154,6 +1159,7 @@ impl Membership {
                     deadline,
                     confirming: false,
                     failed_checks: 0,
+                    told: None,
                 }));
                 self.events.push_back(Event::Suspect(e.member.clone()));
                 self.timers.insert((deadline, Timer::Suspicion(id)));
@@ -1513,12 +1519,52 @@ impl Membership {
         self.send_with_gossip(dst, msg, first);
     }
 
-    fn send_ack(&mut self, dst: SocketAddr, seq: u64) {
+    fn send_ack(&mut self, dst: SocketAddr, seq: u64, first: Option<Update>) {
         let msg = Message::Ack {
             seq,
             gossip: Vec::new(),
         };
-        self.send_with_gossip(dst, msg, None);
+        self.send_with_gossip(dst, msg, first);
+    }
+
+    /// A member we suspect just spoke to us: tell it that we suspect it (at
+    /// most once per probe interval), so that it refutes and its refutation
+    /// clears the suspicion everywhere. Without this, a suspicion raised
+    /// while our own packets were being lost (one-way loss) outlives the
+    /// fault: its gossip was spent while nothing got through, and nobody
+    /// else holds it for the suspect to hear about.
+    fn tell_if_suspected(&mut self, now: Instant, from: SocketAddr, sender: Identity) {
+        let Some(u) = self.suspicion_of(sender.id, sender.generation) else {
+            return;
+        };
+        let every = self.config.probe_interval;
+        let Some(s) = self
+            .members
+            .get_mut(&sender.id)
+            .and_then(|e| e.suspicion.as_mut())
+        else {
+            return;
+        };
+        if s.told
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            return;
+        }
+        s.told = Some(now);
+        self.send_gossip(from, Some(u));
+    }
+
+    /// Our suspicion of member `id` (of `generation`), as an update to send
+    /// it, if we hold it as suspect.
+    fn suspicion_of(&self, id: NodeId, generation: u64) -> Option<Update> {
+        let e = self.members.get(&id)?;
+        (e.member.state == MemberState::Suspect && e.member.identity.generation == generation)
+            .then_some(Update::Suspect {
+                id,
+                generation,
+                incarnation: e.member.incarnation,
+                from: self.me.identity.id,
+            })
     }
 
     fn send_gossip(&mut self, dst: SocketAddr, first: Option<Update>) {
