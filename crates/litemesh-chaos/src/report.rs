@@ -17,6 +17,9 @@ pub const GOAL_LOSS_STOP: f64 = 2.0;
 /// (Corrosion: 1.6–2.3 s).
 pub const GOAL_JOIN: f64 = 0.5;
 
+/// Anomalies of one kind printed in full; the rest are counted.
+const SHOWN_PER_KIND: usize = 5;
+
 fn secs(x: Option<f64>) -> String {
     x.map_or("—".into(), |v| format!("{v:.2} s"))
 }
@@ -146,8 +149,23 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
         for (kind, n) in r.counts() {
             let _ = writeln!(s, "- {kind}: {n}");
         }
+        // The first few of each kind; all of them are in results.json.
+        let mut shown: std::collections::BTreeMap<_, usize> = Default::default();
         for a in &r.anomalies {
-            let _ = writeln!(s, "\n### {}\n{}\nrequests: {:?}", a.kind, a.detail, a.ops);
+            let n = shown.entry(a.kind).or_default();
+            *n += 1;
+            if *n <= SHOWN_PER_KIND {
+                let _ = writeln!(s, "\n### {}\n{}\nrequests: {:?}", a.kind, a.detail, a.ops);
+            }
+        }
+        for (kind, n) in r.counts() {
+            if n > SHOWN_PER_KIND {
+                let _ = writeln!(
+                    s,
+                    "\n({} more {kind} anomalies in results.json)",
+                    n - SHOWN_PER_KIND
+                );
+            }
         }
     }
     s

@@ -130,25 +130,6 @@ impl Runner {
         }
     }
 
-    /// Per actor, the highest acknowledged version so far.
-    fn acked_target(&self, ops: &[Op]) -> BTreeMap<String, u64> {
-        let mut t: BTreeMap<String, u64> = BTreeMap::new();
-        for op in ops {
-            if let (
-                OpKind::Write {
-                    version: Some((a, v)),
-                    ..
-                },
-                Outcome::Ok,
-            ) = (&op.kind, &op.outcome)
-            {
-                let e = t.entry(a.clone()).or_default();
-                *e = (*e).max(*v);
-            }
-        }
-        t
-    }
-
     /// The mesh's current knowledge: per actor, the highest version any
     /// node holds completely.
     fn mesh_target(&self) -> BTreeMap<String, u64> {
@@ -356,6 +337,25 @@ impl Runner {
     }
 }
 
+/// Per actor, the highest acknowledged version among `ops`.
+fn acked_target(ops: &[Op]) -> BTreeMap<String, u64> {
+    let mut t: BTreeMap<String, u64> = BTreeMap::new();
+    for op in ops {
+        if let (
+            OpKind::Write {
+                version: Some((a, v)),
+                ..
+            },
+            Outcome::Ok,
+        ) = (&op.kind, &op.outcome)
+        {
+            let e = t.entry(a.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+    }
+    t
+}
+
 /// Carries out a run inside the current network namespace; returns the
 /// history and what the checker found in it.
 pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
@@ -401,7 +401,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
     say(&shared, format!("{} agents ready", joiner));
     let first: Vec<NodeIx> = (0..joiner).collect();
     r.preload()?;
-    let target = r.acked_target(&r.runner_ops.clone());
+    let target = acked_target(&r.runner_ops);
     match r.wait_hold(&first, &target, Duration::from_secs(120))? {
         Some(t) => say(
             &shared,
@@ -494,7 +494,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
             ProcState::Running => {}
         }
     }
-    let target = r.acked_target(&ops);
+    let target = acked_target(&ops);
     let everyone: Vec<NodeIx> = (0..n).collect();
     match r.wait_hold(&everyone, &target, cfg.converge_deadline)? {
         Some(t) => say(

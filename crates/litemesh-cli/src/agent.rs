@@ -31,6 +31,11 @@ pub struct AgentArgs {
     /// UDP address for QUIC; port 0 picks one [default: 127.0.0.1:8788].
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    /// The QUIC address peers reach this node at, when it differs from
+    /// `--listen` (required with a wildcard `--listen` such as 0.0.0.0:7400;
+    /// port 0: the bound port) [default: the bound address].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub advertise: Option<String>,
     /// A node of the mesh to join by (repeatable; host names allowed). None:
     /// this is the first node of a new mesh.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -89,6 +94,7 @@ impl<T> OneOrMany<T> {
 struct FileConfig {
     db: Option<PathBuf>,
     listen: Option<String>,
+    advertise: Option<String>,
     seed: Option<OneOrMany<String>>,
     api: Option<String>,
     schema: Option<OneOrMany<PathBuf>>,
@@ -106,6 +112,7 @@ struct FileConfig {
 struct Resolved {
     db: PathBuf,
     listen: SocketAddr,
+    advertise: Option<SocketAddr>,
     seeds: Vec<SocketAddr>,
     api: SocketAddr,
     schema: Vec<String>,
@@ -187,6 +194,11 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.into());
     let listen = resolve_one("--listen", &listen_s, true)?;
+    let advertise = args
+        .advertise
+        .or(file.advertise)
+        .map(|a| resolve_one("--advertise", &a, listen.is_ipv4()))
+        .transpose()?;
     let seed_s = if args.seed.is_empty() {
         file.seed.map(OneOrMany::into_vec).unwrap_or_default()
     } else {
@@ -222,6 +234,7 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
     Ok(Resolved {
         db,
         listen,
+        advertise,
         seeds,
         api,
         schema,
@@ -302,6 +315,7 @@ async fn serve(r: Resolved) -> CliResult {
         listen = s.local_addr().map_err(|e| format!("{listen}: {e}"))?;
     }
     let mut settings = Settings::new(&r.db, listen);
+    settings.advertise = r.advertise;
     settings.seeds = r.seeds;
     settings.schema = r.schema;
     settings.tls = r.tls;

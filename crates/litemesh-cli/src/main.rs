@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node of the mesh, with its HTTP API.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Make the mesh's TLS certificates.
     Tls(tls::TlsArgs),
     /// Run SQL statements as one transaction on an agent.
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         default_sigpipe();
     }
     let result = match cli.command {
-        Command::Agent(a) => agent::run(a),
+        Command::Agent(a) => agent::run(*a),
         Command::Tls(a) => tls::run(a),
         Command::Exec(a) => client::exec(a),
         Command::Query(a) => client::query(a),

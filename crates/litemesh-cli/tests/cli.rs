@@ -452,6 +452,72 @@ fn config_file_and_tls_refusal() {
     assert!(stderr(&o).contains("--db"), "{}", stderr(&o));
 }
 
+/// `--listen 0.0.0.0:PORT` binds every interface; peers must be told a real
+/// address: without `--advertise` the agent refuses, saying so; with it, the
+/// members list shows the advertised address and replication works.
+#[test]
+fn wildcard_listen_needs_and_uses_advertise() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let db1 = s(&d.join("w1.db"));
+    let o = run(&[
+        "agent",
+        "--db",
+        &db1,
+        "--listen",
+        "0.0.0.0:0",
+        "--api",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("advertise"), "{}", stderr(&o));
+
+    let base = [
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--schema",
+        &sc,
+        "--insecure",
+    ];
+    let mut args1 = vec!["--db", &db1, "--name", "w1"];
+    args1.extend(base);
+    let a1 = Agent::start(d, "w1", &args1);
+    let port1 = a1.listen.rsplit(':').next().unwrap().to_string();
+    let seed = format!("127.0.0.1:{port1}");
+    let db2 = s(&d.join("w2.db"));
+    let mut args2 = vec!["--db", &db2, "--name", "w2", "--seed", &seed];
+    args2.extend(base);
+    let a2 = Agent::start(d, "w2", &args2);
+
+    eventually(15, "w1 listed at its advertised address", || {
+        let (st, body) = get(&a2.api, "/v1/members");
+        let m: Json = serde_json::from_str(&body).unwrap();
+        st == 200
+            && m.as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == "w1" && x["state"] == "alive" && x["addr"] == json!(seed))
+    });
+    let done = exec(
+        &a1.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('w', 1)"]),
+    );
+    let token = done["token"].as_str().unwrap().to_string();
+    let (st, rows, body) = query(
+        &a2.api,
+        json!("SELECT qty FROM items WHERE id = 'w'"),
+        &format!("?min_token={token}&wait_ms=10000"),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(rows, vec![vec![json!(1)]]);
+}
+
 #[test]
 fn demo_converges() {
     let t = std::time::Instant::now();

@@ -100,14 +100,15 @@ struct Suspicion {
     confirming: bool,
     /// Failed last checks so far (two are needed, spaced apart).
     failed_checks: u8,
-    /// When we last told the suspect itself (so that it refutes).
-    told: Option<Instant>,
 }
 
 struct Entry {
     member: Member,
     state_change: Instant,
     suspicion: Option<Box<Suspicion>>,
+    /// When we last told the member that we suspect it or hold it dead (so
+    /// that it refutes).
+    told: Option<Instant>,
 }
 
 struct Tombstone {
@@ -716,7 +717,7 @@ impl Membership {
                 incarnation,
                 from: self.me.identity.id,
             })
-            .or_else(|| self.suspicion_of(target, generation));
+            .or_else(|| self.accusation_of(target, generation));
         self.send_ping(addr, seq, target, generation, extra);
         let m = self.lhm_mult();
         self.set_timer(
@@ -898,6 +899,7 @@ impl Membership {
                             },
                             state_change: now,
                             suspicion: None,
+                            told: None,
                         },
                     );
                 }
@@ -1078,6 +1080,7 @@ impl Membership {
                         member: member.clone(),
                         state_change: now,
                         suspicion: None,
+                        told: None,
                     },
                 );
                 // Insert at a random not-yet-probed position (swap, O(1)).
@@ -1159,7 +1162,6 @@ impl Membership {
                     deadline,
                     confirming: false,
                     failed_checks: 0,
-                    told: None,
                 }));
                 self.events.push_back(Event::Suspect(e.member.clone()));
                 self.timers.insert((deadline, Timer::Suspicion(id)));
@@ -1527,44 +1529,52 @@ impl Membership {
         self.send_with_gossip(dst, msg, first);
     }
 
-    /// A member we suspect just spoke to us: tell it that we suspect it (at
+    /// A member we suspect, or hold dead, just spoke to us: tell it (at
     /// most once per probe interval), so that it refutes and its refutation
-    /// clears the suspicion everywhere. Without this, a suspicion raised
+    /// clears the accusation everywhere. Without this, an accusation raised
     /// while our own packets were being lost (one-way loss) outlives the
     /// fault: its gossip was spent while nothing got through, and nobody
-    /// else holds it for the suspect to hear about.
+    /// else holds it for the accused to hear about.
     fn tell_if_suspected(&mut self, now: Instant, from: SocketAddr, sender: Identity) {
-        let Some(u) = self.suspicion_of(sender.id, sender.generation) else {
+        let Some(u) = self.accusation_of(sender.id, sender.generation) else {
             return;
         };
         let every = self.config.probe_interval;
-        let Some(s) = self
-            .members
-            .get_mut(&sender.id)
-            .and_then(|e| e.suspicion.as_mut())
-        else {
+        let Some(e) = self.members.get_mut(&sender.id) else {
             return;
         };
-        if s.told
+        if e.told
             .is_some_and(|t| now.saturating_duration_since(t) < every)
         {
             return;
         }
-        s.told = Some(now);
+        e.told = Some(now);
         self.send_gossip(from, Some(u));
     }
 
-    /// Our suspicion of member `id` (of `generation`), as an update to send
-    /// it, if we hold it as suspect.
-    fn suspicion_of(&self, id: NodeId, generation: u64) -> Option<Update> {
+    /// Our accusation of member `id` (of `generation`), as an update to
+    /// send it: suspect or dead, if we hold it so.
+    fn accusation_of(&self, id: NodeId, generation: u64) -> Option<Update> {
         let e = self.members.get(&id)?;
-        (e.member.state == MemberState::Suspect && e.member.identity.generation == generation)
-            .then_some(Update::Suspect {
+        if e.member.identity.generation != generation {
+            return None;
+        }
+        let (incarnation, from) = (e.member.incarnation, self.me.identity.id);
+        match e.member.state {
+            MemberState::Suspect => Some(Update::Suspect {
                 id,
                 generation,
-                incarnation: e.member.incarnation,
-                from: self.me.identity.id,
-            })
+                incarnation,
+                from,
+            }),
+            MemberState::Dead => Some(Update::Dead {
+                id,
+                generation,
+                incarnation,
+                from,
+            }),
+            MemberState::Alive | MemberState::Left => None,
+        }
     }
 
     fn send_gossip(&mut self, dst: SocketAddr, first: Option<Update>) {

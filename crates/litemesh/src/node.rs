@@ -202,6 +202,8 @@ struct Inner {
     query: Mutex<rusqlite::Connection>,
     actor: ActorId,
     name: String,
+    /// The QUIC address peers are told to use.
+    advertised: SocketAddr,
     transport: Transport,
     knowledge: watch::Sender<Knowledge>,
     changes: broadcast::Sender<ChangeEvent>,
@@ -296,6 +298,26 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// The advertise setting, checked: a wildcard bind needs one, and an
+/// advertised address must be a real one.
+fn check_advertise(
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, Error> {
+    match advertise {
+        Some(a) if a.ip().is_unspecified() => Err(Error::Settings(format!(
+            "advertise address {a} is unspecified: give the address peers reach this node at"
+        ))),
+        Some(a) => Ok(Some(a)),
+        None if bound.ip().is_unspecified() => Err(Error::Settings(format!(
+            "listening on {bound} (all interfaces) needs an advertise address: \
+             the address peers reach this node at, e.g. 10.0.0.5:{}",
+            bound.port()
+        ))),
+        None => Ok(None),
+    }
+}
+
 fn open_stores(settings: &Settings) -> Result<(Store, Store, rusqlite::Connection), Error> {
     let mut writer = Store::open(&settings.db_path)?;
     for sql in &settings.schema {
@@ -341,8 +363,15 @@ impl Node {
         let mut tcfg = TransportConfig::new(settings.listen, settings.mesh_id.clone());
         tcfg.keep_alive = settings.keep_alive;
         tcfg.idle_timeout = settings.idle_timeout;
+        let bound = settings.listen;
+        let advertise = check_advertise(bound, settings.advertise)?;
         let (transport, incoming) = Transport::bind(tcfg, &ident, settings.faults.clone())?;
-        let addr = transport.local_addr();
+        // The address peers are told to use (membership, seeds).
+        let addr = match advertise {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), transport.local_addr().port()),
+            Some(a) => a,
+            None => transport.local_addr(),
+        };
         let name = settings
             .name
             .clone()
@@ -357,6 +386,7 @@ impl Node {
             query: Mutex::new(query),
             actor,
             name: name.clone(),
+            advertised: addr,
             transport: transport.clone(),
             knowledge: watch::channel(knowledge0).0,
             changes: broadcast::channel(1024).0,
@@ -399,7 +429,7 @@ impl Node {
             .seeds
             .iter()
             .copied()
-            .filter(|s| *s != addr)
+            .filter(|s| *s != addr && *s != transport.local_addr())
             .collect();
         // With no seeds this starts a new mesh.
         membership.join(mb::Instant::from_duration(inner.now()), &seeds);
@@ -424,6 +454,12 @@ impl Node {
     /// The QUIC address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.transport.local_addr()
+    }
+
+    /// The QUIC address peers are told to reach it at (the `advertise`
+    /// setting, or the bound address).
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.inner.advertised
     }
 
     /// The node's storage actor id.
@@ -695,8 +731,24 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
         Ok(b) => b,
         Err(e) => return tracing::warn!(%from, "bad change batch refused: {e}"),
     };
+    let heads: Vec<(ActorId, u64)> = decoded
+        .versions
+        .iter()
+        .map(|v| (v.actor, v.version))
+        .collect();
     match inner.apply(vec![decoded]).await {
         Ok(newly) => {
+            // A broadcast far ahead of what this node holds of its writer
+            // means broadcasts were lost (a partition, one-way loss, an
+            // overflowing queue): pull from the sender now rather than at the
+            // next round. A few versions missing is ordinary reordering.
+            let k = inner.knowledge.borrow().clone();
+            if heads
+                .iter()
+                .any(|(a, v)| missing_below(&k, a, *v) >= GAP_PULL_THRESHOLD)
+            {
+                let _ = inner.sync_tx.send(SyncInput::Urgent(from));
+            }
             let _ = inner.sync_tx.send(SyncInput::Broadcast {
                 from,
                 hops,
@@ -706,6 +758,23 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
         }
         Err(e) => tracing::warn!(%from, "applying a broadcast failed: {e}"),
     }
+}
+
+/// Versions of `actor` below `version` missing from `k` at which a broadcast
+/// makes the node pull from its sender at once.
+const GAP_PULL_THRESHOLD: u64 = 16;
+
+/// How many of `actor`'s versions `1..version` `k` lacks.
+fn missing_below(k: &Knowledge, actor: &ActorId, version: u64) -> u64 {
+    let below = version.saturating_sub(1);
+    let held: u64 = k.have.get(actor).map_or(0, |r| {
+        r.ranges()
+            .iter()
+            .take_while(|(start, _)| *start <= below)
+            .map(|(start, end)| (*end).min(below) - start + 1)
+            .sum()
+    });
+    below - held.min(below)
 }
 
 /// Answers a reconciliation request: every batch the requester lacks, then
@@ -975,4 +1044,26 @@ fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
         });
     }
     *inner.members.lock().unwrap_or_else(|e| e.into_inner()) = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use litemesh_storage::RangeSet;
+
+    #[test]
+    fn missing_below_counts_the_holes_under_a_version() {
+        let a = ActorId([1; 16]);
+        let b = ActorId([2; 16]);
+        let mut k = Knowledge::default();
+        k.have
+            .insert(a, RangeSet::from_ranges([(1, 10), (20, 30), (40, 40)]));
+        assert_eq!(missing_below(&k, &a, 11), 0, "1..=10 held");
+        assert_eq!(missing_below(&k, &a, 1), 0);
+        assert_eq!(missing_below(&k, &a, 15), 4, "11..=14");
+        assert_eq!(missing_below(&k, &a, 25), 9, "11..=19");
+        assert_eq!(missing_below(&k, &a, 41), 9 + 9, "11..=19 and 31..=39");
+        assert_eq!(missing_below(&k, &a, 100), 9 + 9 + 59);
+        assert_eq!(missing_below(&k, &b, 17), 16, "nothing of b held");
+    }
 }

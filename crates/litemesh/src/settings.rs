@@ -38,6 +38,11 @@ pub struct Settings {
     pub db_path: PathBuf,
     /// UDP address for QUIC (port 0: pick one).
     pub listen: SocketAddr,
+    /// The QUIC address peers reach this node at, when it differs from the
+    /// bound one (a wildcard bind such as `0.0.0.0:7400`, or NAT); port 0
+    /// means the bound port. Required when `listen` has an unspecified IP.
+    /// Default: the bound address.
+    pub advertise: Option<SocketAddr>,
     /// Nodes of the mesh to join by; none: first node of a new mesh.
     pub seeds: Vec<SocketAddr>,
     /// Schema SQL texts (`CREATE TABLE` / `CREATE INDEX`), applied at start.
@@ -71,6 +76,7 @@ impl Settings {
         Settings {
             db_path: db_path.into(),
             listen,
+            advertise: None,
             seeds: Vec::new(),
             schema: Vec::new(),
             tls: Tls::Insecure,
