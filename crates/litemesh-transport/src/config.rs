@@ -28,6 +28,12 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Bound on establishing an outgoing connection. Default 5 s.
     pub connect_timeout: Duration,
+    /// Within `connect_timeout`, a handshake unanswered for this long is
+    /// abandoned and a fresh one started. A handshake's retransmissions back
+    /// off exponentially, so one started during a partition may next send
+    /// seconds after the partition heals; a fresh attempt sends at once.
+    /// Default 1 s.
+    pub connect_attempt: Duration,
     /// Maximum number of QUIC connections (inbound + outbound); extra
     /// incoming connections are refused and extra dials fail. Default 256.
     pub max_connections: usize,
@@ -57,6 +63,7 @@ impl TransportConfig {
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            connect_attempt: Duration::from_secs(1),
             max_connections: 256,
             max_concurrent_requests: 64,
             max_concurrent_uni: 128,
@@ -74,8 +81,8 @@ impl TransportConfig {
         if self.keep_alive.is_zero() || self.idle_timeout <= self.keep_alive {
             return bad("keep_alive must be non-zero and shorter than idle_timeout");
         }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout must be non-zero");
+        if self.connect_timeout.is_zero() || self.connect_attempt.is_zero() {
+            return bad("connect_timeout and connect_attempt must be non-zero");
         }
         if self.max_connections == 0 || self.event_queue == 0 {
             return bad("max_connections and event_queue must be non-zero");

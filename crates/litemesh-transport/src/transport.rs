@@ -465,24 +465,37 @@ impl Transport {
                 max: shared.config.max_connections,
             });
         }
-        let connecting = endpoint
-            .connect(addr, SERVER_NAME)
-            .map_err(|source| Error::Connect { addr, source })?;
-        let conn = match tokio::time::timeout(shared.config.connect_timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(source)) => {
-                if matches!(source, ConnectionError::TimedOut) {
-                    // Unreachable (down, partitioned): expected, not alarming.
-                    info!(peer = %addr, error = %source, "outgoing connection failed");
-                } else {
-                    // Refused handshake (certificate, mesh id) or protocol error.
-                    warn!(peer = %addr, error = %source, "outgoing connection failed");
+        let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
+        // Fresh handshakes every `connect_attempt` until the deadline: an
+        // unanswered one backs off exponentially, a new one sends at once.
+        let conn = loop {
+            let connecting = endpoint
+                .connect(addr, SERVER_NAME)
+                .map_err(|source| Error::Connect { addr, source })?;
+            let now = tokio::time::Instant::now();
+            let limit = deadline
+                .saturating_duration_since(now)
+                .min(shared.config.connect_attempt);
+            let last = now + limit >= deadline;
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(Ok(conn)) => break conn,
+                Ok(Err(ConnectionError::TimedOut)) | Err(_) if !last => {
+                    debug!(peer = %addr, "handshake unanswered; starting a fresh one");
                 }
-                return Err(Error::Connection { addr, source });
-            }
-            Err(_) => {
-                info!(peer = %addr, "outgoing connection timed out");
-                return Err(Error::ConnectTimeout { addr });
+                Ok(Err(source)) => {
+                    if matches!(source, ConnectionError::TimedOut) {
+                        // Unreachable (down, partitioned): expected, not alarming.
+                        info!(peer = %addr, error = %source, "outgoing connection failed");
+                    } else {
+                        // Refused handshake (certificate, mesh id) or protocol error.
+                        warn!(peer = %addr, error = %source, "outgoing connection failed");
+                    }
+                    return Err(Error::Connection { addr, source });
+                }
+                Err(_) => {
+                    info!(peer = %addr, "outgoing connection timed out");
+                    return Err(Error::ConnectTimeout { addr });
+                }
             }
         };
         debug!(peer = %addr, "connected");
