@@ -144,8 +144,8 @@ pub enum AnomalyKind {
     /// the node itself, or waited for with a token). Node state is durable,
     /// also across restarts.
     NonMonotonicRead,
-    /// A register value (read, or in a final state) that no request ever
-    /// wrote.
+    /// A register value (read, or in a final state), or an event row in a
+    /// final state, that no request ever wrote.
     InventedValue,
     /// A node's final register value is stale with respect to an acknowledged
     /// write of that key (which must have reached every node).
@@ -674,6 +674,8 @@ fn show(v: Option<&str>) -> String {
 ///
 /// - **FailedWriteVisible**: a row whose id only failed writes inserted. A
 ///   failed transaction applies nothing, so its rows can be nowhere.
+/// - **InventedValue**: a row whose id no request inserted (the runner's
+///   preload is recorded as requests too).
 /// - **HalfTransaction**: per node, the rows of a transaction present must be
 ///   all of them (`count == size`, and all rows agree on `size`). A
 ///   transaction, acknowledged or of unknown outcome, is applied whole or not
@@ -681,13 +683,14 @@ fn show(v: Option<&str>) -> String {
 fn check_final_events(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
     for f in &ix.h.finals {
         let mut failed: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        let mut invented: Vec<String> = Vec::new();
         // txn -> (rows, size of first row, sizes disagree)
         let mut txns: HashMap<&str, (u64, u64, bool)> = HashMap::new();
         for (id, (txn, size)) in &f.events {
-            if let Some(e) = ix.events.get(id.as_str())
-                && e.all_failed
-            {
-                failed.entry(e.op).or_default().push(id);
+            match ix.events.get(id.as_str()) {
+                Some(e) if e.all_failed => failed.entry(e.op).or_default().push(id),
+                Some(_) => {}
+                None => invented.push(id.clone()),
             }
             let t = txns.entry(txn.as_str()).or_insert((0, *size, false));
             t.0 += 1;
@@ -706,6 +709,18 @@ fn check_final_events(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
                     examples(&list, ids.len())
                 ),
                 vec![op],
+            );
+        }
+        if !invented.is_empty() {
+            push(
+                out,
+                AnomalyKind::InventedValue,
+                format!(
+                    "{}: final state holds event rows no request inserted: {}",
+                    name(f.node),
+                    examples(&invented, invented.len())
+                ),
+                Vec::new(),
             );
         }
         let mut half: Vec<(&str, u64, u64, bool)> = txns
@@ -2568,6 +2583,15 @@ mod tests {
         b.read(1, 5.0, 5.1, "k", None, Some("zzz"));
         b.final_reg("k2", Some("yyy"));
         only(&b.check(), AnomalyKind::InventedValue, 4);
+
+        // An event row nobody inserted, on every node.
+        let (mut b, _) = clean();
+        for f in &mut b.h.finals {
+            f.events.insert("ghost-0".into(), ("ghost".into(), 1));
+        }
+        let n = b.h.finals.len();
+        let a = only(&b.check(), AnomalyKind::InventedValue, n);
+        assert!(a[0].detail.contains("ghost-0"), "{}", a[0].detail);
     }
 
     #[test]
