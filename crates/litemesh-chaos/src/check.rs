@@ -768,7 +768,7 @@ fn check_lost_writes(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
             continue;
         };
         for s in stmts {
-            let Stmt::InsertEvent { id, txn, size } = s else {
+            let Stmt::InsertEvent { id, txn, size, .. } = s else {
                 continue;
             };
             for f in &ix.h.finals {
@@ -1992,6 +1992,7 @@ mod tests {
             id: id.into(),
             txn: txn.into(),
             size,
+            pad: 0,
         }
     }
 
@@ -2193,7 +2194,7 @@ mod tests {
                 };
                 for s in stmts {
                     match s {
-                        Stmt::InsertEvent { id, txn, size } => {
+                        Stmt::InsertEvent { id, txn, size, .. } => {
                             f.events.insert(id.clone(), (txn.clone(), u64::from(*size)));
                         }
                         Stmt::SetRegister { key, value } => {

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS events (
     txn TEXT NOT NULL DEFAULT '',
     size INTEGER NOT NULL DEFAULT 1,
     client INTEGER NOT NULL DEFAULT 0,
-    seq INTEGER NOT NULL DEFAULT 0
+    seq INTEGER NOT NULL DEFAULT 0,
+    pad TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_by_writer ON events(client, seq);
 CREATE INDEX IF NOT EXISTS events_by_txn ON events(txn);

@@ -56,6 +56,10 @@ pub enum Stmt {
         txn: String,
         /// Number of event rows in the transaction.
         size: u32,
+        /// Bytes of padding in the row (large transactions, whose versions
+        /// travel in several chunks, must still be seen whole).
+        #[serde(default)]
+        pad: u32,
     },
     /// Upsert of `registers(k, v)`: `v` is unique over the run, so a value
     /// read names the write that wrote it.
@@ -141,8 +145,8 @@ pub struct FaultRecord {
     pub kind: String,
     /// When it started.
     pub start: f64,
-    /// When it was healed (for process faults: when the node was running
-    /// again and its API answered).
+    /// When it was healed (for process faults: when the restarted agent
+    /// printed its ready line, or was sent SIGCONT).
     pub heal: f64,
     /// Nodes that were stopped, killed or offline during it.
     pub down: Vec<NodeIx>,

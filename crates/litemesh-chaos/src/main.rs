@@ -1,6 +1,7 @@
 //! `litemesh-chaos`: runs the chaos suite (see the crate docs and
 //! docs/chaos.md).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +149,13 @@ fn outside(_args: RunArgs) -> ExitCode {
         eprintln!("litemesh-chaos: {e}");
         return ExitCode::from(2);
     }
+    // Handlers first, so that an interruption from here on still removes
+    // the namespace. SAFETY: the handler only stores to an atomic.
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
     for stale in netns::sweep_stale() {
         eprintln!("litemesh-chaos: removed namespace {stale} left by an earlier run");
     }
@@ -159,11 +167,6 @@ fn outside(_args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -171,13 +174,21 @@ fn outside(_args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut child = match Command::new("ip")
-        .args(["netns", "exec", ns.name()])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns.name()])
         .arg(exe)
         .args(std::env::args_os().skip(1))
-        .args(["--inside", ns.name()])
-        .spawn()
-    {
+        .args(["--inside", ns.name()]);
+    // SAFETY: prctl is async-signal-safe. The run dies with this process
+    // (the setting survives the exec of `ip` and of the runner), so a
+    // killed outer process leaves no run going on.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("litemesh-chaos: cannot enter the namespace: {e}");
@@ -219,6 +230,34 @@ fn default_agent_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("litemesh"))
 }
 
+/// Marks a folder as made by this tool, so a later run may empty it.
+const OUT_MARKER: &str = ".litemesh-chaos";
+
+/// Makes `out` ready for a run: created if missing; emptied if an earlier run
+/// made it (it would otherwise restart old databases); refused if it holds
+/// anything else, since nothing but our own files may ever be deleted.
+fn prepare_out(out: &Path) -> Result<(), String> {
+    let show = out.display();
+    if out.exists() {
+        let mut entries = std::fs::read_dir(out).map_err(|e| format!("{show}: {e}"))?;
+        if entries.next().is_some() {
+            if !out.join(OUT_MARKER).is_file() {
+                return Err(format!(
+                    "{show} exists and was not made by litemesh-chaos: choose another --out \
+                     (the folder of an earlier run is reused, nothing else is deleted)"
+                ));
+            }
+            std::fs::remove_dir_all(out).map_err(|e| format!("emptying {show}: {e}"))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{show}: {e}"))?;
+    std::fs::write(
+        out.join(OUT_MARKER),
+        "made by litemesh-chaos; may be emptied by a later run\n",
+    )
+    .map_err(|e| format!("{show}: {e}"))
+}
+
 fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<(), String> {
     let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::to_writer(std::io::BufWriter::new(f), v)
@@ -234,9 +273,9 @@ fn inside(args: RunArgs) -> ExitCode {
             std::process::id()
         ))
     });
-    if out.exists() {
-        // A reused folder would restart old databases: start clean.
-        let _ = std::fs::remove_dir_all(&out);
+    if let Err(e) = prepare_out(&out) {
+        eprintln!("litemesh-chaos: {e}");
+        return ExitCode::from(2);
     }
     let cfg = RunConfig {
         nodes: args.nodes.max(3),
@@ -258,10 +297,15 @@ fn inside(args: RunArgs) -> ExitCode {
         cfg.schedule,
         out.display()
     );
-    let (history, result) = match run(cfg.clone()) {
-        Ok(x) => x,
-        Err(e) => {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cfg.clone())));
+    let (history, result) = match outcome {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
             eprintln!("litemesh-chaos: the run could not be carried out: {e}");
+            return ExitCode::from(2);
+        }
+        Err(_) => {
+            eprintln!("litemesh-chaos: the runner panicked (a bug in the runner, not an anomaly)");
             return ExitCode::from(2);
         }
     };

@@ -10,7 +10,6 @@
 //! HTTP requests to their own agent, which are TCP, always get through, as for
 //! an application running beside its agent.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// A failure to set up or drive the namespace or its firewall.
@@ -27,6 +26,14 @@ pub enum NetError {
         /// What it printed on stderr.
         stderr: String,
     },
+}
+
+/// Runs `iptables ARGS…`, waiting up to 5 s for the xtables lock (another
+/// firewall tool may hold it for a moment).
+fn iptables(args: &[&str]) -> Result<String, NetError> {
+    let mut all = vec!["-w", "5"];
+    all.extend_from_slice(args);
+    sh("iptables", &all)
 }
 
 /// Runs a command to completion; its stderr becomes the error.
@@ -146,7 +153,9 @@ pub fn sweep_stale() -> Vec<String> {
         let Some(pid) = name.strip_prefix("lmchaos-") else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        // Still running (a reused pid does not count).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("litemesh-chaos") {
             continue;
         }
         kill_all_in(name);
@@ -181,9 +190,9 @@ impl Firewall {
         let fw = Firewall { chain: "LMCHAOS" };
         let unavailable =
             |e: NetError| NetError::Unavailable(format!("iptables does not work here: {e}"));
-        if sh("iptables", &["-n", "-L", fw.chain]).is_err() {
-            sh("iptables", &["-N", fw.chain]).map_err(unavailable)?;
-            sh("iptables", &["-A", "INPUT", "-j", fw.chain]).map_err(unavailable)?;
+        if iptables(&["-n", "-L", fw.chain]).is_err() {
+            iptables(&["-N", fw.chain]).map_err(unavailable)?;
+            iptables(&["-A", "INPUT", "-j", fw.chain]).map_err(unavailable)?;
         }
         // Probe the statistic match once so a kernel without it fails here,
         // not in the middle of the run.
@@ -220,18 +229,18 @@ impl Firewall {
             }
             args.extend(["-j".into(), "DROP".into()]);
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            sh("iptables", &refs)?;
+            iptables(&refs)?;
         }
         Ok(())
     }
 
     /// Removes every fault rule.
     pub fn heal(&self) -> Result<(), NetError> {
-        sh("iptables", &["-F", self.chain]).map(|_| ())
+        iptables(&["-F", self.chain]).map(|_| ())
     }
 
     /// The rules in place, as iptables prints them.
     pub fn listing(&self) -> String {
-        sh("iptables", &["-S", self.chain]).unwrap_or_default()
+        iptables(&["-S", self.chain]).unwrap_or_default()
     }
 }

@@ -118,9 +118,9 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
     let _ = writeln!(
         s,
         "\n{} requests; {} event rows and {} register writes acknowledged. \
-         Failed writes are the deliberately invalid transactions; unknown outcomes are \
-         requests to a killed or paused agent, and token reads that timed out across a \
-         partition.",
+         Failed (4xx): nothing applied (the workload sends some invalid transactions on \
+         purpose). Unknown: no definite answer (timeout, refused connection, 5xx), so a \
+         write may or may not have been applied; the checker allows both.",
         m.ops, m.rows_acked, m.register_writes_acked
     );
 

@@ -86,7 +86,14 @@ impl Runner {
         self.shared.now()
     }
 
+    /// Forgets node `ix`'s last progress sample (it was killed or is being
+    /// restarted): waits must see a sample of the new process.
+    fn forget_progress(&self, ix: NodeIx) {
+        self.observed.lock().unwrap().latest.remove(&ix);
+    }
+
     fn start_node(&mut self, ix: NodeIx) -> Result<f64, RunError> {
+        self.forget_progress(ix);
         match self.cluster.start(ix) {
             Ok(()) => {}
             Err(e) => {
@@ -179,6 +186,7 @@ impl Runner {
                     id: format!("{txn}-{k}"),
                     txn: txn.clone(),
                     size: n,
+                    pad: 0,
                 })
                 .collect();
             let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, PRELOAD_CLIENT)).collect();
@@ -253,6 +261,7 @@ impl Runner {
         match f {
             Fault::Kill { node } => {
                 self.cluster.kill(*node);
+                self.forget_progress(*node);
                 down.push(*node);
             }
             Fault::Pause { node } => {
@@ -318,20 +327,13 @@ impl Runner {
             node: ix,
             ..Default::default()
         };
+        let text = |r: &[Json], i: usize| r.get(i).and_then(Json::as_str).unwrap_or("").to_string();
         for r in read("SELECT id, txn, size FROM events")? {
-            st.events.insert(
-                r[0].as_str().unwrap_or("").into(),
-                (
-                    r[1].as_str().unwrap_or("").into(),
-                    r[2].as_u64().unwrap_or(0),
-                ),
-            );
+            let size = r.get(2).and_then(Json::as_u64).unwrap_or(0);
+            st.events.insert(text(&r, 0), (text(&r, 1), size));
         }
         for r in read("SELECT k, v FROM registers")? {
-            st.registers.insert(
-                r[0].as_str().unwrap_or("").into(),
-                r[1].as_str().unwrap_or("").into(),
-            );
+            st.registers.insert(text(&r, 0), text(&r, 1));
         }
         Ok(st)
     }
@@ -502,6 +504,21 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
             format!("clients stopped; every acknowledged write on every node after {t:.2} s"),
         ),
         None => say(&shared, "clients stopped; NOT converged by the deadline"),
+    }
+    // Writes of unknown outcome may have been applied too: before reading
+    // the final contents, wait until every node holds all that any node
+    // holds (bounded by the same deadline; the checker judges the rest).
+    let start = Instant::now();
+    while start.elapsed() < cfg.converge_deadline {
+        let all = r.mesh_target();
+        if r.observed
+            .lock()
+            .unwrap()
+            .all_hold(everyone.iter().copied(), &all)
+        {
+            break;
+        }
+        r.watch(0.05)?;
     }
     let members_deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < members_deadline && !r.observed.lock().unwrap().membership_converged(n) {

@@ -15,6 +15,11 @@ use serde_json::{Value as Json, json};
 use crate::api::{Answer, Api};
 use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt};
 
+/// Rows of a large transaction, and bytes of padding per row: 24 × 12,000
+/// bytes, more than one sync batch.
+const LARGE_TXN_ROWS: u32 = 24;
+const LARGE_TXN_PAD: u32 = 12_000;
+
 /// Number of shared register keys: few, so that nodes write the same cells
 /// concurrently.
 pub const REGISTER_KEYS: usize = 8;
@@ -100,7 +105,7 @@ impl Client {
         self.seq
     }
 
-    fn events(&mut self, n: u32) -> Vec<Stmt> {
+    fn events(&mut self, n: u32, pad: u32) -> Vec<Stmt> {
         let seq = self.next_seq();
         let txn = format!("c{}-{seq}", self.id);
         (0..n)
@@ -108,6 +113,7 @@ impl Client {
                 id: format!("{txn}-{k}"),
                 txn: txn.clone(),
                 size: n,
+                pad,
             })
             .collect()
     }
@@ -127,13 +133,19 @@ impl Client {
     fn step(&mut self) {
         let roll = self.rng.random_range(0..100);
         match roll {
+            // Now and then a transaction larger than a sync batch (256 KiB):
+            // its version travels in chunks and must be seen whole.
+            0..30 if self.rng.random_bool(0.006) => {
+                let s = self.events(LARGE_TXN_ROWS, LARGE_TXN_PAD);
+                self.write(s);
+            }
             0..30 => {
-                let s = self.events(1);
+                let s = self.events(1, 0);
                 self.write(s);
             }
             30..42 => {
                 let n = self.rng.random_range(2..=6);
-                let mut s = self.events(n);
+                let mut s = self.events(n, 0);
                 if self.rng.random_bool(0.5) {
                     let r = self.set_register();
                     s.push(r);
@@ -150,7 +162,7 @@ impl Client {
             }
             65..67 => {
                 let n = self.rng.random_range(1..=3);
-                let mut s = self.events(n);
+                let mut s = self.events(n, 0);
                 s.push(Stmt::Invalid);
                 self.write(s);
             }
@@ -254,11 +266,9 @@ impl Client {
                 let p: Vec<(String, u64, u64)> = rows
                     .iter()
                     .map(|r| {
-                        (
-                            r[0].as_str().unwrap_or("?").to_string(),
-                            r[1].as_u64().unwrap_or(0),
-                            r[2].as_u64().unwrap_or(0),
-                        )
+                        let n = |i: usize| r.get(i).and_then(Json::as_u64).unwrap_or(0);
+                        let txn = r.first().and_then(Json::as_str).unwrap_or("?");
+                        (txn.to_string(), n(1), n(2))
                     })
                     .collect();
                 (Some(p), Outcome::Ok)
@@ -372,15 +382,15 @@ impl Client {
 /// The JSON statement for `s`, written by `client`.
 pub fn stmt_json(s: &Stmt, client: u32) -> Json {
     match s {
-        Stmt::InsertEvent { id, txn, size } => {
+        Stmt::InsertEvent { id, txn, size, pad } => {
             let seq: u64 = txn
                 .rsplit('-')
                 .next()
                 .and_then(|x| x.parse().ok())
                 .unwrap_or(0);
             json!([
-                "INSERT INTO events(id, txn, size, client, seq) VALUES (?, ?, ?, ?, ?)",
-                [id, txn, size, client, seq]
+                "INSERT INTO events(id, txn, size, client, seq, pad) VALUES (?, ?, ?, ?, ?, ?)",
+                [id, txn, size, client, seq, "x".repeat(*pad as usize)]
             ])
         }
         Stmt::SetRegister { key, value } => json!([

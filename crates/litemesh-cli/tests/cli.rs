@@ -452,6 +452,26 @@ fn config_file_and_tls_refusal() {
     assert!(stderr(&o).contains("--db"), "{}", stderr(&o));
 }
 
+/// A transaction is answered 200 once committed, whatever happens after the
+/// commit: here a 9 MB value made on the server cannot be encoded for a
+/// broadcast, which used to turn a durable write into a 400 (a client would
+/// take it as refused, and a retry would write it twice).
+#[test]
+fn a_committed_write_is_never_answered_as_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = insecure_agent(dir.path(), "big");
+    let (st, body) = post(
+        &a.api,
+        "/v1/transactions",
+        json!(["INSERT INTO items (id, data) VALUES ('big', randomblob(9000000))"]).to_string(),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        scalar(&a.api, "SELECT length(data) FROM items WHERE id = 'big'"),
+        9_000_000
+    );
+}
+
 /// `--listen 0.0.0.0:PORT` binds every interface; peers must be told a real
 /// address: without `--advertise` the agent refuses, saying so; with it, the
 /// members list shows the advertised address and replication works.

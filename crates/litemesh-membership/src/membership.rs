@@ -446,7 +446,6 @@ impl Membership {
             trace!(%from, "message from an old generation ignored");
             return Ok(());
         }
-        self.tell_if_suspected(now, from, sender);
         match message {
             Message::Ping {
                 seq,
@@ -457,7 +456,7 @@ impl Membership {
                 self.apply_gossip(now, gossip);
                 if target == self.me.identity.id && target_generation == self.me.identity.generation
                 {
-                    self.send_ack(from, seq, None);
+                    self.send_ack(from, seq);
                 }
             }
             Message::Ack { seq, gossip } => {
@@ -529,6 +528,9 @@ impl Membership {
                 }
             }
         }
+        // After the message: if it was the sender's refutation, there is
+        // nothing left to tell it.
+        self.tell_if_suspected(now, from, sender);
         Ok(())
     }
 
@@ -871,7 +873,7 @@ impl Membership {
             }
             r.acked = true;
             let (requester, rseq) = (r.requester, r.requester_seq);
-            self.send_ack(requester, rseq, None);
+            self.send_ack(requester, rseq);
         } else if let Some((id, _)) = self.reconnects.remove(&seq) {
             if sender.id != id {
                 return;
@@ -1521,12 +1523,12 @@ impl Membership {
         self.send_with_gossip(dst, msg, first);
     }
 
-    fn send_ack(&mut self, dst: SocketAddr, seq: u64, first: Option<Update>) {
+    fn send_ack(&mut self, dst: SocketAddr, seq: u64) {
         let msg = Message::Ack {
             seq,
             gossip: Vec::new(),
         };
-        self.send_with_gossip(dst, msg, first);
+        self.send_with_gossip(dst, msg, None);
     }
 
     /// A member we suspect, or hold dead, just spoke to us: tell it (at

@@ -168,6 +168,19 @@ impl Scheduler {
         }
     }
 
+    /// A broadcast from `addr` showed that broadcasts were lost (it is far
+    /// ahead of what this node holds of its writer): reconcile with it soon,
+    /// unless a reconciliation is already running or pending, which is most
+    /// likely repairing the same gap. (While a node catches up, every
+    /// broadcast it receives shows a gap; pulling from each sender would
+    /// fetch the same backlog several times.)
+    pub fn pull_soon(&mut self, now: Duration, addr: SocketAddr) {
+        if self.peers.values().any(|p| p.syncing || p.urgent) {
+            return;
+        }
+        self.mark_urgent(now, addr);
+    }
+
     /// The known peers.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.peers
@@ -560,6 +573,30 @@ mod tests {
         assert!(s.peers().iter().all(|p| p.addr != addr(2)));
         s.peer_up(addr(2), None);
         assert_eq!(s.poll_sync(wake), Some(addr(2)));
+    }
+
+    #[test]
+    fn a_gap_pulls_from_one_sender_at_a_time() {
+        let mut s = Scheduler::new(Config::default(), 6);
+        for i in 0..3 {
+            s.peer_up(addr(i), Some(ms(1)));
+        }
+        let done = SyncOutcome::Completed {
+            peer_has_more: false,
+        };
+        while let Some(a) = s.poll_sync(ms(0)) {
+            s.sync_done(ms(0), a, done);
+        }
+        assert_eq!(s.poll_sync(ms(600)), None, "nothing due");
+        s.pull_soon(ms(600), addr(0));
+        assert_eq!(s.poll_sync(ms(600)), Some(addr(0)));
+        // While that pull runs, gaps seen from other senders add nothing.
+        s.pull_soon(ms(610), addr(1));
+        s.pull_soon(ms(610), addr(2));
+        assert_eq!(s.poll_sync(ms(610)), None);
+        s.sync_done(ms(700), addr(0), done);
+        s.pull_soon(ms(700), addr(1));
+        assert_eq!(s.poll_sync(ms(700)), Some(addr(1)), "idle again: pull");
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Bound on establishing an outgoing connection. Default 5 s.
     pub connect_timeout: Duration,
-    /// Within `connect_timeout`, a handshake unanswered for this long is
-    /// abandoned and a fresh one started. A handshake's retransmissions back
-    /// off exponentially, so one started during a partition may next send
-    /// seconds after the partition heals; a fresh attempt sends at once.
-    /// Default 1 s.
+    /// Within `connect_timeout`, every `connect_attempt` without an answer a
+    /// fresh handshake starts beside the running ones (at most three; the
+    /// first to complete wins). A handshake's retransmissions back off
+    /// exponentially, so one begun during a partition may next send seconds
+    /// after the partition heals; a fresh one sends at once, while an older
+    /// one can still complete with a slow or distant peer. Default 1 s.
     pub connect_attempt: Duration,
     /// Maximum number of QUIC connections (inbound + outbound); extra
     /// incoming connections are refused and extra dials fail. Default 256.

@@ -465,39 +465,44 @@ impl Transport {
                 max: shared.config.max_connections,
             });
         }
+        // A handshake's retransmissions back off exponentially: one begun
+        // during a partition may next send seconds after the heal. So every
+        // `connect_attempt` a fresh handshake joins the ones still running
+        // (a slow peer, far away or busy, can still answer an older one);
+        // the first to complete wins, the rest are dropped (closed).
         let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
-        // Fresh handshakes every `connect_attempt` until the deadline: an
-        // unanswered one backs off exponentially, a new one sends at once.
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut next_attempt = tokio::time::Instant::now();
         let conn = loop {
-            let connecting = endpoint
-                .connect(addr, SERVER_NAME)
-                .map_err(|source| Error::Connect { addr, source })?;
             let now = tokio::time::Instant::now();
-            let limit = deadline
-                .saturating_duration_since(now)
-                .min(shared.config.connect_attempt);
-            let last = now + limit >= deadline;
-            match tokio::time::timeout(limit, connecting).await {
-                Ok(Ok(conn)) => break conn,
-                Ok(Err(ConnectionError::TimedOut)) | Err(_) if !last => {
-                    debug!(peer = %addr, "handshake unanswered; starting a fresh one");
-                }
-                Ok(Err(source)) => {
-                    if matches!(source, ConnectionError::TimedOut) {
-                        // Unreachable (down, partitioned): expected, not alarming.
-                        info!(peer = %addr, error = %source, "outgoing connection failed");
-                    } else {
+            if now >= deadline {
+                info!(peer = %addr, "outgoing connection timed out");
+                return Err(Error::ConnectTimeout { addr });
+            }
+            if now >= next_attempt && attempts.len() < MAX_HANDSHAKES {
+                let connecting = endpoint
+                    .connect(addr, SERVER_NAME)
+                    .map_err(|source| Error::Connect { addr, source })?;
+                attempts.spawn(connecting);
+                next_attempt = now + shared.config.connect_attempt;
+            }
+            tokio::select! {
+                Some(done) = attempts.join_next() => match done {
+                    Ok(Ok(conn)) => break conn,
+                    // Unanswered: the others, or the next attempt, may do better.
+                    Ok(Err(ConnectionError::TimedOut)) | Err(_) => {
+                        debug!(peer = %addr, "a handshake went unanswered");
+                    }
+                    Ok(Err(source)) => {
                         // Refused handshake (certificate, mesh id) or protocol error.
                         warn!(peer = %addr, error = %source, "outgoing connection failed");
+                        return Err(Error::Connection { addr, source });
                     }
-                    return Err(Error::Connection { addr, source });
-                }
-                Err(_) => {
-                    info!(peer = %addr, "outgoing connection timed out");
-                    return Err(Error::ConnectTimeout { addr });
-                }
+                },
+                _ = tokio::time::sleep_until(next_attempt.min(deadline)) => {}
             }
         };
+        drop(attempts);
         debug!(peer = %addr, "connected");
         shared.register(addr, &conn);
         match shared.sender() {
@@ -512,6 +517,9 @@ impl Transport {
         Ok(conn)
     }
 }
+
+/// Handshakes running at once for one dial (see `TransportConfig::connect_attempt`).
+const MAX_HANDSHAKES: usize = 3;
 
 /// Response frames of a [`Transport::request`].
 #[derive(Debug)]

@@ -188,6 +188,8 @@ enum SyncInput {
     },
     Done(SocketAddr, SyncOutcome),
     Urgent(SocketAddr),
+    /// A broadcast from this peer showed lost broadcasts.
+    Behind(SocketAddr),
     Status(oneshot::Sender<(Vec<litemesh_sync::PeerStatus>, usize, u64)>),
 }
 
@@ -491,12 +493,18 @@ impl Node {
                     }
                     Ok(out)
                 })?;
-                let db_version = w.db_version()?;
+                // Committed: from here on nothing may turn into an error,
+                // or the caller would take a durable write for a refused one.
+                // The newest local version is this write's (when it wrote).
+                let db_version = match committed.version {
+                    Some(v) => v,
+                    None => w.db_version()?,
+                };
                 let mut batches = Vec::new();
                 let mut tables = BTreeSet::new();
                 if let Some(v) = committed.version {
                     let mut total = 0;
-                    w.version_changes(v, BATCH_BYTES, |b| {
+                    let read = w.version_changes(v, BATCH_BYTES, |b| {
                         for vc in &b.versions {
                             for r in &vc.rows {
                                 tables.insert(r.table.clone());
@@ -508,7 +516,15 @@ impl Node {
                             batches.push(bytes);
                         }
                         Ok(true)
-                    })?;
+                    });
+                    if let Err(e) = read {
+                        tracing::error!(
+                            version = v,
+                            "committed, but its changes cannot be broadcast: {e}; \
+                             anti-entropy will offer them"
+                        );
+                        batches.clear();
+                    }
                     if total > MAX_BROADCAST_BYTES {
                         batches.clear();
                     }
@@ -742,12 +758,14 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
             // means broadcasts were lost (a partition, one-way loss, an
             // overflowing queue): pull from the sender now rather than at the
             // next round. A few versions missing is ordinary reordering.
-            let k = inner.knowledge.borrow().clone();
-            if heads
-                .iter()
-                .any(|(a, v)| missing_below(&k, a, *v) >= GAP_PULL_THRESHOLD)
-            {
-                let _ = inner.sync_tx.send(SyncInput::Urgent(from));
+            let behind = {
+                let k = inner.knowledge.borrow();
+                heads
+                    .iter()
+                    .any(|(a, v)| missing_below(&k, a, *v) >= GAP_PULL_THRESHOLD)
+            };
+            if behind {
+                let _ = inner.sync_tx.send(SyncInput::Behind(from));
             }
             let _ = inner.sync_tx.send(SyncInput::Broadcast {
                 from,
@@ -927,6 +945,7 @@ async fn sync_loop(
                     SyncInput::Broadcast { from, hops, batch, newly } => sched.on_broadcast(from, hops, batch, newly),
                     SyncInput::Done(a, outcome) => sched.sync_done(inner.now(), a, outcome),
                     SyncInput::Urgent(a) => sched.mark_urgent(inner.now(), a),
+                    SyncInput::Behind(a) => sched.pull_soon(inner.now(), a),
                     SyncInput::Status(tx) => {
                         let _ = tx.send((sched.peers(), sched.queue_len(), sched.dropped()));
                     }

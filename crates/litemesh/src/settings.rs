@@ -39,9 +39,10 @@ pub struct Settings {
     /// UDP address for QUIC (port 0: pick one).
     pub listen: SocketAddr,
     /// The QUIC address peers reach this node at, when it differs from the
-    /// bound one (a wildcard bind such as `0.0.0.0:7400`, or NAT); port 0
-    /// means the bound port. Required when `listen` has an unspecified IP.
-    /// Default: the bound address.
+    /// bound one (a wildcard bind such as `0.0.0.0:7400`); port 0 means the
+    /// bound port. Required when `listen` has an unspecified IP. Peers are
+    /// told apart by address, so it must also be the source address of the
+    /// node's packets. Default: the bound address.
     pub advertise: Option<SocketAddr>,
     /// Nodes of the mesh to join by; none: first node of a new mesh.
     pub seeds: Vec<SocketAddr>,
