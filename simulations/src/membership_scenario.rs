@@ -433,13 +433,8 @@ impl Cluster {
 
     /// Crashes slot `i`.
     pub fn crash(&mut self, i: usize) {
-        let now = self.now();
-        self.net.crash(i);
-        self.active[i] = false;
-        self.down_since
-            .entry(key(self.identities[i]))
-            .or_insert(now);
-        self.crashes.push((self.identities[i], now));
+        self.stop(i);
+        self.crashes.push((self.identities[i], self.now()));
     }
 
     /// Stalls slot `i` for `d` (it stays healthy).

@@ -65,7 +65,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::history::{History, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt};
+use crate::history::{
+    History, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt, lists_alive, node_name,
+};
 
 /// At most this many op ids per anomaly.
 const MAX_OPS: usize = 10;
@@ -624,7 +626,7 @@ impl<'a> Index<'a> {
 }
 
 fn name(node: NodeIx) -> String {
-    format!("n{}", node + 1)
+    node_name(node)
 }
 
 /// Sorted, deduplicated, at most [`MAX_OPS`] op ids.
@@ -1527,12 +1529,7 @@ fn convergence_time(
 
 /// Whether a view lists every node of `nodes` other than its own alive.
 fn view_ok(v: &MembersView, nodes: &[NodeIx]) -> bool {
-    nodes.iter().filter(|&&o| o != v.node).all(|&o| {
-        let want = name(o);
-        v.members
-            .iter()
-            .any(|(n, st)| *n == want && st.eq_ignore_ascii_case("alive"))
-    })
+    lists_alive(&v.members, nodes.iter().copied().filter(|&o| o != v.node))
 }
 
 /// Time after `from` until, for every node of `nodes`, its latest view taken

@@ -123,7 +123,7 @@ impl Cluster {
         std::fs::write(&schema, SCHEMA).map_err(io(&schema))?;
         let mut specs = Vec::new();
         for ix in 0..n {
-            let name = format!("n{}", ix + 1);
+            let name = crate::history::node_name(ix);
             run_tls(
                 bin,
                 &[

@@ -12,6 +12,22 @@ use serde::{Deserialize, Serialize};
 /// Node index (0-based); node `i` is called `n{i+1}`.
 pub type NodeIx = usize;
 
+/// Node `ix`'s name: `n{ix+1}`.
+pub fn node_name(ix: NodeIx) -> String {
+    format!("n{}", ix + 1)
+}
+
+/// Whether a membership view (`(name, state)` pairs) lists every node of
+/// `others` as alive.
+pub fn lists_alive(members: &[(String, String)], others: impl IntoIterator<Item = NodeIx>) -> bool {
+    others.into_iter().all(|o| {
+        let want = node_name(o);
+        members
+            .iter()
+            .any(|(n, st)| *n == want && st.eq_ignore_ascii_case("alive"))
+    })
+}
+
 /// One client request and its answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Op {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 
 use crate::api::{Answer, Api};
-use crate::history::{MembersView, NodeIx, Sample};
+use crate::history::{MembersView, NodeIx, Sample, lists_alive};
 use crate::workload::Shared;
 
 /// Interval between progress samples.
@@ -51,12 +51,9 @@ impl Observed {
     /// Whether every node's latest view lists every other node as alive.
     pub fn membership_converged(&self, nodes: usize) -> bool {
         (0..nodes).all(|n| {
-            self.latest_members.get(&n).is_some_and(|view| {
-                (0..nodes).filter(|&o| o != n).all(|o| {
-                    let name = format!("n{}", o + 1);
-                    view.iter().any(|(m, st)| *m == name && st == "alive")
-                })
-            })
+            self.latest_members
+                .get(&n)
+                .is_some_and(|view| lists_alive(view, (0..nodes).filter(|&o| o != n)))
         })
     }
 }

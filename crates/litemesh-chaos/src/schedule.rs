@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::history::NodeIx;
+use crate::history::{NodeIx, node_name};
 use crate::netns::DropRule;
 
 /// One fault.
@@ -64,7 +64,7 @@ pub enum Fault {
 }
 
 fn names(nodes: &[NodeIx]) -> String {
-    let v: Vec<String> = nodes.iter().map(|i| format!("n{}", i + 1)).collect();
+    let v: Vec<String> = nodes.iter().map(|&i| node_name(i)).collect();
     format!("{{{}}}", v.join(","))
 }
 

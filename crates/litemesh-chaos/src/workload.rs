@@ -236,13 +236,7 @@ impl Client {
         let r = self
             .api
             .query(&api, "SELECT count(*) FROM events", json!([]), None);
-        let (count, outcome) = match r {
-            Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Json::as_u64) {
-                Some(c) => (Some(c), Outcome::Ok),
-                None => (None, Outcome::Unknown(format!("unexpected rows {rows:?}"))),
-            },
-            Err(a) => (None, classify(a)),
-        };
+        let (count, outcome) = single_count(r);
         self.record(self.home, invoke, OpKind::CountEvents { count }, outcome);
     }
 
@@ -353,13 +347,7 @@ impl Client {
                     json!([txn]),
                     Some((&token, wait)),
                 );
-                let (count, outcome) = match r {
-                    Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Json::as_u64) {
-                        Some(c) => (Some(c), Outcome::Ok),
-                        None => (None, Outcome::Unknown(format!("unexpected rows {rows:?}"))),
-                    },
-                    Err(a) => (None, classify(a)),
-                };
+                let (count, outcome) = single_count(r);
                 self.record(
                     node,
                     invoke,
@@ -406,6 +394,17 @@ pub fn stmt_json(s: &Stmt, client: u32) -> Json {
 pub fn parse_token(t: &str) -> Option<(String, u64)> {
     let (a, v) = t.split_once(':')?;
     Some((a.to_string(), v.parse().ok()?))
+}
+
+/// The count a `SELECT count(*) …` answered, and the outcome.
+fn single_count(r: Result<Vec<Vec<Json>>, Answer>) -> (Option<u64>, Outcome) {
+    match r {
+        Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Json::as_u64) {
+            Some(c) => (Some(c), Outcome::Ok),
+            None => (None, Outcome::Unknown(format!("unexpected rows {rows:?}"))),
+        },
+        Err(a) => (None, classify(a)),
+    }
 }
 
 /// The outcome of a non-200 answer: 4xx means refused (for a write: nothing
