@@ -16,6 +16,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
+use crate::change::MAX_ROW_WRITE_BYTES;
 use crate::clock::{EntryRef, RowClock};
 use crate::log::{LogEntry, put_entry};
 use crate::value::encode_pk;
@@ -38,6 +39,10 @@ pub(crate) struct CaptureState {
     /// before the commit instead of one row per write.
     pub buffering: AtomicBool,
     pub buffer: Mutex<Vec<LogEntry>>,
+    /// Why the capture refused the last row write (row too large, NULL key),
+    /// as a typed error for [`Store::transaction`](crate::Store::transaction)
+    /// to return instead of SQLite's text.
+    pub refusal: Mutex<Option<crate::StorageError>>,
 }
 
 impl CaptureState {
@@ -49,6 +54,18 @@ impl CaptureState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// Takes the typed reason of the last refused row write, if any.
+    pub fn take_refusal(&self) -> Option<crate::StorageError> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Takes the buffered log entries.
@@ -114,15 +131,50 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(s.seq.load(Ordering::Relaxed).saturating_sub(1) as i64)
     })?;
 
-    // __lm_buffered(table_id, pk...): inside a store transaction, buffer the
-    // log entry of the current row write and return 1; else return 0.
+    // __lm_buffered(table_id, table_name, npk, pk..., cells...): checks the
+    // row write (no NULL key; the key and the written cells within
+    // MAX_ROW_WRITE_BYTES, so that the change fits in one sync message on
+    // every node); then, inside a store transaction, buffers its log entry
+    // and returns 1; else returns 0.
     let s = state.clone();
     conn.create_scalar_function("__lm_buffered", -1, flags, move |ctx| {
+        if ctx.len() < 4 {
+            return Err(user_err("__lm_buffered: too few arguments"));
+        }
+        let tbl: i64 = ctx.get(0)?;
+        let npk: usize = ctx.get::<i64>(2)?.try_into().unwrap_or(0);
+        if npk == 0 || 3 + npk > ctx.len() {
+            return Err(user_err("__lm_buffered: bad key length"));
+        }
+        let mut size = 0usize;
+        let mut pk = Vec::with_capacity(npk);
+        for i in 3..ctx.len() {
+            let v = ctx.get_raw(i);
+            size += value_size(v);
+            if i < 3 + npk {
+                if v == ValueRef::Null {
+                    let table: String = ctx.get(1)?;
+                    return Err(refuse(&s, crate::StorageError::NullKey { table }));
+                }
+                pk.push(v);
+            }
+        }
+        if size > MAX_ROW_WRITE_BYTES {
+            let table: String = ctx.get(1)?;
+            return Err(refuse(
+                &s,
+                crate::StorageError::RowTooLarge {
+                    table,
+                    size,
+                    limit: MAX_ROW_WRITE_BYTES,
+                },
+            ));
+        }
         if !s.buffering.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let (tbl, pk) = entry_args(ctx)?;
         let seq = s.seq.load(Ordering::Relaxed).saturating_sub(1);
+        let pk = encode_pk(&pk);
         s.buffer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -140,32 +192,33 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(ToSqlOutput::Owned(SqlValue::Blob(out)))
     })?;
 
-    // __lm_clk_insert(old_clock, version, seq, ncols): the clock after a local insert.
-    conn.create_scalar_function("__lm_clk_insert", 4, flags, |ctx| {
+    // __lm_clk_insert(old_clock, actor, version, seq, ncols): the clock after
+    // a local insert.
+    conn.create_scalar_function("__lm_clk_insert", 5, flags, |ctx| {
         let old = clock_arg(ctx, 0)?;
         let entry = entry_arg(ctx, 1)?;
-        let ncols: u32 = ctx.get(3)?;
+        let ncols: u32 = ctx.get(4)?;
         Ok(RowClock::inserted(old.as_ref(), entry, ncols).encode())
     })?;
 
-    // __lm_clk_update(clock, version, seq, changed_0, changed_1, ...): the clock
-    // after a local update of the flagged columns.
+    // __lm_clk_update(clock, actor, version, seq, changed_0, changed_1, ...):
+    // the clock after a local update of the flagged columns.
     conn.create_scalar_function("__lm_clk_update", -1, flags, |ctx| {
-        if ctx.len() < 3 {
+        if ctx.len() < 4 {
             return Err(user_err("__lm_clk_update: too few arguments"));
         }
         let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
         let entry = entry_arg(ctx, 1)?;
-        for col in 0..ctx.len() - 3 {
-            if ctx.get::<Option<bool>>(col + 3)?.unwrap_or(false) {
+        for col in 0..ctx.len() - 4 {
+            if ctx.get::<Option<bool>>(col + 4)?.unwrap_or(false) {
                 clock.bump(col as u32, entry);
             }
         }
         Ok(clock.encode())
     })?;
 
-    // __lm_clk_delete(clock, version, seq): the clock after a local delete.
-    conn.create_scalar_function("__lm_clk_delete", 3, flags, |ctx| {
+    // __lm_clk_delete(clock, actor, version, seq): the clock after a local delete.
+    conn.create_scalar_function("__lm_clk_delete", 4, flags, |ctx| {
         let clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
         Ok(clock.deleted(entry_arg(ctx, 1)?).encode())
     })?;
@@ -209,13 +262,30 @@ fn clock_arg(
     }
 }
 
-/// A local entry from (version, seq) arguments at `i`, `i + 1`.
+/// A local entry from (actor index, version, seq) arguments at `i`..`i + 2`.
 fn entry_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> rusqlite::Result<EntryRef> {
-    let version: i64 = ctx.get(i)?;
-    let seq: i64 = ctx.get(i + 1)?;
+    let actor: i64 = ctx.get(i)?;
+    let version: i64 = ctx.get(i + 1)?;
+    let seq: i64 = ctx.get(i + 2)?;
     Ok(EntryRef {
-        actor: 0,
+        actor: actor as u64,
         version: version as u64,
         seq: seq as u64,
     })
+}
+
+/// Bytes a value takes in a change (as counted against the row limit).
+fn value_size(v: ValueRef<'_>) -> usize {
+    match v {
+        ValueRef::Null => 1,
+        ValueRef::Integer(_) | ValueRef::Real(_) => 9,
+        ValueRef::Text(b) | ValueRef::Blob(b) => b.len() + 5,
+    }
+}
+
+/// Records a typed refusal and returns the SQL error that carries its text.
+fn refuse(state: &CaptureState, e: crate::StorageError) -> SqlError {
+    let msg = e.to_string();
+    *state.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    SqlError::UserFunctionError(msg.into())
 }

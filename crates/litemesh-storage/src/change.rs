@@ -205,6 +205,12 @@ pub const WIRE_VERSION: u8 = 1;
 /// Default upper bound for an encoded batch.
 pub const DEFAULT_MAX_WIRE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Largest row write a node accepts: the key and the cells one write sets,
+/// in bytes (text and blobs by length). A larger write is refused when it is
+/// made ([`StorageError::RowTooLarge`]), so that every change that commits
+/// fits, whole, in one batch of [`DEFAULT_MAX_WIRE_BYTES`] on every node.
+pub const MAX_ROW_WRITE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Encodes a batch: one format byte, then MessagePack. Fails if the result is
 /// larger than `limit`.
 pub fn encode_batch(batch: &ChangeBatch, limit: usize) -> Result<Vec<u8>> {

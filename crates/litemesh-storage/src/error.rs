@@ -74,6 +74,95 @@ pub enum StorageError {
     /// The file's litemesh metadata is damaged.
     #[error("corrupt litemesh metadata: {0}")]
     Corrupt(String),
+
+    /// A row write larger than a change may be (it could not replicate).
+    #[error(
+        "row write of {size} bytes to table {table:?} exceeds the limit of {limit} bytes per \
+         row write (the key and the cells one write sets must fit in one replication message); \
+         split large values over several rows"
+    )]
+    RowTooLarge {
+        /// The table.
+        table: String,
+        /// The key and written cells, in bytes.
+        size: usize,
+        /// [`crate::MAX_ROW_WRITE_BYTES`].
+        limit: usize,
+    },
+
+    /// A NULL primary-key value (keys identify rows across nodes).
+    #[error("a primary key value of replicated table {table:?} is NULL; keys identify rows across nodes and cannot be NULL")]
+    NullKey {
+        /// The table.
+        table: String,
+    },
+
+    /// A client statement that the sandbox does not allow.
+    #[error("{0}")]
+    Refused(String),
+
+    /// A statement was stopped before it finished.
+    #[error("{0}")]
+    Interrupted(Interruption),
+}
+
+/// Why a statement was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// It ran past its time limit.
+    TimedOut(std::time::Duration),
+    /// Its client went away (or cancelled it).
+    Cancelled,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interruption::TimedOut(d) => write!(
+                f,
+                "the statement ran past its time limit of {:.3} s and was stopped; nothing of it was applied",
+                d.as_secs_f64()
+            ),
+            Interruption::Cancelled => f.write_str("the statement was cancelled"),
+            Interruption::ShuttingDown => f.write_str("the node is shutting down"),
+        }
+    }
+}
+
+impl StorageError {
+    /// Whether this error comes from the data being written (a constraint, a
+    /// type, a value an index expression cannot take, a malformed change),
+    /// as opposed to the node's environment (disk full, I/O error, a lock held
+    /// elsewhere, a read-only file, corruption). A merge failing on its data
+    /// fails the same way on every retry and is quarantined; one failing on
+    /// its environment is retried as a whole.
+    pub fn is_data_error(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::ConstraintViolation
+                    | C::TypeMismatch
+                    | C::TooBig
+                    | C::Unknown
+                    | C::ParameterOutOfRange
+                    | C::AuthorizationForStatementDenied
+            ),
+            StorageError::Sqlite(
+                rusqlite::Error::UserFunctionError(_)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+                | rusqlite::Error::ToSqlConversionFailure(_)
+                | rusqlite::Error::InvalidParameterCount(..),
+            ) => true,
+            StorageError::Decode(_)
+            | StorageError::RowTooLarge { .. }
+            | StorageError::NullKey { .. }
+            | StorageError::UnknownTable(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -156,7 +156,7 @@ impl Store {
         mut sink: impl FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<ExtractStats> {
         let tx = self.conn.unchecked_transaction()?;
-        let ours = read_knowledge(&self.conn, &self.actors)?;
+        let ours = read_knowledge(&self.conn, &self.actors, self.local)?;
         let mut out = Out {
             max_bytes: max_bytes.max(1024),
             cur: ChangeBatch::default(),

@@ -37,6 +37,7 @@ mod extract;
 mod log;
 mod merge;
 mod ranges;
+mod sandbox;
 mod schema;
 mod store;
 mod value;
@@ -44,13 +45,15 @@ mod varint;
 
 pub use capture::attach;
 pub use change::{
-    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge, RowChange,
-    SeqRange, VersionChanges, WIRE_VERSION, decode_batch, encode_batch, validate,
+    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge,
+    MAX_ROW_WRITE_BYTES, RowChange, SeqRange, VersionChanges, WIRE_VERSION, decode_batch,
+    encode_batch, validate,
 };
-pub use error::{Result, StorageError};
+pub use error::{Interruption, Result, StorageError};
 pub use extract::ExtractStats;
-pub use merge::ApplyReport;
+pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
 pub use ranges::RangeSet;
+pub use sandbox::{ClientLimits, ClientTx, ReadConnection, RowSink};
 pub use schema::SchemaReport;
-pub use store::{Committed, Store, StoreOptions};
+pub use store::{Committed, RememberedPeer, Store, StoreOptions};
 pub use value::Value;

@@ -45,6 +45,76 @@ pub struct ApplyReport {
     pub versions_cleared: u64,
     /// Tables whose content changed.
     pub tables_changed: BTreeSet<String>,
+    /// Versions that failed to apply because of their data (a constraint, a
+    /// type, a value an index expression refuses), newly put in quarantine
+    /// with the error: they are kept, retried later, and never block other
+    /// versions.
+    pub quarantined: Vec<(ActorId, u64, String)>,
+    /// Versions skipped because they are already in quarantine.
+    pub versions_in_quarantine: usize,
+    /// Parked row changes that still failed to merge (left parked).
+    pub parked_failed: usize,
+}
+
+impl ApplyReport {
+    fn absorb(&mut self, o: ApplyReport) {
+        self.versions_applied += o.versions_applied;
+        self.versions_duplicate += o.versions_duplicate;
+        self.chunks_buffered += o.chunks_buffered;
+        self.cells_written += o.cells_written;
+        self.rows_deleted += o.rows_deleted;
+        self.rows_parked += o.rows_parked;
+        self.versions_cleared += o.versions_cleared;
+        self.tables_changed.extend(o.tables_changed);
+        self.quarantined.extend(o.quarantined);
+        self.versions_in_quarantine += o.versions_in_quarantine;
+        self.parked_failed += o.parked_failed;
+    }
+}
+
+/// A version kept in quarantine: it failed to apply on this node because of
+/// its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedVersion {
+    /// The writer.
+    pub actor: ActorId,
+    /// The writer's version.
+    pub version: u64,
+    /// Row changes it holds.
+    pub rows: usize,
+    /// The last error.
+    pub error: String,
+    /// When it first failed (Unix milliseconds).
+    pub first_failed_ms: u64,
+    /// When it was last tried (Unix milliseconds).
+    pub last_tried_ms: u64,
+    /// Attempts so far.
+    pub attempts: u64,
+}
+
+/// What [`Store::retry_quarantined`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Versions that now applied (out of quarantine).
+    pub applied: Vec<(ActorId, u64)>,
+    /// Versions tried that failed again.
+    pub failed: usize,
+    /// Tables whose content changed.
+    pub tables_changed: BTreeSet<String>,
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Wait before retrying a quarantined version that failed `attempts` times:
+/// 5 s, doubling, at most 10 minutes.
+fn retry_delay_ms(attempts: u64) -> u64 {
+    (5_000u64 << attempts.saturating_sub(1).min(10)).min(600_000)
 }
 
 /// Merge mode, while alive: remote changes are not local writes, so the
@@ -73,6 +143,10 @@ impl MergeMode {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
             false,
         )?;
+        // CHECK constraints guard local writes; a merge combines writes that
+        // were each valid where they were made, and must never fail on the
+        // combination (every node keeps the same row).
+        conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
         Ok(guard)
     }
 }
@@ -88,6 +162,13 @@ impl Drop for MergeMode {
                 1 as std::os::raw::c_int,
                 std::ptr::null_mut::<std::os::raw::c_int>(),
             );
+            rusqlite::ffi::sqlite3_exec(
+                self.db,
+                c"PRAGMA ignore_check_constraints = OFF".as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
         }
         self.flag.enabled.store(true, Ordering::SeqCst);
     }
@@ -101,8 +182,14 @@ impl Store {
         self.apply_all(std::slice::from_ref(batch))
     }
 
-    /// Merges several batches in one SQLite transaction (one disk sync): all
-    /// of them, or none.
+    /// Merges several batches in one SQLite transaction (one disk sync).
+    ///
+    /// A version whose data cannot be applied on this node (a constraint, a
+    /// type, a value an index expression refuses: see
+    /// [`StorageError::is_data_error`]) is put in quarantine with its error
+    /// and the others are applied: one bad change never blocks the rest. Any
+    /// other failure (disk full, I/O error, a lock held elsewhere) fails the
+    /// whole call and changes nothing.
     pub fn apply_all(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
         for b in batches {
             crate::change::validate(b)?;
@@ -110,7 +197,15 @@ impl Store {
         // Merge mode for every batch, small or large, so that application
         // triggers never fire for remote changes (a documented guarantee).
         let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
-        let res = self.apply_inner(batches);
+        // Fast path: one transaction, no savepoints. Failures are rare; on a
+        // data error, redo with every version in its own savepoint.
+        let res = match self.apply_inner(batches, false) {
+            Err(e) if e.is_data_error() => {
+                self.reload()?;
+                self.apply_inner(batches, true)
+            }
+            other => other,
+        };
         if res.is_err() {
             // The transaction rolled back: drop cached actor indexes it added.
             self.reload()?;
@@ -118,12 +213,19 @@ impl Store {
         res
     }
 
-    fn apply_inner(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
+    fn apply_inner(&mut self, batches: &[ChangeBatch], isolate: bool) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match self.apply_body(batches, &mut report) {
+        match self.apply_body(batches, &mut report, isolate) {
             Ok(()) => {
                 self.conn.execute_batch("COMMIT")?;
+                for (a, v, e) in &report.quarantined {
+                    tracing::error!(
+                        actor = %a,
+                        version = v,
+                        "a remote change cannot be applied on this node and is quarantined: {e}"
+                    );
+                }
                 Ok(report)
             }
             Err(e) => {
@@ -133,7 +235,12 @@ impl Store {
         }
     }
 
-    fn apply_body(&mut self, batches: &[ChangeBatch], report: &mut ApplyReport) -> Result<()> {
+    fn apply_body(
+        &mut self,
+        batches: &[ChangeBatch],
+        report: &mut ApplyReport,
+        isolate: bool,
+    ) -> Result<()> {
         let own = self.actor;
         // Chunks of large versions, gathered over all batches of this call: a
         // version whose chunks all arrive together is applied straight away.
@@ -150,6 +257,22 @@ impl Store {
                         "DELETE FROM __lm_partial WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
                     )?
                     .execute((a as i64, c.start as i64, c.end as i64))?;
+                // A version with nothing left to apply needs no quarantine.
+                if self.quarantined.range((a, c.start)..=(a, c.end)).next().is_some() {
+                    self.conn
+                        .prepare_cached(
+                            "DELETE FROM __lm_quarantine WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
+                        )?
+                        .execute((a as i64, c.start as i64, c.end as i64))?;
+                    let gone: Vec<(u64, u64)> = self
+                        .quarantined
+                        .range((a, c.start)..=(a, c.end))
+                        .copied()
+                        .collect();
+                    for k in gone {
+                        self.quarantined.remove(&k);
+                    }
+                }
                 report.versions_cleared += c.end - c.start + 1;
             }
             for v in &batch.versions {
@@ -163,7 +286,8 @@ impl Store {
                         start: 0,
                         end: u64::MAX,
                     }) => {
-                        self.apply_version(v.actor, v.version, v.rows.iter(), report)?;
+                        let rows: Vec<&RowChange> = v.rows.iter().collect();
+                        self.apply_version(v.actor, v.version, rows, report, isolate)?;
                     }
                     Some(_) => chunked.entry((v.actor, v.version)).or_default().push(v),
                 }
@@ -173,6 +297,10 @@ impl Store {
             let a = self.index_of(&actor)?;
             if has_version(&self.conn, a, version)? {
                 report.versions_duplicate += 1;
+                continue;
+            }
+            if self.quarantined.contains(&(a, version)) {
+                report.versions_in_quarantine += 1;
                 continue;
             }
             let mut covered = RangeSet::new();
@@ -187,13 +315,14 @@ impl Store {
                 // Overlapping chunks may repeat a row; merging is idempotent.
                 let mut rows: Vec<&RowChange> = parts.iter().flat_map(|p| &p.rows).collect();
                 rows.sort_by_key(|r| r.seq);
-                self.apply_version(actor, version, rows.into_iter(), report)?;
+                self.apply_version(actor, version, rows, report, isolate)?;
                 continue;
             }
             for p in parts {
                 let chunk = p.chunk.expect("chunked");
                 if let Some(rows) = self.buffer_chunk(a, version, chunk, &p.rows)? {
-                    self.apply_version(actor, version, rows.iter(), report)?;
+                    let rows: Vec<&RowChange> = rows.iter().collect();
+                    self.apply_version(actor, version, rows, report, isolate)?;
                     break;
                 }
                 report.chunks_buffered += 1;
@@ -202,18 +331,60 @@ impl Store {
         Ok(())
     }
 
-    fn apply_version<'r>(
+    /// Applies one version, unless held or in quarantine. With `isolate`, in
+    /// its own savepoint: a data error puts it in quarantine instead of
+    /// failing the call.
+    fn apply_version(
         &mut self,
         actor: ActorId,
         version: u64,
-        rows: impl Iterator<Item = &'r RowChange>,
+        rows: Vec<&RowChange>,
         report: &mut ApplyReport,
+        isolate: bool,
     ) -> Result<()> {
         let a = self.index_of(&actor)?;
         if has_version(&self.conn, a, version)? {
             report.versions_duplicate += 1;
             return Ok(());
         }
+        if self.quarantined.contains(&(a, version)) {
+            report.versions_in_quarantine += 1;
+            return Ok(());
+        }
+        if !isolate {
+            return self.merge_version(a, actor, version, &rows, report);
+        }
+        self.conn.execute_batch("SAVEPOINT lm_version")?;
+        let mut sub = ApplyReport::default();
+        match self.merge_version(a, actor, version, &rows, &mut sub) {
+            Ok(()) => {
+                self.conn.execute_batch("RELEASE lm_version")?;
+                report.absorb(sub);
+                Ok(())
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO lm_version; RELEASE lm_version")?;
+                if !e.is_data_error() {
+                    return Err(e);
+                }
+                let msg = e.to_string();
+                self.quarantine(a, version, &rows, &msg)?;
+                report.quarantined.push((actor, version, msg));
+                Ok(())
+            }
+        }
+    }
+
+    /// Merges the rows of one version and records it as held.
+    fn merge_version(
+        &mut self,
+        a: u64,
+        actor: ActorId,
+        version: u64,
+        rows: &[&RowChange],
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         let mut logged = Vec::new();
         for row in rows {
             logged.extend(self.merge_row(a, actor, version, row, report)?);
@@ -224,6 +395,141 @@ impl Store {
         add_have(&self.conn, a, version, version)?;
         report.versions_applied += 1;
         Ok(())
+    }
+
+    /// Keeps a version that failed on its data, with its rows and the error.
+    fn quarantine(&mut self, a: u64, version: u64, rows: &[&RowChange], error: &str) -> Result<()> {
+        let blob = rmp_serde::to_vec(rows).map_err(|e| StorageError::Decode(e.to_string()))?;
+        let now = now_ms() as i64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO __lm_quarantine(actor, version, rows, error, first_failed, last_tried, attempts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1) \
+                 ON CONFLICT(actor, version) DO UPDATE SET error = ?4, last_tried = ?5, attempts = attempts + 1",
+            )?
+            .execute((a as i64, version as i64, blob, error, now))?;
+        self.quarantined.insert((a, version));
+        Ok(())
+    }
+
+    /// The versions in quarantine, oldest failure first.
+    pub fn quarantine_list(&self) -> Result<Vec<QuarantinedVersion>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT actor, version, rows, error, first_failed, last_tried, attempts \
+             FROM __lm_quarantine ORDER BY first_failed, actor, version",
+        )?;
+        let mut out = Vec::new();
+        let mut q = stmt.query([])?;
+        while let Some(r) = q.next()? {
+            let rows: Vec<RowChange> = rmp_serde::from_slice(&r.get::<_, Vec<u8>>(2)?)
+                .map_err(|e| StorageError::Corrupt(format!("quarantined change: {e}")))?;
+            out.push(QuarantinedVersion {
+                actor: crate::store::actor_at(&self.actors, r.get(0)?)?,
+                version: r.get::<_, i64>(1)? as u64,
+                rows: rows.len(),
+                error: r.get(3)?,
+                first_failed_ms: r.get::<_, i64>(4)? as u64,
+                last_tried_ms: r.get::<_, i64>(5)? as u64,
+                attempts: r.get::<_, i64>(6)? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of versions in quarantine.
+    pub fn quarantined_count(&self) -> usize {
+        self.quarantined.len()
+    }
+
+    /// Tries again the quarantined versions that are due (every one with
+    /// `force`): after a failure, 5 s, then doubling up to 10 minutes. A
+    /// version that applies leaves the quarantine and counts as held.
+    pub fn retry_quarantined(&mut self, now_ms: u64, force: bool) -> Result<RetryReport> {
+        let mut out = RetryReport::default();
+        if self.quarantined.is_empty() {
+            return Ok(out);
+        }
+        let due: Vec<(i64, i64, Vec<u8>, u64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT actor, version, rows, last_tried, attempts FROM __lm_quarantine ORDER BY actor, version",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
+                ))
+            })?;
+            let mut due = Vec::new();
+            for r in rows {
+                let (a, v, blob, last, attempts) = r?;
+                if force || last.saturating_add(retry_delay_ms(attempts)) <= now_ms {
+                    due.push((a, v, blob, attempts));
+                }
+            }
+            due
+        };
+        if due.is_empty() {
+            return Ok(out);
+        }
+        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let res = (|| -> Result<()> {
+            for (a, v, blob, _) in due {
+                let (a, v) = (a as u64, v as u64);
+                let actor = crate::store::actor_at(&self.actors, a as i64)?;
+                let rows: Vec<RowChange> = rmp_serde::from_slice(&blob)
+                    .map_err(|e| StorageError::Corrupt(format!("quarantined change: {e}")))?;
+                let rows: Vec<&RowChange> = rows.iter().collect();
+                self.conn.execute_batch("SAVEPOINT lm_version")?;
+                let mut sub = ApplyReport::default();
+                let held = has_version(&self.conn, a, v)?;
+                let res = if held {
+                    Ok(())
+                } else {
+                    self.merge_version(a, actor, v, &rows, &mut sub)
+                };
+                match res {
+                    Ok(()) => {
+                        self.conn.execute_batch("RELEASE lm_version")?;
+                        self.conn
+                            .prepare_cached(
+                                "DELETE FROM __lm_quarantine WHERE actor = ?1 AND version = ?2",
+                            )?
+                            .execute((a as i64, v as i64))?;
+                        self.quarantined.remove(&(a, v));
+                        out.tables_changed.extend(sub.tables_changed);
+                        out.applied.push((actor, v));
+                    }
+                    Err(e) => {
+                        self.conn
+                            .execute_batch("ROLLBACK TO lm_version; RELEASE lm_version")?;
+                        if !e.is_data_error() {
+                            return Err(e);
+                        }
+                        self.quarantine(a, v, &rows, &e.to_string())?;
+                        out.failed += 1;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                self.conn.execute_batch("COMMIT")?;
+                for (a, v) in &out.applied {
+                    tracing::info!(actor = %a, version = v, "a quarantined change now applied");
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.reload()?;
+                Err(e)
+            }
+        }
     }
 
     /// Stores a chunk; returns all rows of the version once its chunks cover it.
@@ -315,22 +621,43 @@ impl Store {
             for (a, v, s, blob) in parked {
                 let row: RowChange = rmp_serde::from_slice(&blob)
                     .map_err(|e| StorageError::Corrupt(format!("parked change: {e}")))?;
-                let Some(t) = self.tables.get(&row.table) else {
+                let Some(t) = self.table(&row.table) else {
                     continue;
                 };
-                if !row.cells.iter().any(|c| t.col_idx.contains_key(&c.column))
+                if !row.cells.iter().any(|c| t.column(&c.column).is_some())
                     && !row.cells.is_empty()
                 {
                     continue;
                 }
-                self.conn
-                    .prepare_cached(
-                        "DELETE FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3",
-                    )?
-                    .execute((a, v, s))?;
-                let actor = crate::store::actor_at(&self.actors, a)?;
-                if let Some(e) = self.merge_row(a as u64, actor, v as u64, &row, &mut report)? {
-                    crate::log::write_chunks(&self.conn, a as u64, v as u64, &[e])?;
+                self.conn.execute_batch("SAVEPOINT lm_parked")?;
+                let merged = (|| -> Result<()> {
+                    self.conn
+                        .prepare_cached(
+                            "DELETE FROM __lm_parked WHERE actor = ?1 AND version = ?2 AND seq = ?3",
+                        )?
+                        .execute((a, v, s))?;
+                    let actor = crate::store::actor_at(&self.actors, a)?;
+                    if let Some(e) = self.merge_row(a as u64, actor, v as u64, &row, &mut report)? {
+                        crate::log::write_chunks(&self.conn, a as u64, v as u64, &[e])?;
+                    }
+                    Ok(())
+                })();
+                match merged {
+                    Ok(()) => self.conn.execute_batch("RELEASE lm_parked")?,
+                    Err(e) => {
+                        self.conn
+                            .execute_batch("ROLLBACK TO lm_parked; RELEASE lm_parked")?;
+                        if !e.is_data_error() {
+                            return Err(e);
+                        }
+                        // It stays parked (and forwarded); the log says why.
+                        tracing::error!(
+                            version = v,
+                            table = %row.table,
+                            "a parked change still cannot be applied: {e}"
+                        );
+                        report.parked_failed += 1;
+                    }
                 }
             }
             Ok(())
@@ -356,7 +683,7 @@ impl Store {
         row: &RowChange,
         report: &mut ApplyReport,
     ) -> Result<Option<LogEntry>> {
-        let Some(t) = self.tables.get(&row.table).cloned() else {
+        let Some(t) = self.table(&row.table).cloned() else {
             self.park(a, version, row, report)?;
             return Ok(None);
         };
@@ -371,8 +698,8 @@ impl Store {
         let mut known = Vec::with_capacity(row.cells.len());
         let mut unknown = Vec::new();
         for c in &row.cells {
-            match t.col_idx.get(&c.column) {
-                Some(&i) => known.push((i, c)),
+            match t.column(&c.column) {
+                Some(i) => known.push((i, c)),
                 None => unknown.push(c.clone()),
             }
         }

@@ -44,10 +44,22 @@ pub(crate) struct TableMeta {
     /// Non-key columns by clock index.
     pub cols: Vec<String>,
     pub col_idx: HashMap<String, u32>,
+    /// Lower-cased column names to their index (SQLite names are case-insensitive).
+    pub col_idx_ci: HashMap<String, u32>,
     /// Quoted name of the clock table.
     pub clk: String,
     /// Prepared-statement texts used for every merged or extracted row.
     pub sql: std::sync::Arc<TableSql>,
+}
+
+impl TableMeta {
+    /// A non-key column's index, whatever the case of its spelling.
+    pub(crate) fn column(&self, name: &str) -> Option<u32> {
+        self.col_idx
+            .get(name)
+            .or_else(|| self.col_idx_ci.get(&name.to_ascii_lowercase()))
+            .copied()
+    }
 }
 
 /// SQL texts of one table, built once when the table is loaded.
@@ -279,6 +291,7 @@ fn declare(
                 ),
             });
         }
+        check_convergent(&scratch, &t, report)?;
         tables.push(t);
     }
     let indexes: Vec<(String, String, String)> = scratch
@@ -291,6 +304,155 @@ fn declare(
         }
     }
     Ok((tables, indexes))
+}
+
+/// Most non-key columns a replicated table may have (every column is an
+/// argument of a capture function, and SQLite bounds those).
+const MAX_COLUMNS: usize = 900;
+
+/// Refuses table features a merge could not apply, or could apply differently
+/// on different nodes; warns about those whose meaning changes under
+/// replication.
+fn check_convergent(scratch: &Connection, t: &DeclaredTable, report: &mut SchemaReport) -> Result<()> {
+    let name = &t.name;
+    let unsupported = |reason: String| StorageError::Unsupported {
+        table: name.clone(),
+        reason,
+    };
+    if t.cols.len() > MAX_COLUMNS {
+        return Err(unsupported(format!(
+            "{} columns; a replicated table may have at most {MAX_COLUMNS}",
+            t.cols.len()
+        )));
+    }
+    for c in &t.cols {
+        let l = c.name.to_ascii_lowercase();
+        if l == "__clk" || l.starts_with("__lm_") {
+            return Err(unsupported(format!(
+                "column name {:?} is reserved by litemesh (__clk, __lm_*)",
+                c.name
+            )));
+        }
+        let default_null = c.dflt.as_deref().is_some_and(|d| {
+            d.trim_matches(|ch: char| ch == '(' || ch == ')' || ch.is_whitespace())
+                .eq_ignore_ascii_case("NULL")
+        });
+        if c.pk == 0 && c.notnull && default_null {
+            return Err(unsupported(format!(
+                "column {:?} is NOT NULL with DEFAULT NULL; a row can arrive in parts from \
+                 several writers, so NOT NULL columns need a non-NULL default",
+                c.name
+            )));
+        }
+    }
+    // Key collation: the table and its clock table must agree on which keys
+    // are equal, and every node must store the same spelling of a key. A
+    // non-BINARY collation (NOCASE, RTRIM, ...) makes 'Bob' and 'bob' one row
+    // that keeps whichever spelling each node saw first.
+    let key_indexes: Vec<String> = scratch
+        .prepare(&format!("PRAGMA index_list({})", q(name)))?
+        .query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(3)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|(_, origin)| origin == "pk")
+        .map(|(n, _)| n)
+        .collect();
+    for idx in key_indexes {
+        let cols: Vec<(Option<String>, String, bool)> = scratch
+            .prepare(&format!("PRAGMA index_xinfo({})", q(&idx)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    r.get::<_, bool>(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (col, coll, key) in cols {
+            if key && !coll.eq_ignore_ascii_case("BINARY") {
+                let col = col.unwrap_or_default();
+                return Err(unsupported(format!(
+                    "primary key column {col:?} uses COLLATE {coll}: keys equal under {coll} but \
+                     spelled differently (e.g. 'Bob' and 'bob') written on two nodes would become \
+                     one row whose spelling differs between nodes; keep the default BINARY \
+                     collation and store the key normalized (e.g. lower({col}))"
+                )));
+            }
+        }
+    }
+    // Foreign keys: merges apply rows in any order and never run actions, so
+    // an action (ON DELETE CASCADE, SET NULL, SET DEFAULT) would change rows
+    // on the writer only.
+    let fks: Vec<(String, String, String)> = scratch
+        .prepare(&format!("PRAGMA foreign_key_list({})", q(name)))?
+        .query_map([], |r| Ok((r.get(2)?, r.get(5)?, r.get(6)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (parent, on_update, on_delete) in &fks {
+        for (when, action) in [("UPDATE", on_update), ("DELETE", on_delete)] {
+            let a = action.to_ascii_uppercase();
+            if a != "NO ACTION" && a != "RESTRICT" {
+                return Err(unsupported(format!(
+                    "foreign key to {parent:?} has ON {when} {a}: merges apply rows in any order \
+                     and cannot run actions on every node alike; drop the action and change \
+                     the dependent rows in the same transaction instead"
+                )));
+            }
+        }
+    }
+    if !fks.is_empty() {
+        let w = format!(
+            "table {name:?}: foreign keys are not enforced (rows from different writers arrive in \
+             any order); the REFERENCES clauses are kept as documentation"
+        );
+        tracing::warn!("{w}");
+        report.warnings.push(w);
+    }
+    if has_keyword(&t.sql, "CHECK") {
+        let w = format!(
+            "table {name:?}: CHECK constraints guard local writes only; a merge never fails on \
+             them, so concurrent writes to different columns, each valid on its node, can \
+             combine into a row a multi-column CHECK would refuse (every replica keeps the \
+             same row)"
+        );
+        tracing::warn!("{w}");
+        report.warnings.push(w);
+    }
+    Ok(())
+}
+
+/// Whether `sql` contains `word` as a keyword (outside string literals and
+/// quoted identifiers).
+fn has_keyword(sql: &str, word: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'[' => {
+                while i < b.len() && b[i] != b']' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                if sql[start..i].eq_ignore_ascii_case(word) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// Loads the replicated tables from the registry.
@@ -311,6 +473,11 @@ pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, std::sync
             .enumerate()
             .map(|(i, c)| (c.clone(), i as u32))
             .collect();
+        let col_idx_ci = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_ascii_lowercase(), i as u32))
+            .collect();
         let clk = q(&format!("__lm_clk_{name}"));
         let sql = std::sync::Arc::new(TableSql::new(&name, &clk, &pk, &cols));
         out.insert(
@@ -323,6 +490,7 @@ pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, std::sync
                 pk,
                 cols,
                 col_idx,
+                col_idx_ci,
             }),
         );
     }
@@ -492,13 +660,23 @@ fn migrate_table(
     Ok(())
 }
 
-/// (Re)creates the change-capture triggers of a table.
+/// Quotes an SQL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// (Re)creates the change-capture triggers of a table. They name the local
+/// actor's index (read from `__lm_site`), so they are regenerated when it
+/// changes.
 pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
+    let local: i64 = conn.query_row("SELECT local FROM __lm_site WHERE id = 0", [], |r| r.get(0))?;
     let name = &t.name;
     let tq = q(name);
     let clk = &t.clk;
     let tid = t.id;
     let ncols = t.cols.len();
+    let npk = t.pk.len();
+    let tname = lit(name);
     let list = |prefix: &str, cols: &[String]| {
         cols.iter()
             .map(|c| format!("{prefix}{}", q(c)))
@@ -508,6 +686,12 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     let pk_cols = list("", &t.pk);
     let pk_new = list("NEW.", &t.pk);
     let pk_old = list("OLD.", &t.pk);
+    let cells_new: String = t.cols.iter().map(|c| format!(", NEW.{}", q(c))).collect();
+    let cells_changed: String = t
+        .cols
+        .iter()
+        .map(|c| format!(", CASE WHEN NEW.{0} IS NOT OLD.{0} THEN NEW.{0} END", q(c)))
+        .collect();
     let match_on = |prefix: &str| {
         t.pk.iter()
             .map(|p| format!("{} = {prefix}{}", q(p), q(p)))
@@ -519,27 +703,28 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
             .collect::<Vec<_>>()
             .join(" AND ");
-    // Each row write: number it, update the row clock, log it (buffered inside
-    // a store transaction, else written at once as a one-entry chunk).
-    let log = |pkvals: &str| {
+    // Each row write: number it, check it (no NULL key, not larger than a
+    // change may be), log it (buffered inside a store transaction, else
+    // written at once as a one-entry chunk), update the row clock.
+    let log = |pkvals: &str, cells: &str| {
         format!(
             "SELECT __lm_seq();\n\
              INSERT INTO __lm_log(actor, version, seq, last, entries) \
-             SELECT 0, __lm_version(), __lm_cur_seq(), __lm_cur_seq(), __lm_entry({tid}, {pkvals}) \
-             WHERE NOT __lm_buffered({tid}, {pkvals});\n"
+             SELECT {local}, __lm_version(), __lm_cur_seq(), __lm_cur_seq(), __lm_entry({tid}, {pkvals}) \
+             WHERE NOT __lm_buffered({tid}, {tname}, {npk}, {pkvals}{cells});\n"
         )
     };
     let insert_clock = |pkvals: &str| {
         format!(
             "INSERT INTO {clk}({pk_cols}, __clk) \
-             VALUES ({pkvals}, __lm_clk_insert(NULL, __lm_version(), __lm_cur_seq(), {ncols})) \
+             VALUES ({pkvals}, __lm_clk_insert(NULL, {local}, __lm_version(), __lm_cur_seq(), {ncols})) \
              ON CONFLICT({pk_cols}) DO UPDATE SET \
-             __clk = __lm_clk_insert(__clk, __lm_version(), __lm_cur_seq(), {ncols});\n"
+             __clk = __lm_clk_insert(__clk, {local}, __lm_version(), __lm_cur_seq(), {ncols});\n"
         )
     };
     let delete_clock = |m: &str| {
         format!(
-            "UPDATE {clk} SET __clk = __lm_clk_delete(__clk, __lm_version(), __lm_cur_seq()) WHERE {m};\n"
+            "UPDATE {clk} SET __clk = __lm_clk_delete(__clk, {local}, __lm_version(), __lm_cur_seq()) WHERE {m};\n"
         )
     };
     let trig = |kind: &str| q(&format!("__lm_{kind}_{name}"));
@@ -550,7 +735,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
         trig("ins"),
-        log(&pk_new),
+        log(&pk_new, &cells_new),
         insert_clock(&pk_new)
     ));
     if ncols > 0 {
@@ -561,11 +746,11 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             .collect();
         sql.push_str(&format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND ({any}) BEGIN\n{log}\
-             UPDATE {clk} SET __clk = __lm_clk_update(__clk, __lm_version(), __lm_cur_seq(), {args}) \
+             UPDATE {clk} SET __clk = __lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), {args}) \
              WHERE {m};\nEND;\n",
             trig("upd"),
             any = changed.join(" OR "),
-            log = log(&pk_new),
+            log = log(&pk_new, &cells_changed),
             args = changed.join(", "),
             m = match_on("NEW."),
         ));
@@ -573,15 +758,15 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}END;\n",
         trig("updpk"),
-        log(&pk_old),
+        log(&pk_old, ""),
         delete_clock(&match_on("OLD.")),
-        log(&pk_new),
+        log(&pk_new, &cells_new),
         insert_clock(&pk_new),
     ));
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER DELETE ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
         trig("del"),
-        log(&pk_old),
+        log(&pk_old, ""),
         delete_clock(&match_on("OLD.")),
     ));
     conn.execute_batch(&sql)?;

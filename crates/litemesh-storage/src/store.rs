@@ -11,26 +11,34 @@ use crate::capture::{CaptureState, attach_state};
 use crate::change::{ActorId, Knowledge};
 use crate::error::{Result, StorageError};
 use crate::ranges::RangeSet;
+use crate::sandbox::{ClientLimits, ClientTx};
 use crate::schema::{self, SchemaReport, TableMeta};
 
 /// The next version of the local actor: one past the highest in the change
 /// log, or the floor kept in `__lm_site` (raised before log entries are
-/// compacted away), whichever is higher. Deriving it from the log means the
-/// capture triggers need no extra write per row, and a version is used exactly
-/// when a committed transaction wrote entries with it.
-pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(\
-    (SELECT next_version FROM __lm_site WHERE id = 0), \
-    coalesce((SELECT max(version) FROM __lm_log WHERE actor = 0), 0) + 1)";
+/// compacted away, and set when the node moves to a new actor id), whichever
+/// is higher. Deriving it from the log means the capture triggers need no
+/// extra write per row, and a version is used exactly when a committed
+/// transaction wrote entries with it.
+pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(s.next_version, \
+    coalesce((SELECT max(version) FROM __lm_log WHERE actor = s.local), 0) + 1) \
+    FROM __lm_site AS s WHERE s.id = 0";
 
-/// Version of the on-disk metadata layout.
-const FORMAT: i64 = 1;
+/// Version of the on-disk metadata layout. Format 1 (the first release) had
+/// the local actor fixed at index 0 and no quarantine, peer list or session
+/// marker; it is upgraded in place when opened.
+const FORMAT: i64 = 2;
 
 const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS __lm_site(
     id INTEGER PRIMARY KEY CHECK (id = 0),
     actor BLOB NOT NULL,
     next_version INTEGER NOT NULL,
-    format INTEGER NOT NULL);
+    format INTEGER NOT NULL,
+    local INTEGER NOT NULL DEFAULT 0,
+    node BLOB,
+    clean BLOB,
+    probe INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS __lm_actors(idx INTEGER PRIMARY KEY, actor BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS __lm_have(
     actor INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
@@ -52,6 +60,20 @@ CREATE TABLE IF NOT EXISTS __lm_partial(
     actor INTEGER NOT NULL, version INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
     rows BLOB NOT NULL,
     PRIMARY KEY (actor, version, start)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_quarantine(
+    actor INTEGER NOT NULL, version INTEGER NOT NULL, rows BLOB NOT NULL, error TEXT NOT NULL,
+    first_failed INTEGER NOT NULL, last_tried INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    PRIMARY KEY (actor, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_peers(
+    id INTEGER PRIMARY KEY, addr TEXT NOT NULL, name TEXT, actor BLOB, last_seen INTEGER NOT NULL);
+";
+
+/// Columns format 2 added to `__lm_site`.
+const SITE_V2_COLUMNS: &str = "
+ALTER TABLE __lm_site ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE __lm_site ADD COLUMN node BLOB;
+ALTER TABLE __lm_site ADD COLUMN clean BLOB;
+ALTER TABLE __lm_site ADD COLUMN probe INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// How to open a store.
@@ -95,11 +117,22 @@ pub struct Store {
     pub(crate) conn: Connection,
     pub(crate) state: Arc<CaptureState>,
     pub(crate) actor: ActorId,
+    /// Index of this node's current actor in `actors` (0 unless the node
+    /// moved to a new actor id, see [`Store::rotate_actor`]).
+    pub(crate) local: u64,
     pub(crate) tables: HashMap<String, Arc<TableMeta>>,
-    /// Local actor indexes: `actors[idx]` is the actor's id (index 0 is this node).
+    /// Lower-cased table names to their registered spelling (SQLite names are
+    /// case-insensitive; a peer's schema file may spell them differently).
+    pub(crate) tables_ci: HashMap<String, String>,
+    /// Actor indexes: `actors[idx]` is the actor's id.
     /// Append-only in the file; reloaded after any failed transaction.
     pub(crate) actors: Vec<ActorId>,
     pub(crate) actor_idx: HashMap<ActorId, u64>,
+    /// Versions held in quarantine (cache of `__lm_quarantine`, written only
+    /// by this store's connection).
+    pub(crate) quarantined: std::collections::BTreeSet<(u64, u64)>,
+    /// The sandbox of client statements and the limits of long statements.
+    pub(crate) guard: Arc<crate::sandbox::ConnGuard>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,12 +160,15 @@ impl Store {
         }
         // The page cache holds the clock tables' working set. (temp_store stays
         // at its default: statement journals then buffer in one 64 KiB chunk
-        // before spilling, much cheaper than MEMORY's 1 KiB chunks.)
+        // before spilling, much cheaper than MEMORY's 1 KiB chunks.) Foreign
+        // keys stay off: merges never run their checks or actions (see
+        // docs/storage.md).
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {}; PRAGMA cache_size = -{};",
+            "PRAGMA synchronous = {}; PRAGMA cache_size = -{}; PRAGMA foreign_keys = OFF;",
             if opts.durable { "FULL" } else { "OFF" },
             opts.cache_kib
         ))?;
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         let state = attach_state(&mut conn)?;
         {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -148,7 +184,8 @@ impl Store {
                 None => {
                     let actor = opts.actor.unwrap_or_else(ActorId::random);
                     tx.execute(
-                        "INSERT INTO __lm_site(id, actor, next_version, format) VALUES (0, ?1, 1, ?2)",
+                        "INSERT INTO __lm_site(id, actor, next_version, format, local, node) \
+                         VALUES (0, ?1, 1, ?2, 0, ?1)",
                         (&actor.0[..], FORMAT),
                     )?;
                     tx.execute(
@@ -156,6 +193,7 @@ impl Store {
                         [&actor.0[..]],
                     )?;
                 }
+                Some((_, 1)) => upgrade_from_format_1(&tx)?,
                 Some((_, f)) if f != FORMAT => {
                     return Err(StorageError::Corrupt(format!(
                         "metadata format {f} is not supported by this version (expects {FORMAT})"
@@ -165,19 +203,25 @@ impl Store {
             }
             tx.commit()?;
         }
+        let guard = crate::sandbox::ConnGuard::install(&mut conn)?;
         let mut store = Store {
             conn,
             state,
             actor: ActorId([0; 16]),
+            local: 0,
             tables: HashMap::new(),
+            tables_ci: HashMap::new(),
             actors: Vec::new(),
             actor_idx: HashMap::new(),
+            quarantined: Default::default(),
+            guard,
         };
         store.reload()?;
         Ok(store)
     }
 
-    /// Reloads the in-memory caches of file metadata (actor indexes, tables).
+    /// Reloads the in-memory caches of file metadata (actor indexes, tables,
+    /// quarantine).
     pub(crate) fn reload(&mut self) -> Result<()> {
         let actors: Vec<(i64, Vec<u8>)> = self
             .conn
@@ -197,12 +241,40 @@ impl Store {
             self.actors.push(ActorId(id));
             self.actor_idx.insert(ActorId(id), idx as u64);
         }
-        self.actor = *self
-            .actors
-            .first()
-            .ok_or_else(|| StorageError::Corrupt("no local actor".into()))?;
+        let (local, actor): (i64, Vec<u8>) = self.conn.query_row(
+            "SELECT local, actor FROM __lm_site WHERE id = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.local = local as u64;
+        self.actor = actor_at(&self.actors, local)?;
+        if self.actor.0[..] != actor[..] {
+            return Err(StorageError::Corrupt(
+                "the local actor index does not name the local actor".into(),
+            ));
+        }
         self.tables = schema::load_tables(&self.conn)?;
+        self.tables_ci = self
+            .tables
+            .keys()
+            .map(|k| (k.to_ascii_lowercase(), k.clone()))
+            .collect();
+        self.quarantined = self
+            .conn
+            .prepare("SELECT actor, version FROM __lm_quarantine")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.guard.set_schema(&self.conn, &self.tables)?;
         Ok(())
+    }
+
+    /// A replicated table by name, whatever the case of its spelling.
+    pub(crate) fn table(&self, name: &str) -> Option<&Arc<TableMeta>> {
+        self.tables.get(name).or_else(|| {
+            self.tables_ci
+                .get(&name.to_ascii_lowercase())
+                .and_then(|n| self.tables.get(n))
+        })
     }
 
     /// Re-reads the file's metadata (tables, known actors). A second `Store` on
@@ -257,6 +329,8 @@ impl Store {
         let report = res?;
         if !report.is_unchanged() {
             self.retry_parked()?;
+            // A schema change may be what quarantined versions waited for.
+            self.retry_quarantined(crate::merge::now_ms(), true)?;
         }
         Ok(report)
     }
@@ -279,12 +353,16 @@ impl Store {
         self.state.next_hint.store(next as u64, Ordering::SeqCst);
         let value = {
             let _buffering = Buffering::on(&self.state);
-            let value = f(&tx)?;
+            let value = match f(&tx) {
+                Ok(v) => v,
+                // A row write the capture refused: its typed reason.
+                Err(e) => return Err(self.state.take_refusal().unwrap_or(e)),
+            };
             // Write the buffered change-log entries in chunks, in this transaction.
             let entries = self.state.take_buffer();
             if !entries.is_empty() {
                 let v = self.state.version.load(Ordering::SeqCst);
-                crate::log::write_chunks(&tx, 0, v, &entries)?;
+                crate::log::write_chunks(&tx, self.local, v, &entries)?;
             }
             value
         };
@@ -294,6 +372,28 @@ impl Store {
             value,
             version: (v != 0).then_some(v),
         })
+    }
+
+    /// Runs a client's statements as one transaction, like
+    /// [`Store::transaction`], under the sandbox (see the `sandbox` module:
+    /// DML on replicated tables only) and `limits`. Each statement goes
+    /// through [`ClientTx::execute`]. A refused or failed statement fails the
+    /// whole transaction, and nothing is applied.
+    pub fn client_transaction<T>(
+        &mut self,
+        limits: &ClientLimits,
+        f: impl FnOnce(&ClientTx<'_>) -> Result<T>,
+    ) -> Result<Committed<T>> {
+        let guard = self.guard.clone();
+        let _limits = guard.limits(limits);
+        self.transaction(|tx| f(&ClientTx { tx, guard: &guard }))
+            .map_err(|e| guard.map_storage_err(e))
+    }
+
+    /// Sets a flag that, once true, stops any statement running on this
+    /// store's connection (a node shutting down).
+    pub fn set_stop_flag(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.guard.set_stop_flag(flag);
     }
 
     /// Runs statements (separated by `;`) as one transaction. See [`Store::transaction`].
@@ -311,7 +411,133 @@ impl Store {
     /// What this node holds: its own versions and every remote actor's ranges,
     /// read from the file (the one source of truth).
     pub fn knowledge(&self) -> Result<Knowledge> {
-        read_knowledge(&self.conn, &self.actors)
+        read_knowledge(&self.conn, &self.actors, self.local)
+    }
+
+    /// Moves this node to a new actor id: later local writes are numbered
+    /// under the new id, and every version the old id wrote stays in the file
+    /// as an ordinary remote actor's. The new actor's numbering starts after
+    /// the old one's last version, so `db_version` keeps growing; the
+    /// versions below it hold nothing and are reported to peers as cleared.
+    ///
+    /// This is what keeps a node from ever reusing a version number its peers
+    /// already hold: a file that lost its last commits (a deleted WAL, a
+    /// restored backup, a copied file) would otherwise number new writes with
+    /// versions that mean something else on other nodes. Returns the new id.
+    pub fn rotate_actor(&mut self) -> Result<ActorId> {
+        let res = (|| -> Result<ActorId> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let next: i64 = tx.query_row(NEXT_VERSION_SQL, [], |r| r.get(0))?;
+            let old = self.local;
+            let new = ActorId::random();
+            let idx: i64 = tx.query_row("SELECT count(*) FROM __lm_actors", [], |r| r.get(0))?;
+            tx.execute(
+                "INSERT INTO __lm_actors(idx, actor) VALUES (?1, ?2)",
+                (idx, &new.0[..]),
+            )?;
+            if next > 1 {
+                add_have(&tx, old, 1, next as u64 - 1)?;
+            }
+            tx.execute(
+                "UPDATE __lm_site SET actor = ?1, local = ?2, next_version = ?3 WHERE id = 0",
+                (&new.0[..], idx, next),
+            )?;
+            for t in schema::load_tables(&tx)?.values() {
+                schema::create_triggers(&tx, t)?;
+            }
+            tx.commit()?;
+            Ok(new)
+        })();
+        self.reload()?;
+        let new = res?;
+        tracing::info!(actor = %new, "moved to a new actor id");
+        Ok(new)
+    }
+
+    /// A stable id of this node's file, made with it (the first actor id):
+    /// unlike [`Store::actor_id`], it never changes.
+    pub fn node_id(&self) -> Result<[u8; 16]> {
+        let node: Option<Vec<u8>> =
+            self.conn
+                .query_row("SELECT node FROM __lm_site WHERE id = 0", [], |r| r.get(0))?;
+        node.as_deref()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| StorageError::Corrupt("node id".into()))
+    }
+
+    /// The marker a clean shutdown left in the file ([`Store::set_clean_marker`]),
+    /// if any.
+    pub fn clean_marker(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT clean FROM __lm_site WHERE id = 0", [], |r| r.get(0))?)
+    }
+
+    /// Sets (on a clean shutdown) or clears (at start) the clean-shutdown
+    /// marker, durably.
+    pub fn set_clean_marker(&mut self, marker: Option<&[u8]>) -> Result<()> {
+        self.conn
+            .execute("UPDATE __lm_site SET clean = ?1 WHERE id = 0", [marker])?;
+        Ok(())
+    }
+
+    /// Checks that the file can be written: one tiny durable transaction.
+    pub fn probe_write(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("UPDATE __lm_site SET probe = probe + 1 WHERE id = 0", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The members this node has seen, most recently seen first.
+    pub fn remembered_peers(&self) -> Result<Vec<RememberedPeer>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, addr, name, actor, last_seen FROM __lm_peers ORDER BY last_seen DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RememberedPeer {
+                id: r.get::<_, i64>(0)? as u64,
+                addr: r.get(1)?,
+                name: r.get(2)?,
+                actor: r
+                    .get::<_, Option<Vec<u8>>>(3)?
+                    .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+                    .map(ActorId),
+                last_seen_ms: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records members as seen (inserted or updated by id), and forgets the
+    /// ids in `forget`, in one transaction.
+    pub fn remember_peers(&mut self, seen: &[RememberedPeer], forget: &[u64]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for p in seen {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO __lm_peers(id, addr, name, actor, last_seen) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute((
+                p.id as i64,
+                &p.addr,
+                &p.name,
+                p.actor.map(|a| a.0.to_vec()),
+                p.last_seen_ms as i64,
+            ))?;
+        }
+        for id in forget {
+            tx.prepare_cached("DELETE FROM __lm_peers WHERE id = ?1")?
+                .execute([*id as i64])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub(crate) fn index_of(&mut self, actor: &ActorId) -> Result<u64> {
@@ -327,6 +553,38 @@ impl Store {
         self.actor_idx.insert(*actor, idx);
         Ok(idx)
     }
+}
+
+/// A member of the mesh as remembered in the file, so that a restarted node
+/// finds the mesh again with or without seeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RememberedPeer {
+    /// The member's id in the membership protocol.
+    pub id: u64,
+    /// Its address (`ip:port`).
+    pub addr: String,
+    /// Its name, if it published one.
+    pub name: Option<String>,
+    /// Its storage actor, if it published one.
+    pub actor: Option<ActorId>,
+    /// When it was last seen alive (Unix milliseconds).
+    pub last_seen_ms: u64,
+}
+
+/// Upgrades a format-1 file in the open transaction: the local actor stays
+/// at index 0, the stable node id is the actor id, and the capture triggers
+/// are regenerated (they now name the local actor's index).
+fn upgrade_from_format_1(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch(SITE_V2_COLUMNS)?;
+    tx.execute(
+        "UPDATE __lm_site SET node = actor, format = ?1 WHERE id = 0",
+        [FORMAT],
+    )?;
+    for t in schema::load_tables(tx)?.values() {
+        schema::create_triggers(tx, t)?;
+    }
+    tracing::info!("upgraded the file's litemesh metadata to format {FORMAT}");
+    Ok(())
 }
 
 /// Buffers change-log entries while alive (also on panic, it switches back).
@@ -345,14 +603,20 @@ impl Drop for Buffering<'_> {
     }
 }
 
-pub(crate) fn read_knowledge(conn: &Connection, actors: &[ActorId]) -> Result<Knowledge> {
+pub(crate) fn read_knowledge(
+    conn: &Connection,
+    actors: &[ActorId],
+    local: u64,
+) -> Result<Knowledge> {
     let mut k = Knowledge::default();
     let next: i64 = conn
         .prepare_cached(NEXT_VERSION_SQL)?
         .query_row([], |r| r.get(0))?;
     if next > 1 {
-        k.have
-            .insert(actors[0], RangeSet::from_ranges([(1, next as u64 - 1)]));
+        k.have.insert(
+            actor_at(actors, local as i64)?,
+            RangeSet::from_ranges([(1, next as u64 - 1)]),
+        );
     }
     let mut stmt =
         conn.prepare_cached("SELECT actor, start, end FROM __lm_have ORDER BY actor, start")?;
