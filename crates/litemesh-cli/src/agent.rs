@@ -1,22 +1,36 @@
 //! `litemesh agent`: one node and its HTTP API.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use clap::Args;
-use litemesh::{Node, Settings, Tls};
+use litemesh::{HealthThresholds, Node, Settings, Tls};
 use serde::Deserialize;
 
 use crate::CliResult;
-use crate::api::{AppState, router};
+use crate::api::{AppState, HttpStats, router};
+use crate::server::{self, HttpLimits};
 
 const DEFAULT_API: &str = "127.0.0.1:8787";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8788";
 const DEFAULT_HEALTH_MAX_BEHIND: u64 = 1000;
+const DEFAULT_HEALTH_MAX_LAG: Duration = Duration::from_secs(30);
+const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_QUERY_ROWS: u64 = 1_000_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+/// Time a client has to send a request's headers, and most idle time of a
+/// kept-alive connection; sending a body and reading an answer may stall
+/// three times as long.
+const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After SIGTERM/SIGINT the agent exits within this long, whatever runs.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
 
 /// Flags of `litemesh agent` (each may also be set in the `--config` file).
 #[derive(Args, Debug, Default)]
@@ -65,10 +79,36 @@ pub struct AgentArgs {
     /// No peer authentication (local experiments only).
     #[arg(long)]
     pub insecure: bool,
-    /// `/v1/health` answers 503 when a peer has more than this many versions
-    /// the node lacks [default: 1000].
+    /// `/v1/health` answers 503 when more than this many versions of a
+    /// reachable writer (or of a peer) are missing here [default: 1000].
     #[arg(long, value_name = "N")]
     pub health_max_behind: Option<u64>,
+    /// `/v1/health` answers 503 when a reachable writer's data is staler than
+    /// this here, e.g. `30s`, `2m` [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub health_max_lag: Option<String>,
+    /// Time limit of a query, e.g. `30s` [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub query_timeout: Option<String>,
+    /// Time limit of a transaction (it holds the node's writer) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub transaction_timeout: Option<String>,
+    /// Most rows a query returns; past it the answer ends with an error event
+    /// (0: no limit) [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_query_rows: Option<u64>,
+    /// Most HTTP API connections open at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Time an HTTP client has to send a request's headers, and most idle
+    /// time of a kept-alive connection; sending a body or reading an answer
+    /// may stall three times as long [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub http_timeout: Option<String>,
+    /// Forget a member not seen for this long (it is no longer rejoined nor
+    /// counted as known), e.g. `72h` [default: 3d].
+    #[arg(long, value_name = "DURATION")]
+    pub forget_after: Option<String>,
 }
 
 /// A setting given once or as a list.
@@ -105,6 +145,13 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     insecure: Option<bool>,
     health_max_behind: Option<u64>,
+    health_max_lag: Option<String>,
+    query_timeout: Option<String>,
+    transaction_timeout: Option<String>,
+    max_query_rows: Option<u64>,
+    max_connections: Option<u64>,
+    http_timeout: Option<String>,
+    forget_after: Option<String>,
 }
 
 /// Settings after merging the file and the flags.
@@ -119,7 +166,42 @@ struct Resolved {
     name: Option<String>,
     region: Option<String>,
     tls: Tls,
-    health_max_behind: u64,
+    thresholds: HealthThresholds,
+    query_timeout: Duration,
+    transaction_timeout: Duration,
+    max_query_rows: u64,
+    max_connections: u64,
+    http_timeout: Duration,
+    forget_after: Duration,
+}
+
+/// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), or
+/// bare seconds.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        format!("{what} {s:?}: expected a duration such as 500ms, 30s, 5m, 2h or 3d")
+    })?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "{what} {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{what} {s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn resolve_one(what: &str, s: &str, prefer_v4: bool) -> Result<SocketAddr, String> {
@@ -231,6 +313,31 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
         }
         _ => return Err("mutual TLS needs all three of --tls-ca, --tls-cert and --tls-key".into()),
     };
+    let dur = |flag: &str, v: Option<String>, dflt: Duration| -> Result<Duration, String> {
+        v.map(|s| parse_duration(flag, &s))
+            .transpose()
+            .map(|d| d.unwrap_or(dflt))
+    };
+    let query_timeout = dur(
+        "--query-timeout",
+        args.query_timeout.or(file.query_timeout),
+        DEFAULT_QUERY_TIMEOUT,
+    )?;
+    let transaction_timeout = dur(
+        "--transaction-timeout",
+        args.transaction_timeout.or(file.transaction_timeout),
+        DEFAULT_TRANSACTION_TIMEOUT,
+    )?;
+    if query_timeout.is_zero() || transaction_timeout.is_zero() {
+        return Err("--query-timeout and --transaction-timeout must be more than 0".into());
+    }
+    let max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
     Ok(Resolved {
         db,
         listen,
@@ -241,34 +348,36 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
         name: args.name.or(file.name),
         region: args.region.or(file.region),
         tls,
-        health_max_behind: args
-            .health_max_behind
-            .or(file.health_max_behind)
-            .unwrap_or(DEFAULT_HEALTH_MAX_BEHIND),
+        thresholds: HealthThresholds {
+            max_lag: dur(
+                "--health-max-lag",
+                args.health_max_lag.or(file.health_max_lag),
+                DEFAULT_HEALTH_MAX_LAG,
+            )?,
+            max_behind_versions: args
+                .health_max_behind
+                .or(file.health_max_behind)
+                .unwrap_or(DEFAULT_HEALTH_MAX_BEHIND),
+        },
+        query_timeout,
+        transaction_timeout,
+        max_query_rows: args
+            .max_query_rows
+            .or(file.max_query_rows)
+            .unwrap_or(DEFAULT_MAX_QUERY_ROWS),
+        max_connections,
+        http_timeout: dur(
+            "--http-timeout",
+            args.http_timeout.or(file.http_timeout),
+            DEFAULT_HTTP_TIMEOUT,
+        )?
+        .max(Duration::from_millis(100)),
+        forget_after: dur(
+            "--forget-after",
+            args.forget_after.or(file.forget_after),
+            DEFAULT_FORGET_AFTER,
+        )?,
     })
-}
-
-/// Holds an exclusive lock on `<db>.lock` for as long as it lives.
-fn lock_db(db: &Path) -> Result<File, String> {
-    let mut p = db.as_os_str().to_owned();
-    p.push(".lock");
-    let path = PathBuf::from(p);
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("lock file {}: {e}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "{} is already in use by another litemesh agent (lock {} is held); \
-             stop it first or use another --db",
-            db.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
 }
 
 fn host_name() -> String {
@@ -283,7 +392,6 @@ fn host_name() -> String {
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: AgentArgs) -> CliResult {
     let r = resolve(args)?;
-    let _lock = lock_db(&r.db)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -325,29 +433,37 @@ async fn serve(r: Resolved) -> CliResult {
     );
     settings.region = r.region;
     settings.api_addr = Some(api_addr.to_string());
+    settings.query_timeout = r.query_timeout;
+    settings.transaction_timeout = r.transaction_timeout;
+    settings.max_query_rows = r.max_query_rows;
+    settings.forget_after = r.forget_after;
     let node = Node::start(settings)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
 
+    let fds = server::raise_fd_limit();
+    // Keep descriptors for the node itself (QUIC, SQLite files).
+    let max_connections = r.max_connections.min(fds.saturating_sub(64).max(16));
+    let http = Arc::new(HttpStats::default());
     let state = Arc::new(AppState {
         node: node.clone(),
-        health_max_behind: r.health_max_behind,
+        thresholds: r.thresholds,
+        body_timeout: r.http_timeout * 3,
+        http: http.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_rx2 = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        // Small request/answer exchanges: no Nagle delay on the API's sockets.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("TCP_NODELAY not set: {e}");
-            }
-        });
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx2.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits = HttpLimits {
+        max_connections,
+        header_timeout: r.http_timeout,
+        write_timeout: r.http_timeout * 3,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        router(state),
+        limits,
+        http,
+        stop_rx,
+    ));
 
     {
         let mut out = std::io::stdout().lock();
@@ -361,14 +477,29 @@ async fn serve(r: Resolved) -> CliResult {
         let _ = out.flush();
     }
 
+    let mut signals = signals;
     let signal = signals.recv().await;
     tracing::info!("{signal}: leaving the mesh");
     eprintln!("litemesh: {signal} received, leaving the mesh");
+    // Whatever runs, the agent is gone within STOP_WITHIN; a second signal
+    // ends it at once.
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_WITHIN);
+        eprintln!(
+            "litemesh: did not stop within {} s; exiting now (every committed write is on disk)",
+            STOP_WITHIN.as_secs()
+        );
+        std::process::exit(0);
+    });
+    tokio::spawn(async move {
+        let again = signals.recv().await;
+        eprintln!("litemesh: {again} received again; exiting now");
+        std::process::exit(0);
+    });
     let _ = stop_tx.send(true);
     node.shutdown().await;
     // In-flight requests get a moment to finish.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
-    drop(stop_rx);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -388,7 +519,7 @@ impl Signals {
     }
 
     /// Waits for either; returns its name.
-    async fn recv(mut self) -> &'static str {
+    async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

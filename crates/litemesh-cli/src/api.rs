@@ -1,22 +1,27 @@
 //! The agent's HTTP API (JSON).
 //!
 //! - `POST /v1/transactions`: an array of statements, one transaction;
-//! - `POST /v1/queries`: one read-only statement, rows as NDJSON events;
+//! - `POST /v1/queries`: one read-only statement, rows streamed as NDJSON;
 //! - `GET /v1/members`, `GET /v1/status`, `GET /v1/health`;
+//! - `POST /v1/quarantine/retry`: retry changes from peers that failed here;
 //! - `GET /metrics`: Prometheus text format.
+//!
+//! Every statement runs under the node's sandbox (see docs/security.md):
+//! transactions read and write replicated tables, queries only read.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use litemesh::{Error, Node, Token};
+use litemesh::{Error, HealthThresholds, Interruption, Node, QueryOptions, StorageError, Token};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
@@ -29,13 +34,30 @@ const DEFAULT_WAIT_MS: u64 = 5_000;
 /// Longest wait a client may ask for.
 const MAX_WAIT_MS: u64 = 60_000;
 
+/// Counters of the HTTP server, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections accepted in all.
+    pub accepted: AtomicU64,
+    /// Connections closed at once because the limit was reached.
+    pub refused: AtomicU64,
+    /// Connections closed for being too slow (headers, body, or reading the
+    /// answer).
+    pub timed_out: AtomicU64,
+}
+
 /// What the handlers share.
 pub struct AppState {
     /// The node.
     pub node: Node,
-    /// `/v1/health` answers 503 when some peer has more versions than this
-    /// that the node lacks.
-    pub health_max_behind: u64,
+    /// When `/v1/health` answers 503.
+    pub thresholds: HealthThresholds,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// The server's counters.
+    pub http: Arc<HttpStats>,
 }
 
 /// The API's routes.
@@ -46,18 +68,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/status", get(status))
         .route("/v1/health", get(health))
+        .route("/v1/quarantine/retry", post(quarantine_retry))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(refuse_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body,
+        ))
         .with_state(state)
 }
 
-/// Answers 413 at once when the announced length is past the limit, before
-/// the body is read (and before `100 Continue`), so the client gets the answer
-/// instead of a connection reset in the middle of sending. Bodies without a
-/// length are cut at the limit by `DefaultBodyLimit`.
-async fn refuse_large_bodies(
+/// Reads the whole request body before the handler runs, within the size
+/// limit and the body timeout: 413 at once when the announced length is
+/// past the limit (before `100 Continue`, so the client gets the answer
+/// instead of a reset in the middle of sending), 413 when an unannounced
+/// body grows past it, 408 when the client sends too slowly.
+async fn read_body(
+    State(st): State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -67,12 +94,45 @@ async fn refuse_large_bodies(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {MAX_BODY_BYTES} bytes"),
-        );
+        return too_large();
     }
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    let bytes =
+        match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let too_big = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_big {
+                    return too_large();
+                }
+                return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
+            }
+            Err(_) => {
+                st.http.timed_out.fetch_add(1, Ordering::Relaxed);
+                let mut r = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {:.0} s",
+                        st.body_timeout.as_secs_f64()
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, "close".parse().expect("header value"));
+                return r;
+            }
+        };
+    next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
@@ -82,45 +142,37 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 /// The status code for a node error.
 fn error_status(e: &Error) -> StatusCode {
     match e {
-        Error::Storage(_) | Error::NotReadOnly(_) | Error::InvalidToken(_) | Error::Settings(_) => {
+        Error::Storage(StorageError::Refused(_)) => StatusCode::FORBIDDEN,
+        Error::Storage(StorageError::RowTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Storage(StorageError::Interrupted(Interruption::ShuttingDown)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Error::Storage(StorageError::Interrupted(_)) => StatusCode::REQUEST_TIMEOUT,
+        // The file cannot be written or read (disk full, I/O, a lock held
+        // elsewhere): another node can serve.
+        Error::Storage(s) if s.is_environmental() => StatusCode::SERVICE_UNAVAILABLE,
+        // Bad SQL, a constraint, a type: the request's own fault.
+        Error::Storage(_) => StatusCode::BAD_REQUEST,
+        Error::InvalidToken(_) | Error::Settings(_) | Error::TooManyRows(_) => {
             StatusCode::BAD_REQUEST
         }
         Error::Lagging { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Transport(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Transport(_) | Error::InUse(_) | Error::Protocol(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
-/// A failed request: its status and message.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error(self.0, self.1)
-    }
+/// Parses a JSON body, turning every failure into a 400 with `error`.
+fn body_json(body: &Bytes) -> Result<Json, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
 }
 
-/// Parses a JSON body, turning every failure into a 4xx with `error`.
-fn body_json(body: Result<Bytes, BytesRejection>) -> Result<Json, ApiError> {
-    let bytes = body.map_err(|r| {
-        let status = r.status();
-        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("request body larger than {MAX_BODY_BYTES} bytes")
-        } else {
-            r.body_text()
-        };
-        ApiError(status, msg)
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
-}
-
-async fn transactions(
-    State(st): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let j = match body_json(body) {
+async fn transactions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    let j = match body_json(&body) {
         Ok(j) => j,
-        Err(r) => return r.into_response(),
+        Err(r) => return r,
     };
     let Json::Array(items) = j else {
         return error(
@@ -164,18 +216,24 @@ struct QueryParams {
     wait_ms: Option<u64>,
 }
 
+/// One NDJSON line.
+fn line(out: &mut Vec<u8>, j: &Json) {
+    serde_json::to_writer(&mut *out, j).expect("JSON to memory");
+    out.push(b'\n');
+}
+
 async fn queries(
     State(st): State<Arc<AppState>>,
     params: Result<Query<QueryParams>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Response {
     let Query(params) = match params {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let j = match body_json(body) {
+    let j = match body_json(&body) {
         Ok(j) => j,
-        Err(r) => return r.into_response(),
+        Err(r) => return r,
     };
     let statement = match to_statement(&j) {
         Ok(s) => s,
@@ -190,26 +248,70 @@ async fn queries(
     };
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let t = Instant::now();
-    let result = match st.node.query(statement, token.as_ref(), wait).await {
+    let opts = QueryOptions {
+        min_token: token,
+        wait,
+        ..QueryOptions::default()
+    };
+    // Errors known before the first byte (bad SQL, refused, the token not
+    // reached, a failure on the first row) get their own status; after
+    // that, the stream ends with an error event.
+    let rows = match st.node.query_rows(statement, opts).await {
         Ok(r) => r,
         Err(e) => return error(error_status(&e), e),
     };
-    // Everything is known before the first byte is sent, so every failure
-    // above has its own status; the body is the event stream.
-    let mut out = Vec::with_capacity(64 + result.rows.len() * 32);
-    let mut line = |j: Json| {
-        serde_json::to_writer(&mut out, &j).expect("JSON to memory");
-        out.push(b'\n');
-    };
-    line(json!({ "columns": result.columns }));
-    for (i, row) in result.rows.iter().enumerate() {
-        let values: Vec<Json> = row.iter().map(from_value).collect();
-        line(json!({ "row": [i + 1, values] }));
+    let mut first = Vec::new();
+    line(&mut first, &json!({ "columns": rows.columns() }));
+    struct S {
+        rows: Option<litemesh::Rows>,
+        n: u64,
+        t: Instant,
     }
-    line(json!({ "eoq": { "time": t.elapsed().as_secs_f64() } }));
+    let head =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    let body = futures_util::stream::unfold(
+        S {
+            rows: Some(rows),
+            n: 0,
+            t,
+        },
+        |mut s| async move {
+            let rows = s.rows.as_mut()?;
+            let mut out = Vec::with_capacity(8 * 1024);
+            // Up to ~64 KiB per chunk, without waiting for more than the
+            // rows already in.
+            loop {
+                match rows.next().await {
+                    Some(Ok(values)) => {
+                        s.n += 1;
+                        let v: Vec<Json> = values.iter().map(from_value).collect();
+                        line(&mut out, &json!({ "row": [s.n, v] }));
+                        if out.len() >= 64 * 1024 {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        line(&mut out, &json!({ "error": e.to_string() }));
+                        s.rows = None;
+                        break;
+                    }
+                    None => {
+                        line(
+                            &mut out,
+                            &json!({ "eoq": { "time": s.t.elapsed().as_secs_f64() } }),
+                        );
+                        s.rows = None;
+                        break;
+                    }
+                }
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from(out)), s))
+        },
+    );
+    use futures_util::StreamExt as _;
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from(out),
+        Body::from_stream(head.chain(body)),
     )
         .into_response()
 }
@@ -226,33 +328,44 @@ async fn status(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
-    let s = match st.node.status().await {
-        Ok(s) => s,
+    let h = match st.node.health(&st.thresholds).await {
+        Ok(h) => h,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let lagging: Vec<Json> = s
-        .peers
+    if h.is_ok() {
+        let v = st.node.knowledge();
+        let db = v
+            .have
+            .get(&st.node.actor_id())
+            .and_then(|r| r.max())
+            .unwrap_or(0);
+        return axum::Json(json!({ "status": "ok", "name": st.node.name(), "db_version": db }))
+            .into_response();
+    }
+    let issues: Vec<Json> = h
+        .issues
         .iter()
-        .filter(|p| p.behind_versions > st.health_max_behind)
-        .map(|p| json!({ "peer": p.addr, "behind_versions": p.behind_versions }))
+        .map(|i| json!({ "kind": i.kind(), "message": i.to_string() }))
         .collect();
-    if lagging.is_empty() {
-        axum::Json(json!({ "status": "ok", "name": s.name, "db_version": s.db_version }))
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "status": "lagging",
-                "error": format!(
-                    "behind {} peer(s) by more than {} versions",
-                    lagging.len(),
-                    st.health_max_behind
-                ),
-                "lagging": lagging,
-            })),
-        )
-            .into_response()
+    let text: Vec<String> = h.issues.iter().map(|i| i.to_string()).collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "status": "unhealthy",
+            "name": st.node.name(),
+            "error": text.join("; "),
+            "issues": issues,
+        })),
+    )
+        .into_response()
+}
+
+async fn quarantine_retry(State(st): State<Arc<AppState>>) -> Response {
+    match st.node.retry_quarantined().await {
+        Ok((applied, failing)) => {
+            axum::Json(json!({ "applied": applied, "still_failing": failing })).into_response()
+        }
+        Err(e) => error(error_status(&e), e),
     }
 }
 
@@ -268,6 +381,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         Ok(s) => s,
         Err(e) => return error(error_status(&e), e),
     };
+    let healthy = st
+        .node
+        .health(&st.thresholds)
+        .await
+        .map(|h| h.is_ok())
+        .unwrap_or(false);
     let members = st.node.members();
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
@@ -279,20 +398,66 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     };
     let one = |v: f64| vec![(String::new(), v)];
     metric(
+        "litemesh_healthy",
+        "gauge",
+        "1 when /v1/health answers 200, else 0.",
+        &one(if healthy { 1.0 } else { 0.0 }),
+    );
+    metric(
         "litemesh_db_version",
         "gauge",
         "Last version written on this node.",
         &one(s.db_version as f64),
     );
+    let writer_label = |w: &litemesh::WriterStatus| {
+        format!(
+            "{{writer=\"{}\",actor=\"{}\",reachable=\"{}\"}}",
+            label(w.name.as_deref().unwrap_or("")),
+            label(&w.actor),
+            w.reachable
+        )
+    };
+    let lag: Vec<(String, f64)> = s
+        .writers
+        .iter()
+        .map(|w| (writer_label(w), w.lag_secs))
+        .collect();
+    metric(
+        "litemesh_lag_seconds",
+        "gauge",
+        "Per writer: seconds this node's copy of its data has not been known complete (0 when \
+         current; grows while it is unreachable or while catch-up lags).",
+        &lag,
+    );
+    metric(
+        "litemesh_max_lag_seconds",
+        "gauge",
+        "The largest litemesh_lag_seconds over all writers (0 without writers).",
+        &one(s.max_lag_secs),
+    );
+    let missing: Vec<(String, f64)> = s
+        .writers
+        .iter()
+        .map(|w| (writer_label(w), w.missing_versions as f64))
+        .collect();
+    metric(
+        "litemesh_writer_missing_versions",
+        "gauge",
+        "Per writer: versions up to its latest published one that this node lacks.",
+        &missing,
+    );
+    let peer_label = |p: &litemesh::PeerStatus| {
+        format!(
+            "{{peer=\"{}\",name=\"{}\",state=\"{}\"}}",
+            label(&p.addr.to_string()),
+            label(p.name.as_deref().unwrap_or("")),
+            label(&p.state)
+        )
+    };
     let behind: Vec<(String, f64)> = s
         .peers
         .iter()
-        .map(|p| {
-            (
-                format!("{{peer=\"{}\"}}", label(&p.addr.to_string())),
-                p.behind_versions as f64,
-            )
-        })
+        .map(|p| (peer_label(p), p.behind_versions as f64))
         .collect();
     metric(
         "litemesh_peer_behind_versions",
@@ -309,16 +474,50 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let ago: Vec<(String, f64)> = s
         .peers
         .iter()
-        .filter_map(|p| {
-            p.last_sync_secs_ago
-                .map(|a| (format!("{{peer=\"{}\"}}", label(&p.addr.to_string())), a))
-        })
+        .map(|p| (peer_label(p), p.sync_age_secs))
         .collect();
     metric(
         "litemesh_peer_last_sync_age_seconds",
         "gauge",
-        "Seconds since the last completed reconciliation with a peer.",
+        "Per known peer (alive, suspect, dead or unreachable): seconds since the last completed \
+         reconciliation with it, or since it became known if there was none.",
         &ago,
+    );
+    metric(
+        "litemesh_members_reachable",
+        "gauge",
+        "Members reachable (alive or suspect), this node included.",
+        &one(s.members_reachable as f64),
+    );
+    metric(
+        "litemesh_members_known",
+        "gauge",
+        "Members known (reachable, dead, or remembered from earlier runs), this node included.",
+        &one(s.members_known as f64),
+    );
+    metric(
+        "litemesh_quarantined_versions",
+        "gauge",
+        "Changes from peers that cannot be applied on this node (see /v1/status).",
+        &one(s.quarantined.len() as f64),
+    );
+    metric(
+        "litemesh_apply_failures",
+        "gauge",
+        "Consecutive failures to apply changes from peers (0 when the last one succeeded).",
+        &one(s.apply_failures as f64),
+    );
+    metric(
+        "litemesh_serve_failures",
+        "gauge",
+        "Consecutive failures to serve a peer's reconciliation.",
+        &one(s.serve_failures as f64),
+    );
+    metric(
+        "litemesh_can_write",
+        "gauge",
+        "1 when the last write to the node's file succeeded, else 0.",
+        &one(if s.write_error.is_none() { 1.0 } else { 0.0 }),
     );
     metric(
         "litemesh_changes_applied_total",
@@ -370,6 +569,31 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "gauge",
         "Members of the mesh by state, as this node sees them (itself included).",
         &states,
+    );
+    let h = &st.http;
+    metric(
+        "litemesh_api_connections",
+        "gauge",
+        "HTTP API connections open.",
+        &one(h.open.load(Ordering::Relaxed) as f64),
+    );
+    metric(
+        "litemesh_api_connections_total",
+        "counter",
+        "HTTP API connections accepted.",
+        &one(h.accepted.load(Ordering::Relaxed) as f64),
+    );
+    metric(
+        "litemesh_api_connections_refused_total",
+        "counter",
+        "HTTP API connections closed at once because the connection limit was reached.",
+        &one(h.refused.load(Ordering::Relaxed) as f64),
+    );
+    metric(
+        "litemesh_api_timeouts_total",
+        "counter",
+        "HTTP API connections or requests ended for being too slow.",
+        &one(h.timed_out.load(Ordering::Relaxed) as f64),
     );
     (
         [(

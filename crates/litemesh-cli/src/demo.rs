@@ -81,16 +81,14 @@ async fn contents(n: &Node) -> Result<(usize, u64), String> {
     Ok((r.rows.len(), h))
 }
 
-async fn lag(n: &Node) -> u64 {
-    n.status()
-        .await
-        .map(|s| s.peers.iter().map(|p| p.behind_versions).max().unwrap_or(0))
-        .unwrap_or(0)
+async fn lag(n: &Node) -> f64 {
+    n.status().await.map(|s| s.max_lag_secs).unwrap_or(0.0)
 }
 
 /// One line: per node its rows, the rows written anywhere that it lacks
-/// (`missing`), its own lag estimate (`lag`: versions behind its most
-/// advanced peer at the last reconciliation) and the members it sees alive.
+/// (`missing`), its own lag estimate (`lag`: seconds its copy of the
+/// stalest writer's data has not been known complete) and the members it
+/// sees alive.
 async fn progress(t0: Instant, phase: &str, nodes: &[DemoNode]) {
     let written: i64 = nodes.iter().map(|d| d.seq).sum();
     let mut line = format!("[{:5.1}s] {phase:<11}", t0.elapsed().as_secs_f64());
@@ -103,7 +101,7 @@ async fn progress(t0: Instant, phase: &str, nodes: &[DemoNode]) {
             .count();
         let rows = count(&d.node).await;
         line.push_str(&format!(
-            " | {} rows={rows} missing={} lag={} alive={alive}",
+            " | {} rows={rows} missing={} lag={:.1}s alive={alive}",
             d.node.name(),
             written - rows,
             lag(&d.node).await

@@ -10,6 +10,7 @@ mod api;
 mod client;
 mod demo;
 mod json;
+mod server;
 mod tls;
 
 use std::process::ExitCode;

@@ -297,13 +297,13 @@ fn bad_inputs_are_refused_and_change_nothing() {
     check(
         q,
         json!("DELETE FROM items").to_string().into(),
-        400,
+        403,
         "read-only",
     );
     check(
         q,
         json!(["UPDATE items SET qty = 9", []]).to_string().into(),
-        400,
+        403,
         "read-only",
     );
     check(
@@ -453,9 +453,8 @@ fn config_file_and_tls_refusal() {
 }
 
 /// A transaction is answered 200 once committed, whatever happens after the
-/// commit: here a 9 MB value made on the server cannot be encoded for a
-/// broadcast, which used to turn a durable write into a 400 (a client would
-/// take it as refused, and a retry would write it twice).
+/// commit: here a value too large to be broadcast (anti-entropy carries it).
+/// A value too large to replicate at all is refused before it commits.
 #[test]
 fn a_committed_write_is_never_answered_as_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,12 +462,23 @@ fn a_committed_write_is_never_answered_as_refused() {
     let (st, body) = post(
         &a.api,
         "/v1/transactions",
-        json!(["INSERT INTO items (id, data) VALUES ('big', randomblob(9000000))"]).to_string(),
+        json!(["INSERT INTO items (id, data) VALUES ('big', randomblob(3000000))"]).to_string(),
     );
     assert_eq!(st, 200, "{body}");
     assert_eq!(
         scalar(&a.api, "SELECT length(data) FROM items WHERE id = 'big'"),
-        9_000_000
+        3_000_000
+    );
+    let (st, body) = post(
+        &a.api,
+        "/v1/transactions",
+        json!(["INSERT INTO items (id, data) VALUES ('huge', randomblob(9000000))"]).to_string(),
+    );
+    assert_eq!(st, 413, "{body}");
+    assert!(body.contains("exceeds the limit"), "{body}");
+    assert_eq!(
+        scalar(&a.api, "SELECT count(*) FROM items WHERE id = 'huge'"),
+        0
     );
 }
 

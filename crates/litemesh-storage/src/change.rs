@@ -97,6 +97,27 @@ impl Knowledge {
     pub fn contains(&self, actor: &ActorId, version: u64) -> bool {
         self.have.get(actor).is_some_and(|r| r.contains(version))
     }
+
+    /// The highest `n` such that every version `1..=n` of `actor` is held
+    /// (0 if version 1 is not).
+    pub fn complete_through(&self, actor: &ActorId) -> u64 {
+        match self.have.get(actor).and_then(|r| r.ranges().first()) {
+            Some(&(1, end)) => end,
+            _ => 0,
+        }
+    }
+
+    /// How many of `actor`'s versions `1..=version` are not held.
+    pub fn missing_up_to(&self, actor: &ActorId, version: u64) -> u64 {
+        let held: u64 = self.have.get(actor).map_or(0, |r| {
+            r.ranges()
+                .iter()
+                .take_while(|(start, _)| *start <= version)
+                .map(|(start, end)| (*end).min(version) - start + 1)
+                .sum()
+        });
+        version - held.min(version)
+    }
 }
 
 /// The range of entry numbers a chunk of a large version covers. A version sent

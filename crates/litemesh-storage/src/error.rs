@@ -91,7 +91,9 @@ pub enum StorageError {
     },
 
     /// A NULL primary-key value (keys identify rows across nodes).
-    #[error("a primary key value of replicated table {table:?} is NULL; keys identify rows across nodes and cannot be NULL")]
+    #[error(
+        "a primary key value of replicated table {table:?} is NULL; keys identify rows across nodes and cannot be NULL"
+    )]
     NullKey {
         /// The table.
         table: String,
@@ -122,7 +124,7 @@ impl std::fmt::Display for Interruption {
         match self {
             Interruption::TimedOut(d) => write!(
                 f,
-                "the statement ran past its time limit of {:.3} s and was stopped; nothing of it was applied",
+                "the statement ran past its time limit of {:.3} s and was stopped",
                 d.as_secs_f64()
             ),
             Interruption::Cancelled => f.write_str("the statement was cancelled"),
@@ -132,6 +134,35 @@ impl std::fmt::Display for Interruption {
 }
 
 impl StorageError {
+    /// Whether this error comes from the node's environment rather than from
+    /// what was asked: the disk is full, an I/O error, the file is locked
+    /// elsewhere, read-only, unreadable or corrupt. The node cannot write
+    /// until it is fixed; other nodes can.
+    pub fn is_environmental(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StorageError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    C::DiskFull
+                        | C::SystemIoFailure
+                        | C::DatabaseBusy
+                        | C::DatabaseLocked
+                        | C::ReadOnly
+                        | C::CannotOpen
+                        | C::DatabaseCorrupt
+                        | C::NotADatabase
+                        | C::PermissionDenied
+                        | C::OutOfMemory
+                        | C::FileLockingProtocolFailed
+                        | C::NoLargeFileSupport
+                )
+            ),
+            StorageError::Corrupt(_) => true,
+            _ => false,
+        }
+    }
+
     /// Whether this error comes from the data being written (a constraint, a
     /// type, a value an index expression cannot take, a malformed change),
     /// as opposed to the node's environment (disk full, I/O error, a lock held

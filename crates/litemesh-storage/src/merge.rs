@@ -258,7 +258,12 @@ impl Store {
                     )?
                     .execute((a as i64, c.start as i64, c.end as i64))?;
                 // A version with nothing left to apply needs no quarantine.
-                if self.quarantined.range((a, c.start)..=(a, c.end)).next().is_some() {
+                if self
+                    .quarantined
+                    .range((a, c.start)..=(a, c.end))
+                    .next()
+                    .is_some()
+                {
                     self.conn
                         .prepare_cached(
                             "DELETE FROM __lm_quarantine WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
@@ -624,8 +629,7 @@ impl Store {
                 let Some(t) = self.table(&row.table) else {
                     continue;
                 };
-                if !row.cells.iter().any(|c| t.column(&c.column).is_some())
-                    && !row.cells.is_empty()
+                if !row.cells.iter().any(|c| t.column(&c.column).is_some()) && !row.cells.is_empty()
                 {
                     continue;
                 }

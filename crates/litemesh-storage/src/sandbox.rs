@@ -137,7 +137,11 @@ impl ConnGuard {
         self.set_schema_names(conn, tables.keys().map(String::as_str))
     }
 
-    fn set_schema_names<'a>(&self, _conn: &Connection, writable: impl Iterator<Item = &'a str>) -> Result<()> {
+    fn set_schema_names<'a>(
+        &self,
+        _conn: &Connection,
+        writable: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
         let mut p = self.policy.write().unwrap_or_else(|e| e.into_inner());
         p.writable = writable.map(str::to_ascii_lowercase).collect();
         Ok(())
@@ -205,7 +209,9 @@ impl ConnGuard {
         let denied = match &e {
             rusqlite::Error::SqliteFailure(f, msg) => {
                 f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied
-                    || msg.as_deref().is_some_and(|m| m.starts_with("not authorized"))
+                    || msg
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("not authorized"))
             }
             rusqlite::Error::SqlInputError { error, msg, .. } => {
                 error.code == rusqlite::ErrorCode::AuthorizationForStatementDenied
@@ -327,7 +333,7 @@ fn decide(mode: u8, p: &Policy, ctx: &AuthContext<'_>) -> std::result::Result<()
             if schema_table {
                 Err(DDL.into())
             } else if mode == CLIENT_QUERY {
-                Err("a query may only read: send writes to /v1/transactions".into())
+                Err("a query is read-only: send writes as a transaction".into())
             } else if internal(table_name) {
                 Err(format!(
                     "{table_name:?} is one of litemesh's own tables (__lm_*): clients can neither read nor write them"
@@ -422,9 +428,10 @@ impl ClientTx<'_> {
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         let _mode = self.guard.client_mode(CLIENT_TX);
         let run = || -> rusqlite::Result<usize> {
-            let _ = self
-                .tx
-                .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, CLIENT_MAX_LENGTH);
+            let _ = self.tx.set_limit(
+                rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+                CLIENT_MAX_LENGTH,
+            );
             let mut stmt = self.tx.prepare(sql)?;
             let n = stmt.execute(params_from_iter(params.iter()));
             drop(stmt);
@@ -467,7 +474,10 @@ impl ReadConnection {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, CLIENT_MAX_LENGTH)?;
+        conn.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+            CLIENT_MAX_LENGTH,
+        )?;
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         // Statements on replicated tables name the capture functions (in
         // their triggers) even when they are refused as writes.
@@ -520,8 +530,7 @@ fn run_query(conn: &Connection, sql: &str, params: &[Value], sink: &mut dyn RowS
     let mut stmt = conn.prepare(sql)?;
     if !stmt.readonly() {
         return Err(StorageError::Refused(
-            "only read-only statements are allowed in a query: send writes to /v1/transactions"
-                .into(),
+            "a query is read-only: send writes as a transaction".into(),
         ));
     }
     let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();

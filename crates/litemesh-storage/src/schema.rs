@@ -313,7 +313,11 @@ const MAX_COLUMNS: usize = 900;
 /// Refuses table features a merge could not apply, or could apply differently
 /// on different nodes; warns about those whose meaning changes under
 /// replication.
-fn check_convergent(scratch: &Connection, t: &DeclaredTable, report: &mut SchemaReport) -> Result<()> {
+fn check_convergent(
+    scratch: &Connection,
+    t: &DeclaredTable,
+    report: &mut SchemaReport,
+) -> Result<()> {
     let name = &t.name;
     let unsupported = |reason: String| StorageError::Unsupported {
         table: name.clone(),
@@ -669,7 +673,8 @@ fn lit(s: &str) -> String {
 /// actor's index (read from `__lm_site`), so they are regenerated when it
 /// changes.
 pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
-    let local: i64 = conn.query_row("SELECT local FROM __lm_site WHERE id = 0", [], |r| r.get(0))?;
+    let local: i64 =
+        conn.query_row("SELECT local FROM __lm_site WHERE id = 0", [], |r| r.get(0))?;
     let name = &t.name;
     let tq = q(name);
     let clk = &t.clk;

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS __lm_quarantine(
     first_failed INTEGER NOT NULL, last_tried INTEGER NOT NULL, attempts INTEGER NOT NULL,
     PRIMARY KEY (actor, version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __lm_peers(
-    id INTEGER PRIMARY KEY, addr TEXT NOT NULL, name TEXT, actor BLOB, last_seen INTEGER NOT NULL);
+    addr TEXT PRIMARY KEY, name TEXT, actor BLOB, last_seen INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Columns format 2 added to `__lm_site`.
@@ -241,11 +241,11 @@ impl Store {
             self.actors.push(ActorId(id));
             self.actor_idx.insert(ActorId(id), idx as u64);
         }
-        let (local, actor): (i64, Vec<u8>) = self.conn.query_row(
-            "SELECT local, actor FROM __lm_site WHERE id = 0",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (local, actor): (i64, Vec<u8>) =
+            self.conn
+                .query_row("SELECT local, actor FROM __lm_site WHERE id = 0", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
         self.local = local as u64;
         self.actor = actor_at(&self.actors, local)?;
         if self.actor.0[..] != actor[..] {
@@ -262,7 +262,9 @@ impl Store {
         self.quarantined = self
             .conn
             .prepare("SELECT actor, version FROM __lm_quarantine")?
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         self.guard.set_schema(&self.conn, &self.tables)?;
         Ok(())
@@ -496,45 +498,43 @@ impl Store {
     /// The members this node has seen, most recently seen first.
     pub fn remembered_peers(&self) -> Result<Vec<RememberedPeer>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, addr, name, actor, last_seen FROM __lm_peers ORDER BY last_seen DESC",
+            "SELECT addr, name, actor, last_seen FROM __lm_peers ORDER BY last_seen DESC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(RememberedPeer {
-                id: r.get::<_, i64>(0)? as u64,
-                addr: r.get(1)?,
-                name: r.get(2)?,
+                addr: r.get(0)?,
+                name: r.get(1)?,
                 actor: r
-                    .get::<_, Option<Vec<u8>>>(3)?
+                    .get::<_, Option<Vec<u8>>>(2)?
                     .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
                     .map(ActorId),
-                last_seen_ms: r.get::<_, i64>(4)? as u64,
+                last_seen_ms: r.get::<_, i64>(3)? as u64,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records members as seen (inserted or updated by id), and forgets the
-    /// ids in `forget`, in one transaction.
-    pub fn remember_peers(&mut self, seen: &[RememberedPeer], forget: &[u64]) -> Result<()> {
+    /// Records members as seen (inserted or updated by address), and forgets
+    /// the addresses in `forget`, in one transaction.
+    pub fn remember_peers(&mut self, seen: &[RememberedPeer], forget: &[String]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for p in seen {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO __lm_peers(id, addr, name, actor, last_seen) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO __lm_peers(addr, name, actor, last_seen) \
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute((
-                p.id as i64,
                 &p.addr,
                 &p.name,
                 p.actor.map(|a| a.0.to_vec()),
                 p.last_seen_ms as i64,
             ))?;
         }
-        for id in forget {
-            tx.prepare_cached("DELETE FROM __lm_peers WHERE id = ?1")?
-                .execute([*id as i64])?;
+        for addr in forget {
+            tx.prepare_cached("DELETE FROM __lm_peers WHERE addr = ?1")?
+                .execute([addr])?;
         }
         tx.commit()?;
         Ok(())
@@ -559,9 +559,7 @@ impl Store {
 /// finds the mesh again with or without seeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RememberedPeer {
-    /// The member's id in the membership protocol.
-    pub id: u64,
-    /// Its address (`ip:port`).
+    /// Its address (`ip:port`): what identifies it across its restarts.
     pub addr: String,
     /// Its name, if it published one.
     pub name: Option<String>,

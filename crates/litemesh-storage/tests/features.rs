@@ -47,15 +47,22 @@ fn write() -> impl Strategy<Value = String> {
             "INSERT INTO acc(id, lo, hi) VALUES ('a{k}', {lo}, {hi}) \
              ON CONFLICT(id) DO UPDATE SET lo = excluded.lo, hi = excluded.hi"
         )),
-        (k.clone(), 0i64..9).prop_map(|(k, v)| format!("UPDATE acc SET lo = {v} WHERE id = 'a{k}'")),
-        (k.clone(), 0i64..9).prop_map(|(k, v)| format!("UPDATE acc SET hi = {v} WHERE id = 'a{k}'")),
-        (k.clone(), prop::sample::select(vec!["Bob", "bob", "BOB", "ann"]))
+        (k.clone(), 0i64..9)
+            .prop_map(|(k, v)| format!("UPDATE acc SET lo = {v} WHERE id = 'a{k}'")),
+        (k.clone(), 0i64..9)
+            .prop_map(|(k, v)| format!("UPDATE acc SET hi = {v} WHERE id = 'a{k}'")),
+        (
+            k.clone(),
+            prop::sample::select(vec!["Bob", "bob", "BOB", "ann"])
+        )
             .prop_map(|(k, n)| format!("UPDATE acc SET name = '{n}' WHERE id = 'a{k}'")),
         (k.clone(), 0i64..4).prop_map(|(k, a)| format!(
             "UPDATE acc SET doc = json_object('a', {a}) WHERE id = 'a{k}'"
         )),
-        (k.clone(), 0u8..3).prop_map(|(k, s)| format!("UPDATE acc SET score = {s}.5 WHERE id = 'a{k}'")),
-        k.clone().prop_map(|k| format!("DELETE FROM acc WHERE id = 'a{k}'")),
+        (k.clone(), 0u8..3)
+            .prop_map(|(k, s)| format!("UPDATE acc SET score = {s}.5 WHERE id = 'a{k}'")),
+        k.clone()
+            .prop_map(|k| format!("DELETE FROM acc WHERE id = 'a{k}'")),
         (0i64..3, prop::sample::select(vec!["x", "y"]), k.clone()).prop_map(|(n, s, o)| format!(
             "INSERT OR REPLACE INTO kv VALUES ({n}, '{s}', randomblob(4), 'a{o}')"
         )),
@@ -63,8 +70,12 @@ fn write() -> impl Strategy<Value = String> {
         (0i64..3, 0i64..5).prop_map(|(i, x)| format!(
             "INSERT INTO st VALUES ({i}, {x}, 'y{x}') ON CONFLICT(id) DO UPDATE SET x = excluded.x"
         )),
-        (0i64..3, 0i64..5).prop_map(|(i, x)| format!("UPDATE st SET y = NULL, x = {x} WHERE id = {i}")),
-        (prop::sample::select(vec!["1", "'1'", "1.0", "'1.0'", "2", "'two'"]), 0i64..5)
+        (0i64..3, 0i64..5)
+            .prop_map(|(i, x)| format!("UPDATE st SET y = NULL, x = {x} WHERE id = {i}")),
+        (
+            prop::sample::select(vec!["1", "'1'", "1.0", "'1.0'", "2", "'two'"]),
+            0i64..5
+        )
             .prop_map(|(k, v)| format!("INSERT OR REPLACE INTO num VALUES ({k}, {v})")),
         prop::sample::select(vec!["1", "'1.0'", "'two'"])
             .prop_map(|k| format!("DELETE FROM num WHERE id = {k}")),

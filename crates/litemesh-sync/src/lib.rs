@@ -19,8 +19,10 @@
 //!
 //! [`Knowledge`]: litemesh_storage::Knowledge
 
+mod lag;
 mod message;
 mod scheduler;
 
+pub use lag::{LagTracker, WriterLag};
 pub use message::{DEFAULT_MAX_MESSAGE, Message, SyncError, decode, encode};
 pub use scheduler::{Config, PeerStatus, Scheduler, SyncOutcome, Transmit};

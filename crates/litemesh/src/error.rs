@@ -11,9 +11,6 @@ pub enum Error {
     /// The transport could not start or failed.
     #[error("transport: {0}")]
     Transport(#[from] litemesh_transport::Error),
-    /// A statement sent as a query would write.
-    #[error("only read-only statements are allowed in a query: {0}")]
-    NotReadOnly(String),
     /// A malformed version token.
     #[error("invalid version token: {0}")]
     InvalidToken(String),
@@ -28,6 +25,21 @@ pub enum Error {
     /// Bad settings.
     #[error("invalid settings: {0}")]
     Settings(String),
+    /// Another node holds the database file.
+    #[error(
+        "{0} is already in use by another litemesh node (it holds the file's lock); \
+         stop it first or use another database file"
+    )]
+    InUse(String),
+    /// A peer broke the sync protocol.
+    #[error("sync protocol: {0}")]
+    Protocol(String),
+    /// A query returned more rows than allowed.
+    #[error(
+        "the result has more than {0} rows, the limit of a query; narrow it (WHERE, LIMIT) \
+         or page through it"
+    )]
+    TooManyRows(u64),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -25,15 +25,23 @@
 //! See `docs/consistency.md`.
 
 mod error;
+mod health;
 mod node;
+mod query;
+mod session;
 mod settings;
 mod sql;
 mod token;
 
 pub use error::Error;
-pub use litemesh_storage::Value;
+pub use health::{Health, HealthIssue, HealthThresholds};
+pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
-pub use node::{ChangeEvent, Executed, MemberInfo, Node, PeerStatus, Status, Subscription};
+pub use node::{
+    ChangeEvent, Executed, MemberInfo, Node, PeerStatus, QuarantineStatus, Status, Subscription,
+    WriterStatus,
+};
+pub use query::{QueryOptions, Rows};
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use token::Token;

@@ -5,26 +5,33 @@
 //!   membership messages go to the membership task; broadcasts are applied and
 //!   reported to the sync task; sync requests are served from a read
 //!   connection;
-//! - the **membership** task drives the SWIM state machine (timers, messages)
-//!   and tells the sync task which peers are up, down, and how far;
+//! - the **membership** task drives the SWIM state machine (timers, messages),
+//!   publishes this node's head in its metadata, rejoins remembered members
+//!   it cannot see, and tells the sync task and the lag tracker which peers
+//!   are up, down, and how far;
 //! - the **sync** task drives the broadcast/anti-entropy scheduler and starts
-//!   reconciliations.
+//!   reconciliations;
+//! - the **maintenance** task probes that the file can be written, retries
+//!   quarantined changes and saves the remembered members.
 //!
 //! SQLite work runs on tokio's blocking pool: one writer connection (local
-//! transactions and merges), one reader for serving peers, one for queries.
+//! transactions and merges), one reader for serving peers, and a pool of
+//! sandboxed read-only connections for client queries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use litemesh_membership as mb;
 use litemesh_storage::{
-    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, Knowledge, Store, decode_batch, encode_batch,
+    ActorId, ChangeBatch, ClientLimits, DEFAULT_MAX_WIRE_BYTES, Knowledge, ReadConnection,
+    RememberedPeer, StorageError, Store, decode_batch, encode_batch,
 };
-use litemesh_sync::{DEFAULT_MAX_MESSAGE, Message, Scheduler, SyncOutcome};
+use litemesh_sync::{DEFAULT_MAX_MESSAGE, LagTracker, Message, Scheduler, SyncOutcome};
 use litemesh_transport::{
     Event as TEvent, Incoming, MeshIdentity, Responder, Transport, TransportConfig,
 };
@@ -33,8 +40,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
+use crate::health::{self, Failures, Health, HealthIssue, HealthThresholds};
+use crate::query::{self, QueryOptions, QueryPool, Rows};
+use crate::session::{self, FileLock};
 use crate::settings::{Settings, Tls};
-use crate::sql::{self, QueryResult, Statement};
+use crate::sql::{QueryResult, Statement};
 use crate::token::Token;
 
 /// Tag of a unidirectional stream message: membership (push-pull).
@@ -48,8 +58,19 @@ const BATCH_BYTES: usize = 256 * 1024;
 const APPLY_GROUP_BYTES: usize = 4 * 1024 * 1024;
 /// Versions larger than this are not broadcast; anti-entropy carries them.
 const MAX_BROADCAST_BYTES: usize = 1024 * 1024;
-/// Rows returned by one query at most.
-const MAX_QUERY_ROWS: usize = 1_000_000;
+/// Most often the node republishes its head in its membership metadata.
+const HEAD_PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often the node tries to rejoin remembered members it cannot see.
+const REJOIN_EVERY: Duration = Duration::from_secs(15);
+/// Remembered members tried at start, most recently seen first.
+const REJOIN_AT_MOST: usize = 32;
+/// Period of the maintenance task.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Without a successful write for this long, the maintenance task probes.
+const WRITE_PROBE_AFTER: Duration = Duration::from_secs(5);
+/// A peer that shows versions of this node's own actor beyond its file makes
+/// it move to a new actor id, at most this often.
+const ROTATE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// The result of [`Node::execute`].
 #[derive(Debug, Clone, PartialEq)]
@@ -83,18 +104,63 @@ pub struct MemberInfo {
     pub api: Option<String>,
 }
 
-/// What the node knows of a peer's replication state.
+/// What the node knows of a peer's replication state. Every member it knows
+/// is listed — alive, suspect, dead, or remembered from an earlier run and
+/// not reached yet (`unreachable`) — with its age, so that a stale peer shows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerStatus {
     /// QUIC address.
     pub addr: SocketAddr,
+    /// Its name, if known.
+    pub name: Option<String>,
+    /// `alive`, `suspect`, `dead` or `unreachable`.
+    pub state: String,
     /// Versions the peer had, at the last reconciliation, that this node still
     /// lacks.
     pub behind_versions: u64,
     /// Seconds since the last completed reconciliation with it.
     pub last_sync_secs_ago: Option<f64>,
+    /// Seconds since the last completed reconciliation with it, or, if there
+    /// was none, since this node first knew of it.
+    pub sync_age_secs: f64,
     /// Round-trip time in milliseconds.
     pub rtt_ms: Option<f64>,
+}
+
+/// Replication lag of one writer (a member's current actor).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WriterStatus {
+    /// Its actor id (hex).
+    pub actor: String,
+    /// The member's name, if known.
+    pub name: Option<String>,
+    /// The member's address, if known.
+    pub addr: Option<SocketAddr>,
+    /// Whether it is reachable (alive).
+    pub reachable: bool,
+    /// Seconds this node's copy of its data has not been known complete.
+    pub lag_secs: f64,
+    /// Its latest published version.
+    pub head: u64,
+    /// Versions up to `head` this node lacks.
+    pub missing_versions: u64,
+}
+
+/// A change from a peer that cannot be applied on this node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuarantineStatus {
+    /// The writer's actor id (hex).
+    pub actor: String,
+    /// Its version.
+    pub version: u64,
+    /// Row changes it holds.
+    pub rows: usize,
+    /// Why it fails.
+    pub error: String,
+    /// Seconds since it first failed.
+    pub since_secs: f64,
+    /// Attempts so far.
+    pub attempts: u64,
 }
 
 /// A snapshot of the node's state.
@@ -112,8 +178,18 @@ pub struct Status {
     /// held: what this node has of that actor without gaps. Tokens naming
     /// versions up to it are satisfied here.
     pub complete_through: BTreeMap<String, u64>,
-    /// Replication peers.
+    /// Replication peers: every member known.
     pub peers: Vec<PeerStatus>,
+    /// Lag per writer.
+    pub writers: Vec<WriterStatus>,
+    /// The largest lag over every writer, in seconds.
+    pub max_lag_secs: f64,
+    /// Changes from peers that cannot be applied here.
+    pub quarantined: Vec<QuarantineStatus>,
+    /// Members reachable, this node included.
+    pub members_reachable: usize,
+    /// Members known (alive, suspect, dead, or remembered), this node included.
+    pub members_known: usize,
     /// Broadcast messages waiting for the rate limit.
     pub broadcast_queue: usize,
     /// Broadcast messages dropped on overflow (anti-entropy repairs them).
@@ -124,6 +200,12 @@ pub struct Status {
     pub syncs_completed: u64,
     /// Failed reconciliations.
     pub syncs_failed: u64,
+    /// Consecutive failures to apply changes from peers.
+    pub apply_failures: u64,
+    /// Consecutive failures to serve a peer's reconciliation.
+    pub serve_failures: u64,
+    /// Why the node cannot write its file, if it cannot.
+    pub write_error: Option<String>,
     /// Versions received in part.
     pub partial_versions: usize,
 }
@@ -166,13 +248,20 @@ impl Subscription {
     }
 }
 
-/// Membership metadata of a node.
+/// Membership metadata of a node. Encoded with field names, so that nodes of
+/// different versions read each other's (unknown fields are ignored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct NodeMeta {
     name: String,
     region: Option<String>,
     api: Option<String>,
     actor: String,
+    /// The latest version of `actor`.
+    #[serde(default)]
+    head: Option<u64>,
+    /// When it was committed (Unix milliseconds).
+    #[serde(default)]
+    head_ms: Option<u64>,
 }
 
 enum SyncInput {
@@ -195,29 +284,58 @@ enum SyncInput {
 
 enum MbInput {
     Message(SocketAddr, Bytes),
+    /// This node's head changed: (actor, version).
+    Head(ActorId, u64),
     Leave(oneshot::Sender<()>),
+}
+
+/// What the node knows of a member across its restarts.
+#[derive(Debug, Clone)]
+struct Known {
+    name: Option<String>,
+    actor: Option<ActorId>,
+    first_known: tokio::time::Instant,
+    last_seen_ms: u64,
 }
 
 struct Inner {
     writer: Mutex<Store>,
     reader: Mutex<Store>,
-    query: Mutex<rusqlite::Connection>,
-    actor: ActorId,
+    queries: Arc<QueryPool>,
+    actor: RwLock<ActorId>,
     name: String,
+    db_path: PathBuf,
     /// The QUIC address peers are told to use.
     advertised: SocketAddr,
     transport: Transport,
     knowledge: watch::Sender<Knowledge>,
     changes: broadcast::Sender<ChangeEvent>,
     members: Mutex<Vec<MemberInfo>>,
+    /// Members known, by address: from membership and from the file.
+    known: Mutex<BTreeMap<SocketAddr, Known>>,
+    /// Changes to the remembered members not saved yet.
+    known_dirty: AtomicBool,
+    forgotten: Mutex<Vec<String>>,
     peer_knowledge: Mutex<BTreeMap<SocketAddr, (Knowledge, tokio::time::Instant)>>,
+    lag: Mutex<LagTracker>,
+    failures: Mutex<Failures>,
     sync_tx: mpsc::UnboundedSender<SyncInput>,
     mb_tx: mpsc::UnboundedSender<MbInput>,
     shutdown: watch::Sender<bool>,
+    /// Set when the node starts shutting down: no new client work.
+    closing: AtomicBool,
+    /// Stops every running statement (node shutdown).
+    stop: Arc<AtomicBool>,
     epoch: tokio::time::Instant,
     changes_applied: AtomicU64,
     syncs_completed: AtomicU64,
     syncs_failed: AtomicU64,
+    query_timeout: Duration,
+    transaction_timeout: Duration,
+    max_query_rows: u64,
+    forget_after: Duration,
+    last_rotation: Mutex<Option<tokio::time::Instant>>,
+    lock: Mutex<Option<FileLock>>,
 }
 
 impl Inner {
@@ -226,7 +344,15 @@ impl Inner {
     }
 
     fn closed(&self) -> bool {
-        *self.shutdown.borrow()
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    fn actor(&self) -> ActorId {
+        *self.actor.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` on the writer connection in the blocking pool.
@@ -237,14 +363,32 @@ impl Inner {
         let inner = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut w = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let out = f(&mut w)?;
+            let out = f(&mut w);
             // Publish what this node now holds (read back from the file).
-            let k = w.knowledge()?;
-            inner.knowledge.send_replace(k);
-            Ok(out)
+            if let Ok(k) = w.knowledge() {
+                inner
+                    .lag
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe(&k);
+                inner.knowledge.send_replace(k);
+            }
+            out
         })
         .await
         .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Records the outcome of an operation that wrote the file.
+    fn wrote(&self, res: &Result<(), &StorageError>) {
+        let mut f = self.failures();
+        match res {
+            Ok(()) => f.wrote(),
+            Err(e) if e.is_environmental() => {
+                f.write_error = Some(e.to_string());
+            }
+            Err(_) => {}
+        }
     }
 
     /// Applies batches from a peer; returns whether anything new was applied.
@@ -252,9 +396,35 @@ impl Inner {
         if batches.is_empty() {
             return Ok(false);
         }
-        let report = self
-            .with_writer(move |w| Ok(w.apply_all(&batches)?))
-            .await?;
+        let res = self
+            .with_writer(move |w| w.apply_all(&batches).map_err(Error::from))
+            .await;
+        let report = match res {
+            Ok(r) => r,
+            Err(e) => {
+                let mut f = self.failures();
+                f.apply += 1;
+                f.apply_error = Some(e.to_string());
+                if let Error::Storage(s) = &e
+                    && s.is_environmental()
+                {
+                    f.write_error = Some(s.to_string());
+                }
+                if f.apply >= health::FAILING_AFTER {
+                    tracing::error!(
+                        failures = f.apply,
+                        "applying changes from peers keeps failing: {e}"
+                    );
+                }
+                return Err(e);
+            }
+        };
+        {
+            let mut f = self.failures();
+            f.apply = 0;
+            f.apply_error = None;
+            f.wrote();
+        }
         let news = report.versions_applied > 0
             || report.chunks_buffered > 0
             || report.versions_cleared > 0;
@@ -279,6 +449,57 @@ impl Inner {
         tokio::spawn(async move {
             if let Err(e) = inner.transport.send_uni(to, Bytes::from(buf)).await {
                 tracing::debug!(%to, "send failed: {e}");
+            }
+        });
+    }
+
+    /// A peer holds versions of this node's own actor beyond what its file
+    /// has: the file lost commits (or is a copy of another node's) and would
+    /// reuse version numbers. Move to a new actor id.
+    fn check_own_versions(self: &Arc<Self>, theirs: &Knowledge, from: SocketAddr) {
+        let own = self.actor();
+        let Some(their_head) = theirs.have.get(&own).and_then(|r| r.max()) else {
+            return;
+        };
+        let ours = self
+            .knowledge
+            .borrow()
+            .have
+            .get(&own)
+            .and_then(|r| r.max())
+            .unwrap_or(0);
+        if their_head <= ours {
+            return;
+        }
+        {
+            let mut last = self.last_rotation.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < ROTATE_AT_MOST_EVERY) {
+                return;
+            }
+            *last = Some(tokio::time::Instant::now());
+        }
+        tracing::error!(
+            %from,
+            actor = %own,
+            their_head,
+            our_head = ours,
+            "a peer holds versions of this node's actor that its file does not (lost commits, a \
+             restored or copied file): moving to a new actor id so that no version is reused"
+        );
+        let inner = self.clone();
+        tokio::spawn(async move {
+            match inner.with_writer(|w| Ok(w.rotate_actor()?)).await {
+                Ok(new) => {
+                    *inner.actor.write().unwrap_or_else(|e| e.into_inner()) = new;
+                    let head = inner
+                        .knowledge
+                        .borrow()
+                        .have
+                        .get(&new)
+                        .and_then(|r| r.max());
+                    let _ = inner.mb_tx.send(MbInput::Head(new, head.unwrap_or(0)));
+                }
+                Err(e) => tracing::error!("could not move to a new actor id: {e}"),
             }
         });
     }
@@ -320,7 +541,16 @@ fn check_advertise(
     }
 }
 
-fn open_stores(settings: &Settings) -> Result<(Store, Store, rusqlite::Connection), Error> {
+struct Opened {
+    writer: Store,
+    reader: Store,
+    queries: Vec<ReadConnection>,
+    lock: FileLock,
+    remembered: Vec<RememberedPeer>,
+}
+
+fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Error> {
+    let lock = session::lock(&settings.db_path)?;
     let mut writer = Store::open(&settings.db_path)?;
     for sql in &settings.schema {
         let report = writer.apply_schema(sql)?;
@@ -328,16 +558,24 @@ fn open_stores(settings: &Settings) -> Result<(Store, Store, rusqlite::Connectio
             tracing::warn!("{w}");
         }
     }
+    session::begin(&mut writer, &settings.db_path)?;
+    writer.set_stop_flag(stop.clone());
     let reader = Store::open(&settings.db_path)?;
-    let mut query = rusqlite::Connection::open_with_flags(
-        &settings.db_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    query.busy_timeout(Duration::from_secs(5))?;
-    // Statements on replicated tables name the capture functions (in their
-    // triggers) even when they are refused as writes.
-    litemesh_storage::attach(&mut query)?;
-    Ok((writer, reader, query))
+    reader.set_stop_flag(stop.clone());
+    let mut queries = Vec::new();
+    for _ in 0..settings.query_connections.max(1) {
+        let q = ReadConnection::open(&settings.db_path)?;
+        q.set_stop_flag(stop.clone());
+        queries.push(q);
+    }
+    let remembered = writer.remembered_peers()?;
+    Ok(Opened {
+        writer,
+        reader,
+        queries,
+        lock,
+        remembered,
+    })
 }
 
 fn identity(tls: &Tls) -> Result<MeshIdentity, Error> {
@@ -350,17 +588,39 @@ fn identity(tls: &Tls) -> Result<MeshIdentity, Error> {
     })
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode_meta(meta: &NodeMeta) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(meta).map_err(|e| Error::Settings(e.to_string()))
+}
+
 impl Node {
-    /// Opens the file, applies the schema, binds the QUIC socket, joins the
-    /// mesh through the seeds (retrying until one answers) and starts
-    /// replicating. Must be called inside a tokio runtime.
+    /// Opens the file (taking its lock: one node per file), applies the
+    /// schema, binds the QUIC socket, joins the mesh through the seeds and
+    /// the members remembered from earlier runs (retrying until one answers)
+    /// and starts replicating. Must be called inside a tokio runtime.
     pub async fn start(settings: Settings) -> Result<Node, Error> {
         let s2 = settings.clone();
-        let (writer, reader, query) = tokio::task::spawn_blocking(move || open_stores(&s2))
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let opened = tokio::task::spawn_blocking(move || open_stores(&s2, &stop2))
             .await
             .map_err(|_| Error::ShuttingDown)??;
+        let Opened {
+            writer,
+            reader,
+            queries,
+            lock,
+            remembered,
+        } = opened;
         let actor = writer.actor_id();
         let knowledge0 = writer.knowledge()?;
+        let head0 = knowledge0.have.get(&actor).and_then(|r| r.max());
         let ident = identity(&settings.tls)?;
         let mut tcfg = TransportConfig::new(settings.listen, settings.mesh_id.clone());
         tcfg.keep_alive = settings.keep_alive;
@@ -382,31 +642,76 @@ impl Node {
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
         let (mb_tx, mb_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
+        let epoch = tokio::time::Instant::now();
+        // Members remembered from earlier runs: known, not reached yet.
+        let now_ms = unix_ms();
+        let forget_after_ms = settings.forget_after.as_millis() as u64;
+        let mut known = BTreeMap::new();
+        let mut forgotten = Vec::new();
+        let mut lag = LagTracker::new();
+        for p in &remembered {
+            let Ok(a) = p.addr.parse::<SocketAddr>() else {
+                forgotten.push(p.addr.clone());
+                continue;
+            };
+            if a == addr || now_ms.saturating_sub(p.last_seen_ms) > forget_after_ms {
+                forgotten.push(p.addr.clone());
+                continue;
+            }
+            if let Some(act) = p.actor
+                && act != actor
+            {
+                lag.reachable(Duration::ZERO, act, false);
+            }
+            known.insert(
+                a,
+                Known {
+                    name: p.name.clone(),
+                    actor: p.actor,
+                    first_known: epoch,
+                    last_seen_ms: p.last_seen_ms,
+                },
+            );
+        }
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
-            query: Mutex::new(query),
-            actor,
+            queries: Arc::new(QueryPool::new(queries)),
+            actor: RwLock::new(actor),
             name: name.clone(),
+            db_path: settings.db_path.clone(),
             advertised: addr,
             transport: transport.clone(),
             knowledge: watch::channel(knowledge0).0,
             changes: broadcast::channel(1024).0,
             members: Mutex::new(Vec::new()),
+            known_dirty: AtomicBool::new(!forgotten.is_empty()),
+            forgotten: Mutex::new(forgotten),
+            known: Mutex::new(known),
             peer_knowledge: Mutex::new(BTreeMap::new()),
+            lag: Mutex::new(lag),
+            failures: Mutex::new(Failures {
+                last_write_ok: Some(std::time::Instant::now()),
+                ..Failures::default()
+            }),
             sync_tx,
             mb_tx,
             shutdown,
-            epoch: tokio::time::Instant::now(),
+            closing: AtomicBool::new(false),
+            stop,
+            epoch,
             changes_applied: AtomicU64::new(0),
             syncs_completed: AtomicU64::new(0),
             syncs_failed: AtomicU64::new(0),
+            query_timeout: settings.query_timeout,
+            transaction_timeout: settings.transaction_timeout,
+            max_query_rows: settings.max_query_rows,
+            forget_after: settings.forget_after,
+            last_rotation: Mutex::new(None),
+            lock: Mutex::new(Some(lock)),
         });
 
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        let generation = unix_ms().max(1);
         let id = mb::NodeId(u64::from_be_bytes(
             actor.0[..8].try_into().expect("8 bytes"),
         ));
@@ -422,29 +727,46 @@ impl Node {
             region: settings.region.clone(),
             api: settings.api_addr.clone(),
             actor: actor.to_hex(),
+            head: head0,
+            head_ms: head0.map(|_| unix_ms()),
         };
-        let meta = rmp_serde::to_vec(&meta).map_err(|e| Error::Settings(e.to_string()))?;
         membership
-            .set_metadata(mb::Instant::from_duration(inner.now()), meta)
+            .set_metadata(mb::Instant::from_duration(inner.now()), encode_meta(&meta)?)
             .map_err(|e| Error::Settings(e.to_string()))?;
-        let seeds: Vec<SocketAddr> = settings
+        // Seeds, and the members of earlier runs: a restarted node finds the
+        // mesh again with or without --seed.
+        let mut seeds: Vec<SocketAddr> = settings
             .seeds
             .iter()
             .copied()
             .filter(|s| *s != addr && *s != transport.local_addr())
             .collect();
+        for p in remembered.iter().take(REJOIN_AT_MOST) {
+            if let Ok(a) = p.addr.parse::<SocketAddr>()
+                && a != addr
+                && !seeds.contains(&a)
+                && inner
+                    .known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&a)
+            {
+                seeds.push(a);
+            }
+        }
         // With no seeds this starts a new mesh.
         membership.join(mb::Instant::from_duration(inner.now()), &seeds);
 
         let tasks = vec![
             tokio::spawn(incoming_loop(inner.clone(), incoming)),
-            tokio::spawn(membership_loop(inner.clone(), membership, mb_rx)),
+            tokio::spawn(membership_loop(inner.clone(), membership, meta, mb_rx)),
             tokio::spawn(sync_loop(
                 inner.clone(),
                 settings.sync.clone(),
                 seed,
                 sync_rx,
             )),
+            tokio::spawn(maintenance_loop(inner.clone())),
         ];
         tracing::info!(%addr, actor = %actor, "litemesh node started");
         Ok(Node {
@@ -464,9 +786,10 @@ impl Node {
         self.inner.advertised
     }
 
-    /// The node's storage actor id.
+    /// The node's current storage actor id (it changes when the node moves to
+    /// a new one, e.g. after a crash).
     pub fn actor_id(&self) -> ActorId {
-        self.inner.actor
+        self.inner.actor()
     }
 
     /// The node's name.
@@ -474,31 +797,43 @@ impl Node {
         &self.inner.name
     }
 
-    /// Runs the statements as one SQLite transaction (all or nothing). The
-    /// changes are on disk when this returns, and on their way to the peers.
+    /// Runs the statements as one SQLite transaction (all or nothing), under
+    /// the client sandbox: DML on replicated tables (and reads), nothing
+    /// else; at most `Settings::transaction_timeout`. The changes are on
+    /// disk when this returns, and on their way to the peers.
     pub async fn execute(&self, statements: Vec<Statement>) -> Result<Executed, Error> {
         if self.inner.closed() {
             return Err(Error::ShuttingDown);
         }
-        let (rows_affected, version, db_version, batches, tables) = self
+        let limits = ClientLimits {
+            timeout: Some(self.inner.transaction_timeout),
+            cancel: None,
+        };
+        let inner = self.inner.clone();
+        let res = self
             .inner
             .with_writer(move |w| {
-                let committed = w.transaction(|tx| {
+                let committed = w.client_transaction(&limits, |tx| {
                     let mut out = Vec::with_capacity(statements.len());
                     for st in &statements {
-                        out.push(sql::execute(tx, st).map_err(|e| match e {
-                            Error::Storage(s) => s,
-                            other => litemesh_storage::StorageError::Decode(other.to_string()),
-                        })?);
+                        out.push(tx.execute(&st.sql, &st.params)?);
                     }
                     Ok(out)
-                })?;
+                });
+                let committed = match committed {
+                    Ok(c) => c,
+                    Err(e) => {
+                        inner.wrote(&Err(&e));
+                        return Err(e.into());
+                    }
+                };
+                inner.wrote(&Ok(()));
                 // Committed: from here on nothing may turn into an error,
                 // or the caller would take a durable write for a refused one.
-                // The newest local version is this write's (when it wrote).
+                let actor = w.actor_id();
                 let db_version = match committed.version {
                     Some(v) => v,
-                    None => w.db_version()?,
+                    None => w.db_version().unwrap_or(0),
                 };
                 let mut batches = Vec::new();
                 let mut tables = BTreeSet::new();
@@ -535,19 +870,22 @@ impl Node {
                     db_version,
                     batches,
                     tables,
+                    actor,
                 ))
             })
-            .await?;
+            .await;
+        let (rows_affected, version, db_version, batches, tables, actor) = res?;
         let token = match version {
-            Some(v) => Token::new(self.inner.actor, v),
+            Some(v) => Token::new(actor, v),
             None => Token::default(),
         };
-        if version.is_some() {
+        if let Some(v) = version {
             let _ = self.inner.changes.send(ChangeEvent {
                 tables,
                 local: true,
             });
             let _ = self.inner.sync_tx.send(SyncInput::LocalCommit(batches));
+            let _ = self.inner.mb_tx.send(MbInput::Head(actor, v));
         }
         Ok(Executed {
             rows_affected,
@@ -556,24 +894,59 @@ impl Node {
         })
     }
 
-    /// Runs a read-only statement. With `min_token`, first waits (up to
-    /// `wait`) until this node has applied everything the token names.
+    /// Runs a read-only statement and returns all its rows. With
+    /// `min_token`, first waits (up to `wait`) until this node has applied
+    /// everything the token names. The node's query time limit and row limit
+    /// apply ([`Error::TooManyRows`] past the latter); see
+    /// [`Node::query_rows`] to stream large results.
     pub async fn query(
         &self,
         statement: Statement,
         min_token: Option<&Token>,
         wait: Duration,
     ) -> Result<QueryResult, Error> {
-        if let Some(token) = min_token {
-            self.wait_for(token, wait).await?;
+        let mut rows = self
+            .query_rows(
+                statement,
+                QueryOptions {
+                    min_token: min_token.cloned(),
+                    wait,
+                    ..QueryOptions::default()
+                },
+            )
+            .await?;
+        let mut out = QueryResult {
+            columns: rows.columns().to_vec(),
+            rows: Vec::new(),
+        };
+        while let Some(r) = rows.next().await {
+            out.rows.push(r?);
         }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.query.lock().unwrap_or_else(|e| e.into_inner());
-            sql::query(&conn, &statement, MAX_QUERY_ROWS)
-        })
+        Ok(out)
+    }
+
+    /// Starts a read-only statement on one of the node's query connections
+    /// and streams its rows. The statement runs under the client sandbox
+    /// (reads only: no transaction control, no ATTACH, no pragma that changes
+    /// anything) and its time limit; dropping the returned [`Rows`] stops it.
+    pub async fn query_rows(
+        &self,
+        statement: Statement,
+        opts: QueryOptions,
+    ) -> Result<Rows, Error> {
+        if self.inner.closed() {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(token) = &opts.min_token {
+            self.wait_for(token, opts.wait).await?;
+        }
+        query::start(
+            &self.inner.queries,
+            statement,
+            opts.timeout.unwrap_or(self.inner.query_timeout),
+            opts.max_rows.unwrap_or(self.inner.max_query_rows),
+        )
         .await
-        .map_err(|_| Error::ShuttingDown)?
     }
 
     /// Waits until this node holds every version `token` names.
@@ -613,41 +986,88 @@ impl Node {
             .clone()
     }
 
-    /// What this node holds and how far behind each peer it is.
+    /// What this node holds, how far behind each peer and writer it is, and
+    /// what fails.
     pub async fn status(&self) -> Result<Status, Error> {
-        let k = self.inner.knowledge.borrow().clone();
+        let inner = &self.inner;
+        let k = inner.knowledge.borrow().clone();
         let (tx, rx) = oneshot::channel();
-        let _ = self.inner.sync_tx.send(SyncInput::Status(tx));
-        let (peers, queue, dropped) = rx.await.unwrap_or_default();
-        let db_version = k
-            .have
-            .get(&self.inner.actor)
-            .and_then(|r| r.max())
-            .unwrap_or(0);
-        let seen = self
-            .inner
+        let _ = inner.sync_tx.send(SyncInput::Status(tx));
+        let (sched, queue, dropped) = rx.await.unwrap_or_default();
+        let actor = inner.actor();
+        let db_version = k.have.get(&actor).and_then(|r| r.max()).unwrap_or(0);
+        let seen = inner
             .peer_knowledge
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let peers = peers
-            .into_iter()
-            .map(|p| {
-                let (behind, ago) = match seen.get(&p.addr) {
-                    Some((theirs, at)) => (lacking(&k, theirs), Some(at.elapsed().as_secs_f64())),
-                    None => (0, None),
-                };
-                PeerStatus {
-                    addr: p.addr,
-                    behind_versions: behind,
-                    last_sync_secs_ago: ago,
-                    rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                }
+        let members = self.members();
+        let known = inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = tokio::time::Instant::now();
+        let mut peers = Vec::new();
+        let mut reachable = 1;
+        for (addr, kn) in &known {
+            let m = members.iter().find(|m| m.addr == *addr);
+            let state = m.map_or("unreachable", |m| m.state.as_str()).to_string();
+            if state == "alive" || state == "suspect" {
+                reachable += 1;
+            }
+            let (behind, last) = match seen.get(addr) {
+                Some((theirs, at)) => (lacking(&k, theirs), Some(now.duration_since(*at))),
+                None => (0, None),
+            };
+            peers.push(PeerStatus {
+                addr: *addr,
+                name: m.map(|m| m.name.clone()).or(kn.name.clone()),
+                state,
+                behind_versions: behind,
+                last_sync_secs_ago: last.map(|d| d.as_secs_f64()),
+                sync_age_secs: last
+                    .unwrap_or_else(|| now.duration_since(kn.first_known))
+                    .as_secs_f64(),
+                rtt_ms: sched
+                    .iter()
+                    .find(|p| p.addr == *addr)
+                    .and_then(|p| p.rtt)
+                    .or(m.and_then(|m| m.rtt_ms.map(|r| Duration::from_secs_f64(r / 1000.0))))
+                    .map(|r| r.as_secs_f64() * 1000.0),
+            });
+        }
+        let names: BTreeMap<ActorId, (Option<String>, SocketAddr)> = known
+            .iter()
+            .filter_map(|(a, kn)| kn.actor.map(|act| (act, (kn.name.clone(), *a))))
+            .collect();
+        let lags = inner
+            .lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lag(inner.now(), &k, &actor);
+        let writers: Vec<WriterStatus> = lags
+            .iter()
+            .map(|l| WriterStatus {
+                actor: l.actor.to_hex(),
+                name: names.get(&l.actor).and_then(|(n, _)| n.clone()),
+                addr: names.get(&l.actor).map(|(_, a)| *a),
+                reachable: l.reachable,
+                lag_secs: l.lag.as_secs_f64(),
+                head: l.head,
+                missing_versions: l.missing_versions,
             })
             .collect();
+        let quarantine = self
+            .inner
+            .with_writer(|w| Ok(w.quarantine_list()?))
+            .await
+            .unwrap_or_default();
+        let now_ms = unix_ms();
+        let f = inner.failures().clone();
         Ok(Status {
-            name: self.inner.name.clone(),
-            actor: self.inner.actor.to_hex(),
+            name: inner.name.clone(),
+            actor: actor.to_hex(),
             db_version,
             version_vector: k
                 .heads()
@@ -656,23 +1076,103 @@ impl Node {
                 .collect(),
             complete_through: k
                 .have
-                .iter()
-                .map(|(a, r)| {
-                    let n = match r.ranges().first() {
-                        Some(&(1, end)) => end,
-                        _ => 0,
-                    };
-                    (a.to_hex(), n)
-                })
+                .keys()
+                .map(|a| (a.to_hex(), k.complete_through(a)))
                 .collect(),
             peers,
+            max_lag_secs: writers.iter().map(|w| w.lag_secs).fold(0.0, f64::max),
+            writers,
+            quarantined: quarantine
+                .into_iter()
+                .map(|q| QuarantineStatus {
+                    actor: q.actor.to_hex(),
+                    version: q.version,
+                    rows: q.rows,
+                    error: q.error,
+                    since_secs: now_ms.saturating_sub(q.first_failed_ms) as f64 / 1000.0,
+                    attempts: q.attempts,
+                })
+                .collect(),
+            members_reachable: reachable,
+            members_known: known.len() + 1,
             broadcast_queue: queue,
             broadcast_dropped: dropped,
-            changes_applied: self.inner.changes_applied.load(Ordering::Relaxed),
-            syncs_completed: self.inner.syncs_completed.load(Ordering::Relaxed),
-            syncs_failed: self.inner.syncs_failed.load(Ordering::Relaxed),
+            changes_applied: inner.changes_applied.load(Ordering::Relaxed),
+            syncs_completed: inner.syncs_completed.load(Ordering::Relaxed),
+            syncs_failed: inner.syncs_failed.load(Ordering::Relaxed),
+            apply_failures: f.apply,
+            serve_failures: f.serve,
+            write_error: f.write_error,
             partial_versions: k.partial.values().map(|m| m.len()).sum(),
         })
+    }
+
+    /// Whether the node is fit to serve, by the rules of the `health` module
+    /// (lag of reachable writers, versions missing, cut off from most known
+    /// members, quarantined changes, failing applies or serves, a file that
+    /// cannot be written, shutting down).
+    pub async fn health(&self, t: &HealthThresholds) -> Result<Health, Error> {
+        let mut issues = Vec::new();
+        if self.inner.closed() {
+            issues.push(HealthIssue::ShuttingDown);
+            return Ok(Health { issues });
+        }
+        let s = self.status().await?;
+        for w in &s.writers {
+            let who = w.name.clone().unwrap_or_else(|| w.actor.clone());
+            if w.reachable && w.lag_secs > t.max_lag.as_secs_f64() {
+                issues.push(HealthIssue::Lagging {
+                    writer: who.clone(),
+                    lag: Duration::from_secs_f64(w.lag_secs),
+                    max: t.max_lag,
+                });
+            }
+            if w.reachable && w.missing_versions > t.max_behind_versions {
+                issues.push(HealthIssue::Behind {
+                    of: who,
+                    versions: w.missing_versions,
+                    max: t.max_behind_versions,
+                });
+            }
+        }
+        for p in &s.peers {
+            if p.behind_versions > t.max_behind_versions {
+                issues.push(HealthIssue::Behind {
+                    of: p.name.clone().unwrap_or_else(|| p.addr.to_string()),
+                    versions: p.behind_versions,
+                    max: t.max_behind_versions,
+                });
+            }
+        }
+        if health::cut_off(s.members_reachable, s.members_known) {
+            issues.push(HealthIssue::CutOff {
+                reachable: s.members_reachable,
+                known: s.members_known,
+            });
+        }
+        if let Some(q) = s.quarantined.first() {
+            issues.push(HealthIssue::Quarantined {
+                versions: s.quarantined.len(),
+                error: q.error.clone(),
+            });
+        }
+        let f = self.inner.failures().clone();
+        if f.apply >= health::FAILING_AFTER {
+            issues.push(HealthIssue::ApplyFailing {
+                failures: f.apply,
+                error: f.apply_error.unwrap_or_default(),
+            });
+        }
+        if f.serve >= health::FAILING_AFTER {
+            issues.push(HealthIssue::ServeFailing {
+                failures: f.serve,
+                error: f.serve_error.unwrap_or_default(),
+            });
+        }
+        if let Some(e) = f.write_error {
+            issues.push(HealthIssue::CannotWrite { error: e });
+        }
+        Ok(Health { issues })
     }
 
     /// What this node holds.
@@ -680,12 +1180,32 @@ impl Node {
         self.inner.knowledge.borrow().clone()
     }
 
+    /// Tries again, now, every change from peers in quarantine (after the
+    /// cause was fixed). Returns how many now applied and how many still fail.
+    pub async fn retry_quarantined(&self) -> Result<(usize, usize), Error> {
+        let r = self
+            .inner
+            .with_writer(|w| Ok(w.retry_quarantined(unix_ms(), true)?))
+            .await?;
+        if !r.tables_changed.is_empty() {
+            let _ = self.inner.changes.send(ChangeEvent {
+                tables: r.tables_changed,
+                local: false,
+            });
+        }
+        Ok((r.applied.len(), r.failed))
+    }
+
     /// Leaves the mesh gracefully (members learn at once instead of detecting
-    /// a failure), closes connections and stops the node's tasks.
+    /// a failure), stops every running statement, closes connections, stops
+    /// the node's tasks, and marks the file as cleanly shut down (so that the
+    /// next start keeps the actor id). Returns within a few seconds whatever
+    /// is running.
     pub async fn shutdown(&self) {
-        if self.inner.closed() {
+        if self.inner.closing.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.inner.stop.store(true, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
         if self.inner.mb_tx.send(MbInput::Leave(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
@@ -696,6 +1216,22 @@ impl Node {
         for t in tasks {
             t.abort();
         }
+        // Running statements were stopped by the flag; once the writer is
+        // free, record the clean shutdown.
+        let inner = self.inner.clone();
+        let save = tokio::task::spawn_blocking(move || {
+            let mut w = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            inner.stop.store(false, Ordering::SeqCst);
+            let res = save_known(&inner, &mut w)
+                .and_then(|()| session::end_clean(&mut w, &inner.db_path));
+            inner.stop.store(true, Ordering::SeqCst);
+            if let Err(e) = res {
+                tracing::warn!("could not record the clean shutdown: {e}");
+            }
+            drop(w);
+            inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), save).await;
     }
 }
 
@@ -752,6 +1288,19 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
         .iter()
         .map(|v| (v.actor, v.version))
         .collect();
+    // A broadcast of this node's own actor beyond its file: see
+    // `check_own_versions`.
+    let own = inner.actor();
+    if let Some(&(_, v)) = heads
+        .iter()
+        .filter(|(a, _)| *a == own)
+        .max_by_key(|(_, v)| *v)
+    {
+        let mut k = Knowledge::default();
+        k.have
+            .insert(own, litemesh_storage::RangeSet::from_ranges([(v, v)]));
+        inner.check_own_versions(&k, from);
+    }
     match inner.apply(vec![decoded]).await {
         Ok(newly) => {
             // A broadcast far ahead of what this node holds of its writer
@@ -762,7 +1311,7 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
                 let k = inner.knowledge.borrow();
                 heads
                     .iter()
-                    .any(|(a, v)| missing_below(&k, a, *v) >= GAP_PULL_THRESHOLD)
+                    .any(|(a, v)| k.missing_up_to(a, v.saturating_sub(1)) >= GAP_PULL_THRESHOLD)
             };
             if behind {
                 let _ = inner.sync_tx.send(SyncInput::Behind(from));
@@ -782,21 +1331,10 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
 /// makes the node pull from its sender at once.
 const GAP_PULL_THRESHOLD: u64 = 16;
 
-/// How many of `actor`'s versions `1..version` `k` lacks.
-fn missing_below(k: &Knowledge, actor: &ActorId, version: u64) -> u64 {
-    let below = version.saturating_sub(1);
-    let held: u64 = k.have.get(actor).map_or(0, |r| {
-        r.ranges()
-            .iter()
-            .take_while(|(start, _)| *start <= below)
-            .map(|(start, end)| (*end).min(below) - start + 1)
-            .sum()
-    });
-    below - held.min(below)
-}
-
 /// Answers a reconciliation request: every batch the requester lacks, then
-/// this node's knowledge.
+/// this node's knowledge. A batch that cannot be encoded (a change written
+/// before the row limit existed, larger than a message) is skipped with an
+/// error in the log, never failing the rest.
 async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respond: Responder) {
     let theirs = match litemesh_sync::decode(&bytes, DEFAULT_MAX_MESSAGE) {
         Ok(Message::SyncRequest { knowledge }) => knowledge,
@@ -806,6 +1344,7 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
             return;
         }
     };
+    inner.check_own_versions(&theirs, from);
     let ours = inner.knowledge.borrow().clone();
     if !ours.covers(&theirs) {
         // The requester holds versions this node lacks: pull from it soon.
@@ -813,16 +1352,39 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
     }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let inner2 = inner.clone();
-    let extract = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+    let extract = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
         let mut r = inner2.reader.lock().unwrap_or_else(|e| e.into_inner());
         r.refresh()?;
+        let mut skipped = 0u64;
         r.changes_since(&theirs, BATCH_BYTES, |b| {
-            let batch = encode_batch(&b, DEFAULT_MAX_WIRE_BYTES)?;
-            let msg = litemesh_sync::encode(&Message::SyncBatch { batch }, DEFAULT_MAX_MESSAGE)
-                .map_err(|e| litemesh_storage::StorageError::Decode(e.to_string()))?;
+            let batch = match encode_batch(&b, DEFAULT_MAX_WIRE_BYTES) {
+                Ok(x) => x,
+                Err(e) => {
+                    skipped += 1;
+                    let versions: Vec<String> = b
+                        .versions
+                        .iter()
+                        .map(|v| format!("{}:{}", v.actor, v.version))
+                        .collect();
+                    tracing::error!(
+                        versions = ?versions,
+                        "a change batch cannot be sent ({e}); skipping it, the rest goes on"
+                    );
+                    return Ok(true);
+                }
+            };
+            let msg =
+                match litemesh_sync::encode(&Message::SyncBatch { batch }, DEFAULT_MAX_MESSAGE) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        skipped += 1;
+                        tracing::error!("a change batch cannot be sent ({e}); skipping it");
+                        return Ok(true);
+                    }
+                };
             Ok(tx.blocking_send(msg).is_ok())
         })?;
-        Ok(())
+        Ok(skipped)
     });
     while let Some(frame) = rx.recv().await {
         if let Err(e) = respond.send(Bytes::from(frame)).await {
@@ -831,9 +1393,23 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
         }
     }
     match extract.await {
-        Ok(Ok(())) => {}
+        Ok(Ok(skipped)) => {
+            let mut f = inner.failures();
+            if skipped > 0 {
+                f.serve += 1;
+                f.serve_error = Some(format!("{skipped} change batch(es) too large to send"));
+            } else {
+                f.serve = 0;
+                f.serve_error = None;
+            }
+        }
         Ok(Err(e)) => {
             tracing::warn!(%from, "serving sync failed: {e}");
+            {
+                let mut f = inner.failures();
+                f.serve += 1;
+                f.serve_error = Some(e.to_string());
+            }
             respond.reject(2);
             return;
         }
@@ -870,7 +1446,7 @@ async fn run_sync(inner: Arc<Inner>, peer: SocketAddr) {
 async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> {
     let knowledge = inner.knowledge.borrow().clone();
     let req = litemesh_sync::encode(&Message::SyncRequest { knowledge }, DEFAULT_MAX_MESSAGE)
-        .map_err(|e| Error::Settings(e.to_string()))?;
+        .map_err(|e| Error::Protocol(e.to_string()))?;
     let mut stream = inner.transport.request(peer, Bytes::from(req)).await?;
     let mut group = Vec::new();
     let mut group_bytes = 0;
@@ -880,20 +1456,24 @@ async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> 
         match litemesh_sync::decode(&frame, DEFAULT_MAX_MESSAGE) {
             Ok(Message::SyncBatch { batch }) => {
                 group_bytes += batch.len();
-                group.push(decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?);
+                group.push(
+                    decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)
+                        .map_err(|e| Error::Protocol(e.to_string()))?,
+                );
                 if group_bytes >= APPLY_GROUP_BYTES {
                     learned |= inner.apply(std::mem::take(&mut group)).await?;
                     group_bytes = 0;
                 }
             }
             Ok(Message::SyncDone { knowledge }) => theirs = Some(knowledge),
-            Ok(_) => return Err(Error::Settings("unexpected sync message".into())),
-            Err(e) => return Err(Error::Settings(e.to_string())),
+            Ok(_) => return Err(Error::Protocol("unexpected sync message".into())),
+            Err(e) => return Err(Error::Protocol(e.to_string())),
         }
     }
     learned |= inner.apply(group).await?;
     let theirs =
-        theirs.ok_or_else(|| Error::Settings("sync ended without its final frame".into()))?;
+        theirs.ok_or_else(|| Error::Protocol("sync ended without its final frame".into()))?;
+    inner.check_own_versions(&theirs, peer);
     let ours = inner.knowledge.borrow().clone();
     // Come back at once only if this exchange taught us something and the peer
     // still holds more (we were catching up); versions it committed meanwhile
@@ -932,10 +1512,7 @@ async fn sync_loop(
                 let Some(msg) = msg else { break };
                 match msg {
                     SyncInput::PeerUp(a, rtt) => sched.peer_up(a, rtt),
-                    SyncInput::PeerDown(a) => {
-                        sched.peer_down(a);
-                        inner.peer_knowledge.lock().unwrap_or_else(|e| e.into_inner()).remove(&a);
-                    }
+                    SyncInput::PeerDown(a) => sched.peer_down(a),
                     SyncInput::Rtt(a, rtt) => sched.set_rtt(a, rtt),
                     SyncInput::LocalCommit(batches) => {
                         for b in batches {
@@ -960,11 +1537,16 @@ async fn sync_loop(
 async fn membership_loop(
     inner: Arc<Inner>,
     mut m: mb::Membership,
+    mut meta: NodeMeta,
     mut rx: mpsc::UnboundedReceiver<MbInput>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut leaving: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
     let mut last_rtt_push = tokio::time::Instant::now();
+    // This node's head: published at most every HEAD_PUBLISH_EVERY.
+    let mut head_pending: Option<(ActorId, u64, u64)> = None;
+    let mut head_published = tokio::time::Instant::now();
+    let mut next_rejoin = tokio::time::Instant::now() + REJOIN_EVERY;
     publish_members(&inner, &m, false);
     loop {
         // Outputs of the state machine.
@@ -983,6 +1565,7 @@ async fn membership_loop(
         let mut changed = false;
         while let Some(ev) = m.poll_event() {
             changed = true;
+            on_member_event(&inner, &ev);
             match ev {
                 mb::Event::Joined(x) | mb::Event::Alive(x) => {
                     let _ = inner.sync_tx.send(SyncInput::PeerUp(x.addr, x.rtt));
@@ -997,17 +1580,46 @@ async fn membership_loop(
             publish_members(&inner, &m, last_rtt_push.elapsed() > Duration::from_secs(1));
             last_rtt_push = tokio::time::Instant::now();
         }
+        let now_t = tokio::time::Instant::now();
+        if let Some((actor, v, ms)) = head_pending
+            && now_t.duration_since(head_published) >= HEAD_PUBLISH_EVERY
+            && leaving.is_none()
+        {
+            meta.actor = actor.to_hex();
+            meta.head = Some(v);
+            meta.head_ms = Some(ms);
+            match encode_meta(&meta) {
+                Ok(bytes) => {
+                    if let Err(e) = m.set_metadata(mb::Instant::from_duration(inner.now()), bytes) {
+                        tracing::warn!("membership metadata not updated: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("membership metadata not encoded: {e}"),
+            }
+            head_pending = None;
+            head_published = now_t;
+            continue;
+        }
+        if now_t >= next_rejoin && leaving.is_none() {
+            next_rejoin = now_t + REJOIN_EVERY;
+            rejoin(&inner, &mut m);
+            continue;
+        }
         let leave_done = leaving.as_ref().is_some_and(|(_, deadline)| {
             m.leave_complete() || tokio::time::Instant::now() >= *deadline
         });
         if leave_done && let Some((tx, _)) = leaving.take() {
             let _ = tx.send(());
         }
-        let wake = m
+        let mut wake = m
             .poll_timeout()
             .map(|t| inner.epoch + t.as_duration())
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1))
-            .min(tokio::time::Instant::now() + Duration::from_millis(200));
+            .min(tokio::time::Instant::now() + Duration::from_millis(200))
+            .min(next_rejoin);
+        if head_pending.is_some() {
+            wake = wake.min(head_published + HEAD_PUBLISH_EVERY);
+        }
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => break,
@@ -1015,6 +1627,11 @@ async fn membership_loop(
                     let now = mb::Instant::from_duration(inner.now());
                     if let Err(e) = m.handle_message(now, from, &bytes) {
                         tracing::debug!(%from, "bad membership message refused: {e}");
+                    }
+                }
+                Some(MbInput::Head(actor, v)) => {
+                    if head_pending.is_none_or(|(a, pv, _)| a != actor || v > pv) {
+                        head_pending = Some((actor, v, unix_ms()));
                     }
                 }
                 Some(MbInput::Leave(tx)) => {
@@ -1026,6 +1643,228 @@ async fn membership_loop(
                 m.handle_timeout(mb::Instant::from_duration(inner.now()));
             }
             _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Sends a join to the remembered members this node does not see alive: a
+/// node alone after a restart, or on one side of a partition long enough
+/// for the others to be forgotten, finds the mesh again.
+fn rejoin(inner: &Arc<Inner>, m: &mut mb::Membership) {
+    if !m.is_joined() {
+        return; // Still joining: the join retries on its own.
+    }
+    let alive: BTreeSet<SocketAddr> = m
+        .members()
+        .filter(|x| matches!(x.state, mb::MemberState::Alive | mb::MemberState::Suspect))
+        .map(|x| x.addr)
+        .collect();
+    let targets: Vec<SocketAddr> = inner
+        .known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .filter(|a| !alive.contains(a) && **a != inner.advertised)
+        .copied()
+        .collect();
+    if !targets.is_empty() {
+        tracing::debug!(?targets, "rejoining remembered members");
+        m.join(mb::Instant::from_duration(inner.now()), &targets);
+    }
+}
+
+/// Keeps the known members, the lag tracker and the remembered list in step
+/// with membership.
+fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event) {
+    let (x, reachable, left) = match ev {
+        mb::Event::Joined(x) | mb::Event::Alive(x) | mb::Event::MetadataChanged(x) => {
+            (x, true, false)
+        }
+        mb::Event::Suspect(x) | mb::Event::Dead(x) => (x, false, false),
+        mb::Event::Left(x) => (x, false, true),
+    };
+    if x.addr == inner.advertised {
+        return;
+    }
+    let meta: Option<NodeMeta> = rmp_serde::from_slice(x.metadata.as_bytes()).ok();
+    let actor = meta.as_ref().and_then(|m| ActorId::from_hex(&m.actor));
+    let now = inner.now();
+    let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lag = inner.lag.lock().unwrap_or_else(|e| e.into_inner());
+    if left {
+        if let Some(k) = known.remove(&x.addr) {
+            if let Some(a) = k.actor {
+                lag.forget(&a);
+            }
+            inner
+                .forgotten
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(x.addr.to_string());
+            inner.known_dirty.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
+    let entry = known.entry(x.addr).or_insert_with(|| Known {
+        name: None,
+        actor: None,
+        first_known: tokio::time::Instant::now(),
+        last_seen_ms: 0,
+    });
+    if let Some(m) = &meta {
+        entry.name = Some(m.name.clone());
+    }
+    if let Some(a) = actor {
+        if let Some(old) = entry.actor
+            && old != a
+        {
+            // The member moved to a new actor id (it restarted after a
+            // crash): the old one writes no more.
+            lag.forget(&old);
+        }
+        entry.actor = Some(a);
+        lag.reachable(now, a, reachable);
+        if let Some(h) = meta.as_ref().and_then(|m| m.head) {
+            lag.head(now, a, h, meta.as_ref().and_then(|m| m.head_ms));
+        }
+    }
+    if reachable {
+        entry.last_seen_ms = unix_ms();
+        inner.known_dirty.store(true, Ordering::Relaxed);
+    }
+    lag.observe(&inner.knowledge.borrow());
+}
+
+/// Saves the known members in the file (for the next start).
+fn save_known(inner: &Inner, w: &mut Store) -> Result<(), Error> {
+    if !inner.known_dirty.swap(false, Ordering::Relaxed) {
+        return Ok(());
+    }
+    let seen: Vec<RememberedPeer> = inner
+        .known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, k)| k.last_seen_ms > 0)
+        .map(|(a, k)| RememberedPeer {
+            addr: a.to_string(),
+            name: k.name.clone(),
+            actor: k.actor,
+            last_seen_ms: k.last_seen_ms,
+        })
+        .collect();
+    let forget = std::mem::take(&mut *inner.forgotten.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Err(e) = w.remember_peers(&seen, &forget) {
+        inner.known_dirty.store(true, Ordering::Relaxed);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Periodic upkeep: the write probe, quarantine retries, forgetting members
+/// not seen for too long, saving the known members.
+async fn maintenance_loop(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        n += 1;
+        // Forget members not seen for `forget_after`.
+        {
+            let limit = inner.forget_after.as_millis() as u64;
+            let now = unix_ms();
+            let alive: BTreeSet<SocketAddr> = inner
+                .members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|m| m.state == "alive" || m.state == "suspect")
+                .map(|m| m.addr)
+                .collect();
+            let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
+            let stale: Vec<SocketAddr> = known
+                .iter()
+                .filter(|(a, k)| {
+                    !alive.contains(a)
+                        && k.last_seen_ms > 0
+                        && now.saturating_sub(k.last_seen_ms) > limit
+                })
+                .map(|(a, _)| *a)
+                .collect();
+            for a in stale {
+                if let Some(k) = known.remove(&a) {
+                    tracing::info!(addr = %a, "forgetting a member not seen for {:?}", inner.forget_after);
+                    if let Some(act) = k.actor {
+                        inner
+                            .lag
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .forget(&act);
+                    }
+                    inner
+                        .forgotten
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(a.to_string());
+                    inner.known_dirty.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let idle = inner
+            .failures()
+            .last_write_ok
+            .is_none_or(|t| t.elapsed() >= WRITE_PROBE_AFTER);
+        let failing = inner.failures().write_error.is_some();
+        let quarantined = inner
+            .writer
+            .try_lock()
+            .map(|w| w.quarantined_count())
+            .unwrap_or(0);
+        let save = n.is_multiple_of(5) && inner.known_dirty.load(Ordering::Relaxed);
+        if !(idle || failing || quarantined > 0 || save) {
+            continue;
+        }
+        let i2 = inner.clone();
+        let res = inner
+            .with_writer(move |w| {
+                let mut out = (None, None);
+                if idle || failing {
+                    let r = w.probe_write();
+                    i2.wrote(&r.as_ref().map(|_| ()));
+                    out.0 = r.err();
+                }
+                if quarantined > 0 {
+                    match w.retry_quarantined(unix_ms(), false) {
+                        Ok(r) => out.1 = Some(r),
+                        Err(e) => tracing::warn!("retrying quarantined changes failed: {e}"),
+                    }
+                }
+                if save && let Err(e) = save_known(&i2, w) {
+                    tracing::warn!("could not save the known members: {e}");
+                }
+                Ok(out)
+            })
+            .await;
+        match res {
+            Ok((probe, retried)) => {
+                if let Some(e) = probe {
+                    tracing::error!("this node cannot write its file: {e}");
+                }
+                if let Some(r) = retried
+                    && !r.tables_changed.is_empty()
+                {
+                    let _ = inner.changes.send(ChangeEvent {
+                        tables: r.tables_changed,
+                        local: false,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!("maintenance failed: {e}"),
         }
     }
 }
@@ -1068,21 +1907,30 @@ fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use litemesh_storage::RangeSet;
 
     #[test]
-    fn missing_below_counts_the_holes_under_a_version() {
-        let a = ActorId([1; 16]);
-        let b = ActorId([2; 16]);
-        let mut k = Knowledge::default();
-        k.have
-            .insert(a, RangeSet::from_ranges([(1, 10), (20, 30), (40, 40)]));
-        assert_eq!(missing_below(&k, &a, 11), 0, "1..=10 held");
-        assert_eq!(missing_below(&k, &a, 1), 0);
-        assert_eq!(missing_below(&k, &a, 15), 4, "11..=14");
-        assert_eq!(missing_below(&k, &a, 25), 9, "11..=19");
-        assert_eq!(missing_below(&k, &a, 41), 9 + 9, "11..=19 and 31..=39");
-        assert_eq!(missing_below(&k, &a, 100), 9 + 9 + 59);
-        assert_eq!(missing_below(&k, &b, 17), 16, "nothing of b held");
+    fn metadata_of_an_older_node_is_read() {
+        #[derive(Serialize)]
+        struct Old {
+            name: String,
+            region: Option<String>,
+            api: Option<String>,
+            actor: String,
+        }
+        let old = Old {
+            name: "n".into(),
+            region: None,
+            api: None,
+            actor: "ab".repeat(16),
+        };
+        let m: NodeMeta = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!((m.name.as_str(), m.head), ("n", None));
+        let new = NodeMeta {
+            head: Some(7),
+            head_ms: Some(1),
+            ..m
+        };
+        let back: NodeMeta = rmp_serde::from_slice(&encode_meta(&new).unwrap()).unwrap();
+        assert_eq!(back.head, Some(7));
     }
 }

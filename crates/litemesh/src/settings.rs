@@ -68,6 +68,21 @@ pub struct Settings {
     pub keep_alive: Duration,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Time limit of a client query (default 30 s): past it, the query stops
+    /// with an error.
+    pub query_timeout: Duration,
+    /// Time limit of a client transaction (default 30 s): past it, the
+    /// transaction stops and nothing of it is applied. It holds the writer
+    /// (which also applies peers' changes) while it runs.
+    pub transaction_timeout: Duration,
+    /// Most rows a query returns (default 1,000,000; 0: no limit); a result
+    /// past it ends with an error, never silently cut.
+    pub max_query_rows: u64,
+    /// Read-only connections for client queries (queries running at once).
+    pub query_connections: usize,
+    /// A member not seen for this long is forgotten (no longer rejoined, no
+    /// longer counted as known). Default 3 days.
+    pub forget_after: Duration,
 }
 
 impl Settings {
@@ -90,6 +105,11 @@ impl Settings {
             membership: litemesh_membership::Config::default(),
             keep_alive: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(3),
+            query_timeout: Duration::from_secs(30),
+            transaction_timeout: Duration::from_secs(30),
+            max_query_rows: 1_000_000,
+            query_connections: 4,
+            forget_after: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }

@@ -1,10 +1,6 @@
 //! Statements and results.
 
 use litemesh_storage::Value;
-use rusqlite::types::ToSqlOutput;
-use rusqlite::{Connection, ToSql, params_from_iter};
-
-use crate::error::Error;
 
 /// One SQL statement with positional parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,44 +46,4 @@ pub struct QueryResult {
     pub columns: Vec<String>,
     /// Rows, in order.
     pub rows: Vec<Vec<Value>>,
-}
-
-struct Param<'a>(&'a Value);
-impl ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        self.0.to_sql()
-    }
-}
-
-/// Runs one write statement; returns rows affected.
-pub(crate) fn execute(conn: &Connection, st: &Statement) -> Result<usize, Error> {
-    let mut stmt = conn.prepare_cached(&st.sql)?;
-    Ok(stmt.execute(params_from_iter(st.params.iter().map(Param)))?)
-}
-
-/// Runs one read-only statement.
-pub(crate) fn query(
-    conn: &Connection,
-    st: &Statement,
-    max_rows: usize,
-) -> Result<QueryResult, Error> {
-    let mut stmt = conn.prepare_cached(&st.sql)?;
-    if !stmt.readonly() {
-        return Err(Error::NotReadOnly(st.sql.chars().take(200).collect()));
-    }
-    let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-    let n = columns.len();
-    let mut rows = stmt.query(params_from_iter(st.params.iter().map(Param)))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        if out.len() >= max_rows {
-            break;
-        }
-        out.push(
-            (0..n)
-                .map(|i| r.get::<_, Value>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
-    }
-    Ok(QueryResult { columns, rows: out })
 }

@@ -152,6 +152,10 @@ async fn subscriptions_status_and_graceful_leave() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(matches!(
+        err,
+        litemesh::Error::Storage(litemesh::StorageError::Refused(_))
+    ));
     let err = nodes[1]
         .execute(vec![
             "INSERT INTO items VALUES ('t', 'n1', 1)".into(),

@@ -1,0 +1,117 @@
+//! One node per file, and never a reused version.
+//!
+//! - **The file lock.** A node holds an exclusive `flock` on its database
+//!   file itself for as long as it runs. The lock belongs to the file (its
+//!   inode), not to a name: a second node reaching the same file through a
+//!   hard link, a symbolic link or another relative path is refused. (Two
+//!   processes on one file through two names would also use two WAL files,
+//!   which corrupts it.) SQLite's own locks are `fcntl` locks, which `flock`
+//!   does not interfere with.
+//! - **Clean shutdowns.** A graceful shutdown writes a random marker into the
+//!   file and the same marker, with the file's device and inode, into a
+//!   sidecar file `<db>-clean`. At the next start the node keeps its actor id
+//!   only if both agree and name this very file; otherwise (a crash, a
+//!   deleted WAL, a restored backup, a copied or moved file) it moves to a new
+//!   actor id before it accepts any write. The versions its file lost — which
+//!   peers may hold — then belong to an actor that no longer writes, and come
+//!   back by ordinary anti-entropy; nothing is ever numbered twice.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use litemesh_storage::{ActorId, Store};
+
+use crate::error::Error;
+
+/// Holds the node's exclusive lock on its database file while alive.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock on the database file (creating it if missing).
+pub(crate) fn lock(db: &Path) -> Result<FileLock, Error> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(db)
+        .map_err(|e| Error::Settings(format!("cannot open {}: {e}", db.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(FileLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse(db.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Settings(format!(
+            "cannot lock {}: {e}",
+            db.display()
+        ))),
+    }
+}
+
+fn sidecar(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-clean");
+    PathBuf::from(p)
+}
+
+fn identity(db: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(db).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// At start, before any write: keeps the actor id only if the last run ended
+/// with a clean shutdown of this very file; else moves to a new one (when the
+/// current one ever wrote). Returns the actor left behind, if any. Then
+/// clears the marker, so that a crash from here on is detected.
+pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Option<ActorId>, Error> {
+    let marker = store.clean_marker()?;
+    let expected = std::fs::read_to_string(sidecar(db)).ok();
+    let clean = match (&marker, expected, identity(db)) {
+        (Some(m), Some(text), Some((dev, ino))) => text.trim() == format!("{} {dev} {ino}", hex(m)),
+        _ => false,
+    };
+    let mut left = None;
+    if !clean && store.db_version()? > 0 {
+        let old = store.actor_id();
+        let new = store.rotate_actor()?;
+        tracing::warn!(
+            old = %old,
+            new = %new,
+            "the last run did not end with a clean shutdown of this file (a crash, a lost WAL, \
+             a restored or copied file): local writes now go under a new actor id, so that no \
+             version number is ever reused; the old actor's versions stay and replicate as before"
+        );
+        left = Some(old);
+    }
+    if marker.is_some() {
+        store.set_clean_marker(None)?;
+    }
+    let _ = std::fs::remove_file(sidecar(db));
+    Ok(left)
+}
+
+/// At the end of a graceful shutdown, when nothing writes any more.
+pub(crate) fn end_clean(store: &mut Store, db: &Path) -> Result<(), Error> {
+    let marker: [u8; 16] = rand::random();
+    store.set_clean_marker(Some(&marker))?;
+    let Some((dev, ino)) = identity(db) else {
+        return Ok(());
+    };
+    let path = sidecar(db);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp)
+        .map_err(|e| Error::Settings(format!("cannot write {}: {e}", tmp.display())))?;
+    writeln!(f, "{} {dev} {ino}", hex(&marker))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::Settings(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| Error::Settings(format!("cannot write {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
