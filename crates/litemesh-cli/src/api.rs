@@ -163,16 +163,25 @@ fn error_status(e: &Error) -> StatusCode {
     }
 }
 
+/// A request that failed before reaching the node: its status and message.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Parses a JSON body, turning every failure into a 400 with `error`.
-fn body_json(body: &Bytes) -> Result<Json, Response> {
+fn body_json(body: &Bytes) -> Result<Json, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
 }
 
 async fn transactions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
     let j = match body_json(&body) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json::Array(items) = j else {
         return error(
@@ -233,7 +242,7 @@ async fn queries(
     };
     let j = match body_json(&body) {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let statement = match to_statement(&j) {
         Ok(s) => s,

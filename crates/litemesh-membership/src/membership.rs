@@ -162,6 +162,9 @@ pub struct Membership {
     live_count: std::cell::Cell<Option<usize>>,
     /// Members declared dead recently (still receive gossip).
     recently_dead: Vec<NodeId>,
+    /// When we last introduced ourselves to an address that probed an
+    /// identity we replaced (see `reintroduce`).
+    reintroduced: BTreeMap<SocketAddr, Instant>,
 }
 
 impl Membership {
@@ -199,6 +202,7 @@ impl Membership {
             quiet: false,
             live_count: std::cell::Cell::new(Some(0)),
             recently_dead: Vec::new(),
+            reintroduced: BTreeMap::new(),
         }
     }
 
@@ -457,6 +461,8 @@ impl Membership {
                 if target == self.me.identity.id && target_generation == self.me.identity.generation
                 {
                     self.send_ack(from, seq);
+                } else {
+                    self.reintroduce(now, from, sender.id);
                 }
             }
             Message::Ack { seq, gossip } => {
@@ -1366,6 +1372,10 @@ impl Membership {
                 self.tombstones.remove(&id);
             }
         }
+        // Forget old introductions.
+        let every = self.config.probe_interval * 5;
+        self.reintroduced
+            .retain(|_, at| now.saturating_duration_since(*at) < every);
         // Forget unanswered reconnect probes.
         let horizon = self.config.probe_interval * 4;
         self.reconnects
@@ -1375,6 +1385,37 @@ impl Membership {
             self.probe_order.clear();
             self.probe_idx = 0;
         }
+    }
+
+    /// A member probed this address under an identity that is not ours (the
+    /// one we replaced: we restarted with a new identity or generation, and
+    /// it still holds the old one as alive, or as dead and probes it to
+    /// reconnect). Unless it is already a live member to us, send it a join:
+    /// the two views merge and it learns who lives here now. A node that
+    /// restarted without seeds, or lost the list of members it knew, finds
+    /// the mesh again this way. At most once per push-pull period per address.
+    fn reintroduce(&mut self, now: Instant, from: SocketAddr, sender: NodeId) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        let known_live = self
+            .members
+            .get(&sender)
+            .is_some_and(|e| is_live(e.member.state));
+        if known_live {
+            return;
+        }
+        let every = self.config.probe_interval * 5;
+        if self
+            .reintroduced
+            .get(&from)
+            .is_some_and(|t| now.saturating_duration_since(*t) < every)
+        {
+            return;
+        }
+        self.reintroduced.insert(from, now);
+        debug!(%from, "probed under a former identity; joining the prober");
+        self.send_push_pull(from, PushPullKind::Join);
     }
 
     fn reconnect(&mut self, now: Instant) {

@@ -739,3 +739,23 @@ fn helper_answers_a_last_check_with_a_newer_incarnation() {
     c.handle_message(ms(4), addr(1), &req(Some(5))).unwrap();
     assert_eq!(answers(&mut c), 0);
 }
+
+#[test]
+fn a_member_restarted_under_a_new_identity_without_seeds_is_found_again() {
+    let mut h = Harness::new(3);
+    h.bootstrap();
+    h.run_for(Duration::from_secs(3));
+    assert!((2..=3).all(|j| h.state(0, j) == Some(MemberState::Alive)));
+    // Node 3 restarts with a new id at the same address, and no seeds: on
+    // its own it forms a mesh of one.
+    let restarted = Membership::new(ident(33, 2), addr(3), Config::default(), 33);
+    h.nodes[2] = restarted;
+    h.nodes[2].join(h.now, &[]);
+    h.run_for(Duration::from_secs(20));
+    // The others probed the old identity at that address; the new one
+    // introduced itself and is a member again, on every node.
+    for i in 0..2 {
+        assert_eq!(h.state(i, 33), Some(MemberState::Alive), "seen by {i}");
+    }
+    assert_eq!(h.nodes[2].num_live_members(), 2, "and it sees the mesh");
+}

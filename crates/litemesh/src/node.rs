@@ -315,6 +315,8 @@ struct Inner {
     known: Mutex<BTreeMap<SocketAddr, Known>>,
     /// Changes to the remembered members not saved yet.
     known_dirty: AtomicBool,
+    /// Among them, members not remembered before (saved at once).
+    known_new: AtomicBool,
     forgotten: Mutex<Vec<String>>,
     peer_knowledge: Mutex<BTreeMap<SocketAddr, (Knowledge, tokio::time::Instant)>>,
     lag: Mutex<LagTracker>,
@@ -686,6 +688,7 @@ impl Node {
             changes: broadcast::channel(1024).0,
             members: Mutex::new(Vec::new()),
             known_dirty: AtomicBool::new(!forgotten.is_empty()),
+            known_new: AtomicBool::new(false),
             forgotten: Mutex::new(forgotten),
             known: Mutex::new(known),
             peer_knowledge: Mutex::new(BTreeMap::new()),
@@ -1058,11 +1061,16 @@ impl Node {
                 missing_versions: l.missing_versions,
             })
             .collect();
-        let quarantine = self
-            .inner
-            .with_writer(|w| Ok(w.quarantine_list()?))
-            .await
-            .unwrap_or_default();
+        // From the reader: status stays quick while the writer is busy.
+        let i2 = self.inner.clone();
+        let quarantine = tokio::task::spawn_blocking(move || {
+            let mut r = i2.reader.lock().unwrap_or_else(|e| e.into_inner());
+            r.refresh()?;
+            r.quarantine_list()
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .unwrap_or_default();
         let now_ms = unix_ms();
         let f = inner.failures().clone();
         Ok(Status {
@@ -1565,15 +1573,28 @@ async fn membership_loop(
         let mut changed = false;
         while let Some(ev) = m.poll_event() {
             changed = true;
-            on_member_event(&inner, &ev);
+            // Replication and the known members go by address; a member that
+            // restarted with a new identity at the same address supersedes
+            // the old one, whose end must not take the address down.
+            let superseded = match &ev {
+                mb::Event::Suspect(x) | mb::Event::Dead(x) | mb::Event::Left(x) => {
+                    m.members().any(|y| {
+                        y.addr == x.addr
+                            && y.identity != x.identity
+                            && matches!(y.state, mb::MemberState::Alive | mb::MemberState::Suspect)
+                    })
+                }
+                _ => false,
+            };
+            on_member_event(&inner, &ev, superseded);
             match ev {
                 mb::Event::Joined(x) | mb::Event::Alive(x) => {
                     let _ = inner.sync_tx.send(SyncInput::PeerUp(x.addr, x.rtt));
                 }
-                mb::Event::Dead(x) | mb::Event::Left(x) => {
+                mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
                     let _ = inner.sync_tx.send(SyncInput::PeerDown(x.addr));
                 }
-                mb::Event::Suspect(_) | mb::Event::MetadataChanged(_) => {}
+                _ => {}
             }
         }
         if changed || last_rtt_push.elapsed() > Duration::from_secs(1) {
@@ -1674,8 +1695,9 @@ fn rejoin(inner: &Arc<Inner>, m: &mut mb::Membership) {
 }
 
 /// Keeps the known members, the lag tracker and the remembered list in step
-/// with membership.
-fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event) {
+/// with membership. `superseded`: the event is the end of a member that
+/// another identity now replaces at the same address.
+fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
     let (x, reachable, left) = match ev {
         mb::Event::Joined(x) | mb::Event::Alive(x) | mb::Event::MetadataChanged(x) => {
             (x, true, false)
@@ -1691,6 +1713,14 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event) {
     let now = inner.now();
     let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
     let mut lag = inner.lag.lock().unwrap_or_else(|e| e.into_inner());
+    if superseded {
+        if let Some(a) = actor
+            && known.get(&x.addr).and_then(|k| k.actor) != Some(a)
+        {
+            lag.forget(&a);
+        }
+        return;
+    }
     if left {
         if let Some(k) = known.remove(&x.addr) {
             if let Some(a) = k.actor {
@@ -1705,11 +1735,16 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event) {
         }
         return;
     }
-    let entry = known.entry(x.addr).or_insert_with(|| Known {
-        name: None,
-        actor: None,
-        first_known: tokio::time::Instant::now(),
-        last_seen_ms: 0,
+    let entry = known.entry(x.addr).or_insert_with(|| {
+        // A new member: saved at the next maintenance tick, so that a crash
+        // right after does not forget it.
+        inner.known_new.store(true, Ordering::Relaxed);
+        Known {
+            name: None,
+            actor: None,
+            first_known: tokio::time::Instant::now(),
+            last_seen_ms: 0,
+        }
     });
     if let Some(m) = &meta {
         entry.name = Some(m.name.clone());
@@ -1825,7 +1860,8 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             .try_lock()
             .map(|w| w.quarantined_count())
             .unwrap_or(0);
-        let save = n.is_multiple_of(5) && inner.known_dirty.load(Ordering::Relaxed);
+        let save = inner.known_dirty.load(Ordering::Relaxed)
+            && (inner.known_new.swap(false, Ordering::Relaxed) || n.is_multiple_of(30));
         if !(idle || failing || quarantined > 0 || save) {
             continue;
         }

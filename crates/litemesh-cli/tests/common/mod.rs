@@ -52,7 +52,12 @@ impl Agent {
         let mut child = Command::new(BIN)
             .arg("agent")
             .args(args)
-            .env("RUST_LOG", "warn")
+            // LITEMESH_TEST_LOG=debug keeps the agents' detailed logs (in
+            // the test's folder) when a test needs looking into.
+            .env(
+                "RUST_LOG",
+                std::env::var("LITEMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
