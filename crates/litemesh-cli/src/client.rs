@@ -218,6 +218,7 @@ pub fn query(a: QueryArgs) -> CliResult {
     let mut columns: Vec<String> = Vec::new();
     let mut rows: Vec<Vec<Json>> = Vec::new();
     let reader = BufReader::new(r.into_body().into_reader());
+    let mut ended = false;
     for line in reader.lines() {
         let line = line.map_err(|e| format!("reading the answer: {e}"))?;
         if line.trim().is_empty() {
@@ -232,8 +233,20 @@ pub fn query(a: QueryArgs) -> CliResult {
         } else if let Some(row) = ev.get("row") {
             rows.push(row[1].as_array().cloned().unwrap_or_default());
         } else if let Some(e) = ev.get("error") {
-            return Err(e.as_str().unwrap_or_default().to_string());
+            return Err(format!(
+                "after {} row(s): {}",
+                rows.len(),
+                e.as_str().unwrap_or_default()
+            ));
+        } else if ev.get("eoq").is_some() {
+            ended = true;
         }
+    }
+    if !ended {
+        return Err(format!(
+            "the answer ended after {} row(s) without its end marker (connection cut)",
+            rows.len()
+        ));
     }
     match a.format {
         Format::Json => {
@@ -333,14 +346,42 @@ pub fn members(a: ApiArgs) -> CliResult {
 /// `litemesh status`
 pub fn status(a: ApiArgs) -> CliResult {
     let j = get_json(&a.api, "/v1/status")?;
+    let health_url = format!("{}/v1/health", base_url(&a.api));
+    let health = agent()
+        .get(&health_url)
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str::<Json>(&t).ok())
+        .unwrap_or(Json::Null);
     println!("name:              {}", opt(&j["name"]));
     println!("actor:             {}", opt(&j["actor"]));
     println!("db_version:        {}", opt(&j["db_version"]));
+    match health["status"].as_str() {
+        Some("ok") => println!("health:            ok"),
+        Some(other) => println!("health:            {other}: {}", opt(&health["error"])),
+        None => println!("health:            -"),
+    }
+    println!(
+        "members:           {} reachable of {} known (this node included)",
+        opt(&j["members_reachable"]),
+        opt(&j["members_known"])
+    );
+    println!("max lag:           {} s", opt(&j["max_lag_secs"]));
     println!("changes_applied:   {}", opt(&j["changes_applied"]));
     println!(
         "syncs:             {} completed, {} failed",
         opt(&j["syncs_completed"]),
         opt(&j["syncs_failed"])
+    );
+    println!(
+        "failures:          apply {}, serve {} in a row; write: {}",
+        opt(&j["apply_failures"]),
+        opt(&j["serve_failures"]),
+        match &j["write_error"] {
+            Json::Null => "ok".to_string(),
+            e => opt(e),
+        }
     );
     println!(
         "broadcast:         {} queued, {} dropped",
@@ -354,22 +395,75 @@ pub fn status(a: ApiArgs) -> CliResult {
             println!("  {actor}  {v}");
         }
     }
-    println!("peers (replication lag):");
-    let rows: Vec<Vec<String>> = j["peers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let list = |k: &str| j[k].as_array().cloned().unwrap_or_default();
+    println!("writers (replication lag):");
+    let rows: Vec<Vec<String>> = list("writers")
         .iter()
-        .map(|p| {
-            ["addr", "behind_versions", "last_sync_secs_ago", "rtt_ms"]
-                .iter()
-                .map(|k| opt(&p[*k]))
-                .collect()
+        .map(|w| {
+            [
+                "name",
+                "actor",
+                "reachable",
+                "lag_secs",
+                "head",
+                "missing_versions",
+            ]
+            .iter()
+            .map(|k| opt(&w[*k]))
+            .collect()
         })
         .collect();
     print_table(
-        &["PEER", "BEHIND_VERSIONS", "LAST_SYNC_S_AGO", "RTT_MS"].map(String::from),
+        &["WRITER", "ACTOR", "REACHABLE", "LAG_S", "HEAD", "MISSING"].map(String::from),
         &rows,
     );
+    println!("peers:");
+    let rows: Vec<Vec<String>> = list("peers")
+        .iter()
+        .map(|p| {
+            [
+                "name",
+                "addr",
+                "state",
+                "behind_versions",
+                "sync_age_secs",
+                "rtt_ms",
+            ]
+            .iter()
+            .map(|k| opt(&p[*k]))
+            .collect()
+        })
+        .collect();
+    print_table(
+        &[
+            "PEER",
+            "ADDR",
+            "STATE",
+            "BEHIND_VERSIONS",
+            "SYNC_AGE_S",
+            "RTT_MS",
+        ]
+        .map(String::from),
+        &rows,
+    );
+    let q = list("quarantined");
+    if !q.is_empty() {
+        println!(
+            "quarantined changes (cannot be applied here; POST /v1/quarantine/retry after fixing):"
+        );
+        let rows: Vec<Vec<String>> = q
+            .iter()
+            .map(|x| {
+                ["actor", "version", "attempts", "since_secs", "error"]
+                    .iter()
+                    .map(|k| opt(&x[*k]))
+                    .collect()
+            })
+            .collect();
+        print_table(
+            &["ACTOR", "VERSION", "ATTEMPTS", "SINCE_S", "ERROR"].map(String::from),
+            &rows,
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

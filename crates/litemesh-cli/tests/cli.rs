@@ -217,7 +217,8 @@ fn client_commands_print_results() {
         "{out}"
     );
     assert!(out.contains("db_version:        1"), "{out}");
-    assert!(out.contains("peers (replication lag):"), "{out}");
+    assert!(out.contains("writers (replication lag):"), "{out}");
+    assert!(out.contains("health:            ok"), "{out}");
 
     // No agent there: a clear error.
     let o = run(&["status", "--api", "127.0.0.1:1"]);

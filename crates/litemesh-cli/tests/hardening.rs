@@ -322,6 +322,13 @@ fn queries_only_read_stream_with_limits_and_never_block_each_other() {
         events.iter().all(|e| e.get("eoq").is_none()),
         "no silent cut"
     );
+    let o = run(&["query", "--api", &a.api, "SELECT id FROM items ORDER BY id"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("after 10 row(s)") && err.contains("more than 10 rows"),
+        "{err}"
+    );
     // A query that never ends is stopped at its time limit, and others run
     // meanwhile.
     let api = a.api.clone();

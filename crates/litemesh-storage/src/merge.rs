@@ -446,6 +446,14 @@ impl Store {
         self.quarantined.len()
     }
 
+    /// The versions in quarantine (from memory, no I/O).
+    pub fn quarantined_versions(&self) -> Vec<(ActorId, u64)> {
+        self.quarantined
+            .iter()
+            .filter_map(|&(a, v)| self.actors.get(a as usize).map(|id| (*id, v)))
+            .collect()
+    }
+
     /// Tries again the quarantined versions that are due (every one with
     /// `force`): after a failure, 5 s, then doubling up to 10 minutes. A
     /// version that applies leaves the quarantine and counts as held.

@@ -320,6 +320,9 @@ struct Inner {
     forgotten: Mutex<Vec<String>>,
     peer_knowledge: Mutex<BTreeMap<SocketAddr, (Knowledge, tokio::time::Instant)>>,
     lag: Mutex<LagTracker>,
+    /// Versions in the writer's quarantine (refreshed after every writer
+    /// operation).
+    quarantined: Mutex<Vec<(ActorId, u64)>>,
     failures: Mutex<Failures>,
     sync_tx: mpsc::UnboundedSender<SyncInput>,
     mb_tx: mpsc::UnboundedSender<MbInput>,
@@ -367,6 +370,12 @@ impl Inner {
             let mut w = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             let out = f(&mut w);
             // Publish what this node now holds (read back from the file).
+            {
+                let mut q = inner.quarantined.lock().unwrap_or_else(|e| e.into_inner());
+                if !q.is_empty() || w.quarantined_count() > 0 {
+                    *q = w.quarantined_versions();
+                }
+            }
             if let Ok(k) = w.knowledge() {
                 inner
                     .lag
@@ -379,6 +388,23 @@ impl Inner {
         })
         .await
         .map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// What this node tells peers it holds: its knowledge, plus the versions
+    /// in its quarantine — it has their data and retries them itself, so
+    /// peers need not send them again at every exchange (tokens and lag go
+    /// by the real knowledge: a quarantined version is not visible here).
+    fn advertised(&self) -> Knowledge {
+        let mut k = self.knowledge.borrow().clone();
+        for &(a, v) in self
+            .quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            k.have.entry(a).or_default().insert(v);
+        }
+        k
     }
 
     /// Records the outcome of an operation that wrote the file.
@@ -693,6 +719,7 @@ impl Node {
             known: Mutex::new(known),
             peer_knowledge: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(lag),
+            quarantined: Mutex::new(Vec::new()),
             failures: Mutex::new(Failures {
                 last_write_ok: Some(std::time::Instant::now()),
                 ..Failures::default()
@@ -1316,7 +1343,7 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
             // overflowing queue): pull from the sender now rather than at the
             // next round. A few versions missing is ordinary reordering.
             let behind = {
-                let k = inner.knowledge.borrow();
+                let k = inner.advertised();
                 heads
                     .iter()
                     .any(|(a, v)| k.missing_up_to(a, v.saturating_sub(1)) >= GAP_PULL_THRESHOLD)
@@ -1353,7 +1380,7 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
         }
     };
     inner.check_own_versions(&theirs, from);
-    let ours = inner.knowledge.borrow().clone();
+    let ours = inner.advertised();
     if !ours.covers(&theirs) {
         // The requester holds versions this node lacks: pull from it soon.
         let _ = inner.sync_tx.send(SyncInput::Urgent(from));
@@ -1424,7 +1451,7 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
         Err(_) => return,
     }
     let done = Message::SyncDone {
-        knowledge: inner.knowledge.borrow().clone(),
+        knowledge: inner.advertised(),
     };
     if let Ok(msg) = litemesh_sync::encode(&done, DEFAULT_MAX_MESSAGE)
         && respond.send(Bytes::from(msg)).await.is_ok()
@@ -1452,7 +1479,7 @@ async fn run_sync(inner: Arc<Inner>, peer: SocketAddr) {
 }
 
 async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> {
-    let knowledge = inner.knowledge.borrow().clone();
+    let knowledge = inner.advertised();
     let req = litemesh_sync::encode(&Message::SyncRequest { knowledge }, DEFAULT_MAX_MESSAGE)
         .map_err(|e| Error::Protocol(e.to_string()))?;
     let mut stream = inner.transport.request(peer, Bytes::from(req)).await?;
@@ -1482,7 +1509,7 @@ async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> 
     let theirs =
         theirs.ok_or_else(|| Error::Protocol("sync ended without its final frame".into()))?;
     inner.check_own_versions(&theirs, peer);
-    let ours = inner.knowledge.borrow().clone();
+    let ours = inner.advertised();
     // Come back at once only if this exchange taught us something and the peer
     // still holds more (we were catching up); versions it committed meanwhile
     // arrive by broadcast or the next round.
