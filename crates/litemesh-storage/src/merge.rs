@@ -462,24 +462,24 @@ impl Store {
         if self.quarantined.is_empty() {
             return Ok(out);
         }
-        let due: Vec<(i64, i64, Vec<u8>, u64)> = {
+        // Which are due, without reading their rows.
+        let due: Vec<(i64, i64)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT actor, version, rows, last_tried, attempts FROM __lm_quarantine ORDER BY actor, version",
+                "SELECT actor, version, last_tried, attempts FROM __lm_quarantine ORDER BY actor, version",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(2)? as u64,
                     r.get::<_, i64>(3)? as u64,
-                    r.get::<_, i64>(4)? as u64,
                 ))
             })?;
             let mut due = Vec::new();
             for r in rows {
-                let (a, v, blob, last, attempts) = r?;
+                let (a, v, last, attempts) = r?;
                 if force || last.saturating_add(retry_delay_ms(attempts)) <= now_ms {
-                    due.push((a, v, blob, attempts));
+                    due.push((a, v));
                 }
             }
             due
@@ -490,7 +490,13 @@ impl Store {
         let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let res = (|| -> Result<()> {
-            for (a, v, blob, _) in due {
+            for (a, v) in due {
+                let blob: Vec<u8> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT rows FROM __lm_quarantine WHERE actor = ?1 AND version = ?2",
+                    )?
+                    .query_row((a, v), |r| r.get(0))?;
                 let (a, v) = (a as u64, v as u64);
                 let actor = crate::store::actor_at(&self.actors, a as i64)?;
                 let rows: Vec<RowChange> = rmp_serde::from_slice(&blob)

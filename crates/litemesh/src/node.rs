@@ -320,9 +320,10 @@ struct Inner {
     forgotten: Mutex<Vec<String>>,
     peer_knowledge: Mutex<BTreeMap<SocketAddr, (Knowledge, tokio::time::Instant)>>,
     lag: Mutex<LagTracker>,
-    /// Versions in the writer's quarantine (refreshed after every writer
-    /// operation).
+    /// Versions in the writer's quarantine, and their details (refreshed
+    /// after every writer operation while there are any).
     quarantined: Mutex<Vec<(ActorId, u64)>>,
+    quarantine: Mutex<Vec<litemesh_storage::QuarantinedVersion>>,
     failures: Mutex<Failures>,
     sync_tx: mpsc::UnboundedSender<SyncInput>,
     mb_tx: mpsc::UnboundedSender<MbInput>,
@@ -370,12 +371,7 @@ impl Inner {
             let mut w = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             let out = f(&mut w);
             // Publish what this node now holds (read back from the file).
-            {
-                let mut q = inner.quarantined.lock().unwrap_or_else(|e| e.into_inner());
-                if !q.is_empty() || w.quarantined_count() > 0 {
-                    *q = w.quarantined_versions();
-                }
-            }
+            inner.refresh_quarantine(&mut w, false);
             if let Ok(k) = w.knowledge() {
                 inner
                     .lag
@@ -405,6 +401,21 @@ impl Inner {
             k.have.entry(a).or_default().insert(v);
         }
         k
+    }
+
+    /// Refreshes the cached quarantine from the writer: when the set of
+    /// versions changed, or with `details` (after retries).
+    fn refresh_quarantine(&self, w: &mut Store, details: bool) {
+        let mut q = self.quarantined.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() && w.quarantined_count() == 0 {
+            return;
+        }
+        let now = w.quarantined_versions();
+        if details || now != *q {
+            *q = now;
+            *self.quarantine.lock().unwrap_or_else(|e| e.into_inner()) =
+                w.quarantine_list().unwrap_or_default();
+        }
     }
 
     /// Records the outcome of an operation that wrote the file.
@@ -720,6 +731,7 @@ impl Node {
             peer_knowledge: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(lag),
             quarantined: Mutex::new(Vec::new()),
+            quarantine: Mutex::new(Vec::new()),
             failures: Mutex::new(Failures {
                 last_write_ok: Some(std::time::Instant::now()),
                 ..Failures::default()
@@ -1088,16 +1100,12 @@ impl Node {
                 missing_versions: l.missing_versions,
             })
             .collect();
-        // From the reader: status stays quick while the writer is busy.
-        let i2 = self.inner.clone();
-        let quarantine = tokio::task::spawn_blocking(move || {
-            let mut r = i2.reader.lock().unwrap_or_else(|e| e.into_inner());
-            r.refresh()?;
-            r.quarantine_list()
-        })
-        .await
-        .map_err(|_| Error::ShuttingDown)?
-        .unwrap_or_default();
+        // From memory: status (and health) never wait on SQLite.
+        let quarantine = inner
+            .quarantine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let now_ms = unix_ms();
         let f = inner.failures().clone();
         Ok(Status {
@@ -1171,7 +1179,8 @@ impl Node {
             }
         }
         for p in &s.peers {
-            if p.behind_versions > t.max_behind_versions {
+            let reachable = p.state == "alive" || p.state == "suspect";
+            if reachable && p.behind_versions > t.max_behind_versions {
                 issues.push(HealthIssue::Behind {
                     of: p.name.clone().unwrap_or_else(|| p.addr.to_string()),
                     versions: p.behind_versions,
@@ -1218,9 +1227,14 @@ impl Node {
     /// Tries again, now, every change from peers in quarantine (after the
     /// cause was fixed). Returns how many now applied and how many still fail.
     pub async fn retry_quarantined(&self) -> Result<(usize, usize), Error> {
+        let inner = self.inner.clone();
         let r = self
             .inner
-            .with_writer(|w| Ok(w.retry_quarantined(unix_ms(), true)?))
+            .with_writer(move |w| {
+                let r = w.retry_quarantined(unix_ms(), true)?;
+                inner.refresh_quarantine(w, true);
+                Ok(r)
+            })
             .await?;
         if !r.tables_changed.is_empty() {
             let _ = self.inner.changes.send(ChangeEvent {
@@ -1883,10 +1897,10 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             .is_none_or(|t| t.elapsed() >= WRITE_PROBE_AFTER);
         let failing = inner.failures().write_error.is_some();
         let quarantined = inner
-            .writer
-            .try_lock()
-            .map(|w| w.quarantined_count())
-            .unwrap_or(0);
+            .quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
         let save = inner.known_dirty.load(Ordering::Relaxed)
             && (inner.known_new.swap(false, Ordering::Relaxed) || n.is_multiple_of(30));
         if !(idle || failing || quarantined > 0 || save) {
@@ -1903,7 +1917,11 @@ async fn maintenance_loop(inner: Arc<Inner>) {
                 }
                 if quarantined > 0 {
                     match w.retry_quarantined(unix_ms(), false) {
-                        Ok(r) => out.1 = Some(r),
+                        Ok(r) => {
+                            let tried = r.failed + r.applied.len() > 0;
+                            i2.refresh_quarantine(w, tried);
+                            out.1 = Some(r);
+                        }
                         Err(e) => tracing::warn!("retrying quarantined changes failed: {e}"),
                     }
                 }
