@@ -41,8 +41,12 @@ pub struct HttpStats {
     pub open: AtomicU64,
     /// Connections accepted in all.
     pub accepted: AtomicU64,
-    /// Connections closed at once because the limit was reached.
+    /// Connections closed at once because the limit was reached and every
+    /// open one was busy.
     pub refused: AtomicU64,
+    /// Idle (or still silent) connections closed to make room for new ones
+    /// at the limit.
+    pub evicted: AtomicU64,
     /// Connections closed for being too slow (headers, body, or reading the
     /// answer).
     pub timed_out: AtomicU64,
@@ -71,6 +75,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/quarantine/retry", post(quarantine_retry))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        // `read_body` is the one limit (8 MiB): without this, axum's `Bytes`
+        // extractor would add its own default of 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_body,
@@ -597,6 +604,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "counter",
         "HTTP API connections closed at once because the connection limit was reached.",
         &one(h.refused.load(Ordering::Relaxed) as f64),
+    );
+    metric(
+        "litemesh_api_connections_evicted_total",
+        "counter",
+        "Idle HTTP API connections closed to make room for new ones at the connection limit.",
+        &one(h.evicted.load(Ordering::Relaxed) as f64),
     );
     metric(
         "litemesh_api_timeouts_total",

@@ -2,8 +2,11 @@
 //! time limits, so that slow or idle clients cannot hold the agent's
 //! resources (descriptors, tasks, query connections) for long.
 //!
-//! - at most `max_connections` open at once; past that, a new connection is
-//!   closed at once (and counted);
+//! - at most `max_connections` open at once; past that, the connection that
+//!   has waited longest without a request in progress (idle, or still sending
+//!   its headers) is closed to make room, so that a flood of idle or slow
+//!   connections cannot shut out a health check; when every connection is
+//!   busy, the new one is closed at once (each counted);
 //! - a client must send a request's headers within `header_timeout` of the
 //!   connection opening or of the previous answer (this also closes idle
 //!   kept-alive connections), and its body within the body timeout (see
@@ -12,20 +15,22 @@
 //!   client that stops reading a streamed query result is cut off, which
 //!   also stops the query).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::api::HttpStats;
 
@@ -51,15 +56,38 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
+    let registry: Arc<Mutex<BTreeMap<u64, Arc<ConnState>>>> = Arc::default();
+    let mut next_id: u64 = 0;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, _)) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if stats.open.load(Ordering::Relaxed) >= limits.max_connections {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        drop(tcp);
-                        continue;
+                        // Make room: close the connection idle the longest.
+                        let victim = {
+                            let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+                            let v = reg
+                                .values()
+                                .filter(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+                                .min_by_key(|c| *c.idle_since.lock().unwrap_or_else(|e| e.into_inner()))
+                                .cloned();
+                            if let Some(v) = &v {
+                                reg.remove(&v.id);
+                            }
+                            v
+                        };
+                        match victim {
+                            Some(v) => {
+                                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                                v.kill.notify_one();
+                            }
+                            None => {
+                                stats.refused.fetch_add(1, Ordering::Relaxed);
+                                drop(tcp);
+                                continue;
+                            }
+                        }
                     }
                     // Small request/answer exchanges: no Nagle delay.
                     if let Err(e) = tcp.set_nodelay(true) {
@@ -67,11 +95,28 @@ pub async fn serve(
                     }
                     let open = Open::new(stats.clone());
                     let io = TokioIo::new(Stalling::new(tcp, limits.write_timeout, stats.clone()));
-                    let svc = TowerToHyperService::new(app.clone());
+                    next_id += 1;
+                    let state = Arc::new(ConnState {
+                        id: next_id,
+                        idle_since: Mutex::new(std::time::Instant::now()),
+                        in_flight: AtomicUsize::new(0),
+                        kill: Notify::new(),
+                    });
+                    registry
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(state.id, state.clone());
+                    let svc = Tracked {
+                        inner: TowerToHyperService::new(app.clone()),
+                        conn: state.clone(),
+                    };
                     let header_timeout = limits.header_timeout;
                     let mut stop = stop.clone();
+                    let counters = stats.clone();
+                    let registry = registry.clone();
                     conns.spawn(async move {
                         let _open = open;
+                        let _registered = Registered(registry, state.id);
                         let mut b = hyper::server::conn::http1::Builder::new();
                         b.timer(TokioTimer::new())
                             .header_read_timeout(header_timeout)
@@ -81,6 +126,9 @@ pub async fn serve(
                         tokio::select! {
                             r = conn.as_mut() => {
                                 if let Err(e) = r {
+                                    if e.is_timeout() {
+                                        counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                                    }
                                     tracing::debug!("HTTP connection ended: {e}");
                                 }
                             }
@@ -88,6 +136,7 @@ pub async fn serve(
                                 conn.as_mut().graceful_shutdown();
                                 let _ = conn.await;
                             }
+                            _ = state.kill.notified() => {}
                         }
                     });
                 }
@@ -104,6 +153,100 @@ pub async fn serve(
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// What the server knows of an open connection.
+struct ConnState {
+    id: u64,
+    /// Since when no request has been in progress on it.
+    idle_since: Mutex<std::time::Instant>,
+    /// Requests in progress: from their head until their answer's body is
+    /// sent (or dropped).
+    in_flight: AtomicUsize,
+    /// Closes it (to make room for a new one).
+    kill: Notify,
+}
+
+/// Removes a connection from the registry when its task ends.
+struct Registered(Arc<Mutex<BTreeMap<u64, Arc<ConnState>>>>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// A request in progress on a connection, until its answer is sent.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(c: Arc<ConnState>) -> InFlight {
+        c.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The API service, counting requests in progress on its connection.
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    conn: Arc<ConnState>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
+    type Response = hyper::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let guard = InFlight::new(self.conn.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|b| {
+                Body::new(Guarded {
+                    inner: b,
+                    _guard: guard,
+                })
+            }))
+        })
+    }
+}
+
+/// An answer body that keeps its request counted as in progress until it
+/// is sent or dropped.
+struct Guarded {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Counts an open connection while alive.

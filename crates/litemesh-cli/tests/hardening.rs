@@ -113,6 +113,29 @@ fn rows(api: &str) -> Vec<Vec<Json>> {
     rows
 }
 
+fn base64_of(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len() * 4 / 3 + 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
 fn kill9(a: &mut Agent) {
     let _ = a.child.kill();
     let _ = a.child.wait();
@@ -156,7 +179,7 @@ fn values_too_large_are_refused_and_large_ones_replicate_even_to_a_restarted_pee
         let (st, body) = post(
             &a.api,
             "/v1/transactions",
-            json!(["UPDATE items SET data = data || randomblob(1000000) WHERE id = 'grow'"])
+            json!(["UPDATE items SET data = data || hex(randomblob(500000)) WHERE id = 'grow'"])
                 .to_string(),
         );
         if st == 413 {
@@ -169,6 +192,13 @@ fn values_too_large_are_refused_and_large_ones_replicate_even_to_a_restarted_pee
         last >= 3,
         "appends up to the limit commit, the one past it is refused"
     );
+    // A request body of 4 MB (a 3 MB blob parameter) is within the limits.
+    let blob = base64_of(&vec![7u8; 3_000_000]);
+    exec(
+        &a.api,
+        json!([["INSERT INTO items (id, data) VALUES ('param', ?1)", [{ "blob": blob }]]]),
+    );
+    exec(&a.api, json!(["DELETE FROM items WHERE id = 'param'"]));
     // Large values and the writes after them reach b, also after b restarts.
     exec(
         &a.api,
@@ -237,6 +267,22 @@ fn transactions_may_only_write_replicated_tables() {
         );
     }
     assert!(!evil.exists(), "ATTACH created no file");
+    // Reads, and writes that return rows, run (their rows are not returned).
+    let done = exec(
+        &a.api,
+        json!([
+            "SELECT 1",
+            "INSERT INTO items (id, qty) VALUES ('ret', 5) RETURNING id"
+        ]),
+    );
+    assert_eq!(
+        done["results"],
+        json!([{"rows_affected": 0}, {"rows_affected": 1}])
+    );
+    let (st, msg) = refused(&a.api, json!([{"query": "SELECT ?", "params": [1, 2, 3]}]));
+    assert_eq!(st, 400, "{msg}");
+    assert!(msg.contains("takes 1 parameter(s), 3 given"), "{msg}");
+    let v0 = status(&a.api)["db_version"].as_u64().unwrap();
     assert_eq!(
         scalar(&a.api, "SELECT count(*) FROM items WHERE id = 'first'"),
         0
@@ -446,8 +492,9 @@ fn transactions_have_a_time_limit_and_sigterm_stops_whatever_runs() {
 }
 
 #[test]
-fn slow_idle_and_surplus_connections_are_closed() {
-    let (_dir, dpath) = folder("slow_idle_and_surplus_connections_are_closed");
+fn slow_idle_and_surplus_connections_are_closed_and_idle_ones_make_room() {
+    let (_dir, dpath) =
+        folder("slow_idle_and_surplus_connections_are_closed_and_idle_ones_make_room");
     let a = agent(
         dpath.as_path(),
         "a",
@@ -468,25 +515,47 @@ fn slow_idle_and_surplus_connections_are_closed() {
             }
         }
     };
-    // Idle connections hold the limit...
+    // Idle connections do not hold the limit: a new one takes the place of
+    // the one idle the longest.
     let mut idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(&a.api).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(200));
+    let (st, _) = get(&a.api, "/v1/health");
+    assert_eq!(
+        st, 200,
+        "a health check gets through a full house of idle connections"
+    );
+    let (closed, _) = closed_within(&mut idle[0], 10);
+    assert!(closed, "the oldest idle connection made room");
+    // Busy connections do hold it: four answers nobody reads.
+    let endless = json!("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, randomblob(100) FROM c").to_string();
+    let mut busy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect(&a.api).unwrap();
+            write!(
+                c,
+                "POST /v1/queries HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{endless}",
+                endless.len()
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let mut extra = TcpStream::connect(&a.api).unwrap();
     let _ = write!(extra, "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
     let (closed, text) = closed_within(&mut extra, 10);
     assert!(
-        closed && text.is_empty(),
-        "a connection past the limit is closed: {text}"
+        closed && !text.contains("200"),
+        "no room while all are busy: {text}"
     );
-    // ... until the header timeout closes them.
-    for c in &mut idle {
-        let (closed, _) = closed_within(c, 10);
-        assert!(closed, "an idle connection is closed");
+    // Answers that stall are cut (3 × --http-timeout), and room is back.
+    for c in &mut busy {
+        let (closed, _) = closed_within(c, 30);
+        assert!(closed, "a stalled answer is cut");
     }
-    let (st, _) = get(&a.api, "/v1/health");
-    assert_eq!(st, 200);
+    eventually(10, "room again", || get(&a.api, "/v1/health").0 == 200);
     // A body that never completes: 408.
     let mut slow = TcpStream::connect(&a.api).unwrap();
     write!(
@@ -792,6 +861,23 @@ fn health_says_when_the_node_cannot_write() {
         &a.api,
         json!(["INSERT INTO items (id, qty) VALUES ('y', 2)"]),
     );
+}
+
+#[test]
+fn health_says_when_the_file_was_removed_under_the_node() {
+    let (_dir, d) = folder("health_says_when_the_file_was_removed_under_the_node");
+    let d = d.as_path();
+    let a = agent(d, "a", &[]);
+    exec(
+        &a.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('x', 1)"]),
+    );
+    assert_eq!(health(&a.api).0, 200);
+    std::fs::remove_file(d.join("a.db")).unwrap();
+    eventually(10, "unhealthy: file gone", || {
+        let (st, h) = health(&a.api);
+        st == 503 && issue_kinds(&h).contains(&"file_gone".into())
+    });
 }
 
 #[test]

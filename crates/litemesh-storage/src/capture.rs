@@ -148,9 +148,19 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         }
         let mut size = 0usize;
         let mut pk = Vec::with_capacity(npk);
+        // A write (not a delete: no cells) must carry text that is valid
+        // UTF-8: other bytes would not travel to peers as they are stored.
+        let writes = ctx.len() > 3 + npk;
         for i in 3..ctx.len() {
             let v = ctx.get_raw(i);
             size += value_size(v);
+            if let ValueRef::Text(t) = v
+                && writes
+                && std::str::from_utf8(t).is_err()
+            {
+                let table: String = ctx.get(1)?;
+                return Err(refuse(&s, crate::StorageError::InvalidText { table }));
+            }
             if i < 3 + npk {
                 if v == ValueRef::Null {
                     let table: String = ctx.get(1)?;

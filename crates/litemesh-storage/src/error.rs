@@ -99,6 +99,21 @@ pub enum StorageError {
         table: String,
     },
 
+    /// A TEXT value that is not valid UTF-8 (it could not replicate as stored).
+    #[error(
+        "a TEXT value written to table {table:?} is not valid UTF-8: it could not be replicated \
+         as stored; store such bytes as a BLOB (e.g. CAST(x AS BLOB))"
+    )]
+    InvalidText {
+        /// The table.
+        table: String,
+    },
+
+    /// A client statement that cannot run as sent (e.g. the wrong number of
+    /// parameters).
+    #[error("{0}")]
+    InvalidStatement(String),
+
     /// A client statement that the sandbox does not allow.
     #[error("{0}")]
     Refused(String),
@@ -190,6 +205,7 @@ impl StorageError {
             StorageError::Decode(_)
             | StorageError::RowTooLarge { .. }
             | StorageError::NullKey { .. }
+            | StorageError::InvalidText { .. }
             | StorageError::UnknownTable(_) => true,
             _ => false,
         }

@@ -30,6 +30,10 @@ pub struct ExtractStats {
     pub cleared_versions: u64,
     /// Whether the sink stopped the extraction early.
     pub stopped: bool,
+    /// Versions left out because their change log cannot be read (damaged
+    /// metadata, or a key an earlier version wrote that cannot be decoded):
+    /// neither sent nor reported cleared, so the peer's gap stays visible.
+    pub unreadable_versions: u64,
 }
 
 struct Out<'s> {
@@ -244,14 +248,18 @@ impl Store {
             let mut rows = stmt.query((a as i64, s as i64, e as i64))?;
             let mut cur_version: Option<u64> = None;
             let mut cur_rows: Vec<RowChange> = Vec::new();
+            // Versions whose log cannot be read are isolated: one damaged
+            // version must not stop every other from being served.
+            let mut bad = RangeSet::new();
             while let Some(r) = rows.next()? {
                 let version = r.get::<_, i64>(0)? as u64;
                 if cur_version != Some(version) {
                     if let Some(v) = cur_version {
-                        self.finish_version(
+                        self.finish_or_skip(
                             actor,
                             v,
                             std::mem::take(&mut cur_rows),
+                            &bad,
                             &mut parked,
                             their_partial,
                             &mut with_data,
@@ -263,13 +271,32 @@ impl Store {
                     }
                     cur_version = Some(version);
                 }
+                if bad.contains(version) {
+                    continue;
+                }
                 let blob: Vec<u8> = r.get(1)?;
-                for le in decode_entries(&blob, r.get::<_, i64>(2)? as u64)? {
+                let entries = match decode_entries(&blob, r.get::<_, i64>(2)? as u64) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(%actor, version, "version left out of a sync: {e}");
+                        bad.insert(version);
+                        continue;
+                    }
+                };
+                for le in entries {
                     let Some(t) = by_id.get(&le.tbl) else {
                         continue;
                     };
-                    let pk = decode_pk(&le.pk)
-                        .ok_or_else(|| StorageError::Corrupt("change log key".into()))?;
+                    let Some(pk) = decode_pk(&le.pk) else {
+                        tracing::error!(
+                            %actor,
+                            version,
+                            table = %t.name,
+                            "version left out of a sync: a key in its change log cannot be decoded"
+                        );
+                        bad.insert(version);
+                        break;
+                    };
                     let entry = EntryRef {
                         actor: a,
                         version,
@@ -281,10 +308,11 @@ impl Store {
                 }
             }
             if let Some(v) = cur_version {
-                self.finish_version(
+                self.finish_or_skip(
                     actor,
                     v,
                     cur_rows,
+                    &bad,
                     &mut parked,
                     their_partial,
                     &mut with_data,
@@ -321,6 +349,29 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// [`Store::finish_version`], or, for a version whose log could not be
+    /// read, nothing: it counts as holding data (never reported cleared).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_or_skip(
+        &self,
+        actor: ActorId,
+        version: u64,
+        rows: Vec<RowChange>,
+        bad: &RangeSet,
+        parked: &mut BTreeMap<u64, Vec<RowChange>>,
+        their_partial: Option<&BTreeMap<u64, RangeSet>>,
+        with_data: &mut RangeSet,
+        out: &mut Out<'_>,
+    ) -> Result<()> {
+        if bad.contains(version) {
+            parked.remove(&version);
+            with_data.insert(version);
+            out.stats.unreadable_versions += 1;
+            return Ok(());
+        }
+        self.finish_version(actor, version, rows, parked, their_partial, with_data, out)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -88,8 +88,11 @@ const DENIED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "sqlite_
 /// Limits of a statement run for a client.
 #[derive(Debug, Clone, Default)]
 pub struct ClientLimits {
-    /// Time limit (from when the statement starts).
+    /// Time limit, counted from `started`.
     pub timeout: Option<Duration>,
+    /// When the time limit started to run (default: when the statement
+    /// starts; a query that waited for a connection counts from the request).
+    pub started: Option<Instant>,
     /// Set to stop the statement (e.g. its client went away).
     pub cancel: Option<Arc<AtomicBool>>,
 }
@@ -189,7 +192,9 @@ impl ConnGuard {
     pub(crate) fn limits(&self, l: &ClientLimits) -> LimitsOn<'_> {
         *self.interrupted.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
-            deadline: l.timeout.map(|t| (Instant::now() + t, t)),
+            deadline: l
+                .timeout
+                .map(|t| (l.started.unwrap_or_else(Instant::now) + t, t)),
             cancel: l.cancel.clone(),
         });
         LimitsOn(self)
@@ -427,20 +432,34 @@ impl ClientTx<'_> {
     /// statements are refused.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         let _mode = self.guard.client_mode(CLIENT_TX);
-        let run = || -> rusqlite::Result<usize> {
-            let _ = self.tx.set_limit(
-                rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
-                CLIENT_MAX_LENGTH,
-            );
-            let mut stmt = self.tx.prepare(sql)?;
-            let n = stmt.execute(params_from_iter(params.iter()));
-            drop(stmt);
-            let _ = self
-                .tx
-                .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1_000_000_000);
-            n
-        };
-        run().map_err(|e| self.guard.map_err(e))
+        let _ = self.tx.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+            CLIENT_MAX_LENGTH,
+        );
+        let res = (|| -> Result<usize> {
+            let mut stmt = self.tx.prepare(sql).map_err(|e| self.guard.map_err(e))?;
+            check_params(&stmt, params)?;
+            if stmt.column_count() == 0 {
+                return stmt
+                    .execute(params_from_iter(params.iter()))
+                    .map_err(|e| self.guard.map_err(e));
+            }
+            // A statement that returns rows (a SELECT, or a write with
+            // RETURNING): run it to the end; its rows are not returned.
+            let readonly = stmt.readonly();
+            let mut rows = stmt
+                .query(params_from_iter(params.iter()))
+                .map_err(|e| self.guard.map_err(e))?;
+            let mut returned = 0usize;
+            while rows.next().map_err(|e| self.guard.map_err(e))?.is_some() {
+                returned += 1;
+            }
+            Ok(if readonly { 0 } else { returned })
+        })();
+        let _ = self
+            .tx
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1_000_000_000);
+        res
     }
 }
 
@@ -526,8 +545,22 @@ impl ReadConnection {
     }
 }
 
+/// A statement's parameters must match what it takes, with a message that
+/// says so.
+fn check_params(stmt: &rusqlite::Statement<'_>, params: &[Value]) -> Result<()> {
+    let want = stmt.parameter_count();
+    if want != params.len() {
+        return Err(StorageError::InvalidStatement(format!(
+            "the statement takes {want} parameter(s), {} given",
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
 fn run_query(conn: &Connection, sql: &str, params: &[Value], sink: &mut dyn RowSink) -> Result<()> {
     let mut stmt = conn.prepare(sql)?;
+    check_params(&stmt, params)?;
     if !stmt.readonly() {
         return Err(StorageError::Refused(
             "a query is read-only: send writes as a transaction".into(),

@@ -298,12 +298,202 @@ fn declare(
         .prepare("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY rowid")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (name, _, _) in &indexes {
+    for (name, tbl, sql) in &indexes {
         if is_reserved(name) {
             return Err(StorageError::ReservedName(name.clone()));
         }
+        if let Some(t) = tables.iter().find(|t| t.name.eq_ignore_ascii_case(tbl)) {
+            check_index(t, name, sql)?;
+        }
     }
     Ok((tables, indexes))
+}
+
+/// A token of an index definition, enough to see which columns its
+/// expressions read and whether they call functions.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Open,
+    Close,
+    Comma,
+    Other,
+}
+
+fn tokenize(sql: &str) -> Vec<Tok> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                    } else if b[i] == b'\'' {
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+                i += 1;
+                out.push(Tok::Other);
+            }
+            b'"' | b'`' | b'[' => {
+                let close = if c == b'[' { b']' } else { c };
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != close {
+                    i += 1;
+                }
+                out.push(Tok::Ident(sql[start..i.min(b.len())].to_string()));
+                i += 1;
+            }
+            b'(' => {
+                out.push(Tok::Open);
+                i += 1;
+            }
+            b')' => {
+                out.push(Tok::Close);
+                i += 1;
+            }
+            b',' => {
+                out.push(Tok::Comma);
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let start = i;
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                out.push(Tok::Ident(sql[start..i].to_string()));
+            }
+            _ => {
+                out.push(Tok::Other);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Words that may precede `(` without being a function call.
+const NOT_FUNCTIONS: &[&str] = &[
+    "IN", "EXISTS", "CAST", "AND", "OR", "NOT", "WHEN", "THEN", "ELSE", "CASE", "END", "IS", "ON",
+    "WHERE", "BETWEEN", "COLLATE", "ASC", "DESC", "SELECT",
+];
+
+/// An index whose entry for a row depends on several non-key columns
+/// through a function (in one indexed expression, or through the partial
+/// index's WHERE clause) can fail on a row that two concurrent writes made
+/// together, each valid on its own node: `CASE WHEN parse THEN
+/// json_extract(body, '$.x') END`. Such an index is refused; plain columns,
+/// expressions of one column, and multi-column expressions without
+/// functions are fine.
+fn check_index(t: &DeclaredTable, index: &str, sql: &str) -> Result<()> {
+    let toks = tokenize(sql);
+    let non_key: Vec<String> = t
+        .cols
+        .iter()
+        .filter(|c| c.pk == 0)
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
+    // Skip to the column list: `ON <table> (`.
+    let Some(on) = toks
+        .iter()
+        .position(|x| matches!(x, Tok::Ident(w) if w.eq_ignore_ascii_case("ON")))
+    else {
+        return Ok(());
+    };
+    let Some(open) = toks[on..]
+        .iter()
+        .position(|x| *x == Tok::Open)
+        .map(|p| p + on)
+    else {
+        return Ok(());
+    };
+    let mut exprs: Vec<Vec<Tok>> = vec![Vec::new()];
+    let mut depth = 1;
+    let mut i = open + 1;
+    while i < toks.len() && depth > 0 {
+        match &toks[i] {
+            Tok::Open => depth += 1,
+            Tok::Close => depth -= 1,
+            Tok::Comma if depth == 1 => {
+                exprs.push(Vec::new());
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if depth > 0 {
+            exprs.last_mut().expect("one").push(toks[i].clone());
+        }
+        i += 1;
+    }
+    let rest = &toks[i.min(toks.len())..];
+    let where_part: Vec<Tok> = match rest
+        .iter()
+        .position(|x| matches!(x, Tok::Ident(w) if w.eq_ignore_ascii_case("WHERE")))
+    {
+        Some(w) => rest[w + 1..].to_vec(),
+        None => Vec::new(),
+    };
+    let analyse = |part: &[Tok]| -> (std::collections::BTreeSet<String>, bool) {
+        let mut cols = std::collections::BTreeSet::new();
+        let mut calls = false;
+        for (k, x) in part.iter().enumerate() {
+            if let Tok::Ident(w) = x {
+                let l = w.to_ascii_lowercase();
+                let call = part.get(k + 1) == Some(&Tok::Open)
+                    && !NOT_FUNCTIONS.iter().any(|n| n.eq_ignore_ascii_case(w));
+                if call || w.eq_ignore_ascii_case("ESCAPE") {
+                    calls = true;
+                } else if non_key.contains(&l) {
+                    cols.insert(l);
+                }
+            }
+        }
+        (cols, calls)
+    };
+    let (where_cols, where_calls) = analyse(&where_part);
+    let parts: Vec<&Vec<Tok>> = if exprs.iter().all(Vec::is_empty) {
+        Vec::new()
+    } else {
+        exprs.iter().collect()
+    };
+    let mut checks: Vec<(std::collections::BTreeSet<String>, bool)> = parts
+        .iter()
+        .map(|e| {
+            let (mut cols, calls) = analyse(e);
+            cols.extend(where_cols.iter().cloned());
+            (cols, calls || where_calls)
+        })
+        .collect();
+    checks.push((where_cols.clone(), where_calls));
+    for (cols, calls) in checks {
+        if cols.len() >= 2 && calls {
+            return Err(StorageError::Unsupported {
+                table: t.name.clone(),
+                reason: format!(
+                    "index {index:?} computes its entries from several columns ({}) through a \
+                     function: two concurrent writes, each valid on its node, can merge into a \
+                     row the function cannot take, and the merge would fail on some nodes; index \
+                     the columns themselves, or an expression of one column, or store the \
+                     computed value in a column written in one statement",
+                    cols.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Most non-key columns a replicated table may have (every column is an
@@ -692,10 +882,19 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     let pk_new = list("NEW.", &t.pk);
     let pk_old = list("OLD.", &t.pk);
     let cells_new: String = t.cols.iter().map(|c| format!(", NEW.{}", q(c))).collect();
+    // Whether a cell changed: by bytes and by type, not by the column's
+    // collation or numeric equality ('abc' to 'ABC' under NOCASE, 1 to 1.0
+    // are changes, and must replicate).
+    let differs = |c: &str| {
+        format!(
+            "(NEW.{0} IS NOT OLD.{0} COLLATE BINARY OR typeof(NEW.{0}) IS NOT typeof(OLD.{0}))",
+            q(c)
+        )
+    };
     let cells_changed: String = t
         .cols
         .iter()
-        .map(|c| format!(", CASE WHEN NEW.{0} IS NOT OLD.{0} THEN NEW.{0} END", q(c)))
+        .map(|c| format!(", CASE WHEN {} THEN NEW.{} END", differs(c), q(c)))
         .collect();
     let match_on = |prefix: &str| {
         t.pk.iter()
@@ -705,7 +904,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     };
     let pk_same =
         t.pk.iter()
-            .map(|p| format!("NEW.{0} IS OLD.{0}", q(p)))
+            .map(|p| format!("NOT {}", differs(p)))
             .collect::<Vec<_>>()
             .join(" AND ");
     // Each row write: number it, check it (no NULL key, not larger than a
@@ -744,11 +943,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         insert_clock(&pk_new)
     ));
     if ncols > 0 {
-        let changed: Vec<String> = t
-            .cols
-            .iter()
-            .map(|c| format!("NEW.{0} IS NOT OLD.{0}", q(c)))
-            .collect();
+        let changed: Vec<String> = t.cols.iter().map(|c| differs(c)).collect();
         sql.push_str(&format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND ({any}) BEGIN\n{log}\
              UPDATE {clk} SET __clk = __lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), {args}) \

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS __lm_site(
     local INTEGER NOT NULL DEFAULT 0,
     node BLOB,
     clean BLOB,
-    probe INTEGER NOT NULL DEFAULT 0);
+    probe INTEGER NOT NULL DEFAULT 0,
+    capture INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS __lm_actors(idx INTEGER PRIMARY KEY, actor BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS __lm_have(
     actor INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
@@ -74,7 +75,12 @@ ALTER TABLE __lm_site ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE __lm_site ADD COLUMN node BLOB;
 ALTER TABLE __lm_site ADD COLUMN clean BLOB;
 ALTER TABLE __lm_site ADD COLUMN probe INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE __lm_site ADD COLUMN capture INTEGER NOT NULL DEFAULT 0;
 ";
+
+/// Version of the capture triggers' text: a file whose triggers were made by
+/// another version gets them regenerated when opened.
+const CAPTURE: i64 = 2;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -200,6 +206,16 @@ impl Store {
                     )));
                 }
                 Some(_) => {}
+            }
+            let capture: i64 =
+                tx.query_row("SELECT capture FROM __lm_site WHERE id = 0", [], |r| {
+                    r.get(0)
+                })?;
+            if capture != CAPTURE {
+                for t in schema::load_tables(&tx)?.values() {
+                    schema::create_triggers(&tx, t)?;
+                }
+                tx.execute("UPDATE __lm_site SET capture = ?1 WHERE id = 0", [CAPTURE])?;
             }
             tx.commit()?;
         }

@@ -151,6 +151,16 @@ fn schema_features_that_would_diverge_are_refused() {
             "CREATE TABLE u (id TEXT PRIMARY KEY, __clk BLOB)",
             "reserved",
         ),
+        (
+            "CREATE TABLE d (id TEXT PRIMARY KEY, body TEXT, parse INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX d_x ON d(CASE WHEN parse THEN json_extract(body, '$.x') END)",
+            "several columns (body, parse)",
+        ),
+        (
+            "CREATE TABLE d (id TEXT PRIMARY KEY, body TEXT, parse INTEGER);
+             CREATE INDEX d_x ON d(json_extract(body, '$.x')) WHERE parse = 1",
+            "several columns",
+        ),
     ] {
         let err = s.apply_schema(sql).unwrap_err().to_string();
         assert!(err.contains(needle), "{sql}: {err}");
@@ -160,7 +170,11 @@ fn schema_features_that_would_diverge_are_refused() {
     let r = s
         .apply_schema(
             "CREATE TABLE p (id TEXT PRIMARY KEY, name TEXT COLLATE NOCASE);
-             CREATE TABLE c (id TEXT PRIMARY KEY, p TEXT REFERENCES p(id), n INTEGER CHECK (n >= 0))",
+             CREATE TABLE c (id TEXT PRIMARY KEY, p TEXT REFERENCES p(id), n INTEGER CHECK (n >= 0),
+                 a INTEGER, b INTEGER, doc TEXT);
+             CREATE INDEX c_sum ON c(a + b);
+             CREATE INDEX c_each ON c(lower(p), abs(n), json_extract(doc, '$.k'));
+             CREATE INDEX c_part ON c(a) WHERE b > 0",
         )
         .unwrap();
     let w = r.warnings.join("\n");
@@ -401,7 +415,7 @@ fn client_statements_stop_at_their_time_limit_or_when_cancelled() {
         &[forever],
         &ClientLimits {
             timeout: Some(Duration::from_millis(200)),
-            cancel: None,
+            ..ClientLimits::default()
         },
     )
     .unwrap_err();
@@ -417,8 +431,8 @@ fn client_statements_stop_at_their_time_limit_or_when_cancelled() {
         &mut s,
         &[forever],
         &ClientLimits {
-            timeout: None,
             cancel: Some(cancel),
+            ..ClientLimits::default()
         },
     )
     .unwrap_err();
@@ -502,7 +516,7 @@ fn queries_only_read_and_leave_the_connection_as_it_was() {
             &[],
             &ClientLimits {
                 timeout: Some(Duration::from_millis(100)),
-                cancel: None,
+                ..ClientLimits::default()
             },
             &mut c,
         )
@@ -568,6 +582,7 @@ fn a_format_1_file_is_upgraded_in_place() {
         c.execute_batch(
             "ALTER TABLE __lm_site DROP COLUMN local; ALTER TABLE __lm_site DROP COLUMN node;
              ALTER TABLE __lm_site DROP COLUMN clean; ALTER TABLE __lm_site DROP COLUMN probe;
+             ALTER TABLE __lm_site DROP COLUMN capture;
              UPDATE __lm_site SET format = 1; DROP TABLE __lm_quarantine; DROP TABLE __lm_peers;",
         )
         .unwrap();
@@ -583,4 +598,66 @@ fn a_format_1_file_is_upgraded_in_place() {
     let mut t = open(&dir, "t");
     sync(&s, &mut t);
     assert_eq!(dump(&s, "items"), dump(&t, "items"));
+}
+
+#[test]
+fn text_that_is_not_utf8_is_refused_and_never_stops_serving() {
+    let (_d, mut a, mut b) = pair("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)");
+    a.execute_batch("INSERT INTO t VALUES ('before', 'x')")
+        .unwrap();
+    for sql in [
+        "INSERT INTO t VALUES (CAST(x'ff' AS TEXT), 'v')",
+        "INSERT INTO t VALUES ('k', CAST(x'fe' AS TEXT))",
+        "UPDATE t SET v = CAST(x'c3' AS TEXT) WHERE id = 'before'",
+        "INSERT INTO t VALUES (char(55296), 'v')",
+    ] {
+        let err = a.execute_batch(sql).unwrap_err();
+        assert!(
+            matches!(err, StorageError::InvalidText { .. }),
+            "{sql}: {err}"
+        );
+    }
+    a.execute_batch("INSERT INTO t VALUES ('after', 'y')")
+        .unwrap();
+    wire_sync(&a, &mut b);
+    assert_eq!(dump(&a, "t"), dump(&b, "t"));
+    assert_eq!(count(&b, "SELECT count(*) FROM t"), 2);
+}
+
+#[test]
+fn changes_that_compare_equal_but_differ_are_captured() {
+    let (_d, mut a, mut b) = pair(
+        "CREATE TABLE t (id TEXT PRIMARY KEY, name TEXT COLLATE NOCASE, pad TEXT COLLATE RTRIM, v);
+         CREATE TABLE k (id, w TEXT, PRIMARY KEY (id)) WITHOUT ROWID",
+    );
+    a.execute_batch("INSERT INTO t VALUES ('x', 'abc', 'p', 1); INSERT INTO k VALUES (1, 'w')")
+        .unwrap();
+    wire_sync(&a, &mut b);
+    for sql in [
+        "UPDATE t SET name = 'ABC' WHERE id = 'x'",
+        "UPDATE t SET pad = 'p   ' WHERE id = 'x'",
+        "UPDATE t SET v = 1.0 WHERE id = 'x'",
+        "UPDATE k SET id = 1.0 WHERE id = 1",
+    ] {
+        let v = a.execute_batch(sql).unwrap();
+        assert!(v.is_some(), "{sql}: captured as a version");
+    }
+    wire_sync(&a, &mut b);
+    let typed = |s: &Store, sql: &str| -> Vec<(String, String)> {
+        let mut st = s.connection().prepare(sql).unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    for sql in [
+        "SELECT name || '|' || pad || '|', typeof(v) FROM t",
+        "SELECT quote(id), typeof(id) FROM k",
+    ] {
+        assert_eq!(typed(&a, sql), typed(&b, sql), "{sql}");
+    }
+    assert_eq!(
+        typed(&b, "SELECT quote(id), typeof(id) FROM k")[0].1,
+        "real"
+    );
 }

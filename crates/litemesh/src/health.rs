@@ -13,7 +13,8 @@
 //! - changes from peers **cannot be applied**: some are in quarantine, or
 //!   applying keeps failing;
 //! - **serving** peers keeps failing (its data cannot leave it);
-//! - it **cannot write** its file (disk full, read-only, locked elsewhere);
+//! - it **cannot write** its file (disk full, read-only, locked elsewhere),
+//!   or the file was removed or replaced under it;
 //! - it is shutting down.
 
 use std::fmt;
@@ -95,6 +96,12 @@ pub enum HealthIssue {
         /// The last error.
         error: String,
     },
+    /// The database file was removed or replaced under the running node:
+    /// it keeps writing to the file it opened, which no one else can read.
+    FileGone {
+        /// The path.
+        path: String,
+    },
     /// The node is shutting down.
     ShuttingDown,
 }
@@ -110,6 +117,7 @@ impl HealthIssue {
             HealthIssue::ApplyFailing { .. } => "apply_failing",
             HealthIssue::ServeFailing { .. } => "serve_failing",
             HealthIssue::CannotWrite { .. } => "cannot_write",
+            HealthIssue::FileGone { .. } => "file_gone",
             HealthIssue::ShuttingDown => "shutting_down",
         }
     }
@@ -149,6 +157,11 @@ impl fmt::Display for HealthIssue {
                 "serving peers' reconciliations failed {failures} times in a row: {error}"
             ),
             HealthIssue::CannotWrite { error } => write!(f, "cannot write its file: {error}"),
+            HealthIssue::FileGone { path } => write!(
+                f,
+                "its database file {path} was removed or replaced while it runs: it writes to a \
+                 file no one else can open; restart it"
+            ),
             HealthIssue::ShuttingDown => f.write_str("shutting down"),
         }
     }
@@ -177,6 +190,7 @@ pub(crate) struct Failures {
     pub serve_error: Option<String>,
     pub write_error: Option<String>,
     pub last_write_ok: Option<std::time::Instant>,
+    pub file_gone: bool,
 }
 
 impl Failures {

@@ -341,6 +341,13 @@ struct Inner {
     max_query_rows: u64,
     forget_after: Duration,
     last_rotation: Mutex<Option<tokio::time::Instant>>,
+    /// After a clean restart: no peer has yet shown that it holds this
+    /// node's latest version. A restored copy of a cleanly
+    /// stopped file looks clean; its peers' knowledge gives it away when
+    /// they hold more (see `check_own_versions`), but they may all be out of
+    /// reach. So the first write made before a peer confirms moves the node
+    /// to a new actor id first: a version is never numbered twice.
+    probation: AtomicBool,
     lock: Mutex<Option<FileLock>>,
 }
 
@@ -507,6 +514,9 @@ impl Inner {
             .get(&own)
             .and_then(|r| r.max())
             .unwrap_or(0);
+        if their_head == ours && self.probation.swap(false, Ordering::SeqCst) {
+            tracing::debug!(%from, "a peer holds this node's latest version: the actor id stays");
+        }
         if their_head <= ours {
             return;
         }
@@ -586,6 +596,8 @@ struct Opened {
     queries: Vec<ReadConnection>,
     lock: FileLock,
     remembered: Vec<RememberedPeer>,
+    /// The actor id was kept (a clean restart): see `Inner::probation`.
+    kept: bool,
 }
 
 fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Error> {
@@ -597,7 +609,7 @@ fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Er
             tracing::warn!("{w}");
         }
     }
-    session::begin(&mut writer, &settings.db_path)?;
+    let begun = session::begin(&mut writer, &settings.db_path)?;
     writer.set_stop_flag(stop.clone());
     let reader = Store::open(&settings.db_path)?;
     reader.set_stop_flag(stop.clone());
@@ -614,6 +626,7 @@ fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Er
         queries,
         lock,
         remembered,
+        kept: begun.kept,
     })
 }
 
@@ -656,6 +669,7 @@ impl Node {
             queries,
             lock,
             remembered,
+            kept,
         } = opened;
         let actor = writer.actor_id();
         let knowledge0 = writer.knowledge()?;
@@ -750,6 +764,7 @@ impl Node {
             max_query_rows: settings.max_query_rows,
             forget_after: settings.forget_after,
             last_rotation: Mutex::new(None),
+            probation: AtomicBool::new(kept),
             lock: Mutex::new(Some(lock)),
         });
 
@@ -849,12 +864,21 @@ impl Node {
         }
         let limits = ClientLimits {
             timeout: Some(self.inner.transaction_timeout),
-            cancel: None,
+            ..ClientLimits::default()
         };
         let inner = self.inner.clone();
         let res = self
             .inner
             .with_writer(move |w| {
+                if inner.probation.swap(false, Ordering::SeqCst) {
+                    let new = w.rotate_actor()?;
+                    tracing::warn!(
+                        actor = %new,
+                        "a write came before any peer confirmed that it holds this node's latest \
+                         version (the file may be a restored copy): writing under a new actor id"
+                    );
+                    *inner.actor.write().unwrap_or_else(|e| e.into_inner()) = new;
+                }
                 let committed = w.client_transaction(&limits, |tx| {
                     let mut out = Vec::with_capacity(statements.len());
                     for st in &statements {
@@ -1216,6 +1240,11 @@ impl Node {
         if let Some(e) = f.write_error {
             issues.push(HealthIssue::CannotWrite { error: e });
         }
+        if f.file_gone {
+            issues.push(HealthIssue::FileGone {
+                path: self.inner.db_path.display().to_string(),
+            });
+        }
         Ok(Health { issues })
     }
 
@@ -1271,8 +1300,21 @@ impl Node {
         let save = tokio::task::spawn_blocking(move || {
             let mut w = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             inner.stop.store(false, Ordering::SeqCst);
-            let res = save_known(&inner, &mut w)
-                .and_then(|()| session::end_clean(&mut w, &inner.db_path));
+            // A file removed or replaced under the node is not the one the
+            // path names: nothing to mark.
+            let same = inner
+                .lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_some_and(|l| l.names(&inner.db_path));
+            let res = save_known(&inner, &mut w).and_then(|()| {
+                if same {
+                    session::end_clean(&mut w, &inner.db_path)
+                } else {
+                    Ok(())
+                }
+            });
             inner.stop.store(true, Ordering::SeqCst);
             if let Err(e) = res {
                 tracing::warn!("could not record the clean shutdown: {e}");
@@ -1830,6 +1872,11 @@ fn save_known(inner: &Inner, w: &mut Store) -> Result<(), Error> {
         })
         .collect();
     let forget = std::mem::take(&mut *inner.forgotten.lock().unwrap_or_else(|e| e.into_inner()));
+    tracing::debug!(
+        seen = seen.len(),
+        forget = forget.len(),
+        "saving the known members"
+    );
     if let Err(e) = w.remember_peers(&seen, &forget) {
         inner.known_dirty.store(true, Ordering::Relaxed);
         return Err(e.into());
@@ -1850,6 +1897,20 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             _ = shutdown.changed() => break,
         }
         n += 1;
+        // The file must still be the one the node opened.
+        let gone = !inner
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|l| l.names(&inner.db_path));
+        if gone && !inner.failures().file_gone {
+            tracing::error!(
+                path = %inner.db_path.display(),
+                "the database file was removed or replaced while the node runs; restart the node"
+            );
+        }
+        inner.failures().file_gone = gone;
         // Forget members not seen for `forget_after`.
         {
             let limit = inner.forget_after.as_millis() as u64;

@@ -180,6 +180,7 @@ pub(crate) async fn start(
     timeout: Duration,
     max_rows: u64,
 ) -> Result<Rows, Error> {
+    let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let permit = match tokio::time::timeout_at(deadline, pool.permits.clone().acquire_owned()).await
     {
@@ -197,7 +198,6 @@ pub(crate) async fn start(
     let pool2 = pool.clone();
     let cancel2 = cancel.clone();
     let rt = tokio::runtime::Handle::current();
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let Some(mut conn) = pool2.conns.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
@@ -214,7 +214,8 @@ pub(crate) async fn start(
             max_rows,
         };
         let limits = ClientLimits {
-            timeout: Some(left),
+            timeout: Some(timeout),
+            started: Some(started),
             cancel: Some(cancel2),
         };
         let res = conn.query(&statement.sql, &statement.params, &limits, &mut sink);

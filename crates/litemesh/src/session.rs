@@ -21,14 +21,25 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use litemesh_storage::{ActorId, Store};
+use litemesh_storage::Store;
 
 use crate::error::Error;
 
 /// Holds the node's exclusive lock on its database file while alive.
 #[derive(Debug)]
 pub(crate) struct FileLock {
-    _file: File,
+    file: File,
+}
+
+impl FileLock {
+    /// Whether `path` still names the file this lock holds (it was not
+    /// removed, or replaced by another file, under the running node).
+    pub(crate) fn names(&self, path: &Path) -> bool {
+        match (self.file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
 }
 
 /// Takes the exclusive lock on the database file (creating it if missing).
@@ -41,7 +52,7 @@ pub(crate) fn lock(db: &Path) -> Result<FileLock, Error> {
         .open(db)
         .map_err(|e| Error::Settings(format!("cannot open {}: {e}", db.display())))?;
     match file.try_lock() {
-        Ok(()) => Ok(FileLock { _file: file }),
+        Ok(()) => Ok(FileLock { file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse(db.display().to_string())),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::Settings(format!(
             "cannot lock {}: {e}",
@@ -60,19 +71,27 @@ fn identity(db: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(db).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// How a start went.
+#[derive(Debug)]
+pub(crate) struct Begun {
+    /// The last run ended with a clean shutdown of this very file, and the
+    /// actor id was kept.
+    pub kept: bool,
+}
+
 /// At start, before any write: keeps the actor id only if the last run ended
 /// with a clean shutdown of this very file; else moves to a new one (when the
-/// current one ever wrote). Returns the actor left behind, if any. Then
-/// clears the marker, so that a crash from here on is detected.
-pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Option<ActorId>, Error> {
+/// current one ever wrote). Then clears the marker, so that a crash from here
+/// on is detected.
+pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Begun, Error> {
     let marker = store.clean_marker()?;
     let expected = std::fs::read_to_string(sidecar(db)).ok();
     let clean = match (&marker, expected, identity(db)) {
         (Some(m), Some(text), Some((dev, ino))) => text.trim() == format!("{} {dev} {ino}", hex(m)),
         _ => false,
     };
-    let mut left = None;
-    if !clean && store.db_version()? > 0 {
+    let wrote = store.db_version()? > 0;
+    if !clean && wrote {
         let old = store.actor_id();
         let new = store.rotate_actor()?;
         tracing::warn!(
@@ -82,13 +101,14 @@ pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Option<ActorId>, Err
              a restored or copied file): local writes now go under a new actor id, so that no \
              version number is ever reused; the old actor's versions stay and replicate as before"
         );
-        left = Some(old);
     }
     if marker.is_some() {
         store.set_clean_marker(None)?;
     }
     let _ = std::fs::remove_file(sidecar(db));
-    Ok(left)
+    Ok(Begun {
+        kept: clean && wrote,
+    })
 }
 
 /// At the end of a graceful shutdown, when nothing writes any more.

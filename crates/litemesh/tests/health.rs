@@ -145,13 +145,23 @@ async fn a_restored_backup_is_caught_by_its_peers_and_never_reuses_a_version() {
     // The backup, taken while a is stopped (the file and its marker).
     let db = dir.path().join("a.db");
     let clean = dir.path().join("a.db-clean");
+    let wal = dir.path().join("a.db-wal");
     let backup = std::fs::read(&db).unwrap();
     let backup_clean = std::fs::read(&clean).unwrap();
+    let backup_wal = std::fs::read(&wal).ok();
     let (a, _) = start(&dir, &ca, "a", &[seed]).await;
     assert_eq!(a.actor_id(), first_actor, "a clean restart keeps the actor");
+    // Once a peer has shown that it holds a's latest version, a writes on
+    // under its actor id.
+    eventually(Duration::from_secs(10), "a reconciled with b", || {
+        let a = a.clone();
+        async move { a.status().await.unwrap().syncs_completed > 0 }
+    })
+    .await;
     for i in 0..5 {
         insert(&a, format!("second-{i}")).await;
     }
+    assert_eq!(a.actor_id(), first_actor);
     eventually(Duration::from_secs(10), "b has a's ten rows", || {
         let b = b.clone();
         async move { dump(&b).await.len() == 10 }
@@ -162,10 +172,13 @@ async fn a_restored_backup_is_caught_by_its_peers_and_never_reuses_a_version() {
     // Every connection of the stopped node is closed once its tasks are gone.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Restore in place (same file, so the same inode) with the old marker.
-    let _ = std::fs::remove_file(dir.path().join("a.db-wal"));
+    let _ = std::fs::remove_file(&wal);
     let _ = std::fs::remove_file(dir.path().join("a.db-shm"));
     std::fs::write(&db, &backup).unwrap();
     std::fs::write(&clean, &backup_clean).unwrap();
+    if let Some(w) = &backup_wal {
+        std::fs::write(&wal, w).unwrap();
+    }
     let (a, _) = start(&dir, &ca, "a", &[seed]).await;
     eventually(Duration::from_secs(20), "a moves to a new actor id", || {
         let ok = a.actor_id() != first_actor;
@@ -180,6 +193,77 @@ async fn a_restored_backup_is_caught_by_its_peers_and_never_reuses_a_version() {
         async move { all_identical(&nodes).await && dump(&nodes[0]).await.len() == 11 }
     })
     .await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// The same restore while every peer is down: no peer can tell, so the first
+/// write moves the node to a new actor id before it commits, and the write
+/// the restore lost comes back when the peer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_with_no_peer_in_reach_writes_under_a_new_actor() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (b, _) = start(&dir, &ca, "b", &[]).await;
+    let (a, _) = start(&dir, &ca, "a", &[b.local_addr()]).await;
+    insert(&a, "one".into()).await;
+    let first_actor = a.actor_id();
+    a.shutdown().await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = dir.path().join("a.db");
+    let clean = dir.path().join("a.db-clean");
+    let wal = dir.path().join("a.db-wal");
+    let backup = std::fs::read(&db).unwrap();
+    let backup_clean = std::fs::read(&clean).unwrap();
+    let backup_wal = std::fs::read(&wal).ok();
+    let (a, _) = start(&dir, &ca, "a", &[b.local_addr()]).await;
+    assert_eq!(a.actor_id(), first_actor);
+    let two = insert(&a, "two".into()).await;
+    b.wait_for(&two.token, Duration::from_secs(10))
+        .await
+        .unwrap();
+    a.shutdown().await;
+    drop(a);
+    b.shutdown().await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_file(&wal);
+    let _ = std::fs::remove_file(dir.path().join("a.db-shm"));
+    std::fs::write(&db, &backup).unwrap();
+    std::fs::write(&clean, &backup_clean).unwrap();
+    if let Some(w) = &backup_wal {
+        std::fs::write(&wal, w).unwrap();
+    }
+    // b is down: a starts clean, with no one to ask.
+    let (a, _) = start(&dir, &ca, "a", &[]).await;
+    assert_eq!(
+        a.actor_id(),
+        first_actor,
+        "clean as far as the file can tell"
+    );
+    let three = insert(&a, "three".into()).await;
+    assert_ne!(
+        three.token.versions()[0].0,
+        first_actor,
+        "the first write went under a new actor id"
+    );
+    let (b, _) = start(&dir, &ca, "b", &[a.local_addr()]).await;
+    let nodes = [a.clone(), b.clone()];
+    eventually(
+        Duration::from_secs(20),
+        "one, two and three everywhere",
+        || {
+            let nodes = nodes.clone();
+            async move { all_identical(&nodes).await && dump(&nodes[0]).await.len() == 3 }
+        },
+    )
+    .await;
+    a.wait_for(&two.token, Duration::from_secs(5))
+        .await
+        .unwrap();
     for n in &nodes {
         n.shutdown().await;
     }
