@@ -66,7 +66,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::history::{
-    History, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt, lists_alive, node_name,
+    History, LargeFinal, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt, large_final,
+    lists_alive, node_name,
 };
 
 /// At most this many op ids per anomaly.
@@ -122,11 +123,31 @@ pub enum AnomalyKind {
     /// An acknowledged write's event row is missing from (or different in) a
     /// node's final contents. Acknowledged writes must reach every node, and
     /// event rows are never updated or deleted. One anomaly per (node, txn).
+    /// Also an acknowledged large value missing from a node's final contents.
     LostWrite,
+    /// A large value in a node's final contents is not what its write wrote
+    /// (type, length or digest differ). Large rows are never updated, and a
+    /// row's change travels whole.
+    CorruptValue,
     /// Something written only by a request that failed definitely (4xx) is
-    /// visible: an event row in a final state, or a register value read or in
-    /// a final state. A failed transaction applies nothing.
+    /// visible: an event row or large value in a final state, or a register
+    /// value read or in a final state. A failed transaction applies nothing.
     FailedWriteVisible,
+    /// A request the API's sandbox must refuse (DDL, a pragma, transaction
+    /// control, ATTACH, litemesh's own tables or functions, a write through
+    /// the query endpoint) was not refused: answered 2xx, or with a status
+    /// other than 403 (or 503, a node unavailable or shutting down; no answer
+    /// at all tells nothing); or a row it would have written is in a final
+    /// state; or a file its ATTACH named exists at the end.
+    SandboxBreach,
+    /// A write of a large value under the agent's limits (a value of 1–3.9
+    /// MB, in a request under the 8 MiB body limit) was refused (4xx). Such a
+    /// write must commit.
+    LargeWriteRefused,
+    /// A row write over the agent's size limit (4 MiB of key and cells) was
+    /// not refused: answered 2xx, or with a status other than 413 (or 503),
+    /// or its row is in a final state.
+    OversizedAccepted,
     /// A transaction was seen partially: a `TxnCheck` reported a partial
     /// transaction, a final state holds some but not all rows of a
     /// transaction (also for writes of unknown outcome: they apply whole or
@@ -157,15 +178,27 @@ pub enum AnomalyKind {
     NotConverged,
     /// A node's last membership view does not list every other node alive.
     MembershipNotConverged,
+    /// At the end (after the final convergence, and a grace of up to 10 s) a
+    /// node still holds changes from peers in quarantine, or its consecutive
+    /// failures to apply peers' changes or to serve peers are not zero. With
+    /// every fault healed and every change held, nothing may stay stuck.
+    StuckApply,
+    /// At the end (same grace) a node's `/v1/health` does not answer 200, its
+    /// status reports a write error, or its status cannot be read.
+    UnhealthyAtEnd,
     /// An agent process exited unexpectedly.
     AgentCrash,
 }
 
 impl AnomalyKind {
     /// Every kind, in order.
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 17] = [
         AnomalyKind::LostWrite,
+        AnomalyKind::CorruptValue,
         AnomalyKind::FailedWriteVisible,
+        AnomalyKind::SandboxBreach,
+        AnomalyKind::LargeWriteRefused,
+        AnomalyKind::OversizedAccepted,
         AnomalyKind::HalfTransaction,
         AnomalyKind::Divergence,
         AnomalyKind::StaleTokenRead,
@@ -174,6 +207,8 @@ impl AnomalyKind {
         AnomalyKind::SupersededFinalValue,
         AnomalyKind::NotConverged,
         AnomalyKind::MembershipNotConverged,
+        AnomalyKind::StuckApply,
+        AnomalyKind::UnhealthyAtEnd,
         AnomalyKind::AgentCrash,
     ];
 
@@ -181,7 +216,11 @@ impl AnomalyKind {
     pub fn name(&self) -> &'static str {
         match self {
             AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::CorruptValue => "corrupt-value",
             AnomalyKind::FailedWriteVisible => "failed-write-visible",
+            AnomalyKind::SandboxBreach => "sandbox-breach",
+            AnomalyKind::LargeWriteRefused => "large-write-refused",
+            AnomalyKind::OversizedAccepted => "oversized-accepted",
             AnomalyKind::HalfTransaction => "half-transaction",
             AnomalyKind::Divergence => "divergence",
             AnomalyKind::StaleTokenRead => "stale-token-read",
@@ -190,6 +229,8 @@ impl AnomalyKind {
             AnomalyKind::SupersededFinalValue => "superseded-final-value",
             AnomalyKind::NotConverged => "not-converged",
             AnomalyKind::MembershipNotConverged => "membership-not-converged",
+            AnomalyKind::StuckApply => "stuck-apply",
+            AnomalyKind::UnhealthyAtEnd => "unhealthy-at-end",
             AnomalyKind::AgentCrash => "agent-crash",
         }
     }
@@ -215,6 +256,12 @@ pub struct Metrics {
     pub rows_acked: u64,
     /// Register statements (sets and deletes) of acknowledged writes.
     pub register_writes_acked: u64,
+    /// Large values of acknowledged writes.
+    #[serde(default)]
+    pub large_acked: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub large_bytes_acked: u64,
     /// One entry per fault, in order.
     pub faults: Vec<FaultResult>,
     /// Time from `quiet_from` until every node held every acknowledged
@@ -327,6 +374,9 @@ pub fn check(h: &History) -> CheckResult {
     check_final_registers(&ix, &mut out);
     check_not_converged(&ix, &mut out);
     check_membership(&ix, &mut out);
+    check_large_values(&ix, &mut out);
+    check_hostile(&ix, &mut out);
+    check_end(&ix, &mut out);
     check_crashes(&ix, &mut out);
     // Stable: keeps the (deterministic) order within a kind.
     out.sort_by_key(|a| a.kind);
@@ -382,6 +432,16 @@ struct EventRef {
     op: u64,
     /// Every op writing it failed.
     all_failed: bool,
+}
+
+/// Who wrote a large row id, and what it must hold.
+struct LargeRef {
+    /// The first op writing it.
+    op: u64,
+    /// Every op writing it failed.
+    all_failed: bool,
+    /// Its value as a final state must show it.
+    expect: LargeFinal,
 }
 
 /// The deletes of one key sent to one node (failed ones excluded: they
@@ -480,6 +540,10 @@ struct Index<'a> {
     by_value: HashMap<&'a str, Src>,
     keys: BTreeMap<&'a str, KeyInfo>,
     events: HashMap<&'a str, EventRef>,
+    /// Large rows, by id.
+    large: HashMap<&'a str, LargeRef>,
+    /// Rows that hostile requests would have written, and the request.
+    hostile_rows: HashMap<&'a str, &'a Op>,
     /// Write ops of each transaction id.
     txn_ops: HashMap<&'a str, Vec<u64>>,
     /// Progress samples per node, by time.
@@ -504,12 +568,19 @@ impl<'a> Index<'a> {
             by_value: HashMap::new(),
             keys: BTreeMap::new(),
             events: HashMap::new(),
+            large: HashMap::new(),
+            hostile_rows: HashMap::new(),
             txn_ops: HashMap::new(),
             samples: Vec::new(),
             views: Vec::new(),
         };
         for op in &h.ops {
             ix.ops.insert(op.id, op);
+            if let OpKind::Hostile { rows, .. } = &op.kind {
+                for r in rows {
+                    ix.hostile_rows.insert(r.as_str(), op);
+                }
+            }
             let OpKind::Write { stmts, .. } = &op.kind else {
                 continue;
             };
@@ -552,6 +623,22 @@ impl<'a> Index<'a> {
                             value: None,
                         });
                         ix.op_regs.entry(op.id).or_default().push(i);
+                    }
+                    Stmt::InsertLarge {
+                        id,
+                        len,
+                        seed,
+                        text,
+                    } => {
+                        let failed = st == St::Failed;
+                        ix.large
+                            .entry(id.as_str())
+                            .and_modify(|e| e.all_failed &= failed)
+                            .or_insert_with(|| LargeRef {
+                                op: op.id,
+                                all_failed: failed,
+                                expect: large_final(*seed, *len, *text),
+                            });
                     }
                     Stmt::Invalid => {}
                 }
@@ -692,6 +779,8 @@ fn check_final_events(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
             match ix.events.get(id.as_str()) {
                 Some(e) if e.all_failed => failed.entry(e.op).or_default().push(id),
                 Some(_) => {}
+                // Reported by `check_hostile`.
+                None if ix.hostile_rows.contains_key(id.as_str()) => {}
                 None => invented.push(id.clone()),
             }
             let t = txns.entry(txn.as_str()).or_insert((0, *size, false));
@@ -797,6 +886,32 @@ fn check_lost_writes(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
             }
         }
     }
+    // Acknowledged large values: present on every node (their content is
+    // checked by `check_large_values`).
+    for op in &ix.h.ops {
+        let (Outcome::Ok, OpKind::Write { stmts, .. }) = (&op.outcome, &op.kind) else {
+            continue;
+        };
+        for s in stmts {
+            let Stmt::InsertLarge { id, len, .. } = s else {
+                continue;
+            };
+            for f in &ix.h.finals {
+                if !f.large.contains_key(id) {
+                    push(
+                        out,
+                        AnomalyKind::LostWrite,
+                        format!(
+                            "{}: acknowledged write op {} of large value {id} ({len} bytes) is missing from its final state",
+                            name(f.node),
+                            op.id
+                        ),
+                        vec![op.id],
+                    );
+                }
+            }
+        }
+    }
     for ((node, txn), l) in lost {
         let mut detail = format!(
             "{}: acknowledged write op {} (txn {txn}, {} rows)",
@@ -897,7 +1012,7 @@ fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
     for (i, f) in finals.iter().enumerate() {
         let same = classes.iter_mut().find(|c| {
             let r = &finals[c[0]];
-            r.events == f.events && r.registers == f.registers
+            r.events == f.events && r.registers == f.registers && r.large == f.large
         });
         match same {
             Some(c) => c.push(i),
@@ -931,6 +1046,7 @@ fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
         let mut ops = Vec::new();
         let ev = diff_maps(&r.events, &o.events);
         let rg = diff_maps(&r.registers, &o.registers);
+        let lg = diff_maps(&r.large, &o.large);
         let ev_op = |id: &String| ix.events.get(id.as_str()).map(|e| e.op);
         let val_op =
             |v: Option<&String>| v.and_then(|v| ix.writer_of(v)).flatten().map(|w| w.op.id);
@@ -944,6 +1060,21 @@ fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
             }
             let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
             ops.extend(keys.iter().filter_map(|k| ev_op(k)));
+            let _ = write!(detail, " {label}: {};", examples(&list, *total));
+        }
+        for (label, (keys, total)) in [
+            (format!("large values only on {rn}"), &lg.only_a),
+            (format!("large values only on {on}"), &lg.only_b),
+            ("large values that differ".to_string(), &lg.differ),
+        ] {
+            if *total == 0 {
+                continue;
+            }
+            let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            ops.extend(
+                keys.iter()
+                    .filter_map(|k| ix.large.get(k.as_str()).map(|l| l.op)),
+            );
             let _ = write!(detail, " {label}: {};", examples(&list, *total));
         }
         let reg_keys = rg
@@ -1716,12 +1847,300 @@ fn check_crashes(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
 }
 
 // ---------------------------------------------------------------------------
+// Large values, hostile requests, the end of the run
+// ---------------------------------------------------------------------------
+
+/// Large values:
+///
+/// - **LargeWriteRefused**: a write of a large value refused (4xx). Large
+///   values stay under the row limit and their requests under the body
+///   limit, so nothing but an unavailable agent (no answer, 5xx) may keep
+///   one from committing.
+///
+/// In the final states (their presence where acknowledged is checked by
+/// `check_lost_writes`):
+///
+/// - **CorruptValue**: a row whose type, length or digest is not what its
+///   write wrote (whatever that write's outcome: one of unknown outcome may
+///   be absent, but if present it is whole). Large rows are never updated.
+/// - **FailedWriteVisible**: a row only failed writes inserted.
+/// - **InventedValue**: a row no request inserted (hostile requests' rows are
+///   left to `check_hostile`).
+fn check_large_values(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for op in &ix.h.ops {
+        let (Outcome::Failed(why), OpKind::Write { stmts, .. }) = (&op.outcome, &op.kind) else {
+            continue;
+        };
+        for s in stmts {
+            let Stmt::InsertLarge { id, len, text, .. } = s else {
+                continue;
+            };
+            // The value's share of the request body (base64 for a blob).
+            let body = if *text {
+                u64::from(*len)
+            } else {
+                u64::from(*len).div_ceil(3) * 4
+            };
+            push(
+                out,
+                AnomalyKind::LargeWriteRefused,
+                format!(
+                    "{}: write op {} of large value {id} ({} of {len} bytes, a request body of about {body} bytes) was refused: {why}",
+                    name(op.node),
+                    op.id,
+                    if *text { "text" } else { "blob" },
+                ),
+                vec![op.id],
+            );
+        }
+    }
+    let show = |l: &LargeFinal| format!("{} of {} bytes, digest {}", l.kind, l.bytes, l.digest);
+    for f in &ix.h.finals {
+        let node = name(f.node);
+        let mut invented = Vec::new();
+        for (id, got) in &f.large {
+            match ix.large.get(id.as_str()) {
+                Some(r) if r.all_failed => push(
+                    out,
+                    AnomalyKind::FailedWriteVisible,
+                    format!(
+                        "{node}: final state holds large value {id} of failed write op {}",
+                        r.op
+                    ),
+                    vec![r.op],
+                ),
+                Some(r) if *got != r.expect => push(
+                    out,
+                    AnomalyKind::CorruptValue,
+                    format!(
+                        "{node}: large value {id} of write op {} is a {}, but was written as a {}",
+                        r.op,
+                        show(got),
+                        show(&r.expect)
+                    ),
+                    vec![r.op],
+                ),
+                Some(_) => {}
+                None if ix.hostile_rows.contains_key(id.as_str()) => {}
+                None => invented.push(id.clone()),
+            }
+        }
+        if !invented.is_empty() {
+            push(
+                out,
+                AnomalyKind::InventedValue,
+                format!(
+                    "{node}: final state holds large values no request inserted: {}",
+                    examples(&invented, invented.len())
+                ),
+                Vec::new(),
+            );
+        }
+    }
+}
+
+/// A hostile request in a few words: `op 12 (tx-drop-table, /v1/transactions:
+/// DROP TABLE registers)`.
+fn describe_hostile(op: &Op) -> String {
+    let OpKind::Hostile {
+        attack,
+        endpoint,
+        sql,
+        ..
+    } = &op.kind
+    else {
+        return format!("op {}", op.id);
+    };
+    let mut text = sql.join("; ");
+    if text.chars().count() > 300 {
+        text = text.chars().take(300).collect::<String>() + "…";
+    }
+    format!("op {} ({attack}, {endpoint}: {text})", op.id)
+}
+
+/// Requests that must be refused:
+///
+/// - **SandboxBreach** (expected 403) / **OversizedAccepted** (expected
+///   413): answered with any status but the expected one or 503 (2xx: it was
+///   carried out; another 4xx: something other than the sandbox or the size
+///   check stopped it, so they let it through; a 5xx other than 503: it
+///   failed inside). No answer at all (a killed or paused agent) tells
+///   nothing.
+/// - The same kinds when a row the request would have written is in a final
+///   state (a refused request commits nothing, not even its valid
+///   statements), one anomaly per (node, request).
+/// - **SandboxBreach** for every file a hostile `ATTACH` named that exists at
+///   the end.
+fn check_hostile(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let kind_of = |op: &Op| match &op.kind {
+        OpKind::Hostile { expect: 413, .. } => AnomalyKind::OversizedAccepted,
+        _ => AnomalyKind::SandboxBreach,
+    };
+    for op in &ix.h.ops {
+        let OpKind::Hostile {
+            expect,
+            status: Some(status),
+            answer,
+            ..
+        } = &op.kind
+        else {
+            continue;
+        };
+        if status == expect || *status == 503 {
+            continue;
+        }
+        let how = if (200..300).contains(status) {
+            format!("was carried out (HTTP {status})")
+        } else {
+            format!("was answered {status} instead of {expect}")
+        };
+        push(
+            out,
+            kind_of(op),
+            format!(
+                "{}: {} {how}: {}",
+                name(op.node),
+                describe_hostile(op),
+                answer.as_deref().unwrap_or("")
+            ),
+            vec![op.id],
+        );
+    }
+    for f in &ix.h.finals {
+        let mut found: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        for id in f.events.keys().chain(f.large.keys()) {
+            if let Some(op) = ix.hostile_rows.get(id.as_str()) {
+                found.entry(op.id).or_default().push(id);
+            }
+        }
+        for (op, ids) in found {
+            let op = ix.ops[&op];
+            let list: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            push(
+                out,
+                kind_of(op),
+                format!(
+                    "{}: final state holds rows of {}, which must have changed nothing: {}",
+                    name(f.node),
+                    describe_hostile(op),
+                    examples(&list, list.len())
+                ),
+                vec![op.id],
+            );
+        }
+    }
+    for path in &ix.h.files_created {
+        let op = ix.h.ops.iter().find(|op| {
+            matches!(&op.kind, OpKind::Hostile { file: Some(f), .. } if path.starts_with(f.as_str()))
+        });
+        push(
+            out,
+            AnomalyKind::SandboxBreach,
+            format!(
+                "file {path} exists at the end: named by {}",
+                op.map_or("a hostile ATTACH".to_string(), describe_hostile)
+            ),
+            op.map(|o| vec![o.id]).unwrap_or_default(),
+        );
+    }
+}
+
+/// Each node's state at the end (read after the final convergence, with a
+/// grace of up to 10 s; histories without it are not judged):
+///
+/// - **StuckApply**: changes from peers in quarantine, or consecutive
+///   failures to apply peers' changes or to serve peers.
+/// - **UnhealthyAtEnd**: `/v1/health` not 200, a write error, or a status
+///   that could not be read.
+fn check_end(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for f in &ix.h.finals {
+        let Some(e) = &f.end else { continue };
+        let node = name(f.node);
+        let mut stuck = Vec::new();
+        if !e.quarantined.is_empty() {
+            let list: Vec<String> = e
+                .quarantined
+                .iter()
+                .map(|q| format!("{}:{} ({} rows): {}", q.actor, q.version, q.rows, q.error))
+                .collect();
+            stuck.push(format!(
+                "{} change(s) from peers in quarantine: {}",
+                list.len(),
+                examples(&list, list.len())
+            ));
+        }
+        if e.apply_failures > 0 {
+            stuck.push(format!(
+                "{} consecutive failures to apply peers' changes",
+                e.apply_failures
+            ));
+        }
+        if e.serve_failures > 0 {
+            stuck.push(format!(
+                "{} consecutive failures to serve peers",
+                e.serve_failures
+            ));
+        }
+        if !stuck.is_empty() {
+            push(
+                out,
+                AnomalyKind::StuckApply,
+                format!(
+                    "{node} at the end (at {:.3}, after {:.1} s of grace): {}",
+                    e.at,
+                    e.waited,
+                    stuck.join("; ")
+                ),
+                Vec::new(),
+            );
+        }
+        let mut unwell = Vec::new();
+        if let Some(err) = &e.status_error {
+            unwell.push(format!("status unreadable: {err}"));
+        }
+        if let Some(err) = &e.write_error {
+            unwell.push(format!("write error: {err}"));
+        }
+        match e.health {
+            Some(200) => {}
+            Some(code) if !e.issues.is_empty() => {
+                let list: Vec<String> = e.issues.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+                unwell.push(format!("/v1/health answered {code}: {}", list.join("; ")));
+            }
+            Some(code) => unwell.push(format!(
+                "/v1/health answered {code}: {}",
+                e.health_detail.as_deref().unwrap_or("")
+            )),
+            None => unwell.push(format!(
+                "/v1/health did not answer: {}",
+                e.health_detail.as_deref().unwrap_or("")
+            )),
+        }
+        if !unwell.is_empty() {
+            push(
+                out,
+                AnomalyKind::UnhealthyAtEnd,
+                format!(
+                    "{node} at the end (at {:.3}, after {:.1} s of grace): {}",
+                    e.at,
+                    e.waited,
+                    unwell.join("; ")
+                ),
+                Vec::new(),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------
 
 fn kind_name(k: &OpKind) -> &'static str {
     match k {
         OpKind::Write { .. } => "write",
+        OpKind::Hostile { expect: 413, .. } => "oversized",
+        OpKind::Hostile { .. } => "hostile",
         OpKind::CountEvents { .. } => "count",
         OpKind::TxnCheck { .. } => "txn-check",
         OpKind::ReadRegister { .. } => "read-register",
@@ -1780,7 +2199,15 @@ fn metrics(ix: &Index<'_>) -> Metrics {
         ops: h.ops.len() as u64,
         ..Metrics::default()
     };
-    for name in ["write", "count", "txn-check", "read-register", "read-txn"] {
+    for name in [
+        "write",
+        "count",
+        "txn-check",
+        "read-register",
+        "read-txn",
+        "hostile",
+        "oversized",
+    ] {
         m.by_kind.insert(name.to_string(), OutcomeCounts::default());
     }
     for op in &h.ops {
@@ -1799,6 +2226,10 @@ fn metrics(ix: &Index<'_>) -> Metrics {
                     Stmt::InsertEvent { .. } => m.rows_acked += 1,
                     Stmt::SetRegister { .. } | Stmt::DeleteRegister { .. } => {
                         m.register_writes_acked += 1
+                    }
+                    Stmt::InsertLarge { len, .. } => {
+                        m.large_acked += 1;
+                        m.large_bytes_acked += u64::from(*len);
                     }
                     Stmt::Invalid => {}
                 }
@@ -1978,7 +2409,7 @@ fn lag(ix: &Index<'_>, versioned: &[(&Op, &str, u64)]) -> LagMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{FaultRecord, FinalState, JoinRecord, NodeRecord};
+    use crate::history::{FaultRecord, FinalState, JoinRecord, NodeEnd, NodeRecord, Quarantined};
 
     fn actor(node: NodeIx) -> String {
         format!("a{}", node + 1)
@@ -2016,7 +2447,10 @@ mod tests {
     struct B {
         h: History,
         next: u64,
-        versions: Vec<u64>,
+        /// Highest version per actor so far.
+        versions: BTreeMap<String, u64>,
+        /// Each node's current actor (a restart after SIGKILL changes it).
+        actors: Vec<String>,
     }
 
     impl B {
@@ -2028,6 +2462,7 @@ mod tests {
                     .map(|i| NodeRecord {
                         name: name(i),
                         actor: actor(i),
+                        actors: vec![actor(i)],
                         started: vec![0.0],
                         crashes: Vec::new(),
                     })
@@ -2037,7 +2472,8 @@ mod tests {
             B {
                 h,
                 next: 1,
-                versions: vec![0; nodes],
+                versions: (0..nodes).map(|i| (actor(i), 0)).collect(),
+                actors: (0..nodes).map(actor).collect(),
             }
         }
 
@@ -2058,9 +2494,11 @@ mod tests {
 
         fn write(&mut self, node: NodeIx, t0: f64, t1: f64, stmts: Vec<Stmt>, o: Outcome) -> u64 {
             let (token, version) = if o == Outcome::Ok {
-                self.versions[node] += 1;
-                let v = self.versions[node];
-                (Some(format!("{}:{v}", actor(node))), Some((actor(node), v)))
+                let a = self.actors[node].clone();
+                let v = self.versions.entry(a.clone()).or_insert(0);
+                *v += 1;
+                let v = *v;
+                (Some(format!("{a}:{v}")), Some((a, v)))
             } else {
                 (None, None)
             };
@@ -2135,9 +2573,12 @@ mod tests {
 
         /// Every node holds every acknowledged version so far.
         fn sample_all(&mut self, at: f64) {
-            let ct: Vec<(NodeIx, u64)> = self.versions.iter().copied().enumerate().collect();
             for n in 0..self.h.nodes {
-                self.sample(n, at, &ct);
+                self.h.samples.push(Sample {
+                    at,
+                    node: n,
+                    complete_through: self.versions.clone(),
+                });
             }
         }
 
@@ -2199,6 +2640,14 @@ mod tests {
                         }
                         Stmt::DeleteRegister { key } => {
                             f.registers.remove(key);
+                        }
+                        Stmt::InsertLarge {
+                            id,
+                            len,
+                            seed,
+                            text,
+                        } => {
+                            f.large.insert(id.clone(), large_final(*seed, *len, *text));
                         }
                         Stmt::Invalid => {}
                     }
@@ -2747,6 +3196,383 @@ mod tests {
         b.read(2, 4.2, 4.3, "k", None, Some("b"));
         b.settle(10.0);
         assert_clean(&b.check());
+    }
+
+    fn large(id: &str, len: u32, seed: u64) -> Stmt {
+        Stmt::InsertLarge {
+            id: id.into(),
+            len,
+            seed,
+            text: seed.is_multiple_of(2),
+        }
+    }
+
+    /// A hostile request to `node` that got `status` (`None`: no answer).
+    fn hostile(
+        b: &mut B,
+        node: NodeIx,
+        t: f64,
+        expect: u16,
+        status: Option<u16>,
+        rows: &[&str],
+        file: Option<&str>,
+    ) -> u64 {
+        let outcome = match status {
+            Some(s) if (200..300).contains(&s) => Outcome::Ok,
+            Some(s) if (400..500).contains(&s) => Outcome::Failed(format!("{s}: refused")),
+            Some(s) => Outcome::Unknown(format!("{s}: unavailable")),
+            None => unknown(),
+        };
+        let kind = OpKind::Hostile {
+            attack: if expect == 413 {
+                "oversized-randomblob".into()
+            } else {
+                "tx-drop-table".into()
+            },
+            endpoint: "/v1/transactions".into(),
+            sql: vec!["DROP TABLE registers".into()],
+            expect,
+            status,
+            rows: rows.iter().map(|r| r.to_string()).collect(),
+            file: file.map(String::from),
+            answer: status.map(|s| format!("answer {s}")),
+        };
+        b.op(node, t, t + 0.01, kind, outcome)
+    }
+
+    /// Number of anomalies of each kind.
+    fn tally(r: &CheckResult) -> BTreeMap<AnomalyKind, usize> {
+        r.counts()
+    }
+
+    #[test]
+    fn large_values_lost_corrupt_failed_invented() {
+        let (mut b, _) = clean();
+        let w = b.ok(1, 5.0, 5.5, vec![large("L1", 3000, 7)]);
+        // Unknown outcome: may be absent, or present whole.
+        let u = b.write(2, 5.0, 5.5, vec![large("L2", 2000, 8)], unknown());
+        b.settle(6.0);
+        assert_clean(&b.check());
+        let whole = large_final(8, 2000, true);
+        for fs in &mut b.h.finals {
+            fs.large.insert("L2".into(), whole.clone());
+        }
+        assert_clean(&b.check());
+        let base = b.h.clone();
+        // A large write refused is an anomaly in itself.
+        let f = b.write(0, 5.0, 5.1, vec![large("L3", 1000, 9)], failed());
+        let a = only(&b.check(), AnomalyKind::LargeWriteRefused, 1);
+        assert_eq!(a[0].ops, vec![f]);
+        assert!(
+            a[0].detail.contains(
+                "blob of 1000 bytes, a request body of about 1336 bytes) was refused: 400 bad sql"
+            ),
+            "{}",
+            a[0].detail
+        );
+
+        // Missing on one node: lost (and that node diverges).
+        let mut b1 = B {
+            h: base.clone(),
+            ..B::new(3)
+        };
+        b1.h.finals[2].large.remove("L1");
+        let r = b1.check();
+        let lost: Vec<_> = r
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::LostWrite)
+            .collect();
+        assert_eq!(lost.len(), 1, "{:#?}", r.anomalies);
+        assert_eq!(lost[0].ops, vec![w]);
+        assert!(lost[0].detail.starts_with("n3:") && lost[0].detail.contains("L1"));
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([(AnomalyKind::LostWrite, 1), (AnomalyKind::Divergence, 1)])
+        );
+
+        // A different length or digest everywhere: corrupt on every node.
+        let mut b2 = B {
+            h: base.clone(),
+            ..B::new(3)
+        };
+        for fs in &mut b2.h.finals {
+            fs.large.get_mut("L1").unwrap().bytes = 2999;
+            fs.large.get_mut("L2").unwrap().digest = "0000000000000000".into();
+        }
+        let r = b2.check();
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([(AnomalyKind::CorruptValue, 6)]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(r.anomalies.iter().any(|a| a.ops == vec![w]));
+        assert!(r.anomalies.iter().any(|a| a.ops == vec![u]));
+
+        // A failed write's value, and one nobody wrote, on every node.
+        let mut b3 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        for fs in &mut b3.h.finals {
+            fs.large.insert("L3".into(), large_final(9, 1000, false));
+            fs.large.insert("ghost".into(), large_final(1, 10, false));
+        }
+        let r = b3.check();
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([
+                (AnomalyKind::FailedWriteVisible, 3),
+                (AnomalyKind::LargeWriteRefused, 1),
+                (AnomalyKind::InventedValue, 3)
+            ]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(r.anomalies.iter().any(|a| a.ops == vec![f]));
+        assert_eq!(b3.check().metrics.large_acked, 1);
+        assert_eq!(b3.check().metrics.large_bytes_acked, 3000);
+    }
+
+    #[test]
+    fn hostile_requests_must_be_refused() {
+        let (mut b, _) = clean();
+        // Refused as expected, unanswered (agent down), or unavailable: fine.
+        hostile(
+            &mut b,
+            0,
+            5.0,
+            403,
+            Some(403),
+            &["H1"],
+            Some("/x/attach-1.db"),
+        );
+        hostile(&mut b, 1, 5.0, 403, None, &["H2"], None);
+        hostile(&mut b, 2, 5.0, 403, Some(503), &[], None);
+        hostile(&mut b, 0, 5.1, 413, Some(413), &["O1"], None);
+        hostile(&mut b, 1, 5.1, 413, None, &["O2"], None);
+        let r = b.check();
+        assert_clean(&r);
+        assert_eq!(r.metrics.by_kind["hostile"].failed, 1);
+        assert_eq!(r.metrics.by_kind["hostile"].unknown, 2);
+        assert_eq!(r.metrics.by_kind["oversized"].failed, 1);
+
+        // Carried out, refused for another reason, or failing inside.
+        let mut b1 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        let ok = hostile(&mut b1, 0, 5.2, 403, Some(200), &[], None);
+        let other = hostile(&mut b1, 1, 5.2, 403, Some(400), &[], None);
+        let inside = hostile(&mut b1, 2, 5.2, 403, Some(500), &[], None);
+        let big = hostile(&mut b1, 2, 5.3, 413, Some(200), &[], None);
+        let big400 = hostile(&mut b1, 2, 5.3, 413, Some(400), &[], None);
+        let r = b1.check();
+        let breach = only_kinds(&r, AnomalyKind::SandboxBreach, 3);
+        assert_eq!(
+            breach.iter().map(|a| a.ops[0]).collect::<Vec<_>>(),
+            vec![ok, other, inside]
+        );
+        assert!(
+            breach[0].detail.contains("was carried out (HTTP 200)"),
+            "{}",
+            breach[0].detail
+        );
+        assert!(
+            breach[0].detail.contains("DROP TABLE registers"),
+            "{}",
+            breach[0].detail
+        );
+        assert!(
+            breach[1].detail.contains("answered 400 instead of 403"),
+            "{}",
+            breach[1].detail
+        );
+        let over = only_kinds(&r, AnomalyKind::OversizedAccepted, 2);
+        assert_eq!(over[0].ops, vec![big]);
+        assert_eq!(over[1].ops, vec![big400]);
+        assert_eq!(r.anomalies.len(), 5);
+
+        // A refused request's rows in the final states (events and large
+        // values): on every node, not reported as invented.
+        let mut b2 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        for fs in &mut b2.h.finals {
+            fs.events.insert("H2".into(), ("H2".into(), 1));
+            fs.large.insert("O1".into(), large_final(3, 10, false));
+        }
+        let r = b2.check();
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([
+                (AnomalyKind::SandboxBreach, 3),
+                (AnomalyKind::OversizedAccepted, 3)
+            ]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(r.anomalies[0].detail.contains("must have changed nothing"));
+
+        // A file an ATTACH named exists.
+        let mut b3 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        b3.h.files_created.push("/x/attach-1.db-journal".into());
+        let a = only(&b3.check(), AnomalyKind::SandboxBreach, 1);
+        assert_eq!(
+            a[0].ops,
+            vec![
+                1 + b
+                    .h
+                    .ops
+                    .iter()
+                    .position(|o| matches!(&o.kind, OpKind::Hostile { file: Some(_), .. }))
+                    .unwrap() as u64
+            ]
+        );
+        assert!(
+            a[0].detail.contains("attach-1.db-journal"),
+            "{}",
+            a[0].detail
+        );
+    }
+
+    /// The anomalies of `kind`: exactly `n` of them (others may exist).
+    fn only_kinds(r: &CheckResult, kind: AnomalyKind, n: usize) -> Vec<Anomaly> {
+        let of: Vec<Anomaly> = r
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == kind)
+            .cloned()
+            .collect();
+        assert_eq!(of.len(), n, "expected {n} × {kind}: {:#?}", r.anomalies);
+        of
+    }
+
+    fn healthy_end() -> NodeEnd {
+        NodeEnd {
+            at: 4.5,
+            health: Some(200),
+            actor: "a1".into(),
+            ..NodeEnd::default()
+        }
+    }
+
+    #[test]
+    fn stuck_apply_and_unhealthy_at_end() {
+        let (mut b, _) = clean();
+        for f in &mut b.h.finals {
+            f.end = Some(healthy_end());
+        }
+        assert_clean(&b.check());
+
+        let mut b1 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        let e = b1.h.finals[1].end.as_mut().unwrap();
+        e.quarantined.push(Quarantined {
+            actor: "a1".into(),
+            version: 7,
+            rows: 2,
+            error: "NOT NULL constraint failed".into(),
+        });
+        e.apply_failures = 4;
+        b1.h.finals[2].end.as_mut().unwrap().serve_failures = 1;
+        let a = only(&b1.check(), AnomalyKind::StuckApply, 2);
+        assert!(a[0].detail.starts_with("n2 at the end"), "{}", a[0].detail);
+        assert!(
+            a[0].detail.contains("a1:7 (2 rows): NOT NULL"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[0].detail.contains("4 consecutive failures to apply"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[1].detail.contains("1 consecutive failures to serve"),
+            "{}",
+            a[1].detail
+        );
+
+        let mut b2 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        let e = b2.h.finals[0].end.as_mut().unwrap();
+        e.health = Some(503);
+        e.issues = vec![("lagging".into(), "data of n2 is 31.0 s stale".into())];
+        b2.h.finals[1].end.as_mut().unwrap().write_error = Some("disk full".into());
+        let e = b2.h.finals[2].end.as_mut().unwrap();
+        e.health = None;
+        e.status_error = Some("/v1/status: connection refused".into());
+        let a = only(&b2.check(), AnomalyKind::UnhealthyAtEnd, 3);
+        assert!(
+            a[0].detail.contains("503: lagging: data of n2"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[1].detail.contains("write error: disk full"),
+            "{}",
+            a[1].detail
+        );
+        assert!(a[2].detail.contains("status unreadable"), "{}", a[2].detail);
+        assert!(a[2].detail.contains("did not answer"), "{}", a[2].detail);
+
+        // Older histories without the end readings are not judged.
+        let mut b3 = B {
+            h: b.h.clone(),
+            ..B::new(3)
+        };
+        b3.h.finals[0].end = None;
+        assert_clean(&b3.check());
+    }
+
+    #[test]
+    fn a_node_restarted_as_a_new_actor() {
+        // n1 writes as a1, is killed, and writes as a1' after its restart:
+        // both actors' versions must reach everyone, and nothing assumes one
+        // actor per node.
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 0.1, vec![ev("e1", "t1", 1), set("k", "x1")]);
+        b.ok(0, 0.2, 0.3, vec![ev("e2", "t2", 1)]);
+        b.sample_all(0.5);
+        b.h.faults.push(FaultRecord {
+            label: "SIGKILL n1".into(),
+            kind: "kill".into(),
+            start: 1.0,
+            heal: 2.0,
+            down: vec![0],
+        });
+        b.actors[0] = "a1b".into();
+        b.h.node_records[0].actors.push("a1b".into());
+        let w3 = b.ok(0, 2.1, 2.2, vec![ev("e3", "t3", 1), set("k", "x3")]);
+        b.read(0, 2.3, 2.4, "k", None, Some("x3"));
+        b.read(1, 2.5, 2.6, "k", Some(w3), Some("x3"));
+        b.settle(3.0);
+        let r = b.check();
+        assert_clean(&r);
+        assert_eq!((r.metrics.lag.measured, r.metrics.lag.not_visible), (3, 0));
+        // Old actor held everywhere, new one missing on n3.
+        b.h.samples.push(Sample {
+            at: 3.5,
+            node: 2,
+            complete_through: BTreeMap::from([("a1".into(), 2)]),
+        });
+        let a = only(&b.check(), AnomalyKind::NotConverged, 1);
+        assert!(
+            a[0].detail.contains("a1b: holds through 0, needs 1"),
+            "{}",
+            a[0].detail
+        );
+        assert_eq!(a[0].ops, vec![w3]);
     }
 
     #[test]

@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS registers (
     k TEXT PRIMARY KEY,
     v TEXT
 );
+CREATE TABLE IF NOT EXISTS large (
+    id TEXT PRIMARY KEY,
+    len INTEGER NOT NULL DEFAULT 0,
+    v BLOB,
+    note TEXT NOT NULL DEFAULT ''
+);
 ";
 
 /// A failure to start or drive an agent.

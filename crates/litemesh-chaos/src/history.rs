@@ -92,6 +92,20 @@ pub enum Stmt {
     },
     /// A statement that fails (bad SQL), making the whole transaction fail.
     Invalid,
+    /// `INSERT INTO large(id, len, v)`: a row that is never updated or
+    /// deleted, whose value `v` is [`large_value`]`(seed, len, text)` (a blob,
+    /// sent as a `{"blob": base64}` parameter, or a text). Only the seed is
+    /// recorded, never the megabytes.
+    InsertLarge {
+        /// Row id, unique over the run.
+        id: String,
+        /// Bytes of the value.
+        len: u32,
+        /// Seed of the value's content.
+        seed: u64,
+        /// A text value (else a blob).
+        text: bool,
+    },
 }
 
 /// A request and, when it succeeded, what the answer said.
@@ -135,6 +149,32 @@ pub enum OpKind {
         after: Option<u64>,
         /// On success: `Some(None)` for no row, `Some(Some(v))` for a value.
         value: Option<Option<String>>,
+    },
+    /// A request that must be refused: a statement the API's sandbox forbids
+    /// (expected answer 403), or a row write larger than the agent's limit
+    /// (413). Nothing of it may ever be applied.
+    Hostile {
+        /// Short name of what it tries, e.g. `tx-drop-trigger`.
+        attack: String,
+        /// `/v1/transactions` or `/v1/queries`.
+        endpoint: String,
+        /// The statements sent (parameters not shown).
+        sql: Vec<String>,
+        /// The status it must get: 403 (sandbox) or 413 (too large).
+        expect: u16,
+        /// The status it got; `None` without an answer.
+        status: Option<u16>,
+        /// Ids of rows (of `events` or `large`) it would have written: none
+        /// may ever appear.
+        #[serde(default)]
+        rows: Vec<String>,
+        /// The file an `ATTACH` in it would have created: it must not exist
+        /// at the end.
+        #[serde(default)]
+        file: Option<String>,
+        /// The answer's body, or the error without one (cut short).
+        #[serde(default)]
+        answer: Option<String>,
     },
     /// `SELECT count(*) FROM events WHERE txn = ?` with the token of the write
     /// op `after` that inserted transaction `txn`: must count all its rows.
@@ -199,6 +239,81 @@ pub struct FinalState {
     pub events: BTreeMap<String, (String, u64)>,
     /// Every register: `k → v`.
     pub registers: BTreeMap<String, String>,
+    /// Every row of `large`: `id →` what its value is.
+    #[serde(default)]
+    pub large: BTreeMap<String, LargeFinal>,
+    /// The node's health at the end, after the final convergence (`None` in
+    /// histories of older runs).
+    #[serde(default)]
+    pub end: Option<NodeEnd>,
+}
+
+/// A large value as found in a final state: its type, length and digest
+/// (the megabytes themselves are not kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LargeFinal {
+    /// `blob` or `text` (SQLite's `typeof`).
+    pub kind: String,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// [`digest`] of the bytes.
+    pub digest: String,
+}
+
+/// A change from a peer that a node could not apply (`quarantined` in
+/// `/v1/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    /// The writer's actor id.
+    pub actor: String,
+    /// Its version.
+    pub version: u64,
+    /// Row changes in it.
+    pub rows: u64,
+    /// Why it cannot be applied.
+    pub error: String,
+}
+
+/// How a node ended: `/v1/status` and `/v1/health` read after the final
+/// convergence (polled for a short grace until healthy).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeEnd {
+    /// When the last reading came back.
+    pub at: f64,
+    /// Seconds polled before this reading (the grace used).
+    pub waited: f64,
+    /// Why `/v1/status` could not be read, if it could not.
+    pub status_error: Option<String>,
+    /// Its actor id at the end.
+    pub actor: String,
+    /// Changes from peers it could not apply.
+    pub quarantined: Vec<Quarantined>,
+    /// Consecutive failures to apply changes from peers.
+    pub apply_failures: u64,
+    /// Consecutive failures to serve a peer's sync.
+    pub serve_failures: u64,
+    /// Why it cannot write its file, if it cannot.
+    pub write_error: Option<String>,
+    /// Largest lag over every writer (seconds).
+    pub max_lag_secs: f64,
+    /// `/v1/health`'s status code; `None` without an answer.
+    pub health: Option<u16>,
+    /// Its issues when unhealthy: `(kind, message)`.
+    pub issues: Vec<(String, String)>,
+    /// `/v1/health`'s body or the error, when not 200 (cut short).
+    pub health_detail: Option<String>,
+}
+
+impl NodeEnd {
+    /// Whether it ended healthy and with nothing stuck.
+    pub fn clean(&self) -> bool {
+        self.status_error.is_none()
+            && self.quarantined.is_empty()
+            && self.apply_failures == 0
+            && self.serve_failures == 0
+            && self.write_error.is_none()
+            && self.health == Some(200)
+    }
 }
 
 /// A node's process history.
@@ -206,8 +321,12 @@ pub struct FinalState {
 pub struct NodeRecord {
     /// Node name (`n1`, …).
     pub name: String,
-    /// Actor id (hex), from `/v1/status`.
+    /// Actor id (hex), from `/v1/status`: the last one seen.
     pub actor: String,
+    /// Every actor id it had, in order: a node restarted after SIGKILL
+    /// writes as a new actor.
+    #[serde(default)]
+    pub actors: Vec<String>,
     /// Times it was (re)started and its API answered.
     pub started: Vec<f64>,
     /// Unexpected exits: `(time, exit status, last lines of its log)`.
@@ -235,6 +354,10 @@ pub struct History {
     pub quiet_from: f64,
     /// Final contents of every node (read after convergence or its deadline).
     pub finals: Vec<FinalState>,
+    /// Files named by hostile `ATTACH` requests that existed at the end
+    /// (there must be none).
+    #[serde(default)]
+    pub files_created: Vec<String>,
     /// The join measurement: when the late node was started, when its API
     /// answered, and when it held everything the mesh held at its start
     /// (`None` if it never did).
@@ -254,4 +377,133 @@ pub struct JoinRecord {
     pub ready: f64,
     /// When it first held every version the mesh held at `spawned`.
     pub caught_up: Option<f64>,
+}
+
+/// The content of a large value: `len` bytes from `seed` (splitmix64); for a
+/// text, letters and digits.
+pub fn large_value(seed: u64, len: u32, text: bool) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len as usize + 8);
+    while out.len() < len as usize {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len as usize);
+    if text {
+        for b in &mut out {
+            *b = ALPHABET[usize::from(*b & 63)];
+        }
+    }
+    out
+}
+
+/// A digest of a value's bytes: FNV-1a (64 bits), in hex. It tells values
+/// apart; it is not meant to resist anyone.
+pub fn digest(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// What a final state must hold for a large value written as `(seed, len,
+/// text)`.
+pub fn large_final(seed: u64, len: u32, text: bool) -> LargeFinal {
+    LargeFinal {
+        kind: if text { "text" } else { "blob" }.into(),
+        bytes: u64::from(len),
+        digest: digest(&large_value(seed, len, text)),
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64, padded (the agent's `{"blob": …}` form).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional); `None` if malformed.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in s {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for (raw, enc) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(raw), enc);
+            assert_eq!(base64_decode(enc).unwrap(), raw);
+        }
+        let v = large_value(7, 1000, false);
+        assert_eq!(base64_decode(&base64_encode(&v)).unwrap(), v);
+        assert!(base64_decode("Zm9v!").is_none());
+    }
+
+    #[test]
+    fn large_values_are_deterministic_and_distinct() {
+        let a = large_value(1, 100, false);
+        assert_eq!(a, large_value(1, 100, false));
+        assert_ne!(a, large_value(2, 100, false));
+        assert_eq!(large_value(1, 37, false), a[..37]);
+        let t = large_value(1, 100, true);
+        assert!(
+            t.iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        );
+        assert_ne!(digest(&a), digest(&large_value(2, 100, false)));
+        assert_eq!(large_final(1, 100, true).digest, digest(&t));
+    }
 }

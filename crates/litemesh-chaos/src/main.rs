@@ -62,6 +62,15 @@ struct RunArgs {
     /// Mean pause between a client's requests, in milliseconds.
     #[arg(long, default_value_t = 25)]
     think_ms: u64,
+    /// Mean pause between the hostile client's requests (statements the
+    /// API's sandbox must refuse), in milliseconds; 0: no hostile client.
+    #[arg(long, default_value_t = 500)]
+    hostile_ms: u64,
+    /// Mean pause between the large-value client's writes (values of 1–3.9
+    /// MB that must replicate, rows over 4 MiB that must be refused), in
+    /// milliseconds; 0: no large values.
+    #[arg(long, default_value_t = 10000)]
+    large_ms: u64,
     /// Rows written before the last agent joins.
     #[arg(long, default_value_t = 10_000)]
     preload: u64,
@@ -289,6 +298,8 @@ fn inside(args: RunArgs) -> ExitCode {
         out: out.clone(),
         agent_log: args.agent_log.clone(),
         converge_deadline: Duration::from_secs(args.converge_deadline),
+        hostile_every: Duration::from_millis(args.hostile_ms),
+        large_every: Duration::from_millis(args.large_ms),
     };
     println!(
         "litemesh-chaos: {} nodes, seed {}, schedule {:?}, results in {}",

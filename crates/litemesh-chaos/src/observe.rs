@@ -27,8 +27,9 @@ pub struct Observed {
     pub latest: BTreeMap<NodeIx, BTreeMap<String, u64>>,
     /// Latest view per node.
     pub latest_members: BTreeMap<NodeIx, Vec<(String, String)>>,
-    /// Each node's actor id, once seen.
-    pub actors: BTreeMap<NodeIx, String>,
+    /// Each node's actor ids, in the order seen (a node restarted after
+    /// SIGKILL writes as a new actor).
+    pub actors: BTreeMap<NodeIx, Vec<String>>,
 }
 
 impl Observed {
@@ -84,7 +85,10 @@ pub fn run(
                     .unwrap_or_default();
                 let mut o = out.lock().unwrap();
                 if let Some(actor) = v["actor"].as_str() {
-                    o.actors.insert(node, actor.to_string());
+                    let seen = o.actors.entry(node).or_default();
+                    if seen.last().map(String::as_str) != Some(actor) {
+                        seen.push(actor.to_string());
+                    }
                 }
                 o.latest.insert(node, ct.clone());
                 o.samples.push(Sample {

@@ -124,6 +124,52 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
         m.ops, m.rows_acked, m.register_writes_acked
     );
 
+    let c = |k: &str| m.by_kind.get(k).cloned().unwrap_or_default();
+    let (hostile, oversized) = (c("hostile"), c("oversized"));
+    if hostile.ok
+        + hostile.failed
+        + hostile.unknown
+        + oversized.ok
+        + oversized.failed
+        + oversized.unknown
+        > 0
+        || m.large_acked > 0
+    {
+        let _ = writeln!(
+            s,
+            "\nHostile requests (the sandbox must refuse them: 403): {} refused, {} without a \
+             definite answer (agent down or paused), {} carried out. Row writes over 4 MiB (must \
+             be refused: 413): {} refused, {} without a definite answer, {} carried out. Large \
+             values of 1–3.9 MB acknowledged: {} ({:.1} MB), each checked on every node by \
+             type, length and digest.",
+            hostile.failed,
+            hostile.unknown,
+            hostile.ok,
+            oversized.failed,
+            oversized.unknown,
+            oversized.ok,
+            m.large_acked,
+            m.large_bytes_acked as f64 / 1e6,
+        );
+    }
+    let ends: Vec<_> = h.finals.iter().filter_map(|f| f.end.as_ref()).collect();
+    if !ends.is_empty() {
+        let grace = ends.iter().map(|e| e.waited).fold(0.0, f64::max);
+        if ends.iter().all(|e| e.clean()) {
+            let _ = writeln!(
+                s,
+                "\nEnd of run: `/v1/health` 200 on every node ({grace:.2} s after the final \
+                 convergence); nothing quarantined, no apply or serve failures, no write error."
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "\nEnd of run: some node unhealthy or stuck after {grace:.2} s of grace (see the \
+                 anomalies)."
+            );
+        }
+    }
+
     let l = &m.lag;
     let _ = writeln!(
         s,

@@ -14,12 +14,15 @@ use crate::api::{Answer, Api};
 use crate::check::{CheckResult, check};
 use crate::cluster::{Cluster, ClusterError, ProcState};
 use crate::history::{
-    FaultRecord, FinalState, History, JoinRecord, NodeIx, NodeRecord, Op, OpKind, Outcome, Stmt,
+    FaultRecord, FinalState, History, JoinRecord, LargeFinal, NodeEnd, NodeIx, NodeRecord, Op,
+    OpKind, Outcome, Quarantined, Stmt, base64_decode, digest,
 };
 use crate::netns::{Firewall, NetError};
 use crate::observe::{self, Observed};
 use crate::schedule::{Fault, Phase, ScheduleKind, schedule};
-use crate::workload::{Client, Shared, WorkloadConfig, parse_token, stmt_json};
+use crate::workload::{
+    Client, HostileClient, LargeClient, Shared, WorkloadConfig, parse_token, stmt_json,
+};
 
 /// Client id of the runner's own preload writes.
 pub const PRELOAD_CLIENT: u32 = 1000;
@@ -49,7 +52,16 @@ pub struct RunConfig {
     pub agent_log: String,
     /// How long the final convergence may take before it counts as failed.
     pub converge_deadline: Duration,
+    /// Mean pause between hostile requests (zero: none).
+    pub hostile_every: Duration,
+    /// Mean pause between large-value writes (zero: none).
+    pub large_every: Duration,
 }
+
+/// How long the end-of-run health check polls a node that is not yet healthy
+/// (lag and reachability need a gossip round to settle after the final
+/// convergence).
+pub const END_HEALTH_GRACE: Duration = Duration::from_secs(10);
 
 /// A run that could not be carried out (as opposed to one that found
 /// anomalies).
@@ -335,8 +347,144 @@ impl Runner {
         for r in read("SELECT k, v FROM registers")? {
             st.registers.insert(text(&r, 0), text(&r, 1));
         }
+        // Large values one at a time, reduced to type, length and digest.
+        for r in read("SELECT id FROM large ORDER BY id")? {
+            let id = text(&r, 0);
+            let rows = big
+                .query(
+                    api,
+                    "SELECT typeof(v), v FROM large WHERE id = ?",
+                    json!([id]),
+                    None,
+                )
+                .map_err(|a| RunError::Other(format!("final read of n{}: {a:?}", ix + 1)))?;
+            let Some(row) = rows.first() else { continue };
+            let kind = text(row, 0);
+            let bytes = match row.get(1) {
+                Some(Json::String(t)) => t.as_bytes().to_vec(),
+                Some(Json::Object(o)) => o
+                    .get("blob")
+                    .and_then(Json::as_str)
+                    .and_then(base64_decode)
+                    .ok_or_else(|| {
+                        RunError::Other(format!("n{}: large row {id}: bad blob", ix + 1))
+                    })?,
+                Some(other) => other.to_string().into_bytes(),
+                None => Vec::new(),
+            };
+            st.large.insert(
+                id,
+                LargeFinal {
+                    kind,
+                    bytes: bytes.len() as u64,
+                    digest: digest(&bytes),
+                },
+            );
+        }
         Ok(st)
     }
+
+    /// One reading of node `ix`'s `/v1/status` and `/v1/health`.
+    fn read_end(&self, ix: NodeIx, poll: &Api, waited: f64) -> NodeEnd {
+        let api = &self.cluster.specs[ix].api;
+        let mut end = NodeEnd {
+            waited,
+            ..NodeEnd::default()
+        };
+        match poll.get(api, "/v1/status") {
+            Answer::Ok(body) => match serde_json::from_str::<Json>(&body) {
+                Ok(v) => {
+                    let u = |k: &str| v[k].as_u64().unwrap_or(0);
+                    end.actor = v["actor"].as_str().unwrap_or("").to_string();
+                    end.apply_failures = u("apply_failures");
+                    end.serve_failures = u("serve_failures");
+                    end.max_lag_secs = v["max_lag_secs"].as_f64().unwrap_or(0.0);
+                    end.write_error = v["write_error"].as_str().map(str::to_string);
+                    end.quarantined = v["quarantined"]
+                        .as_array()
+                        .map(|q| {
+                            q.iter()
+                                .map(|c| Quarantined {
+                                    actor: c["actor"].as_str().unwrap_or("").to_string(),
+                                    version: c["version"].as_u64().unwrap_or(0),
+                                    rows: c["rows"].as_u64().unwrap_or(0),
+                                    error: c["error"].as_str().unwrap_or("").to_string(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let missing: Vec<&str> = [
+                        "quarantined",
+                        "apply_failures",
+                        "serve_failures",
+                        "write_error",
+                    ]
+                    .into_iter()
+                    .filter(|k| v.get(*k).is_none())
+                    .collect();
+                    if !missing.is_empty() {
+                        end.status_error = Some(format!("/v1/status lacks {missing:?}"));
+                    }
+                }
+                Err(e) => end.status_error = Some(format!("/v1/status: bad JSON: {e}")),
+            },
+            Answer::Status(code, body) => {
+                end.status_error = Some(format!("/v1/status answered {code}: {}", cut(&body)))
+            }
+            Answer::Transport(e) => end.status_error = Some(format!("/v1/status: {}", cut(&e))),
+        }
+        match poll.get(api, "/v1/health") {
+            Answer::Ok(_) => end.health = Some(200),
+            Answer::Status(code, body) => {
+                end.health = Some(code);
+                let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+                end.issues = v["issues"]
+                    .as_array()
+                    .map(|is| {
+                        is.iter()
+                            .map(|i| {
+                                (
+                                    i["kind"].as_str().unwrap_or("").to_string(),
+                                    i["message"].as_str().unwrap_or("").to_string(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                end.health_detail = Some(cut(&body));
+            }
+            Answer::Transport(e) => end.health_detail = Some(cut(&e)),
+        }
+        end.at = self.now();
+        end
+    }
+
+    /// Every node's status and health after the final convergence, polled
+    /// for up to [`END_HEALTH_GRACE`] until each is clean.
+    fn end_states(&mut self) -> Result<Vec<NodeEnd>, RunError> {
+        let n = self.cluster.len();
+        let poll = Api::new(Duration::from_secs(5));
+        let start = Instant::now();
+        let mut ends: Vec<Option<NodeEnd>> = vec![None; n];
+        loop {
+            let waited = start.elapsed().as_secs_f64();
+            for (ix, end) in ends.iter_mut().enumerate() {
+                if !end.as_ref().is_some_and(NodeEnd::clean) {
+                    *end = Some(self.read_end(ix, &poll, waited));
+                }
+            }
+            if ends.iter().flatten().all(NodeEnd::clean) || start.elapsed() >= END_HEALTH_GRACE {
+                break;
+            }
+            self.watch(0.25)?;
+        }
+        Ok(ends.into_iter().flatten().collect())
+    }
+}
+
+/// At most 2,000 characters of `s`.
+fn cut(s: &str) -> String {
+    s.chars().take(2000).collect()
 }
 
 /// Per actor, the highest acknowledged version among `ops`.
@@ -365,12 +513,19 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
     let n = cfg.nodes;
     let cluster = Cluster::prepare(&cfg.agent_bin, &cfg.out, n, &cfg.agent_log)?;
     let clients = n * cfg.clients_per_node;
+    // Hostile ATTACH requests name files here; none may ever be created.
+    let attach_dir = std::fs::canonicalize(&cfg.out)
+        .map_err(|e| RunError::Other(format!("{}: {e}", cfg.out.display())))?
+        .join("hostile");
+    std::fs::create_dir_all(&attach_dir)
+        .map_err(|e| RunError::Other(format!("{}: {e}", attach_dir.display())))?;
     let shared = Arc::new(Shared {
         t0: Instant::now(),
         apis: cluster.specs.iter().map(|s| s.api.clone()).collect(),
         next_id: AtomicU64::new(0),
         seqs: (0..clients).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
+        attach_dir,
     });
     let mut r = Runner {
         records: cluster
@@ -439,14 +594,37 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         think: cfg.think,
         write_timeout: Duration::from_secs(5),
         token_wait: Duration::from_secs(2),
+        hostile_every: cfg.hostile_every,
+        large_every: cfg.large_every,
     };
-    let handles: Vec<_> = (0..clients)
+    let mut handles: Vec<_> = (0..clients)
         .map(|c| {
             let client = Client::new(c as u32, c % n, cfg.seed, shared.clone(), wcfg.clone());
             std::thread::spawn(move || client.run())
         })
         .collect();
-    say(&shared, format!("{clients} clients writing and reading"));
+    let mut extra = Vec::new();
+    if !wcfg.large_every.is_zero() {
+        let c = LargeClient::new(clients as u32, cfg.seed, shared.clone(), &wcfg);
+        handles.push(std::thread::spawn(move || c.run()));
+        extra.push("a large-value writer");
+    }
+    if !wcfg.hostile_every.is_zero() {
+        let c = HostileClient::new(clients as u32 + 1, cfg.seed, shared.clone(), &wcfg);
+        handles.push(std::thread::spawn(move || c.run()));
+        extra.push("a hostile client");
+    }
+    say(
+        &shared,
+        if extra.is_empty() {
+            format!("{clients} clients writing and reading")
+        } else {
+            format!(
+                "{clients} clients writing and reading, and {}",
+                extra.join(" and ")
+            )
+        },
+    );
     r.watch(5.0)?;
 
     // The faults.
@@ -535,9 +713,38 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
     stop_observer.store(true, Ordering::Relaxed);
     let _ = observer.join();
 
+    let read_from = Instant::now();
     let mut finals = Vec::new();
     for ix in 0..n {
         finals.push(r.final_state(ix)?);
+    }
+    say(
+        &shared,
+        format!(
+            "final contents read in {:.1} s",
+            read_from.elapsed().as_secs_f64()
+        ),
+    );
+    let ends = r.end_states()?;
+    let unwell: Vec<String> = ends
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.clean())
+        .map(|(ix, _)| crate::history::node_name(ix))
+        .collect();
+    say(
+        &shared,
+        if unwell.is_empty() {
+            format!(
+                "every node healthy, nothing quarantined or failing, after {:.2} s",
+                ends.iter().map(|e| e.waited).fold(0.0, f64::max)
+            )
+        } else {
+            format!("NOT healthy at the end: {}", unwell.join(", "))
+        },
+    );
+    for (f, e) in finals.iter_mut().zip(ends) {
+        f.end = Some(e);
     }
     for (ix, why) in r.cluster.stop_all() {
         let t = r.now();
@@ -545,8 +752,21 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         r.records[ix].crashes.push((t, why, tail));
     }
     let observed = std::mem::take(&mut *r.observed.lock().unwrap());
-    for (ix, actor) in &observed.actors {
-        r.records[*ix].actor = actor.clone();
+    for (ix, actors) in &observed.actors {
+        r.records[*ix].actor = actors.last().cloned().unwrap_or_default();
+        r.records[*ix].actors = actors.clone();
+    }
+    // Files hostile ATTACH requests named: none may exist.
+    let mut files_created = Vec::new();
+    for op in &ops {
+        if let OpKind::Hostile { file: Some(f), .. } = &op.kind {
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                let p = format!("{f}{suffix}");
+                if std::path::Path::new(&p).exists() {
+                    files_created.push(p);
+                }
+            }
+        }
     }
     let history = History {
         seed: cfg.seed,
@@ -558,6 +778,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         members: observed.members,
         quiet_from,
         finals,
+        files_created,
         join: Some(join),
     };
     let result = check(&history);

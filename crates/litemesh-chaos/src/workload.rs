@@ -1,9 +1,12 @@
 //! The clients: each is bound to a home node (as an application beside its
 //! agent), writes there, reads there, and now and then reads on another node
-//! with the token of one of its own writes. Every request and answer is
-//! recorded as an [`Op`].
+//! with the token of one of its own writes. Beside them, a [`LargeClient`]
+//! writes values of megabytes (and rows over the agent's size limit, which
+//! must be refused), and a [`HostileClient`] sends statements the API's
+//! sandbox must refuse. Every request and answer is recorded as an [`Op`].
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value as Json, json};
 
 use crate::api::{Answer, Api};
-use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt};
+use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt, base64_encode, large_value};
 
 /// Rows of a large transaction, and bytes of padding per row: 24 × 12,000
 /// bytes, more than one sync batch.
@@ -37,6 +40,9 @@ pub struct Shared {
     pub seqs: Vec<AtomicU64>,
     /// Set to stop the clients.
     pub stop: AtomicBool,
+    /// An existing folder where hostile `ATTACH` requests name their files
+    /// (absolute: the agents resolve it, not the runner).
+    pub attach_dir: PathBuf,
 }
 
 impl Shared {
@@ -55,6 +61,12 @@ pub struct WorkloadConfig {
     pub write_timeout: Duration,
     /// How long a token read waits on the node (`wait_ms`).
     pub token_wait: Duration,
+    /// Mean pause between the hostile client's requests (zero: no hostile
+    /// client).
+    pub hostile_every: Duration,
+    /// Mean pause between the large-value client's writes (zero: no such
+    /// client).
+    pub large_every: Duration,
 }
 
 /// One client's state.
@@ -177,38 +189,21 @@ impl Client {
     }
 
     fn record(&mut self, node: NodeIx, invoke: f64, kind: OpKind, outcome: Outcome) -> u64 {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        self.ops.push(Op {
-            id,
-            client: self.id,
+        record(
+            &self.shared,
+            &mut self.ops,
+            self.id,
             node,
             invoke,
-            complete: self.shared.now(),
             kind,
             outcome,
-        });
-        id
+        )
     }
 
     fn write(&mut self, stmts: Vec<Stmt>) {
-        let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, self.id)).collect();
         let api = self.shared.apis[self.home].clone();
         let invoke = self.shared.now();
-        let answer = self.api.post(&api, "/v1/transactions", &Json::Array(body));
-        let (outcome, token, version) = match answer {
-            Answer::Ok(body) => {
-                let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-                match v["token"].as_str() {
-                    Some(t) => (Outcome::Ok, Some(t.to_string()), parse_token(t)),
-                    None => (
-                        Outcome::Unknown(format!("200 without a token: {body}")),
-                        None,
-                        None,
-                    ),
-                }
-            }
-            other => (classify(other), None, None),
-        };
+        let (outcome, token, version) = post_write(&self.api, &api, &stmts, self.id);
         // A transaction that changed nothing (a delete of a missing row) has
         // no version to name: nothing to read back with its token.
         let ok = outcome == Outcome::Ok && version.is_some();
@@ -367,6 +362,54 @@ impl Client {
     }
 }
 
+/// Records an op of `client`, completed now; returns its id.
+fn record(
+    shared: &Shared,
+    ops: &mut Vec<Op>,
+    client: u32,
+    node: NodeIx,
+    invoke: f64,
+    kind: OpKind,
+    outcome: Outcome,
+) -> u64 {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    ops.push(Op {
+        id,
+        client,
+        node,
+        invoke,
+        complete: shared.now(),
+        kind,
+        outcome,
+    });
+    id
+}
+
+/// Sends `stmts` as one transaction to the API at `addr`; returns the
+/// outcome, the token and the version it names.
+fn post_write(
+    api: &Api,
+    addr: &str,
+    stmts: &[Stmt],
+    client: u32,
+) -> (Outcome, Option<String>, Option<(String, u64)>) {
+    let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, client)).collect();
+    match api.post(addr, "/v1/transactions", &Json::Array(body)) {
+        Answer::Ok(body) => {
+            let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+            match v["token"].as_str() {
+                Some(t) => (Outcome::Ok, Some(t.to_string()), parse_token(t)),
+                None => (
+                    Outcome::Unknown(format!("200 without a token: {}", truncate(&body))),
+                    None,
+                    None,
+                ),
+            }
+        }
+        other => (classify(other), None, None),
+    }
+}
+
 /// The JSON statement for `s`, written by `client`.
 pub fn stmt_json(s: &Stmt, client: u32) -> Json {
     match s {
@@ -387,6 +430,23 @@ pub fn stmt_json(s: &Stmt, client: u32) -> Json {
         ]),
         Stmt::DeleteRegister { key } => json!(["DELETE FROM registers WHERE k = ?", [key]]),
         Stmt::Invalid => json!("INSERT INTO no_such_table VALUES (1)"),
+        Stmt::InsertLarge {
+            id,
+            len,
+            seed,
+            text,
+        } => {
+            let bytes = large_value(*seed, *len, *text);
+            let v = if *text {
+                Json::String(String::from_utf8(bytes).expect("ASCII"))
+            } else {
+                json!({ "blob": base64_encode(&bytes) })
+            };
+            json!([
+                "INSERT INTO large(id, len, v) VALUES (?, ?, ?)",
+                [id, len, v]
+            ])
+        }
     }
 }
 
@@ -422,4 +482,424 @@ fn classify(a: Answer) -> Outcome {
 
 fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
+}
+
+/// The status code of an answer (`None` without one).
+fn status_of(a: &Answer) -> Option<u16> {
+    match a {
+        Answer::Ok(_) => Some(200),
+        Answer::Status(s, _) => Some(*s),
+        Answer::Transport(_) => None,
+    }
+}
+
+/// Smallest and largest valid large value (bytes): well below the agent's
+/// limit of 4 MiB per row write (key and cells), above the 1 MiB past which
+/// a version only travels by anti-entropy.
+pub const LARGE_MIN: u32 = 1_000_000;
+/// See [`LARGE_MIN`].
+pub const LARGE_MAX: u32 = 3_900_000;
+
+/// Writes, now and then, a row with a value of 1–3.9 MB on a random node
+/// (acknowledged: it must reach every node, identical), or a row write of
+/// 5–9 MB in various forms (it must be refused with 413 and never appear).
+pub struct LargeClient {
+    id: u32,
+    shared: Arc<Shared>,
+    rng: ChaCha8Rng,
+    api: Api,
+    every: Duration,
+    n: u64,
+    /// Ids of acknowledged large rows (targets of oversized updates).
+    acked: Vec<String>,
+    ops: Vec<Op>,
+}
+
+impl LargeClient {
+    /// Client `id`, its randomness from `seed`.
+    pub fn new(id: u32, seed: u64, shared: Arc<Shared>, cfg: &WorkloadConfig) -> Self {
+        LargeClient {
+            id,
+            shared,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ (u64::from(id) << 32) ^ 0x1a26e),
+            // Megabytes through a debug-build agent, maybe behind a pause.
+            api: Api::new(Duration::from_secs(60)),
+            every: cfg.large_every,
+            n: 0,
+            acked: Vec::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Writes until told to stop; returns its history.
+    pub fn run(mut self) -> Vec<Op> {
+        loop {
+            let mean = self.every.as_secs_f64();
+            let pause = self.rng.random_range(0.2 * mean..=1.8 * mean);
+            if sleep_unless_stopped(&self.shared, pause) {
+                return self.ops;
+            }
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        self.n += 1;
+        let node = self.rng.random_range(0..self.shared.apis.len());
+        if self.rng.random_bool(0.6) {
+            let stmt = Stmt::InsertLarge {
+                id: format!("L{}-{}", self.id, self.n),
+                len: self.rng.random_range(LARGE_MIN..=LARGE_MAX),
+                seed: self.rng.random(),
+                text: self.rng.random_bool(0.5),
+            };
+            let addr = self.shared.apis[node].clone();
+            let invoke = self.shared.now();
+            let stmts = vec![stmt];
+            let (outcome, token, version) = post_write(&self.api, &addr, &stmts, self.id);
+            if outcome == Outcome::Ok
+                && let Some(Stmt::InsertLarge { id, .. }) = stmts.first()
+            {
+                self.acked.push(id.clone());
+            }
+            record(
+                &self.shared,
+                &mut self.ops,
+                self.id,
+                node,
+                invoke,
+                OpKind::Write {
+                    stmts,
+                    token,
+                    version,
+                },
+                outcome,
+            );
+        } else {
+            let a = self.oversized();
+            send_hostile(&self.shared, &self.api, &mut self.ops, self.id, node, a);
+        }
+    }
+
+    /// A row write over the limit, in one of several forms.
+    fn oversized(&mut self) -> Attack {
+        let id = format!("O{}-{}", self.id, self.n);
+        let big = self.rng.random_range(5_000_000..=9_000_000u32);
+        let insert = "INSERT INTO large(id, len, v) VALUES (?, ?, ?)";
+        let mut a = Attack {
+            name: "",
+            endpoint: "/v1/transactions",
+            body: Json::Null,
+            sql: Vec::new(),
+            expect: 413,
+            rows: vec![id.clone()],
+            file: None,
+        };
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            // Built by SQL: the request is small, the row is not.
+            0..30 => {
+                let sql = "INSERT INTO large(id, len, v) VALUES (?, ?, randomblob(?))";
+                a.name = "oversized-randomblob";
+                a.sql = vec![format!("{sql} -- {big} bytes")];
+                a.body = json!([[sql, [id, big, big]]]);
+            }
+            // A blob parameter (the body stays under the 8 MiB limit).
+            30..50 => {
+                let len = self.rng.random_range(5_000_000..=6_000_000u32);
+                let v = large_value(self.rng.random(), len, false);
+                a.name = "oversized-blob-param";
+                a.sql = vec![format!("{insert} -- blob parameter of {len} bytes")];
+                a.body = json!([[insert, [id, len, { "blob": base64_encode(&v) }]]]);
+            }
+            // A text parameter.
+            50..62 => {
+                let len = self.rng.random_range(5_000_000..=8_000_000u32);
+                let v =
+                    String::from_utf8(large_value(self.rng.random(), len, true)).expect("ASCII");
+                a.name = "oversized-text-param";
+                a.sql = vec![format!("{insert} -- text parameter of {len} bytes")];
+                a.body = json!([[insert, [id, len, v]]]);
+            }
+            // Two cells, each under the limit, together over it.
+            62..74 => {
+                let sql = "INSERT INTO large(id, len, v, note) \
+                           VALUES (?, ?, randomblob(2600000), hex(randomblob(1100000)))";
+                a.name = "oversized-two-cells";
+                a.sql = vec![format!("{sql} -- 4,800,000 bytes in two cells")];
+                a.body = json!([[sql, [id, 0]]]);
+            }
+            // After a valid insert in the same transaction: nothing of it
+            // may commit.
+            74..86 => {
+                let ev = format!("{id}-ev");
+                let sql = "INSERT INTO large(id, len, v) VALUES (?, ?, randomblob(?))";
+                a.name = "oversized-after-valid-insert";
+                let first = poison_insert(&ev, self.id);
+                a.sql = vec![first.clone(), format!("{sql} -- {big} bytes")];
+                a.body = json!([first, [sql, [id, big, big]]]);
+                a.rows.push(ev);
+            }
+            // An update of an acknowledged large row: it must keep its value.
+            86..95 if !self.acked.is_empty() => {
+                let target = self.acked[self.rng.random_range(0..self.acked.len())].clone();
+                let sql = "UPDATE large SET v = randomblob(?) WHERE id = ?";
+                a.name = "oversized-update";
+                a.sql = vec![format!("{sql} -- {big} bytes, row {target}")];
+                a.body = json!([[sql, [big, target]]]);
+                a.rows.clear();
+            }
+            // A body over the API's 8 MiB limit (refused before it is read,
+            // so the answer may also be a reset connection).
+            _ => {
+                let len = self.rng.random_range(6_400_000..=7_000_000u32);
+                let v = large_value(self.rng.random(), len, false);
+                a.name = "oversized-body";
+                a.sql = vec![format!(
+                    "{insert} -- blob parameter of {len} bytes, body over 8 MiB"
+                )];
+                a.body = json!([[insert, [id, len, { "blob": base64_encode(&v) }]]]);
+            }
+        }
+        a
+    }
+}
+
+/// A request that must be refused.
+struct Attack {
+    /// Short name.
+    name: &'static str,
+    endpoint: &'static str,
+    body: Json,
+    /// What is recorded of the statements.
+    sql: Vec<String>,
+    expect: u16,
+    rows: Vec<String>,
+    file: Option<String>,
+}
+
+/// `INSERT` of one event row `id` (never inserted by anyone else): valid on
+/// its own, so that a refused request that contains it shows whether
+/// anything of it committed.
+fn poison_insert(id: &str, client: u32) -> String {
+    format!(
+        "INSERT INTO events(id, txn, size, client, seq) VALUES ('{id}', '{id}', 1, {client}, 0)"
+    )
+}
+
+/// Sends `a` to `node` and records it.
+fn send_hostile(
+    shared: &Shared,
+    api: &Api,
+    ops: &mut Vec<Op>,
+    client: u32,
+    node: NodeIx,
+    a: Attack,
+) {
+    let addr = shared.apis[node].clone();
+    let invoke = shared.now();
+    let answer = api.post(&addr, a.endpoint, &a.body);
+    let status = status_of(&answer);
+    let text = match &answer {
+        Answer::Ok(b) | Answer::Status(_, b) | Answer::Transport(b) => truncate(b),
+    };
+    record(
+        shared,
+        ops,
+        client,
+        node,
+        invoke,
+        OpKind::Hostile {
+            attack: a.name.into(),
+            endpoint: a.endpoint.into(),
+            sql: a.sql,
+            expect: a.expect,
+            status,
+            rows: a.rows,
+            file: a.file,
+            answer: Some(text),
+        },
+        classify(answer),
+    );
+}
+
+/// Sleeps `secs` in short steps; true if told to stop meanwhile.
+fn sleep_unless_stopped(shared: &Shared, secs: f64) -> bool {
+    let until = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+/// Statements the sandbox must refuse in a transaction (403), by name.
+const TX_ATTACKS: &[(&str, &str)] = &[
+    ("tx-drop-trigger", "DROP TRIGGER \"__lm_ins_events\""),
+    ("tx-drop-trigger-upd", "DROP TRIGGER \"__lm_upd_registers\""),
+    ("tx-drop-table", "DROP TABLE registers"),
+    ("tx-create-table", "CREATE TABLE sneaky(a)"),
+    ("tx-create-index", "CREATE INDEX sneaky_pad ON events(pad)"),
+    ("tx-alter-table", "ALTER TABLE events ADD COLUMN z"),
+    ("tx-pragma-query-only", "PRAGMA query_only = 1"),
+    ("tx-pragma-locking-mode", "PRAGMA locking_mode = EXCLUSIVE"),
+    (
+        "tx-pragma-wal-autocheckpoint",
+        "PRAGMA wal_autocheckpoint = 0",
+    ),
+    ("tx-begin", "BEGIN"),
+    ("tx-commit", "COMMIT"),
+    ("tx-savepoint", "SAVEPOINT s"),
+    ("tx-rollback", "ROLLBACK"),
+    ("tx-attach", ""),
+    ("tx-delete-lm-log", "DELETE FROM __lm_log"),
+    ("tx-update-lm-site", "UPDATE __lm_site SET next_version = 1"),
+    (
+        "tx-update-lm-site-quoted",
+        "UPDATE \"__LM_SITE\" SET next_version = 1",
+    ),
+    ("tx-read-lm-log", "SELECT * FROM __lm_log"),
+    (
+        "tx-read-lm-cte",
+        "WITH x AS (SELECT * FROM __lm_have) SELECT count(*) FROM x",
+    ),
+    ("tx-lm-function", "SELECT __lm_seq()"),
+    ("tx-insert-lm-function", ""),
+];
+
+/// Statements the sandbox must refuse as a query (403), by name.
+const QUERY_ATTACKS: &[(&str, &str)] = &[
+    ("q-begin", "BEGIN"),
+    ("q-attach", ""),
+    ("q-pragma-cache-size", "PRAGMA cache_size = 1"),
+    ("q-pragma-writable-schema", "PRAGMA writable_schema = 1"),
+    ("q-read-lm-log", "SELECT * FROM __lm_log"),
+    ("q-lm-function", "SELECT __lm_seq()"),
+    ("q-delete", "DELETE FROM events"),
+    ("q-insert", ""),
+    ("q-create-table", "CREATE TABLE sneaky(a)"),
+];
+
+/// Sends, at a modest rate and to random nodes, statements the API's
+/// sandbox must refuse: DDL, pragmas, transaction control, ATTACH,
+/// litemesh's own tables and functions, writes through the query endpoint.
+/// A transaction's forbidden statement often comes with a valid insert of a
+/// row nobody else writes: the whole request must fail, and the row never
+/// appear.
+pub struct HostileClient {
+    id: u32,
+    shared: Arc<Shared>,
+    rng: ChaCha8Rng,
+    api: Api,
+    every: Duration,
+    n: u64,
+    ops: Vec<Op>,
+}
+
+impl HostileClient {
+    /// Client `id`, its randomness from `seed`.
+    pub fn new(id: u32, seed: u64, shared: Arc<Shared>, cfg: &WorkloadConfig) -> Self {
+        HostileClient {
+            id,
+            shared,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ (u64::from(id) << 32) ^ 0xba0),
+            api: Api::new(cfg.write_timeout + cfg.token_wait),
+            every: cfg.hostile_every,
+            n: 0,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Sends requests until told to stop; returns its history.
+    pub fn run(mut self) -> Vec<Op> {
+        loop {
+            let mean = self.every.as_secs_f64();
+            let pause = self.rng.random_range(0.0..=2.0 * mean);
+            if sleep_unless_stopped(&self.shared, pause) {
+                return self.ops;
+            }
+            self.n += 1;
+            let node = self.rng.random_range(0..self.shared.apis.len());
+            let a = self.attack();
+            send_hostile(&self.shared, &self.api, &mut self.ops, self.id, node, a);
+        }
+    }
+
+    fn attach(&self) -> (String, String) {
+        let file = self
+            .shared
+            .attach_dir
+            .join(format!("attach-{}-{}.db", self.id, self.n))
+            .display()
+            .to_string()
+            .replace('\'', "''");
+        (format!("ATTACH DATABASE '{file}' AS e"), file)
+    }
+
+    fn attack(&mut self) -> Attack {
+        let poison = format!("H{}-{}", self.id, self.n);
+        let mut a = Attack {
+            name: "",
+            endpoint: "/v1/transactions",
+            body: Json::Null,
+            sql: Vec::new(),
+            expect: 403,
+            rows: Vec::new(),
+            file: None,
+        };
+        let query = self.rng.random_bool(0.35);
+        let (name, fixed) = if query {
+            QUERY_ATTACKS[self.rng.random_range(0..QUERY_ATTACKS.len())]
+        } else {
+            TX_ATTACKS[self.rng.random_range(0..TX_ATTACKS.len())]
+        };
+        a.name = name;
+        let sql = match name {
+            "tx-attach" | "q-attach" => {
+                let (sql, file) = self.attach();
+                a.file = Some(file);
+                sql
+            }
+            "tx-insert-lm-function" => {
+                a.rows.push(poison.clone());
+                format!(
+                    "INSERT INTO events(id, txn, size, client, seq) \
+                     VALUES ('{poison}', '{poison}', 1, {}, __lm_seq())",
+                    self.id
+                )
+            }
+            "q-insert" => {
+                a.rows.push(poison.clone());
+                poison_insert(&poison, self.id)
+            }
+            _ => fixed.to_string(),
+        };
+        if query {
+            a.endpoint = "/v1/queries";
+            a.body = json!(sql);
+            a.sql = vec![sql];
+            return a;
+        }
+        // Alone, after a valid insert, or before one: the whole request
+        // fails either way.
+        let valid = poison_insert(&poison, self.id);
+        a.sql = match self.rng.random_range(0..4) {
+            0 | 1 if a.rows.is_empty() => {
+                a.rows.push(poison);
+                vec![valid, sql]
+            }
+            2 if a.rows.is_empty() => {
+                a.rows.push(poison);
+                vec![sql, valid]
+            }
+            _ => vec![sql],
+        };
+        a.body = Json::Array(a.sql.iter().map(|s| json!(s)).collect());
+        a
+    }
 }
