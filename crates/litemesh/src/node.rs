@@ -1844,6 +1844,13 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
         lag.reachable(now, a, reachable);
         if let Some(h) = meta.as_ref().and_then(|m| m.head) {
             lag.head(now, a, h, meta.as_ref().and_then(|m| m.head_ms));
+            // Its published head is beyond what this node holds, a second
+            // after the commit: what broadcast did not bring (a version too
+            // large for it, a lost message) is pulled from the writer now
+            // rather than at some later round.
+            if reachable && inner.advertised().missing_up_to(&a, h) > 0 {
+                let _ = inner.sync_tx.send(SyncInput::Behind(x.addr));
+            }
         }
     }
     if reachable {
