@@ -437,7 +437,16 @@ impl ClientTx<'_> {
             CLIENT_MAX_LENGTH,
         );
         let res = (|| -> Result<usize> {
-            let mut stmt = self.tx.prepare(sql).map_err(|e| self.guard.map_err(e))?;
+            // Cached under a key no statement of the store's own has (they
+            // never start with a space), so that a client can never reach a
+            // statement compiled outside the sandbox; a cached client
+            // statement was authorized when compiled, and is compiled again,
+            // under the client policy, if the schema changes.
+            let key = format!(" {sql}");
+            let mut stmt = self
+                .tx
+                .prepare_cached(&key)
+                .map_err(|e| self.guard.map_err(e))?;
             check_params(&stmt, params)?;
             if stmt.column_count() == 0 {
                 return stmt
@@ -559,7 +568,8 @@ fn check_params(stmt: &rusqlite::Statement<'_>, params: &[Value]) -> Result<()> 
 }
 
 fn run_query(conn: &Connection, sql: &str, params: &[Value], sink: &mut dyn RowSink) -> Result<()> {
-    let mut stmt = conn.prepare(sql)?;
+    // Every statement of this connection is a client's: caching is safe.
+    let mut stmt = conn.prepare_cached(sql)?;
     check_params(&stmt, params)?;
     if !stmt.readonly() {
         return Err(StorageError::Refused(
