@@ -380,6 +380,31 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
     })
 }
 
+/// Also holds the lock earlier versions took on `<db>.lock` (the node now
+/// locks the database file itself), so that an agent of each version on one
+/// file, during an upgrade, still exclude each other.
+fn legacy_lock(db: &Path) -> Result<std::fs::File, String> {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    let path = PathBuf::from(p);
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("lock file {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is already in use by another litemesh node (lock {} is held); \
+             stop it first or use another --db",
+            db.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -392,6 +417,7 @@ fn host_name() -> String {
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(args: AgentArgs) -> CliResult {
     let r = resolve(args)?;
+    let _legacy = legacy_lock(&r.db)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -131,29 +131,30 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(s.seq.load(Ordering::Relaxed).saturating_sub(1) as i64)
     })?;
 
-    // __lm_buffered(table_id, table_name, npk, pk..., cells...): checks the
-    // row write (no NULL key; the key and the written cells within
-    // MAX_ROW_WRITE_BYTES, so that the change fits in one sync message on
-    // every node); then, inside a store transaction, buffers its log entry
-    // and returns 1; else returns 0.
+    // __lm_buffered(table_id, table_name, npk, is_write, pk..., cells...):
+    // checks a row write (is_write: an insert, an update, the new key of a
+    // key change; not a delete): no NULL key, text that is valid UTF-8, the
+    // key and the written cells within MAX_ROW_WRITE_BYTES, so that the
+    // change fits in one sync message on every node; then, inside a store
+    // transaction, buffers its log entry and returns 1; else returns 0.
     let s = state.clone();
     conn.create_scalar_function("__lm_buffered", -1, flags, move |ctx| {
-        if ctx.len() < 4 {
+        if ctx.len() < 5 {
             return Err(user_err("__lm_buffered: too few arguments"));
         }
         let tbl: i64 = ctx.get(0)?;
         let npk: usize = ctx.get::<i64>(2)?.try_into().unwrap_or(0);
-        if npk == 0 || 3 + npk > ctx.len() {
+        let writes: bool = ctx.get(3)?;
+        if npk == 0 || 4 + npk > ctx.len() {
             return Err(user_err("__lm_buffered: bad key length"));
         }
         let mut size = 0usize;
         let mut pk = Vec::with_capacity(npk);
-        // A write (not a delete: no cells) must carry text that is valid
-        // UTF-8: other bytes would not travel to peers as they are stored.
-        let writes = ctx.len() > 3 + npk;
-        for i in 3..ctx.len() {
+        for i in 4..ctx.len() {
             let v = ctx.get_raw(i);
             size += value_size(v);
+            // Text that is not valid UTF-8 would not travel to peers as it
+            // is stored.
             if let ValueRef::Text(t) = v
                 && writes
                 && std::str::from_utf8(t).is_err()
@@ -161,7 +162,7 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
                 let table: String = ctx.get(1)?;
                 return Err(refuse(&s, crate::StorageError::InvalidText { table }));
             }
-            if i < 3 + npk {
+            if i < 4 + npk {
                 if v == ValueRef::Null {
                     let table: String = ctx.get(1)?;
                     return Err(refuse(&s, crate::StorageError::NullKey { table }));

@@ -103,6 +103,31 @@ pub struct RetryReport {
     pub tables_changed: BTreeSet<String>,
 }
 
+/// Begins a write transaction; one left open by a failure is rolled back
+/// first (a second line of defence: `commit` never leaves one).
+fn begin(conn: &Connection) -> Result<()> {
+    if !conn.is_autocommit() {
+        tracing::error!("a transaction was left open on the writer; rolling it back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    Ok(())
+}
+
+/// Commits; if the commit fails, no transaction stays open (some failures
+/// leave it open, and every later `BEGIN` would fail).
+fn commit(conn: &Connection) -> Result<()> {
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(e.into())
+        }
+    }
+}
+
 /// Wall-clock time in Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -215,10 +240,10 @@ impl Store {
 
     fn apply_inner(&mut self, batches: &[ChangeBatch], isolate: bool) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        begin(&self.conn)?;
         match self.apply_body(batches, &mut report, isolate) {
             Ok(()) => {
-                self.conn.execute_batch("COMMIT")?;
+                commit(&self.conn)?;
                 for (a, v, e) in &report.quarantined {
                     tracing::error!(
                         actor = %a,
@@ -488,7 +513,7 @@ impl Store {
             return Ok(out);
         }
         let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        begin(&self.conn)?;
         let res = (|| -> Result<()> {
             for (a, v) in due {
                 let blob: Vec<u8> = self
@@ -537,7 +562,10 @@ impl Store {
         })();
         match res {
             Ok(()) => {
-                self.conn.execute_batch("COMMIT")?;
+                if let Err(e) = commit(&self.conn) {
+                    self.reload()?;
+                    return Err(e);
+                }
                 for (a, v) in &out.applied {
                     tracing::info!(actor = %a, version = v, "a quarantined change now applied");
                 }
@@ -630,7 +658,7 @@ impl Store {
     pub(crate) fn retry_parked(&mut self) -> Result<ApplyReport> {
         let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
         let mut report = ApplyReport::default();
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        begin(&self.conn)?;
         let res = (|| {
             let parked: Vec<(i64, i64, i64, Vec<u8>)> = self
                 .conn
@@ -682,7 +710,7 @@ impl Store {
         })();
         match res {
             Ok(()) => {
-                self.conn.execute_batch("COMMIT")?;
+                commit(&self.conn)?;
                 Ok(report)
             }
             Err(e) => {

@@ -438,15 +438,16 @@ impl ClientTx<'_> {
         );
         let res = (|| -> Result<usize> {
             // Cached under a key no statement of the store's own has (they
-            // never start with a space), so that a client can never reach a
-            // statement compiled outside the sandbox; a cached client
-            // statement was authorized when compiled, and is compiled again,
-            // under the client policy, if the schema changes.
-            let key = format!(" {sql}");
+            // never start with a comment; the cache trims white space, not
+            // comments), so that a client can never reach a statement
+            // compiled outside the sandbox. A cached client statement was
+            // authorized when compiled, and is compiled again, under the
+            // client policy, if the schema changes.
+            let key = format!("{CLIENT_KEY}{sql}");
             let mut stmt = self
                 .tx
                 .prepare_cached(&key)
-                .map_err(|e| self.guard.map_err(e))?;
+                .map_err(|e| self.guard.map_err(unprefix(e)))?;
             check_params(&stmt, params)?;
             if stmt.column_count() == 0 {
                 return stmt
@@ -469,6 +470,30 @@ impl ClientTx<'_> {
             .tx
             .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1_000_000_000);
         res
+    }
+}
+
+/// The prefix of the statement-cache keys of client statements.
+const CLIENT_KEY: &str = "/*client*/";
+
+/// An error about a prefixed statement, as about the client's own text.
+fn unprefix(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqlInputError {
+            error,
+            msg,
+            sql,
+            offset,
+        } => rusqlite::Error::SqlInputError {
+            error,
+            msg,
+            sql: sql
+                .strip_prefix(CLIENT_KEY)
+                .map(str::to_string)
+                .unwrap_or(sql),
+            offset: (offset - CLIENT_KEY.len() as i32).max(0),
+        },
+        other => other,
     }
 }
 
@@ -538,6 +563,7 @@ impl ReadConnection {
         limits: &ClientLimits,
         sink: &mut dyn RowSink,
     ) -> Result<()> {
+        *self.guard.refusal.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let res = {
             let _limits = self.guard.limits(limits);
             let res = run_query(&self.conn, sql, params, sink);

@@ -375,6 +375,19 @@ fn tokenize(sql: &str) -> Vec<Tok> {
                 }
                 out.push(Tok::Ident(sql[start..i].to_string()));
             }
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
             _ => {
                 out.push(Tok::Other);
                 i += 1;
@@ -601,52 +614,64 @@ fn check_convergent(
         tracing::warn!("{w}");
         report.warnings.push(w);
     }
-    if has_keyword(&t.sql, "CHECK") {
-        let w = format!(
-            "table {name:?}: CHECK constraints guard local writes only; a merge never fails on \
-             them, so concurrent writes to different columns, each valid on its node, can \
-             combine into a row a multi-column CHECK would refuse (every replica keeps the \
-             same row)"
-        );
-        tracing::warn!("{w}");
-        report.warnings.push(w);
-    }
+    check_checks(t)?;
     Ok(())
 }
 
-/// Whether `sql` contains `word` as a keyword (outside string literals and
-/// quoted identifiers).
-fn has_keyword(sql: &str, word: &str) -> bool {
-    let b = sql.as_bytes();
+/// A CHECK constraint over several non-key columns can refuse a row that
+/// two concurrent writes to different columns make together, each valid on
+/// its own node: refused. One over a single column (and the key) holds on
+/// every merged row, since each cell's value passed it where it was written.
+fn check_checks(t: &DeclaredTable) -> Result<()> {
+    let toks = tokenize(&t.sql);
+    let non_key: Vec<String> = t
+        .cols
+        .iter()
+        .filter(|c| c.pk == 0)
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'[' => {
-                while i < b.len() && b[i] != b']' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                    i += 1;
-                }
-                if sql[start..i].eq_ignore_ascii_case(word) {
-                    return true;
-                }
-            }
-            _ => i += 1,
+    while i < toks.len() {
+        let is_check = matches!(&toks[i], Tok::Ident(w) if w.eq_ignore_ascii_case("CHECK"))
+            && toks.get(i + 1) == Some(&Tok::Open);
+        if !is_check {
+            i += 1;
+            continue;
         }
+        let mut depth = 0;
+        let mut cols = std::collections::BTreeSet::new();
+        let mut j = i + 1;
+        while j < toks.len() {
+            match &toks[j] {
+                Tok::Open => depth += 1,
+                Tok::Close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Tok::Ident(w) if non_key.contains(&w.to_ascii_lowercase()) => {
+                    cols.insert(w.to_ascii_lowercase());
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        if cols.len() >= 2 {
+            return Err(StorageError::Unsupported {
+                table: t.name.clone(),
+                reason: format!(
+                    "a CHECK constraint over several columns ({}): two concurrent writes to \
+                     different columns, each valid on its node, can merge into a row it \
+                     refuses; keep each CHECK to one column (and the key), and check \
+                     combinations in the application",
+                    cols.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        i = j + 1;
     }
-    false
+    Ok(())
 }
 
 /// Loads the replicated tables from the registry.
@@ -771,11 +796,24 @@ fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaRepo
             format!("{} {}", q(p), c.decl_type)
         })
         .collect();
+    // The clock table must see keys exactly as the table does: the same
+    // declared types, and STRICT when the table is (an `ANY` key of a STRICT
+    // table has no affinity; in a plain table it would have NUMERIC, and
+    // '1' and 1 would be one clock for two rows).
+    let strict: bool = tx
+        .query_row(
+            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [&t.name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
     tx.execute_batch(&format!(
-        "CREATE TABLE {clk} ({defs}, __clk BLOB NOT NULL, PRIMARY KEY ({pks})) WITHOUT ROWID",
+        "CREATE TABLE {clk} ({defs}, __clk BLOB NOT NULL, PRIMARY KEY ({pks})) WITHOUT ROWID{strict}",
         clk = q(&format!("__lm_clk_{}", t.name)),
         defs = pk_defs.join(", "),
         pks = pk.iter().map(|p| q(p)).collect::<Vec<_>>().join(", "),
+        strict = if strict { ", STRICT" } else { "" },
     ))?;
     let meta = load_tables(tx)?
         .remove(&t.name)
@@ -854,6 +892,37 @@ fn migrate_table(
     Ok(())
 }
 
+/// Key columns with no type affinity: untyped or BLOB (ANY in a STRICT
+/// table).
+fn ambiguous_keys(conn: &Connection, t: &TableMeta) -> Result<Vec<String>> {
+    let strict: bool = conn
+        .query_row(
+            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [&t.name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    let cols = table_info(conn, &t.name)?;
+    Ok(cols
+        .into_iter()
+        .filter(|c| c.pk > 0)
+        .filter(|c| {
+            let d = c.decl_type.to_ascii_uppercase();
+            if strict {
+                d == "ANY"
+            } else {
+                let typed = ["INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB"]
+                    .iter()
+                    .any(|k| d.contains(k));
+                // Untyped or BLOB: no affinity. (Any other word: NUMERIC.)
+                !typed && (d.is_empty() || d.contains("BLOB"))
+            }
+        })
+        .map(|c| c.name)
+        .collect())
+}
+
 /// Quotes an SQL string literal.
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -910,12 +979,13 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     // Each row write: number it, check it (no NULL key, not larger than a
     // change may be), log it (buffered inside a store transaction, else
     // written at once as a one-entry chunk), update the row clock.
-    let log = |pkvals: &str, cells: &str| {
+    let log = |pkvals: &str, write: bool, cells: &str| {
+        let write = i32::from(write);
         format!(
             "SELECT __lm_seq();\n\
              INSERT INTO __lm_log(actor, version, seq, last, entries) \
              SELECT {local}, __lm_version(), __lm_cur_seq(), __lm_cur_seq(), __lm_entry({tid}, {pkvals}) \
-             WHERE NOT __lm_buffered({tid}, {tname}, {npk}, {pkvals}{cells});\n"
+             WHERE NOT __lm_buffered({tid}, {tname}, {npk}, {write}, {pkvals}{cells});\n"
         )
     };
     let insert_clock = |pkvals: &str| {
@@ -931,15 +1001,44 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             "UPDATE {clk} SET __clk = __lm_clk_delete(__clk, {local}, __lm_version(), __lm_cur_seq()) WHERE {m};\n"
         )
     };
+    // A key column without affinity (untyped or BLOB; ANY in a STRICT table)
+    // stores 1 and 1.0 as two values that compare equal: one row, spelled
+    // differently on different nodes. Such keys refuse integral REALs.
+    let ambiguous = ambiguous_keys(conn, t)?;
+    let key_check = |prefix: &str| {
+        if ambiguous.is_empty() {
+            return String::new();
+        }
+        let cond = ambiguous
+            .iter()
+            .map(|k| {
+                format!(
+                    "(typeof({prefix}{0}) = 'real' AND {prefix}{0} = CAST({prefix}{0} AS INTEGER))",
+                    q(k)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        format!(
+            "SELECT RAISE(ABORT, {msg}) WHERE {cond};\n",
+            msg = lit(&format!(
+                "a key of replicated table {name:?} is a REAL with an integer value (such as 1.0): \
+                 the key column has no type affinity, so it would equal the INTEGER key of the same \
+                 value and the row could be spelled differently on different nodes; write the key \
+                 as an integer"
+            ))
+        )
+    };
     let trig = |kind: &str| q(&format!("__lm_{kind}_{name}"));
     let mut sql = String::new();
     for kind in ["ins", "upd", "updpk", "del"] {
         sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", trig(kind)));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
+        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}{}END;\n",
         trig("ins"),
-        log(&pk_new, &cells_new),
+        key_check("NEW."),
+        log(&pk_new, true, &cells_new),
         insert_clock(&pk_new)
     ));
     if ncols > 0 {
@@ -950,23 +1049,24 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
              WHERE {m};\nEND;\n",
             trig("upd"),
             any = changed.join(" OR "),
-            log = log(&pk_new, &cells_changed),
+            log = log(&pk_new, true, &cells_changed),
             args = changed.join(", "),
             m = match_on("NEW."),
         ));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}END;\n",
+        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}{}END;\n",
         trig("updpk"),
-        log(&pk_old, ""),
+        key_check("NEW."),
+        log(&pk_old, false, ""),
         delete_clock(&match_on("OLD.")),
-        log(&pk_new, &cells_new),
+        log(&pk_new, true, &cells_new),
         insert_clock(&pk_new),
     ));
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER DELETE ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",
         trig("del"),
-        log(&pk_old, ""),
+        log(&pk_old, false, ""),
         delete_clock(&match_on("OLD.")),
     ));
     conn.execute_batch(&sql)?;

@@ -80,7 +80,7 @@ ALTER TABLE __lm_site ADD COLUMN capture INTEGER NOT NULL DEFAULT 0;
 
 /// Version of the capture triggers' text: a file whose triggers were made by
 /// another version gets them regenerated when opened.
-const CAPTURE: i64 = 2;
+const CAPTURE: i64 = 4;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -530,12 +530,16 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records members as seen (inserted or updated by address), and forgets
-    /// the addresses in `forget`, in one transaction.
+    /// Forgets the addresses in `forget`, then records members as seen
+    /// (inserted or updated by address), in one transaction.
     pub fn remember_peers(&mut self, seen: &[RememberedPeer], forget: &[String]) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for addr in forget {
+            tx.prepare_cached("DELETE FROM __lm_peers WHERE addr = ?1")?
+                .execute([addr])?;
+        }
         for p in seen {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO __lm_peers(addr, name, actor, last_seen) \
@@ -547,10 +551,6 @@ impl Store {
                 p.actor.map(|a| a.0.to_vec()),
                 p.last_seen_ms as i64,
             ))?;
-        }
-        for addr in forget {
-            tx.prepare_cached("DELETE FROM __lm_peers WHERE addr = ?1")?
-                .execute([addr])?;
         }
         tx.commit()?;
         Ok(())

@@ -866,12 +866,22 @@ impl Node {
             timeout: Some(self.inner.transaction_timeout),
             ..ClientLimits::default()
         };
-        let inner = self.inner.clone();
-        let res = self
-            .inner
+        // The commit and what follows it (the broadcast, the local change
+        // event, the head to publish) run in a task of their own: a caller
+        // that goes away (a client disconnecting) stops none of it.
+        let node = self.inner.clone();
+        let work = tokio::spawn(async move {
+            let inner = node.clone();
+            let res = node
             .with_writer(move |w| {
                 if inner.probation.swap(false, Ordering::SeqCst) {
-                    let new = w.rotate_actor()?;
+                    let new = match w.rotate_actor() {
+                        Ok(n) => n,
+                        Err(e) => {
+                            inner.probation.store(true, Ordering::SeqCst);
+                            return Err(e.into());
+                        }
+                    };
                     tracing::warn!(
                         actor = %new,
                         "a write came before any peer confirmed that it holds this node's latest \
@@ -940,24 +950,28 @@ impl Node {
                 ))
             })
             .await;
-        let (rows_affected, version, db_version, batches, tables, actor) = res?;
-        let token = match version {
-            Some(v) => Token::new(actor, v),
-            None => Token::default(),
-        };
-        if let Some(v) = version {
-            let _ = self.inner.changes.send(ChangeEvent {
-                tables,
-                local: true,
-            });
-            let _ = self.inner.sync_tx.send(SyncInput::LocalCommit(batches));
-            let _ = self.inner.mb_tx.send(MbInput::Head(actor, v));
-        }
-        Ok(Executed {
-            rows_affected,
-            version: db_version,
-            token,
-        })
+            let (rows_affected, version, db_version, batches, tables, actor) = res?;
+            let token = match version {
+                Some(v) => Token::new(actor, v),
+                None => Token::default(),
+            };
+            // After the knowledge is published (`with_writer`), so that peers
+            // answering the broadcast never look ahead of this node.
+            if let Some(v) = version {
+                let _ = node.changes.send(ChangeEvent {
+                    tables,
+                    local: true,
+                });
+                let _ = node.sync_tx.send(SyncInput::LocalCommit(batches));
+                let _ = node.mb_tx.send(MbInput::Head(actor, v));
+            }
+            Ok(Executed {
+                rows_affected,
+                version: db_version,
+                token,
+            })
+        });
+        work.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// Runs a read-only statement and returns all its rows. With
@@ -1076,8 +1090,19 @@ impl Node {
         let now = tokio::time::Instant::now();
         let mut peers = Vec::new();
         let mut reachable = 1;
+        // A member restarted under a new identity is listed twice at one
+        // address until the old one is reaped: the liveliest speaks for it.
+        let rank = |state: &str| match state {
+            "alive" => 0,
+            "suspect" => 1,
+            "dead" => 2,
+            _ => 3,
+        };
         for (addr, kn) in &known {
-            let m = members.iter().find(|m| m.addr == *addr);
+            let m = members
+                .iter()
+                .filter(|m| m.addr == *addr)
+                .min_by_key(|m| rank(&m.state));
             let state = m.map_or("unreachable", |m| m.state.as_str()).to_string();
             if state == "alive" || state == "suspect" {
                 reachable += 1;
@@ -1819,9 +1844,15 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
         return;
     }
     let entry = known.entry(x.addr).or_insert_with(|| {
-        // A new member: saved at the next maintenance tick, so that a crash
-        // right after does not forget it.
+        // A new member (or one back after it left): saved at the next
+        // maintenance tick, so that a crash right after does not forget it.
         inner.known_new.store(true, Ordering::Relaxed);
+        let addr = x.addr.to_string();
+        inner
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| *a != addr);
         Known {
             name: None,
             actor: None,

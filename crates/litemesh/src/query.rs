@@ -123,6 +123,24 @@ impl Drop for Rows {
     }
 }
 
+/// A connection taken from the pool, returned when dropped.
+struct Lease {
+    conn: Option<ReadConnection>,
+    pool: Arc<QueryPool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c);
+        }
+    }
+}
+
 /// Hands columns and chunks of rows to the async side.
 struct Sink {
     columns: Option<oneshot::Sender<Vec<String>>>,
@@ -200,9 +218,14 @@ pub(crate) async fn start(
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let Some(mut conn) = pool2.conns.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+        let Some(conn) = pool2.conns.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
             let _ = tx.blocking_send(Item::Failed(Error::ShuttingDown));
             return;
+        };
+        // Back to the pool on every path, a panic included.
+        let mut lease = Lease {
+            conn: Some(conn),
+            pool: pool2.clone(),
         };
         let mut sink = Sink {
             columns: Some(ctx),
@@ -218,12 +241,13 @@ pub(crate) async fn start(
             started: Some(started),
             cancel: Some(cancel2),
         };
-        let res = conn.query(&statement.sql, &statement.params, &limits, &mut sink);
-        pool2
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+        let res = lease.conn.as_mut().expect("leased").query(
+            &statement.sql,
+            &statement.params,
+            &limits,
+            &mut sink,
+        );
+        drop(lease);
         let last = match res {
             Ok(()) => {
                 let rows = std::mem::take(&mut sink.chunk);

@@ -90,8 +90,11 @@ pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Begun, Error> {
         (Some(m), Some(text), Some((dev, ino))) => text.trim() == format!("{} {dev} {ino}", hex(m)),
         _ => false,
     };
+    // Whether the actor wrote anything is read from the file — which, after
+    // a lost WAL, may have lost every one of its writes: so any start that is
+    // not clean moves to a new actor id.
     let wrote = store.db_version()? > 0;
-    if !clean && wrote {
+    if !clean {
         let old = store.actor_id();
         let new = store.rotate_actor()?;
         tracing::warn!(
