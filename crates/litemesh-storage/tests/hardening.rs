@@ -402,6 +402,16 @@ fn client_transactions_may_only_write_replicated_tables() {
             "UPDATE __lm_site SET probe = probe + 1 WHERE id = 0",
             "own tables",
         ),
+        // Cached by the commit above (the change log's chunks): the cache
+        // must not hand it to a client, whatever white space surrounds it.
+        (
+            "INSERT OR REPLACE INTO __lm_log(actor, version, seq, last, entries) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "own tables",
+        ),
+        (
+            "  INSERT OR REPLACE INTO __lm_log(actor, version, seq, last, entries) VALUES (?1, ?2, ?3, ?4, ?5)\n",
+            "own tables",
+        ),
         (
             "INSERT INTO items VALUES ('y', 1, 'x'); DROP TABLE items",
             "schema changes",
