@@ -212,18 +212,64 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(RowClock::inserted(old.as_ref(), entry, ncols).encode())
     })?;
 
-    // __lm_clk_update(clock, actor, version, seq, changed_0, changed_1, ...):
-    // the clock after a local update of the flagged columns.
-    conn.create_scalar_function("__lm_clk_update", -1, flags, |ctx| {
-        if ctx.len() < 4 {
+    // __lm_differ(new_0, old_0, new_1, old_1, ...): whether any pair differs
+    // by type or bytes. (Not by collation or numeric equality: 'abc' to
+    // 'ABC' under NOCASE, or 1 to 1.0, are changes that must replicate.)
+    conn.create_scalar_function("__lm_differ", -1, flags, |ctx| {
+        let mut i = 0;
+        while i + 1 < ctx.len() {
+            if !same(ctx.get_raw(i), ctx.get_raw(i + 1)) {
+                return Ok(true);
+            }
+            i += 2;
+        }
+        Ok(false)
+    })?;
+
+    // __lm_clk_update(clock, actor, version, seq, table_name, npk, pk...,
+    // new_0, old_0, new_1, old_1, ...): checks the cells the update changes
+    // (text that is valid UTF-8; with the key, within MAX_ROW_WRITE_BYTES)
+    // and returns the clock after the update, every changed cell bumped.
+    let s = state.clone();
+    conn.create_scalar_function("__lm_clk_update", -1, flags, move |ctx| {
+        if ctx.len() < 6 {
             return Err(user_err("__lm_clk_update: too few arguments"));
         }
         let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
         let entry = entry_arg(ctx, 1)?;
-        for col in 0..ctx.len() - 4 {
-            if ctx.get::<Option<bool>>(col + 4)?.unwrap_or(false) {
-                clock.bump(col as u32, entry);
+        let npk: usize = ctx.get::<i64>(5)?.try_into().unwrap_or(0);
+        let first = 6 + npk;
+        if first > ctx.len() || (ctx.len() - first) % 2 != 0 {
+            return Err(user_err("__lm_clk_update: bad arguments"));
+        }
+        let mut size: usize = (6..first).map(|i| value_size(ctx.get_raw(i))).sum();
+        let mut col = 0u32;
+        let mut i = first;
+        while i + 1 < ctx.len() {
+            let new = ctx.get_raw(i);
+            if !same(new, ctx.get_raw(i + 1)) {
+                if let ValueRef::Text(t) = new
+                    && std::str::from_utf8(t).is_err()
+                {
+                    let table: String = ctx.get(4)?;
+                    return Err(refuse(&s, crate::StorageError::InvalidText { table }));
+                }
+                size += value_size(new);
+                clock.bump(col, entry);
             }
+            col += 1;
+            i += 2;
+        }
+        if size > MAX_ROW_WRITE_BYTES {
+            let table: String = ctx.get(4)?;
+            return Err(refuse(
+                &s,
+                crate::StorageError::RowTooLarge {
+                    table,
+                    size,
+                    limit: MAX_ROW_WRITE_BYTES,
+                },
+            ));
         }
         Ok(clock.encode())
     })?;
@@ -283,6 +329,17 @@ fn entry_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> rusqlite::Resu
         version: version as u64,
         seq: seq as u64,
     })
+}
+
+/// Whether two values are the same by type and bytes (a REAL by its bits).
+fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => true,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// Bytes a value takes in a change (as counted against the row limit).

@@ -510,8 +510,9 @@ fn check_index(t: &DeclaredTable, index: &str, sql: &str) -> Result<()> {
 }
 
 /// Most non-key columns a replicated table may have (every column is an
-/// argument of a capture function, and SQLite bounds those).
-const MAX_COLUMNS: usize = 900;
+/// argument of a capture function — twice on updates, its new and old value —
+/// and SQLite bounds those to 1000).
+const MAX_COLUMNS: usize = 480;
 
 /// Refuses table features a merge could not apply, or could apply differently
 /// on different nodes; warns about those whose meaning changes under
@@ -951,31 +952,22 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     let pk_new = list("NEW.", &t.pk);
     let pk_old = list("OLD.", &t.pk);
     let cells_new: String = t.cols.iter().map(|c| format!(", NEW.{}", q(c))).collect();
-    // Whether a cell changed: by bytes and by type, not by the column's
-    // collation or numeric equality ('abc' to 'ABC' under NOCASE, 1 to 1.0
-    // are changes, and must replicate).
-    let differs = |c: &str| {
-        format!(
-            "(NEW.{0} IS NOT OLD.{0} COLLATE BINARY OR typeof(NEW.{0}) IS NOT typeof(OLD.{0}))",
-            q(c)
-        )
+    // Whether a cell changed: by type and bytes (`__lm_differ`), not by the
+    // column's collation or numeric equality ('abc' to 'ABC' under NOCASE, 1
+    // to 1.0 are changes, and must replicate).
+    let pairs = |cols: &[String]| {
+        cols.iter()
+            .map(|c| format!("NEW.{0}, OLD.{0}", q(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let cells_changed: String = t
-        .cols
-        .iter()
-        .map(|c| format!(", CASE WHEN {} THEN NEW.{} END", differs(c), q(c)))
-        .collect();
     let match_on = |prefix: &str| {
         t.pk.iter()
             .map(|p| format!("{} = {prefix}{}", q(p), q(p)))
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    let pk_same =
-        t.pk.iter()
-            .map(|p| format!("NOT {}", differs(p)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+    let pk_same = format!("NOT __lm_differ({})", pairs(&t.pk));
     // Each row write: number it, check it (no NULL key, not larger than a
     // change may be), log it (buffered inside a store transaction, else
     // written at once as a one-entry chunk), update the row clock.
@@ -1042,15 +1034,15 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         insert_clock(&pk_new)
     ));
     if ncols > 0 {
-        let changed: Vec<String> = t.cols.iter().map(|c| differs(c)).collect();
+        // The changed cells are checked (UTF-8, size) by `__lm_clk_update`,
+        // which compares each pair once; the key is unchanged.
+        let cells = pairs(&t.cols);
         sql.push_str(&format!(
-            "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND ({any}) BEGIN\n{log}\
-             UPDATE {clk} SET __clk = __lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), {args}) \
-             WHERE {m};\nEND;\n",
+            "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND __lm_differ({cells}) BEGIN\n{log}\
+             UPDATE {clk} SET __clk = __lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), \
+             {tname}, {npk}, {pk_new}, {cells}) WHERE {m};\nEND;\n",
             trig("upd"),
-            any = changed.join(" OR "),
-            log = log(&pk_new, true, &cells_changed),
-            args = changed.join(", "),
+            log = log(&pk_new, false, ""),
             m = match_on("NEW."),
         ));
     }

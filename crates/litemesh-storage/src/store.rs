@@ -80,7 +80,7 @@ ALTER TABLE __lm_site ADD COLUMN capture INTEGER NOT NULL DEFAULT 0;
 
 /// Version of the capture triggers' text: a file whose triggers were made by
 /// another version gets them regenerated when opened.
-const CAPTURE: i64 = 4;
+const CAPTURE: i64 = 5;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
