@@ -239,7 +239,7 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         let entry = entry_arg(ctx, 1)?;
         let npk: usize = ctx.get::<i64>(5)?.try_into().unwrap_or(0);
         let first = 6 + npk;
-        if first > ctx.len() || (ctx.len() - first) % 2 != 0 {
+        if first > ctx.len() || !(ctx.len() - first).is_multiple_of(2) {
             return Err(user_err("__lm_clk_update: bad arguments"));
         }
         let mut size: usize = (6..first).map(|i| value_size(ctx.get_raw(i))).sum();

@@ -420,6 +420,28 @@ fn decide(mode: u8, p: &Policy, ctx: &AuthContext<'_>) -> std::result::Result<()
     }
 }
 
+/// Bounds the strings and blobs client statements build while alive
+/// (restores SQLite's default when dropped).
+pub(crate) struct LengthLimit<'a>(&'a Connection);
+
+impl<'a> LengthLimit<'a> {
+    pub(crate) fn on(conn: &'a Connection) -> LengthLimit<'a> {
+        let _ = conn.set_limit(
+            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+            CLIENT_MAX_LENGTH,
+        );
+        LengthLimit(conn)
+    }
+}
+
+impl Drop for LengthLimit<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1_000_000_000);
+    }
+}
+
 /// One client transaction on the writer (see [`crate::Store::client_transaction`]).
 pub struct ClientTx<'a> {
     pub(crate) tx: &'a rusqlite::Transaction<'a>,
@@ -432,11 +454,7 @@ impl ClientTx<'_> {
     /// statements are refused.
     pub fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         let _mode = self.guard.client_mode(CLIENT_TX);
-        let _ = self.tx.set_limit(
-            rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
-            CLIENT_MAX_LENGTH,
-        );
-        let res = (|| -> Result<usize> {
+        (|| -> Result<usize> {
             // Cached under a key no statement of the store's own has (they
             // never start with a comment; the cache trims white space, not
             // comments), so that a client can never reach a statement
@@ -465,11 +483,7 @@ impl ClientTx<'_> {
                 returned += 1;
             }
             Ok(if readonly { 0 } else { returned })
-        })();
-        let _ = self
-            .tx
-            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1_000_000_000);
-        res
+        })()
     }
 }
 

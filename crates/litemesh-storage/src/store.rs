@@ -404,8 +404,11 @@ impl Store {
     ) -> Result<Committed<T>> {
         let guard = self.guard.clone();
         let _limits = guard.limits(limits);
-        self.transaction(|tx| f(&ClientTx { tx, guard: &guard }))
-            .map_err(|e| guard.map_storage_err(e))
+        self.transaction(|tx| {
+            let _length = crate::sandbox::LengthLimit::on(tx);
+            f(&ClientTx { tx, guard: &guard })
+        })
+        .map_err(|e| guard.map_storage_err(e))
     }
 
     /// Sets a flag that, once true, stops any statement running on this
