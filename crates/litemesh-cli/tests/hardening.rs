@@ -684,6 +684,12 @@ fn a_node_that_lost_its_wal_never_reuses_a_version() {
     }
     eventually(20, "b has all 40", || count(&b.api) == 40);
     let old_actor = status(&a.api)["actor"].as_str().unwrap().to_string();
+    const UNCLEAN: &str = "did not end with a clean shutdown";
+    assert!(
+        !a.stderr().contains(UNCLEAN),
+        "a new file is no unclean restart: {}",
+        a.stderr()
+    );
     // a crashes and its WAL is lost.
     kill9(&mut a);
     drop(a);
@@ -697,6 +703,7 @@ fn a_node_that_lost_its_wal_never_reuses_a_version() {
     );
     let new_actor = status(&a.api)["actor"].as_str().unwrap().to_string();
     assert_ne!(new_actor, old_actor, "a writes under a new actor id");
+    assert!(a.stderr().contains(UNCLEAN), "and says so: {}", a.stderr());
     for i in 0..5 {
         put(&a.api, format!("new{i}"), 100 + i);
     }

@@ -12,7 +12,6 @@
 //! bookkeeping: it lands whole or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
@@ -142,60 +141,48 @@ fn retry_delay_ms(attempts: u64) -> u64 {
     (5_000u64 << attempts.saturating_sub(1).min(10)).min(600_000)
 }
 
-/// Merge mode, while alive: remote changes are not local writes, so the
-/// connection compiles statements without triggers (no trigger programs, no
-/// statement journals: merges run at the speed of plain writes), and the
-/// triggers' own guard (`__lm_local()`) is off as a second line of defence.
-/// Dropping the guard — also on panic — restores capture.
-struct MergeMode {
-    db: *mut rusqlite::ffi::sqlite3,
-    flag: std::sync::Arc<crate::capture::CaptureState>,
+/// Merge mode, while alive: the store works through its merge connection (see
+/// [`Store::open_merge_connection`]), which compiles statements without triggers
+/// (no trigger programs, no statement journals: merges run at the speed of
+/// plain writes) and ignores CHECK constraints. Those settings are made once,
+/// when that connection opens: switching them on the writer's connection
+/// would expire every statement it has compiled (SQLite re-prepares them all
+/// at their next use), which cost about half the CPU of a node applying a
+/// stream of small broadcasts. Dropping the guard — also on panic — gives the
+/// store its own connection back.
+struct Merging<'a> {
+    store: &'a mut Store,
 }
 
-impl MergeMode {
-    fn enter(
-        conn: &Connection,
-        flag: std::sync::Arc<crate::capture::CaptureState>,
-    ) -> Result<MergeMode> {
-        flag.enabled.store(false, Ordering::SeqCst);
-        let guard = MergeMode {
-            // SAFETY: the handle stays valid while the store (which owns the
-            // connection and this guard's scope) lives.
-            db: unsafe { conn.handle() },
-            flag,
+impl<'a> Merging<'a> {
+    fn enter(store: &'a mut Store) -> Result<Merging<'a>> {
+        store.open_merge_connection()?;
+        let Some(merge) = store.merge_conn.as_mut() else {
+            return Err(StorageError::Corrupt("no merge connection".into()));
         };
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
-            false,
-        )?;
-        // CHECK constraints guard local writes; a merge combines writes that
-        // were each valid where they were made, and must never fail on the
-        // combination (every node keeps the same row).
-        conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
-        Ok(guard)
+        std::mem::swap(&mut store.conn, merge);
+        Ok(Merging { store })
     }
 }
 
-impl Drop for MergeMode {
+impl std::ops::Deref for Merging<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.store
+    }
+}
+
+impl std::ops::DerefMut for Merging<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        self.store
+    }
+}
+
+impl Drop for Merging<'_> {
     fn drop(&mut self) {
-        // SAFETY: `db` is the live connection handle (see `enter`); this config
-        // verb takes an int and a nullable int pointer.
-        unsafe {
-            rusqlite::ffi::sqlite3_db_config(
-                self.db,
-                rusqlite::ffi::SQLITE_DBCONFIG_ENABLE_TRIGGER,
-                1 as std::os::raw::c_int,
-                std::ptr::null_mut::<std::os::raw::c_int>(),
-            );
-            rusqlite::ffi::sqlite3_exec(
-                self.db,
-                c"PRAGMA ignore_check_constraints = OFF".as_ptr(),
-                None,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
+        if let Some(merge) = self.store.merge_conn.as_mut() {
+            std::mem::swap(&mut self.store.conn, merge);
         }
-        self.flag.enabled.store(true, Ordering::SeqCst);
     }
 }
 
@@ -221,19 +208,19 @@ impl Store {
         }
         // Merge mode for every batch, small or large, so that application
         // triggers never fire for remote changes (a documented guarantee).
-        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
+        let mut s = Merging::enter(self)?;
         // Fast path: one transaction, no savepoints. Failures are rare; on a
         // data error, redo with every version in its own savepoint.
-        let res = match self.apply_inner(batches, false) {
+        let res = match s.apply_inner(batches, false) {
             Err(e) if e.is_data_error() => {
-                self.reload()?;
-                self.apply_inner(batches, true)
+                s.reload()?;
+                s.apply_inner(batches, true)
             }
             other => other,
         };
         if res.is_err() {
             // The transaction rolled back: drop cached actor indexes it added.
-            self.reload()?;
+            s.reload()?;
         }
         res
     }
@@ -483,6 +470,13 @@ impl Store {
     /// `force`): after a failure, 5 s, then doubling up to 10 minutes. A
     /// version that applies leaves the quarantine and counts as held.
     pub fn retry_quarantined(&mut self, now_ms: u64, force: bool) -> Result<RetryReport> {
+        if self.quarantined.is_empty() {
+            return Ok(RetryReport::default());
+        }
+        Merging::enter(self)?.retry_quarantined_merging(now_ms, force)
+    }
+
+    fn retry_quarantined_merging(&mut self, now_ms: u64, force: bool) -> Result<RetryReport> {
         let mut out = RetryReport::default();
         if self.quarantined.is_empty() {
             return Ok(out);
@@ -512,7 +506,6 @@ impl Store {
         if due.is_empty() {
             return Ok(out);
         }
-        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
         begin(&self.conn)?;
         let res = (|| -> Result<()> {
             for (a, v) in due {
@@ -656,7 +649,10 @@ impl Store {
 
     /// Applies changes parked for tables or columns that are now known.
     pub(crate) fn retry_parked(&mut self) -> Result<ApplyReport> {
-        let _merge = MergeMode::enter(&self.conn, self.state.clone())?;
+        Merging::enter(self)?.retry_parked_merging()
+    }
+
+    fn retry_parked_merging(&mut self) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         begin(&self.conn)?;
         let res = (|| {

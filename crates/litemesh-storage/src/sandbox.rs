@@ -124,11 +124,19 @@ impl ConnGuard {
     /// Installs the authorizer and the progress handler on `conn` for good.
     pub(crate) fn install(conn: &mut Connection) -> Result<Arc<ConnGuard>> {
         let guard = Arc::new(ConnGuard::default());
-        let g = guard.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| g.authorize(ctx)))?;
-        let g = guard.clone();
-        conn.progress_handler(PROGRESS_OPS, Some(move || g.should_stop()))?;
+        guard.install_on(conn)?;
         Ok(guard)
+    }
+
+    /// Installs this guard on one more connection of the same store (its
+    /// merge connection), which never runs two statements at once with the
+    /// first: the stop flag and the limits then apply to both.
+    pub(crate) fn install_on(self: &Arc<Self>, conn: &mut Connection) -> Result<()> {
+        let g = self.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| g.authorize(ctx)))?;
+        let g = self.clone();
+        conn.progress_handler(PROGRESS_OPS, Some(move || g.should_stop()))?;
+        Ok(())
     }
 
     /// Re-reads which tables a client may read and write.

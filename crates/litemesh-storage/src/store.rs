@@ -127,6 +127,8 @@ pub struct Store {
     /// moved to a new actor id, see [`Store::rotate_actor`]).
     pub(crate) local: u64,
     pub(crate) tables: HashMap<String, Arc<TableMeta>>,
+    /// This open initialized the file (it held no litemesh metadata).
+    created: bool,
     /// Lower-cased table names to their registered spelling (SQLite names are
     /// case-insensitive; a peer's schema file may spell them differently).
     pub(crate) tables_ci: HashMap<String, String>,
@@ -139,6 +141,10 @@ pub struct Store {
     pub(crate) quarantined: std::collections::BTreeSet<(u64, u64)>,
     /// The sandbox of client statements and the limits of long statements.
     pub(crate) guard: Arc<crate::sandbox::ConnGuard>,
+    /// The connection merges run on, opened at the first merge (see
+    /// [`Store::open_merge_connection`]).
+    pub(crate) merge_conn: Option<Connection>,
+    opts: StoreOptions,
 }
 
 impl std::fmt::Debug for Store {
@@ -156,26 +162,15 @@ impl Store {
     /// Opens (or creates) a node's file. A new file gets a random actor id.
     pub fn open_with(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(opts.busy_timeout)?;
-        conn.set_prepared_statement_cache_capacity(256);
+        configure(&conn, opts)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             return Err(StorageError::Corrupt(format!(
                 "could not switch the file to WAL mode (got {mode})"
             )));
         }
-        // The page cache holds the clock tables' working set. (temp_store stays
-        // at its default: statement journals then buffer in one 64 KiB chunk
-        // before spilling, much cheaper than MEMORY's 1 KiB chunks.) Foreign
-        // keys stay off: merges never run their checks or actions (see
-        // docs/storage.md).
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous = {}; PRAGMA cache_size = -{}; PRAGMA foreign_keys = OFF;",
-            if opts.durable { "FULL" } else { "OFF" },
-            opts.cache_kib
-        ))?;
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         let state = attach_state(&mut conn)?;
+        let mut created = false;
         {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(INTERNAL_DDL)?;
@@ -188,6 +183,7 @@ impl Store {
                 .optional()?;
             match site {
                 None => {
+                    created = true;
                     let actor = opts.actor.unwrap_or_else(ActorId::random);
                     tx.execute(
                         "INSERT INTO __lm_site(id, actor, next_version, format, local, node) \
@@ -231,9 +227,66 @@ impl Store {
             actor_idx: HashMap::new(),
             quarantined: Default::default(),
             guard,
+            created,
+            merge_conn: None,
+            opts: opts.clone(),
         };
         store.reload()?;
         Ok(store)
+    }
+
+    /// The connection merges run on, opened at the first merge: statements
+    /// compiled without triggers (`SQLITE_DBCONFIG_ENABLE_TRIGGER` off: remote
+    /// changes fire no application trigger and pay for no trigger program)
+    /// and with CHECK constraints ignored (a merge combines writes that were
+    /// each valid where they were made, and must never fail on the
+    /// combination: every node keeps the same row). Both settings are made
+    /// once; switching them on one shared connection would expire every
+    /// statement it has compiled, at every merge.
+    pub(crate) fn open_merge_connection(&mut self) -> Result<()> {
+        if self.merge_conn.is_none() {
+            let path = self
+                .conn
+                .path()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    StorageError::Corrupt(
+                        "merges need a database file, not an in-memory one".into(),
+                    )
+                })?
+                .to_string();
+            let mut conn = Connection::open(&path)?;
+            configure(&conn, &self.opts)?;
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                false,
+            )?;
+            conn.execute_batch("PRAGMA ignore_check_constraints = ON")?;
+            // Triggers are never compiled here; should one be, its guard
+            // (`__lm_local()`) is off on this connection.
+            let state = attach_state(&mut conn)?;
+            state.enabled.store(false, Ordering::SeqCst);
+            self.guard.install_on(&mut conn)?;
+            self.merge_conn = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// The connection merges run on (opened now if need be), for reads and
+    /// diagnostics: a per-connection setting made through it (a page limit,
+    /// say) applies to merges, one made through [`Store::connection`] does
+    /// not.
+    pub fn merge_connection(&mut self) -> Result<&Connection> {
+        self.open_merge_connection()?;
+        self.merge_conn
+            .as_ref()
+            .ok_or_else(|| StorageError::Corrupt("no merge connection".into()))
+    }
+
+    /// Whether this open initialized the file: it held no litemesh metadata
+    /// before (a new file), so its actor id is new and has written nothing.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Reloads the in-memory caches of file metadata (actor indexes, tables,
@@ -591,6 +644,32 @@ pub struct RememberedPeer {
 /// Upgrades a format-1 file in the open transaction: the local actor stays
 /// at index 0, the stable node id is the actor id, and the capture triggers
 /// are regenerated (they now name the local actor's index).
+/// Settings of every read-write connection of a store.
+fn configure(conn: &Connection, opts: &StoreOptions) -> Result<()> {
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    // The page cache holds the clock tables' working set. (temp_store stays
+    // at its default: statement journals then buffer in one 64 KiB chunk
+    // before spilling, much cheaper than MEMORY's 1 KiB chunks.) Foreign
+    // keys stay off: merges never run their checks or actions (see
+    // docs/storage.md). WAL mode is the file's, set when it is created.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA cache_size = -{}; PRAGMA foreign_keys = OFF;",
+        if opts.durable { "FULL" } else { "OFF" },
+        opts.cache_kib
+    ))?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    // Plans never depend on the values bound to a statement: with the
+    // planner free to look at them, a cached statement whose parameter
+    // changes between small integers and others (actor indexes 0 and 1) is
+    // compiled again at its next run.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 fn upgrade_from_format_1(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch(SITE_V2_COLUMNS)?;
     tx.execute(

@@ -231,7 +231,8 @@ fn failure_in_the_middle_of_a_batch_changes_nothing() {
         .connection()
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .unwrap();
-    b.connection()
+    b.merge_connection()
+        .unwrap()
         .execute_batch(&format!("PRAGMA max_page_count = {}", pages + 40))
         .unwrap();
     let before = b.knowledge().unwrap();
@@ -254,7 +255,8 @@ fn failure_in_the_middle_of_a_batch_changes_nothing() {
         assert_eq!(n, 0, "{table} is empty after the failure");
     }
     // Once there is room again the same batches apply in full.
-    b.connection()
+    b.merge_connection()
+        .unwrap()
         .execute_batch("PRAGMA max_page_count = 1073741823")
         .unwrap();
     b.apply_all(&all).unwrap();
@@ -388,4 +390,62 @@ fn wire_encoding_roundtrips_and_rejects_garbage() {
     for cut in 0..bytes.len() {
         let _ = decode_batch(&bytes[..cut], 1 << 20);
     }
+}
+
+#[test]
+fn application_triggers_fire_for_local_writes_only_and_merges_keep_compiled_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(&dir, "a");
+    let mut b = open(&dir, "b");
+    // An application's own trigger on a replicated table, on b.
+    b.connection()
+        .execute_batch(
+            "CREATE TABLE audit (id TEXT); \
+             CREATE TRIGGER audit_items AFTER INSERT ON items BEGIN \
+               INSERT INTO audit VALUES (NEW.id); \
+             END;",
+        )
+        .unwrap();
+    let audited = |s: &Store| -> i64 {
+        s.connection()
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Many small merges, one version each, as broadcasts bring them.
+    for i in 0..20 {
+        a.execute_batch(&format!("INSERT INTO items VALUES ('r{i}', {i}, 'x')"))
+            .unwrap();
+        sync(&a, &mut b);
+        // A local write between merges: its trigger fires.
+        b.execute_batch(&format!("INSERT INTO items VALUES ('b{i}', {i}, 'y')"))
+            .unwrap();
+    }
+    assert_eq!(dump(&b, "items").len(), 40);
+    assert_eq!(audited(&b), 20, "only b's own inserts ran the trigger");
+    // The merges went through their own connection: b's compiled
+    // statements were never thrown away (no re-preparing at every merge).
+    let reprepared: i64 = {
+        let c = b.connection();
+        let mut st = c
+            .prepare_cached("SELECT count(*) FROM items WHERE a = ?1")
+            .unwrap();
+        let n: i64 = st.query_row([0], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
+        st.get_status(rusqlite::StatementStatus::RePrepare) as i64
+    };
+    sync(&a, &mut b);
+    a.execute_batch("INSERT INTO items VALUES ('last', 1, 'x')")
+        .unwrap();
+    sync(&a, &mut b);
+    let c = b.connection();
+    let mut st = c
+        .prepare_cached("SELECT count(*) FROM items WHERE a = ?1")
+        .unwrap();
+    let n: i64 = st.query_row([1], |r| r.get(0)).unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(
+        st.get_status(rusqlite::StatementStatus::RePrepare) as i64,
+        reprepared,
+        "a merge expired the writer's statements"
+    );
 }

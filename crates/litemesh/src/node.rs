@@ -1439,6 +1439,9 @@ async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
                 newly,
             });
         }
+        // Shutting down interrupts an apply in progress: nothing is lost,
+        // anti-entropy brings the broadcast again after the restart.
+        Err(e) if inner.closed() => tracing::debug!(%from, "broadcast not applied: {e}"),
         Err(e) => tracing::warn!(%from, "applying a broadcast failed: {e}"),
     }
 }

@@ -80,8 +80,8 @@ pub(crate) struct Begun {
 }
 
 /// At start, before any write: keeps the actor id only if the last run ended
-/// with a clean shutdown of this very file; else moves to a new one (when the
-/// current one ever wrote). Then clears the marker, so that a crash from here
+/// with a clean shutdown of this very file; else moves to a new one (unless
+/// this start created the file). Then clears the marker, so that a crash from here
 /// on is detected.
 pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Begun, Error> {
     let marker = store.clean_marker()?;
@@ -94,7 +94,8 @@ pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Begun, Error> {
     // a lost WAL, may have lost every one of its writes: so any start that is
     // not clean moves to a new actor id.
     let wrote = store.db_version()? > 0;
-    if !clean {
+    // A file this start created has a new actor id that never wrote.
+    if !clean && !store.created() {
         let old = store.actor_id();
         let new = store.rotate_actor()?;
         tracing::warn!(
