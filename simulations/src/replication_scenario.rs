@@ -12,10 +12,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use litemesh_storage::{
-    ActorId, ChangeBatch, Knowledge, Store, StoreOptions, decode_batch, encode_batch,
+use litemesh_proto::{
+    ActorId, ChangeBatch, Knowledge, Message, decode, decode_batch, encode, encode_batch,
 };
-use litemesh_sync::{Config as SyncConfig, Message, Scheduler, SyncOutcome, decode, encode};
+use litemesh_storage::{Store, StoreOptions};
+use litemesh_sync::{Config as SyncConfig, Scheduler, SyncOutcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

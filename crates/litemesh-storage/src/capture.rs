@@ -16,10 +16,15 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
 
-use crate::change::MAX_ROW_WRITE_BYTES;
 use crate::clock::{EntryRef, RowClock};
 use crate::log::{LogEntry, put_entry};
 use crate::value::encode_pk;
+
+/// Largest row write a node accepts: the key and the cells one write sets,
+/// in bytes (text and blobs by length). A larger write is refused when it is
+/// made ([`crate::StorageError::RowTooLarge`]), so that every change that commits
+/// fits, whole, in one batch of [`litemesh_proto::DEFAULT_MAX_WIRE_BYTES`] on every node.
+pub const MAX_ROW_WRITE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Per-connection capture state: the version and entry counter of the open
 /// transaction. Reset by the commit and rollback hooks.

@@ -123,6 +123,17 @@ pub enum StorageError {
     Interrupted(Interruption),
 }
 
+impl From<litemesh_proto::WireError> for StorageError {
+    fn from(e: litemesh_proto::WireError) -> Self {
+        match e {
+            litemesh_proto::WireError::Malformed(m) => StorageError::Decode(m),
+            litemesh_proto::WireError::TooLarge { size, limit } => {
+                StorageError::TooLarge { size, limit }
+            }
+        }
+    }
+}
+
 /// Why a statement was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interruption {

@@ -4,16 +4,17 @@ use std::collections::BTreeMap;
 
 use rusqlite::params_from_iter;
 
-use crate::change::{
-    ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges,
-};
 use crate::clock::EntryRef;
 use crate::error::{Result, StorageError};
 use crate::log::{LogEntry, decode_entries};
-use crate::ranges::RangeSet;
 use crate::schema::TableMeta;
 use crate::store::{Store, read_knowledge};
-use crate::value::{Value, decode_pk};
+use crate::value::decode_pk;
+use litemesh_proto::RangeSet;
+use litemesh_proto::Value;
+use litemesh_proto::{
+    ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges,
+};
 
 /// What one call to [`Store::changes_since`] produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -30,30 +30,28 @@
 //! See `docs/storage.md` for the data model and the merge rule.
 
 mod capture;
-mod change;
 mod clock;
 mod error;
 mod extract;
 mod log;
 mod merge;
-mod ranges;
 mod sandbox;
 mod schema;
 mod store;
 mod value;
 mod varint;
 
+pub use capture::MAX_ROW_WRITE_BYTES;
 pub use capture::attach;
-pub use change::{
-    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge,
-    MAX_ROW_WRITE_BYTES, RowChange, SeqRange, VersionChanges, WIRE_VERSION, decode_batch,
-    encode_batch, validate,
-};
 pub use error::{Interruption, Result, StorageError};
 pub use extract::ExtractStats;
+/// The shared vocabulary, re-exported: the engine reads and writes these types.
+pub use litemesh_proto::{
+    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge, RangeSet,
+    RowChange, SeqRange, Value, VersionChanges, WIRE_VERSION, WireError, decode_batch,
+    encode_batch, validate,
+};
 pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
-pub use ranges::RangeSet;
 pub use sandbox::{ClientLimits, ClientTx, ReadConnection, RowSink};
 pub use schema::SchemaReport;
 pub use store::{Committed, RememberedPeer, Store, StoreOptions};
-pub use value::Value;

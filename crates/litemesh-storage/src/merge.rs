@@ -16,14 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::change::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
 use crate::clock::{CellClock, Cells, EntryRef, RowClock};
 use crate::error::{Result, StorageError};
 use crate::log::LogEntry;
-use crate::ranges::RangeSet;
 use crate::schema::{TableMeta, q};
 use crate::store::{Store, add_have, has_version};
-use crate::value::{Value, encode_pk};
+use crate::value::encode_pk;
+use litemesh_proto::RangeSet;
+use litemesh_proto::Value;
+use litemesh_proto::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
 
 /// What [`Store::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,7 +205,7 @@ impl Store {
     /// whole call and changes nothing.
     pub fn apply_all(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
         for b in batches {
-            crate::change::validate(b)?;
+            litemesh_proto::validate(b)?;
         }
         // Merge mode for every batch, small or large, so that application
         // triggers never fire for remote changes (a documented guarantee).

@@ -35,7 +35,7 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 
 use crate::error::{Interruption, Result, StorageError};
 use crate::schema::TableMeta;
-use crate::value::Value;
+use litemesh_proto::Value;
 
 /// The store's own statements: everything allowed.
 const TRUSTED: u8 = 0;

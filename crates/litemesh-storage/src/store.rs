@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::capture::{CaptureState, attach_state};
-use crate::change::{ActorId, Knowledge};
 use crate::error::{Result, StorageError};
-use crate::ranges::RangeSet;
 use crate::sandbox::{ClientLimits, ClientTx};
 use crate::schema::{self, SchemaReport, TableMeta};
+use litemesh_proto::RangeSet;
+use litemesh_proto::{ActorId, Knowledge};
 
 /// The next version of the local actor: one past the highest in the change
 /// log, or the floor kept in `__lm_site` (raised before log entries are

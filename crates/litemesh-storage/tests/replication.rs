@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use litemesh_storage::{StorageError, Store, Value, attach, decode_batch, encode_batch};
+use litemesh_storage::{StorageError, Store, Value, WireError, attach, decode_batch, encode_batch};
 
 fn text(s: &str) -> Value {
     Value::Text(s.into())
@@ -374,17 +374,17 @@ fn wire_encoding_roundtrips_and_rejects_garbage() {
     assert_eq!(decode_batch(&bytes, 1 << 20).unwrap(), bs[0]);
     assert!(matches!(
         decode_batch(&bytes, 10),
-        Err(StorageError::TooLarge { .. })
+        Err(WireError::TooLarge { .. })
     ));
     assert!(matches!(
         encode_batch(&bs[0], 10),
-        Err(StorageError::TooLarge { .. })
+        Err(WireError::TooLarge { .. })
     ));
     let mut wrong = bytes.clone();
     wrong[0] = 99;
     assert!(matches!(
         decode_batch(&wrong, 1 << 20),
-        Err(StorageError::Decode(_))
+        Err(WireError::Malformed(_))
     ));
     assert!(decode_batch(&[], 100).is_err());
     for cut in 0..bytes.len() {

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use litemesh_storage::{ActorId, Knowledge};
+use litemesh_proto::{ActorId, Knowledge};
 
 /// Head records kept per writer at most (the oldest ones matter; newer
 /// ones beyond this are dropped until the oldest are held).
@@ -160,7 +160,7 @@ impl LagTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use litemesh_storage::RangeSet;
+    use litemesh_proto::RangeSet;
 
     fn s(x: u64) -> Duration {
         Duration::from_secs(x)

@@ -17,12 +17,12 @@
 //!   back exactly the change batches it lacks ([`Message::SyncBatch`]) and ends
 //!   with its own knowledge ([`Message::SyncDone`]).
 //!
-//! [`Knowledge`]: litemesh_storage::Knowledge
+//! [`Knowledge`]: litemesh_proto::Knowledge
+//! [`Message::SyncBatch`]: litemesh_proto::Message::SyncBatch
+//! [`Message::SyncDone`]: litemesh_proto::Message::SyncDone
 
 mod lag;
-mod message;
 mod scheduler;
 
 pub use lag::{LagTracker, WriterLag};
-pub use message::{DEFAULT_MAX_MESSAGE, Message, SyncError, decode, encode};
 pub use scheduler::{Config, PeerStatus, Scheduler, SyncOutcome, Transmit};

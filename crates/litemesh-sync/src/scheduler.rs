@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::message::{DEFAULT_MAX_MESSAGE, Message, encode};
+use litemesh_proto::{DEFAULT_MAX_MESSAGE, Message, encode};
 
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
@@ -408,7 +408,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::decode;
+    use litemesh_proto::decode;
 
     fn addr(i: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7000 + i))

@@ -163,8 +163,8 @@ fn reconcile_bytes(rows: usize, k: usize) -> (usize, usize) {
     let raw: usize = (rows..rows + k)
         .map(|i| format!("d{i:08x}").len() + 8 + "some text value".len() + 8)
         .sum();
-    let request = litemesh_sync::encode(
-        &litemesh_sync::Message::SyncRequest {
+    let request = litemesh_proto::encode(
+        &litemesh_proto::Message::SyncRequest {
             knowledge: b.knowledge().unwrap(),
         },
         usize::MAX,
@@ -174,14 +174,15 @@ fn reconcile_bytes(rows: usize, k: usize) -> (usize, usize) {
     let mut response = 0;
     a.changes_since(&b.knowledge().unwrap(), 256 * 1024, |x| {
         let batch = encode_batch(&x, usize::MAX)?;
-        response += litemesh_sync::encode(&litemesh_sync::Message::SyncBatch { batch }, usize::MAX)
-            .unwrap()
-            .len();
+        response +=
+            litemesh_proto::encode(&litemesh_proto::Message::SyncBatch { batch }, usize::MAX)
+                .unwrap()
+                .len();
         Ok(true)
     })
     .unwrap();
-    let done = litemesh_sync::encode(
-        &litemesh_sync::Message::SyncDone {
+    let done = litemesh_proto::encode(
+        &litemesh_proto::Message::SyncDone {
             knowledge: a.knowledge().unwrap(),
         },
         usize::MAX,

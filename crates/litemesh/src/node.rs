@@ -27,15 +27,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use litemesh_membership as mb;
-use litemesh_storage::{
-    ActorId, ChangeBatch, ClientLimits, DEFAULT_MAX_WIRE_BYTES, Knowledge, ReadConnection,
-    RememberedPeer, StorageError, Store, decode_batch, encode_batch,
+use litemesh_proto::{
+    ActorId, ChangeBatch, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_WIRE_BYTES, Head, Knowledge, Message,
+    NodeMeta, decode_batch, encode_batch,
 };
-use litemesh_sync::{DEFAULT_MAX_MESSAGE, LagTracker, Message, Scheduler, SyncOutcome};
+use litemesh_storage::{ClientLimits, ReadConnection, RememberedPeer, StorageError, Store};
+use litemesh_sync::{LagTracker, Scheduler, SyncOutcome};
 use litemesh_transport::{
     Event as TEvent, Incoming, MeshIdentity, Responder, Transport, TransportConfig,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -246,22 +247,6 @@ impl Subscription {
             }
         }
     }
-}
-
-/// Membership metadata of a node. Encoded with field names, so that nodes of
-/// different versions read each other's (unknown fields are ignored).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeMeta {
-    name: String,
-    region: Option<String>,
-    api: Option<String>,
-    actor: String,
-    /// The latest version of `actor`.
-    #[serde(default)]
-    head: Option<u64>,
-    /// When it was committed (Unix milliseconds).
-    #[serde(default)]
-    head_ms: Option<u64>,
 }
 
 enum SyncInput {
@@ -647,10 +632,6 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn encode_meta(meta: &NodeMeta) -> Result<Vec<u8>, Error> {
-    rmp_serde::to_vec_named(meta).map_err(|e| Error::Settings(e.to_string()))
-}
-
 impl Node {
     /// Opens the file (taking its lock: one node per file), applies the
     /// schema, binds the QUIC socket, joins the mesh through the seeds and
@@ -783,12 +764,15 @@ impl Node {
             name,
             region: settings.region.clone(),
             api: settings.api_addr.clone(),
-            actor: actor.to_hex(),
-            head: head0,
-            head_ms: head0.map(|_| unix_ms()),
+            actor,
+            head: head0.map(|version| Head {
+                version,
+                unix_ms: unix_ms(),
+            }),
         };
+        let encoded = meta.encode().map_err(|e| Error::Protocol(e.to_string()))?;
         membership
-            .set_metadata(mb::Instant::from_duration(inner.now()), encode_meta(&meta)?)
+            .set_metadata(mb::Instant::from_duration(inner.now()), encoded)
             .map_err(|e| Error::Settings(e.to_string()))?;
         // Seeds, and the members of earlier runs: a restarted node finds the
         // mesh again with or without --seed.
@@ -1108,7 +1092,7 @@ impl Node {
                 reachable += 1;
             }
             let (behind, last) = match seen.get(addr) {
-                Some((theirs, at)) => (lacking(&k, theirs), Some(now.duration_since(*at))),
+                Some((theirs, at)) => (k.lacking(theirs), Some(now.duration_since(*at))),
                 None => (0, None),
             };
             peers.push(PeerStatus {
@@ -1351,18 +1335,6 @@ impl Node {
     }
 }
 
-/// Versions in `theirs` that `ours` lacks.
-fn lacking(ours: &Knowledge, theirs: &Knowledge) -> u64 {
-    theirs
-        .have
-        .iter()
-        .map(|(a, r)| match ours.have.get(a) {
-            Some(o) => r.difference(o).count(),
-            None => r.count(),
-        })
-        .sum()
-}
-
 async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
     while let Some(ev) = incoming.recv().await {
         match ev {
@@ -1390,7 +1362,7 @@ async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
 }
 
 async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
-    let (hops, batch) = match litemesh_sync::decode(&bytes, DEFAULT_MAX_MESSAGE) {
+    let (hops, batch) = match litemesh_proto::decode(&bytes, DEFAULT_MAX_MESSAGE) {
         Ok(Message::Broadcast { hops, batch }) => (hops, batch),
         Ok(_) => return tracing::warn!(%from, "unexpected message on the broadcast channel"),
         Err(e) => return tracing::warn!(%from, "bad broadcast refused: {e}"),
@@ -1455,7 +1427,7 @@ const GAP_PULL_THRESHOLD: u64 = 16;
 /// before the row limit existed, larger than a message) is skipped with an
 /// error in the log, never failing the rest.
 async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respond: Responder) {
-    let theirs = match litemesh_sync::decode(&bytes, DEFAULT_MAX_MESSAGE) {
+    let theirs = match litemesh_proto::decode(&bytes, DEFAULT_MAX_MESSAGE) {
         Ok(Message::SyncRequest { knowledge }) => knowledge,
         Ok(_) | Err(_) => {
             tracing::warn!(%from, "bad sync request refused");
@@ -1493,7 +1465,7 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
                 }
             };
             let msg =
-                match litemesh_sync::encode(&Message::SyncBatch { batch }, DEFAULT_MAX_MESSAGE) {
+                match litemesh_proto::encode(&Message::SyncBatch { batch }, DEFAULT_MAX_MESSAGE) {
                     Ok(m) => m,
                     Err(e) => {
                         skipped += 1;
@@ -1537,7 +1509,7 @@ async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respo
     let done = Message::SyncDone {
         knowledge: inner.advertised(),
     };
-    if let Ok(msg) = litemesh_sync::encode(&done, DEFAULT_MAX_MESSAGE)
+    if let Ok(msg) = litemesh_proto::encode(&done, DEFAULT_MAX_MESSAGE)
         && respond.send(Bytes::from(msg)).await.is_ok()
     {
         let _ = respond.finish();
@@ -1564,7 +1536,7 @@ async fn run_sync(inner: Arc<Inner>, peer: SocketAddr) {
 
 async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> {
     let knowledge = inner.advertised();
-    let req = litemesh_sync::encode(&Message::SyncRequest { knowledge }, DEFAULT_MAX_MESSAGE)
+    let req = litemesh_proto::encode(&Message::SyncRequest { knowledge }, DEFAULT_MAX_MESSAGE)
         .map_err(|e| Error::Protocol(e.to_string()))?;
     let mut stream = inner.transport.request(peer, Bytes::from(req)).await?;
     let mut group = Vec::new();
@@ -1572,7 +1544,7 @@ async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> 
     let mut theirs = None;
     let mut learned = false;
     while let Some(frame) = stream.next().await? {
-        match litemesh_sync::decode(&frame, DEFAULT_MAX_MESSAGE) {
+        match litemesh_proto::decode(&frame, DEFAULT_MAX_MESSAGE) {
             Ok(Message::SyncBatch { batch }) => {
                 group_bytes += batch.len();
                 group.push(
@@ -1717,10 +1689,12 @@ async fn membership_loop(
             && now_t.duration_since(head_published) >= HEAD_PUBLISH_EVERY
             && leaving.is_none()
         {
-            meta.actor = actor.to_hex();
-            meta.head = Some(v);
-            meta.head_ms = Some(ms);
-            match encode_meta(&meta) {
+            meta.actor = actor;
+            meta.head = Some(Head {
+                version: v,
+                unix_ms: ms,
+            });
+            match meta.encode() {
                 Ok(bytes) => {
                     if let Err(e) = m.set_metadata(mb::Instant::from_duration(inner.now()), bytes) {
                         tracing::warn!("membership metadata not updated: {e}");
@@ -1819,8 +1793,8 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
     if x.addr == inner.advertised {
         return;
     }
-    let meta: Option<NodeMeta> = rmp_serde::from_slice(x.metadata.as_bytes()).ok();
-    let actor = meta.as_ref().and_then(|m| ActorId::from_hex(&m.actor));
+    let meta = NodeMeta::decode(x.metadata.as_bytes()).ok();
+    let actor = meta.as_ref().map(|m| m.actor);
     let now = inner.now();
     let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
     let mut lag = inner.lag.lock().unwrap_or_else(|e| e.into_inner());
@@ -1876,8 +1850,12 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
         }
         entry.actor = Some(a);
         lag.reachable(now, a, reachable);
-        if let Some(h) = meta.as_ref().and_then(|m| m.head) {
-            lag.head(now, a, h, meta.as_ref().and_then(|m| m.head_ms));
+        if let Some(Head {
+            version: h,
+            unix_ms,
+        }) = meta.as_ref().and_then(|m| m.head)
+        {
+            lag.head(now, a, h, Some(unix_ms));
             // Its published head is beyond what this node holds, a second
             // after the commit: what broadcast did not bring (a version too
             // large for it, a lost message) is pulled from the writer now
@@ -2056,7 +2034,7 @@ fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
     let mut out = Vec::new();
     let local = m.local_member();
     for x in std::iter::once(local).chain(m.members().filter(|x| x.identity != local.identity)) {
-        let meta: Option<NodeMeta> = rmp_serde::from_slice(x.metadata.as_bytes()).ok();
+        let meta = NodeMeta::decode(x.metadata.as_bytes()).ok();
         let state = match x.state {
             mb::MemberState::Alive => "alive",
             mb::MemberState::Suspect => "suspect",
@@ -2080,40 +2058,9 @@ fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
             state: state.to_string(),
             incarnation: x.incarnation,
             rtt_ms: x.rtt.map(|r| r.as_secs_f64() * 1000.0),
-            actor: meta.as_ref().map(|m| m.actor.clone()),
+            actor: meta.as_ref().map(|m| m.actor.to_hex()),
             api: meta.and_then(|m| m.api),
         });
     }
     *inner.members.lock().unwrap_or_else(|e| e.into_inner()) = out;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metadata_of_an_older_node_is_read() {
-        #[derive(Serialize)]
-        struct Old {
-            name: String,
-            region: Option<String>,
-            api: Option<String>,
-            actor: String,
-        }
-        let old = Old {
-            name: "n".into(),
-            region: None,
-            api: None,
-            actor: "ab".repeat(16),
-        };
-        let m: NodeMeta = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!((m.name.as_str(), m.head), ("n", None));
-        let new = NodeMeta {
-            head: Some(7),
-            head_ms: Some(1),
-            ..m
-        };
-        let back: NodeMeta = rmp_serde::from_slice(&encode_meta(&new).unwrap()).unwrap();
-        assert_eq!(back.head, Some(7));
-    }
 }

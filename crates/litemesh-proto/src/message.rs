@@ -1,23 +1,10 @@
-//! Messages of the sync protocol and their versioned encoding.
+//! Messages of the sync protocol (broadcast and reconciliation) and their
+//! versioned encoding.
 
-use litemesh_storage::Knowledge;
 use serde::{Deserialize, Serialize};
 
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// The bytes are not a valid message.
-    #[error("malformed sync message: {0}")]
-    Decode(String),
-    /// The message is larger than allowed.
-    #[error("sync message of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-}
+use crate::Knowledge;
+use crate::error::{WireError, check_size};
 
 /// Format version of sync messages.
 const VERSION: u8 = 1;
@@ -28,7 +15,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 8 * 1024 * 1024;
 /// One message of the sync protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// A fresh change batch (encoded with `litemesh_storage::encode_batch`), to
+    /// A fresh change batch (encoded with [`crate::encode_batch`]), to
     /// be relayed at most `hops` more times. Sent on a unidirectional stream.
     Broadcast {
         /// Relays left.
@@ -58,47 +45,29 @@ pub enum Message {
 }
 
 /// Encodes a message: a format byte, then MessagePack.
-pub fn encode(msg: &Message, limit: usize) -> Result<Vec<u8>, SyncError> {
+pub fn encode(msg: &Message, limit: usize) -> Result<Vec<u8>, WireError> {
     let mut out = vec![VERSION];
-    rmp_serde::encode::write(&mut out, msg).map_err(|e| SyncError::Decode(e.to_string()))?;
-    if out.len() > limit {
-        return Err(SyncError::TooLarge {
-            size: out.len(),
-            limit,
-        });
-    }
+    rmp_serde::encode::write(&mut out, msg).map_err(WireError::malformed)?;
+    check_size(out.len(), limit)?;
     Ok(out)
 }
 
 /// Decodes a message, refusing oversized or malformed input (never panics).
-pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, SyncError> {
-    if bytes.len() > limit {
-        return Err(SyncError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, WireError> {
+    check_size(bytes.len(), limit)?;
     let (&v, body) = bytes
         .split_first()
-        .ok_or_else(|| SyncError::Decode("empty message".into()))?;
+        .ok_or_else(|| WireError::malformed("empty message"))?;
     if v != VERSION {
-        return Err(SyncError::Decode(format!(
+        return Err(WireError::Malformed(format!(
             "unsupported sync message version {v} (this node speaks {VERSION})"
         )));
     }
-    let msg: Message = rmp_serde::from_slice(body).map_err(|e| SyncError::Decode(e.to_string()))?;
-    if let Message::SyncRequest { knowledge } | Message::SyncDone { knowledge } = &msg {
-        let ok = knowledge.have.values().all(|r| r.is_well_formed())
-            && knowledge
-                .partial
-                .values()
-                .flat_map(|m| m.values())
-                .all(|r| r.is_well_formed());
-        if !ok {
-            return Err(SyncError::Decode(
-                "knowledge ranges are not well formed".into(),
-            ));
-        }
+    let msg: Message = rmp_serde::from_slice(body).map_err(WireError::malformed)?;
+    if let Message::SyncRequest { knowledge } | Message::SyncDone { knowledge } = &msg
+        && !knowledge.is_well_formed()
+    {
+        return Err(WireError::malformed("knowledge ranges are not well formed"));
     }
     Ok(msg)
 }
@@ -106,7 +75,7 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, SyncError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use litemesh_storage::{ActorId, RangeSet};
+    use crate::{ActorId, RangeSet};
     use proptest::prelude::*;
 
     #[test]
@@ -135,10 +104,10 @@ mod tests {
         };
         assert!(matches!(
             encode(&big, 1000),
-            Err(SyncError::TooLarge { .. })
+            Err(WireError::TooLarge { .. })
         ));
         let b = encode(&big, 1 << 20).unwrap();
-        assert!(matches!(decode(&b, 1000), Err(SyncError::TooLarge { .. })));
+        assert!(matches!(decode(&b, 1000), Err(WireError::TooLarge { .. })));
     }
 
     proptest! {

@@ -1,0 +1,172 @@
+//! Change batches: the unit of replication, and their versioned wire encoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{WireError, check_size};
+use crate::{ActorId, Value};
+
+/// The range of entry numbers a chunk of a large version covers. A version sent
+/// in one piece has no chunk range; a version split over several batches is
+/// complete once its chunks cover `0..=u64::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// First entry number covered.
+    pub start: u64,
+    /// Last entry number covered (`u64::MAX` on the last chunk).
+    pub end: u64,
+}
+
+/// One cell of a row change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellChange {
+    /// Column name.
+    pub column: String,
+    /// New value.
+    pub value: Value,
+    /// Cell version: how many times the cell was written in this life of the row.
+    pub cv: u64,
+}
+
+/// One row write: the row's causal length and the cells this write still owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowChange {
+    /// Table name.
+    pub table: String,
+    /// Primary key values, in primary-key order.
+    pub pk: Vec<Value>,
+    /// Entry number within the version.
+    pub seq: u64,
+    /// Causal length of the row: odd = alive, even = deleted.
+    pub cl: u64,
+    /// Cells (empty for a delete, or a row whose cells were all overwritten later).
+    pub cells: Vec<CellChange>,
+}
+
+impl RowChange {
+    /// Approximate encoded size in bytes, used to bound batches.
+    pub fn encoded_size(&self) -> usize {
+        16 + self.table.len()
+            + self.pk.iter().map(Value::encoded_size).sum::<usize>()
+            + self
+                .cells
+                .iter()
+                .map(|c| c.column.len() + 12 + c.value.encoded_size())
+                .sum::<usize>()
+    }
+}
+
+/// The changes of one version (one committed transaction of one actor), or a
+/// chunk of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionChanges {
+    /// Who wrote it.
+    pub actor: ActorId,
+    /// The actor's version number.
+    pub version: u64,
+    /// `None` when the whole version is here; else the entry numbers covered.
+    pub chunk: Option<SeqRange>,
+    /// The row writes, by entry number.
+    pub rows: Vec<RowChange>,
+}
+
+/// A contiguous range of an actor's versions that has no data left to send:
+/// every cell it wrote was overwritten since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleared {
+    /// The actor.
+    pub actor: ActorId,
+    /// First version.
+    pub start: u64,
+    /// Last version (inclusive).
+    pub end: u64,
+}
+
+/// A unit of replication: versions with their rows, and cleared ranges.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    /// Versions (or chunks of versions) with data.
+    pub versions: Vec<VersionChanges>,
+    /// Versions with nothing left to send.
+    pub cleared: Vec<Cleared>,
+}
+
+impl ChangeBatch {
+    /// True when the batch carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.cleared.is_empty()
+    }
+
+    /// Number of cells in the batch.
+    pub fn cell_count(&self) -> usize {
+        self.versions
+            .iter()
+            .flat_map(|v| &v.rows)
+            .map(|r| r.cells.len())
+            .sum()
+    }
+}
+
+/// Wire format version of [`ChangeBatch`] encodings.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Default upper bound for an encoded batch.
+pub const DEFAULT_MAX_WIRE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Encodes a batch: one format byte, then MessagePack. Fails if the result is
+/// larger than `limit`.
+pub fn encode_batch(batch: &ChangeBatch, limit: usize) -> Result<Vec<u8>, WireError> {
+    let mut out = vec![WIRE_VERSION];
+    rmp_serde::encode::write(&mut out, batch).map_err(WireError::malformed)?;
+    check_size(out.len(), limit)?;
+    Ok(out)
+}
+
+/// Decodes a batch written by [`encode_batch`], checking the size limit, the
+/// format version and the batch's invariants. Malformed input is an error, never
+/// a panic.
+pub fn decode_batch(bytes: &[u8], limit: usize) -> Result<ChangeBatch, WireError> {
+    check_size(bytes.len(), limit)?;
+    let (&ver, body) = bytes
+        .split_first()
+        .ok_or_else(|| WireError::malformed("empty message"))?;
+    if ver != WIRE_VERSION {
+        return Err(WireError::Malformed(format!(
+            "unsupported wire version {ver} (this node speaks {WIRE_VERSION})"
+        )));
+    }
+    let batch: ChangeBatch = rmp_serde::from_slice(body).map_err(WireError::malformed)?;
+    validate(&batch)?;
+    Ok(batch)
+}
+
+/// Checks what the type system cannot: versions start at 1, chunk and cleared
+/// ranges are ordered, causal lengths are non-zero, rows carry a key.
+pub fn validate(batch: &ChangeBatch) -> Result<(), WireError> {
+    for v in &batch.versions {
+        if v.version == 0 {
+            return Err(WireError::Malformed("version 0 does not exist".into()));
+        }
+        if let Some(c) = v.chunk
+            && c.start > c.end
+        {
+            return Err(WireError::Malformed("chunk range start > end".into()));
+        }
+        for r in &v.rows {
+            if r.cl == 0 {
+                return Err(WireError::Malformed("causal length 0".into()));
+            }
+            if r.pk.is_empty() {
+                return Err(WireError::Malformed("row change without a key".into()));
+            }
+            if r.cl % 2 == 0 && !r.cells.is_empty() {
+                return Err(WireError::Malformed("cells on a deleted row".into()));
+            }
+        }
+    }
+    for c in &batch.cleared {
+        if c.start == 0 || c.start > c.end {
+            return Err(WireError::Malformed("bad cleared range".into()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! # litemesh-proto
+//!
+//! The vocabulary litemesh nodes share, with no I/O and no SQLite: who wrote
+//! a version ([`ActorId`]), sets of versions ([`RangeSet`]), what a node holds
+//! ([`Knowledge`], with the arithmetic the protocol does on it), the unit of
+//! replication ([`ChangeBatch`]), the messages of the sync protocol
+//! ([`Message`]), the membership metadata a node publishes ([`NodeMeta`]), and
+//! the versioned encodings of all of them. Decoding never panics: malformed
+//! or oversized input is a [`WireError`].
+//!
+//! The storage engine, the replication core and the node all depend on this
+//! crate; it depends on none of them. The `sqlite` feature adds conversions
+//! between [`Value`] and rusqlite's types, for the storage engine.
+
+mod actor;
+mod batch;
+mod error;
+mod knowledge;
+mod message;
+mod meta;
+mod ranges;
+mod value;
+
+pub use actor::ActorId;
+pub use batch::{
+    CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, RowChange, SeqRange, VersionChanges,
+    WIRE_VERSION, decode_batch, encode_batch, validate,
+};
+pub use error::WireError;
+pub use knowledge::Knowledge;
+pub use message::{DEFAULT_MAX_MESSAGE, Message, decode, encode};
+pub use meta::{Head, NodeMeta};
+pub use ranges::RangeSet;
+pub use value::Value;
