@@ -21,6 +21,15 @@ mod meta;
 mod ranges;
 mod value;
 
+/// Tags of the messages nodes send on unidirectional QUIC streams: the first
+/// byte says which protocol the rest belongs to.
+pub mod channel {
+    /// Membership (SWIM) messages sent reliably (push-pull, joins).
+    pub const MEMBERSHIP: u8 = 0;
+    /// Sync broadcasts ([`crate::Message::Broadcast`]).
+    pub const SYNC: u8 = 1;
+}
+
 pub use actor::ActorId;
 pub use batch::{
     CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, RowChange, SeqRange, VersionChanges,

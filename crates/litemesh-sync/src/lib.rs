@@ -22,7 +22,12 @@
 //! [`Message::SyncDone`]: litemesh_proto::Message::SyncDone
 
 mod lag;
+mod replication;
 mod scheduler;
 
 pub use lag::{LagTracker, WriterLag};
-pub use scheduler::{Config, PeerStatus, Scheduler, SyncOutcome, Transmit};
+pub use replication::{
+    Event, Extracted, OpId, Replication, RequestId, SessionId, Stats, StorageOp, Transmit,
+    encode_sync_batch,
+};
+pub use scheduler::{Config, Outgoing, PeerStatus, Scheduler, SyncOutcome};

@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use litemesh_proto::Knowledge;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use litemesh_proto::{DEFAULT_MAX_MESSAGE, Message, encode};
+use litemesh_proto::{DEFAULT_MAX_MESSAGE, Message, channel, encode};
 
 /// Tuning of the scheduler.
 #[derive(Debug, Clone)]
@@ -32,6 +33,24 @@ pub struct Config {
     pub rate_limit_bytes_per_s: u64,
     /// Broadcast messages queued at most; the oldest is dropped beyond.
     pub queue_limit: usize,
+    /// Bytes of changes per batch extracted for a peer (one response frame).
+    pub batch_bytes: usize,
+    /// Batches received in a reconciliation are applied in groups of about
+    /// this many bytes, one SQLite transaction each.
+    pub apply_group_bytes: usize,
+    /// A local commit whose changes encode to more than this is not
+    /// broadcast; anti-entropy carries it.
+    pub max_broadcast_bytes: usize,
+    /// A broadcast showing at least this many versions of its writer missing
+    /// below it makes the node pull from its sender at once (lost broadcasts).
+    pub gap_pull_threshold: u64,
+    /// A reconciliation that receives nothing for this long fails.
+    pub session_timeout: Duration,
+    /// A peer showing versions of this node's own actor beyond its file makes
+    /// the node move to a new actor id, at most this often.
+    pub rotate_at_most_every: Duration,
+    /// Largest sync message accepted or sent.
+    pub max_message: usize,
 }
 
 impl Default for Config {
@@ -45,16 +64,24 @@ impl Default for Config {
             sync_retry: Duration::from_millis(500),
             rate_limit_bytes_per_s: 16 * 1024 * 1024,
             queue_limit: 4096,
+            batch_bytes: 256 * 1024,
+            apply_group_bytes: 4 * 1024 * 1024,
+            max_broadcast_bytes: 1024 * 1024,
+            gap_pull_threshold: 16,
+            session_timeout: Duration::from_secs(30),
+            rotate_at_most_every: Duration::from_secs(60),
+            max_message: DEFAULT_MAX_MESSAGE,
         }
     }
 }
 
-/// A message to send on a unidirectional stream.
+/// A broadcast message to send on a unidirectional stream.
 #[derive(Debug, Clone)]
-pub struct Transmit {
+pub struct Outgoing {
     /// The peer.
     pub to: SocketAddr,
-    /// The encoded [`Message::Broadcast`].
+    /// The channel tag [`channel::SYNC`], then the encoded
+    /// [`Message::Broadcast`].
     pub bytes: Arc<[u8]>,
 }
 
@@ -76,6 +103,12 @@ pub enum SyncOutcome {
 pub struct PeerStatus {
     /// The peer's address.
     pub addr: SocketAddr,
+    /// Whether membership holds it alive (a peer that went down is kept,
+    /// with what was known of it, until it comes back).
+    pub up: bool,
+    /// What it held at the end of the last reconciliation with it, and when
+    /// that was.
+    pub knowledge: Option<(Knowledge, Duration)>,
     /// Round-trip time estimate.
     pub rtt: Option<Duration>,
     /// When the last reconciliation with it completed.
@@ -86,6 +119,8 @@ pub struct PeerStatus {
 
 #[derive(Debug, Clone)]
 struct Peer {
+    up: bool,
+    knowledge: Option<(Knowledge, Duration)>,
     rtt: Option<Duration>,
     last_sync: Option<Duration>,
     urgent: bool,
@@ -101,7 +136,7 @@ pub struct Scheduler {
     rng: ChaCha8Rng,
     peers: BTreeMap<SocketAddr, Peer>,
     next_round: Duration,
-    queue: VecDeque<Transmit>,
+    queue: VecDeque<Outgoing>,
     tokens: f64,
     last_refill: Duration,
     dropped: u64,
@@ -127,12 +162,15 @@ impl Scheduler {
     /// reconcile with it at once.
     pub fn peer_up(&mut self, addr: SocketAddr, rtt: Option<Duration>) {
         let p = self.peers.entry(addr).or_insert(Peer {
+            up: true,
+            knowledge: None,
             rtt,
             last_sync: None,
             urgent: true,
             syncing: false,
             retry_at: Duration::ZERO,
         });
+        p.up = true;
         p.urgent = true;
         p.retry_at = Duration::ZERO;
         if rtt.is_some() {
@@ -140,10 +178,33 @@ impl Scheduler {
         }
     }
 
-    /// A peer is gone (dead, left, or unreachable).
+    /// A peer is gone (dead, left, or unreachable): nothing is sent to it
+    /// and it is not chosen for reconciliation until it comes back; what was
+    /// known of it stays.
     pub fn peer_down(&mut self, addr: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.up = false;
+            p.urgent = false;
+        }
+        self.queue.retain(|t| t.to != addr);
+    }
+
+    /// Forgets a peer altogether (it left the mesh for good).
+    pub fn forget(&mut self, addr: SocketAddr) {
         self.peers.remove(&addr);
         self.queue.retain(|t| t.to != addr);
+    }
+
+    /// Records what `addr` held at the end of a reconciliation.
+    pub fn set_knowledge(&mut self, now: Duration, addr: SocketAddr, k: Knowledge) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.knowledge = Some((k, now));
+        }
+    }
+
+    /// Whether `addr` is a peer that membership holds alive.
+    pub fn is_up(&self, addr: &SocketAddr) -> bool {
+        self.peers.get(addr).is_some_and(|p| p.up)
     }
 
     /// Updates a peer's round-trip time.
@@ -175,7 +236,7 @@ impl Scheduler {
     /// broadcast it receives shows a gap; pulling from each sender would
     /// fetch the same backlog several times.)
     pub fn pull_soon(&mut self, now: Duration, addr: SocketAddr) {
-        if self.peers.values().any(|p| p.syncing || p.urgent) {
+        if self.peers.values().any(|p| p.syncing || (p.up && p.urgent)) {
             return;
         }
         self.mark_urgent(now, addr);
@@ -187,6 +248,8 @@ impl Scheduler {
             .iter()
             .map(|(a, p)| PeerStatus {
                 addr: *a,
+                up: p.up,
+                knowledge: p.knowledge.clone(),
                 rtt: p.rtt,
                 last_sync: p.last_sync,
                 syncing: p.syncing,
@@ -209,8 +272,12 @@ impl Scheduler {
     pub fn on_local_commit(&mut self, batch: Vec<u8>) {
         // The nearest peers directly (every peer of a small mesh), plus a few
         // random ones to seed the relays across regions.
-        let mut peers: Vec<(SocketAddr, Option<Duration>)> =
-            self.peers.iter().map(|(a, p)| (*a, p.rtt)).collect();
+        let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(a, p)| (*a, p.rtt))
+            .collect();
         peers.shuffle(&mut self.rng);
         peers.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
         let direct = self.config.direct_fanout.min(peers.len());
@@ -242,7 +309,7 @@ impl Scheduler {
         let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
             .peers
             .iter()
-            .filter(|(a, _)| Some(**a) != exclude)
+            .filter(|(a, p)| p.up && Some(**a) != exclude)
             .map(|(a, p)| (*a, p.rtt))
             .collect();
         peers.shuffle(&mut self.rng);
@@ -262,13 +329,17 @@ impl Scheduler {
         if targets.is_empty() {
             return;
         }
-        let Ok(bytes) = encode(&Message::Broadcast { hops, batch }, DEFAULT_MAX_MESSAGE) else {
-            // Too large to broadcast: anti-entropy carries it, in chunks.
+        let Ok(message) = encode(&Message::Broadcast { hops, batch }, self.config.max_message)
+        else {
+            // Too large to broadcast: anti-entropy carries it.
             return;
         };
+        let mut bytes = Vec::with_capacity(message.len() + 1);
+        bytes.push(channel::SYNC);
+        bytes.extend_from_slice(&message);
         let bytes: Arc<[u8]> = bytes.into();
         for to in targets {
-            self.queue.push_back(Transmit {
+            self.queue.push_back(Outgoing {
                 to,
                 bytes: bytes.clone(),
             });
@@ -287,7 +358,7 @@ impl Scheduler {
     }
 
     /// The next broadcast message to send now, if the rate limit allows.
-    pub fn poll_transmit(&mut self, now: Duration) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Outgoing> {
         self.refill(now);
         let burst = self.config.rate_limit_bytes_per_s as f64;
         let size = self.queue.front()?.bytes.len() as f64;
@@ -306,7 +377,7 @@ impl Scheduler {
         if running >= self.config.max_concurrent_syncs {
             return None;
         }
-        let ready = |p: &Peer| !p.syncing && p.retry_at <= now;
+        let ready = |p: &Peer| p.up && !p.syncing && p.retry_at <= now;
         // Urgent peers first, nearest first.
         let urgent = self
             .peers
@@ -335,7 +406,7 @@ impl Scheduler {
         let candidates: Vec<(SocketAddr, f64)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.syncing && p.retry_at <= now)
+            .filter(|(_, p)| p.up && !p.syncing && p.retry_at <= now)
             .map(|(a, p)| {
                 let age = p
                     .last_sync
@@ -384,13 +455,13 @@ impl Scheduler {
         // the driver reports) can start another: no timer for rounds then.
         let running = self.peers.values().filter(|p| p.syncing).count();
         let can_sync = running < self.config.max_concurrent_syncs;
-        let mut t = if self.peers.is_empty() || !can_sync {
+        let mut t = if !self.peers.values().any(|p| p.up) || !can_sync {
             None
         } else {
             Some(self.next_round.max(now))
         };
         for p in self.peers.values() {
-            if can_sync && p.urgent && !p.syncing {
+            if can_sync && p.up && p.urgent && !p.syncing {
                 let r = p.retry_at.max(now);
                 t = Some(t.map_or(r, |x| x.min(r)));
             }
@@ -435,7 +506,7 @@ mod tests {
         let mut to = Vec::new();
         while let Some(t) = s.poll_transmit(ms(0)) {
             to.push(t.to);
-            match decode(&t.bytes, 1 << 20).unwrap() {
+            match decode(&t.bytes[1..], 1 << 20).unwrap() {
                 Message::Broadcast { hops, batch } => {
                     assert_eq!(hops, Config::default().relay_hops);
                     assert_eq!(batch, vec![1, 2, 3]);
@@ -482,7 +553,7 @@ mod tests {
         while let Some(t) = s.poll_transmit(ms(0)) {
             assert_ne!(t.to, addr(0), "never back to the sender");
             assert!(matches!(
-                decode(&t.bytes, 1 << 20).unwrap(),
+                decode(&t.bytes[1..], 1 << 20).unwrap(),
                 Message::Broadcast { hops: 1, .. }
             ));
             n += 1;
@@ -512,7 +583,7 @@ mod tests {
             sent.push(t);
         }
         assert_eq!(sent.len(), 2);
-        let oldest_kept = match decode(&sent[0].bytes, 1 << 20).unwrap() {
+        let oldest_kept = match decode(&sent[0].bytes[1..], 1 << 20).unwrap() {
             Message::Broadcast { batch, .. } => batch[0],
             _ => unreachable!(),
         };
@@ -568,9 +639,9 @@ mod tests {
         let wake = s.poll_timeout(ms(30)).unwrap();
         assert!(wake <= ms(20) + Config::default().sync_retry);
         assert_eq!(s.poll_sync(wake), Some(addr(1)));
-        // A peer that went down is forgotten; when it returns it is urgent again.
+        // A peer that went down is not chosen; when it returns it is urgent again.
         s.peer_down(addr(2));
-        assert!(s.peers().iter().all(|p| p.addr != addr(2)));
+        assert!(s.peers().iter().any(|p| p.addr == addr(2) && !p.up));
         s.peer_up(addr(2), None);
         assert_eq!(s.poll_sync(wake), Some(addr(2)));
     }

@@ -186,8 +186,6 @@ impl Health {
 pub(crate) struct Failures {
     pub apply: u64,
     pub apply_error: Option<String>,
-    pub serve: u64,
-    pub serve_error: Option<String>,
     pub write_error: Option<String>,
     pub last_write_ok: Option<std::time::Instant>,
     pub file_gone: bool,

@@ -22,24 +22,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use litemesh_membership as mb;
-use litemesh_proto::{
-    ActorId, ChangeBatch, DEFAULT_MAX_MESSAGE, DEFAULT_MAX_WIRE_BYTES, Head, Knowledge, Message,
-    NodeMeta, decode_batch, encode_batch,
-};
+use litemesh_proto::{ActorId, ChangeBatch, Head, Knowledge, NodeMeta, channel};
 use litemesh_storage::{ClientLimits, ReadConnection, RememberedPeer, StorageError, Store};
-use litemesh_sync::{LagTracker, Scheduler, SyncOutcome};
-use litemesh_transport::{
-    Event as TEvent, Incoming, MeshIdentity, Responder, Transport, TransportConfig,
-};
+use litemesh_sync::{LagTracker, OpId, Replication};
+use litemesh_transport::{Event as TEvent, Incoming, MeshIdentity, Transport, TransportConfig};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::driver::{self, Streams};
 use crate::error::Error;
 use crate::health::{self, Failures, Health, HealthIssue, HealthThresholds};
 use crate::query::{self, QueryOptions, QueryPool, Rows};
@@ -48,17 +44,8 @@ use crate::settings::{Settings, Tls};
 use crate::sql::{QueryResult, Statement};
 use crate::token::Token;
 
-/// Tag of a unidirectional stream message: membership (push-pull).
-const CH_MEMBERSHIP: u8 = 0;
-/// Tag of a unidirectional stream message: sync broadcast.
-const CH_SYNC: u8 = 1;
 /// Bytes of changes per batch extracted for a peer.
 const BATCH_BYTES: usize = 256 * 1024;
-/// Received batches are applied in groups of about this many bytes (one
-/// SQLite transaction each).
-const APPLY_GROUP_BYTES: usize = 4 * 1024 * 1024;
-/// Versions larger than this are not broadcast; anti-entropy carries them.
-const MAX_BROADCAST_BYTES: usize = 1024 * 1024;
 /// Most often the node republishes its head in its membership metadata.
 const HEAD_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// How often the node tries to rejoin remembered members it cannot see.
@@ -69,9 +56,6 @@ const REJOIN_AT_MOST: usize = 32;
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// Without a successful write for this long, the maintenance task probes.
 const WRITE_PROBE_AFTER: Duration = Duration::from_secs(5);
-/// A peer that shows versions of this node's own actor beyond its file makes
-/// it move to a new actor id, at most this often.
-const ROTATE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// The result of [`Node::execute`].
 #[derive(Debug, Clone, PartialEq)]
@@ -249,25 +233,7 @@ impl Subscription {
     }
 }
 
-enum SyncInput {
-    PeerUp(SocketAddr, Option<Duration>),
-    PeerDown(SocketAddr),
-    Rtt(SocketAddr, Duration),
-    LocalCommit(Vec<Vec<u8>>),
-    Broadcast {
-        from: SocketAddr,
-        hops: u8,
-        batch: Vec<u8>,
-        newly: bool,
-    },
-    Done(SocketAddr, SyncOutcome),
-    Urgent(SocketAddr),
-    /// A broadcast from this peer showed lost broadcasts.
-    Behind(SocketAddr),
-    Status(oneshot::Sender<(Vec<litemesh_sync::PeerStatus>, usize, u64)>),
-}
-
-enum MbInput {
+pub(crate) enum MbInput {
     Message(SocketAddr, Bytes),
     /// This node's head changed: (actor, version).
     Head(ActorId, u64),
@@ -283,17 +249,16 @@ struct Known {
     last_seen_ms: u64,
 }
 
-struct Inner {
-    writer: Mutex<Store>,
-    reader: Mutex<Store>,
+pub(crate) struct Inner {
+    pub(crate) writer: Mutex<Store>,
+    pub(crate) reader: Mutex<Store>,
     queries: Arc<QueryPool>,
-    actor: RwLock<ActorId>,
     name: String,
     db_path: PathBuf,
     /// The QUIC address peers are told to use.
     advertised: SocketAddr,
-    transport: Transport,
-    knowledge: watch::Sender<Knowledge>,
+    pub(crate) transport: Transport,
+    pub(crate) knowledge: watch::Sender<Knowledge>,
     changes: broadcast::Sender<ChangeEvent>,
     members: Mutex<Vec<MemberInfo>>,
     /// Members known, by address: from membership and from the file.
@@ -303,50 +268,53 @@ struct Inner {
     /// Among them, members not remembered before (saved at once).
     known_new: AtomicBool,
     forgotten: Mutex<Vec<String>>,
-    peer_knowledge: Mutex<BTreeMap<SocketAddr, (Knowledge, tokio::time::Instant)>>,
     lag: Mutex<LagTracker>,
     /// Versions in the writer's quarantine, and their details (refreshed
     /// after every writer operation while there are any).
     quarantined: Mutex<Vec<(ActorId, u64)>>,
     quarantine: Mutex<Vec<litemesh_storage::QuarantinedVersion>>,
     failures: Mutex<Failures>,
-    sync_tx: mpsc::UnboundedSender<SyncInput>,
-    mb_tx: mpsc::UnboundedSender<MbInput>,
-    shutdown: watch::Sender<bool>,
+    /// The replication core: every protocol decision and per-peer state.
+    core: Mutex<Replication>,
+    /// Wakes the core's timer task (its next timeout may have changed).
+    pub(crate) timer: Notify,
+    /// Open sessions and requests (the driver's side of them).
+    pub(crate) streams: Mutex<Streams>,
+    /// Storage applies the core asked for, run one at a time.
+    pub(crate) apply_tx: mpsc::UnboundedSender<(OpId, Vec<ChangeBatch>)>,
+    pub(crate) max_message: usize,
+    max_broadcast: usize,
+    pub(crate) mb_tx: mpsc::UnboundedSender<MbInput>,
+    pub(crate) shutdown: watch::Sender<bool>,
     /// Set when the node starts shutting down: no new client work.
     closing: AtomicBool,
     /// Stops every running statement (node shutdown).
     stop: Arc<AtomicBool>,
-    epoch: tokio::time::Instant,
+    pub(crate) epoch: tokio::time::Instant,
     changes_applied: AtomicU64,
-    syncs_completed: AtomicU64,
-    syncs_failed: AtomicU64,
     query_timeout: Duration,
     transaction_timeout: Duration,
     max_query_rows: u64,
     forget_after: Duration,
-    last_rotation: Mutex<Option<tokio::time::Instant>>,
-    /// After a clean restart: no peer has yet shown that it holds this
-    /// node's latest version. A restored copy of a cleanly
-    /// stopped file looks clean; its peers' knowledge gives it away when
-    /// they hold more (see `check_own_versions`), but they may all be out of
-    /// reach. So the first write made before a peer confirms moves the node
-    /// to a new actor id first: a version is never numbered twice.
-    probation: AtomicBool,
     lock: Mutex<Option<FileLock>>,
 }
 
 impl Inner {
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
 
-    fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
 
     fn actor(&self) -> ActorId {
-        *self.actor.read().unwrap_or_else(|e| e.into_inner())
+        self.core().actor()
+    }
+
+    /// The replication core (held briefly: never across an await or I/O).
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, Replication> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
@@ -354,7 +322,7 @@ impl Inner {
     }
 
     /// Runs `f` on the writer connection in the blocking pool.
-    async fn with_writer<T: Send + 'static>(
+    pub(crate) async fn with_writer<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Store) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
@@ -370,29 +338,20 @@ impl Inner {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .observe(&k);
+                // Under the writer's lock: the core sees knowledge grow in
+                // the order it grew.
+                let quarantined = inner
+                    .quarantined
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                inner.core().set_knowledge(k.clone(), quarantined);
                 inner.knowledge.send_replace(k);
             }
             out
         })
         .await
         .map_err(|_| Error::ShuttingDown)?
-    }
-
-    /// What this node tells peers it holds: its knowledge, plus the versions
-    /// in its quarantine — it has their data and retries them itself, so
-    /// peers need not send them again at every exchange (tokens and lag go
-    /// by the real knowledge: a quarantined version is not visible here).
-    fn advertised(&self) -> Knowledge {
-        let mut k = self.knowledge.borrow().clone();
-        for &(a, v) in self
-            .quarantined
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            k.have.entry(a).or_default().insert(v);
-        }
-        k
     }
 
     /// Refreshes the cached quarantine from the writer: when the set of
@@ -423,7 +382,7 @@ impl Inner {
     }
 
     /// Applies batches from a peer; returns whether anything new was applied.
-    async fn apply(self: &Arc<Self>, batches: Vec<ChangeBatch>) -> Result<bool, Error> {
+    pub(crate) async fn apply(self: &Arc<Self>, batches: Vec<ChangeBatch>) -> Result<bool, Error> {
         if batches.is_empty() {
             return Ok(false);
         }
@@ -480,60 +439,6 @@ impl Inner {
         tokio::spawn(async move {
             if let Err(e) = inner.transport.send_uni(to, Bytes::from(buf)).await {
                 tracing::debug!(%to, "send failed: {e}");
-            }
-        });
-    }
-
-    /// A peer holds versions of this node's own actor beyond what its file
-    /// has: the file lost commits (or is a copy of another node's) and would
-    /// reuse version numbers. Move to a new actor id.
-    fn check_own_versions(self: &Arc<Self>, theirs: &Knowledge, from: SocketAddr) {
-        let own = self.actor();
-        let Some(their_head) = theirs.have.get(&own).and_then(|r| r.max()) else {
-            return;
-        };
-        let ours = self
-            .knowledge
-            .borrow()
-            .have
-            .get(&own)
-            .and_then(|r| r.max())
-            .unwrap_or(0);
-        if their_head == ours && self.probation.swap(false, Ordering::SeqCst) {
-            tracing::debug!(%from, "a peer holds this node's latest version: the actor id stays");
-        }
-        if their_head <= ours {
-            return;
-        }
-        {
-            let mut last = self.last_rotation.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < ROTATE_AT_MOST_EVERY) {
-                return;
-            }
-            *last = Some(tokio::time::Instant::now());
-        }
-        tracing::error!(
-            %from,
-            actor = %own,
-            their_head,
-            our_head = ours,
-            "a peer holds versions of this node's actor that its file does not (lost commits, a \
-             restored or copied file): moving to a new actor id so that no version is reused"
-        );
-        let inner = self.clone();
-        tokio::spawn(async move {
-            match inner.with_writer(|w| Ok(w.rotate_actor()?)).await {
-                Ok(new) => {
-                    *inner.actor.write().unwrap_or_else(|e| e.into_inner()) = new;
-                    let head = inner
-                        .knowledge
-                        .borrow()
-                        .have
-                        .get(&new)
-                        .and_then(|r| r.max());
-                    let _ = inner.mb_tx.send(MbInput::Head(new, head.unwrap_or(0)));
-                }
-                Err(e) => tracing::error!("could not move to a new actor id: {e}"),
             }
         });
     }
@@ -673,7 +578,7 @@ impl Node {
             .clone()
             .unwrap_or_else(|| format!("node-{}", addr.port()));
 
-        let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (mb_tx, mb_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let epoch = tokio::time::Instant::now();
@@ -707,23 +612,26 @@ impl Node {
                 },
             );
         }
+        let generation = unix_ms().max(1);
+        let id = mb::NodeId(u64::from_be_bytes(
+            actor.0[..8].try_into().expect("8 bytes"),
+        ));
+        let seed = u64::from_be_bytes(actor.0[8..].try_into().expect("8 bytes")) ^ generation;
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             queries: Arc::new(QueryPool::new(queries)),
-            actor: RwLock::new(actor),
             name: name.clone(),
             db_path: settings.db_path.clone(),
             advertised: addr,
             transport: transport.clone(),
-            knowledge: watch::channel(knowledge0).0,
+            knowledge: watch::channel(knowledge0.clone()).0,
             changes: broadcast::channel(1024).0,
             members: Mutex::new(Vec::new()),
             known_dirty: AtomicBool::new(!forgotten.is_empty()),
             known_new: AtomicBool::new(false),
             forgotten: Mutex::new(forgotten),
             known: Mutex::new(known),
-            peer_knowledge: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(lag),
             quarantined: Mutex::new(Vec::new()),
             quarantine: Mutex::new(Vec::new()),
@@ -731,29 +639,31 @@ impl Node {
                 last_write_ok: Some(std::time::Instant::now()),
                 ..Failures::default()
             }),
-            sync_tx,
+            core: Mutex::new(Replication::new(
+                settings.sync.clone(),
+                seed,
+                actor,
+                knowledge0.clone(),
+                kept,
+            )),
+            timer: Notify::new(),
+            streams: Mutex::new(Streams::default()),
+            apply_tx,
+            max_message: settings.sync.max_message,
+            max_broadcast: settings.sync.max_broadcast_bytes,
             mb_tx,
             shutdown,
             closing: AtomicBool::new(false),
             stop,
             epoch,
             changes_applied: AtomicU64::new(0),
-            syncs_completed: AtomicU64::new(0),
-            syncs_failed: AtomicU64::new(0),
             query_timeout: settings.query_timeout,
             transaction_timeout: settings.transaction_timeout,
             max_query_rows: settings.max_query_rows,
             forget_after: settings.forget_after,
-            last_rotation: Mutex::new(None),
-            probation: AtomicBool::new(kept),
             lock: Mutex::new(Some(lock)),
         });
 
-        let generation = unix_ms().max(1);
-        let id = mb::NodeId(u64::from_be_bytes(
-            actor.0[..8].try_into().expect("8 bytes"),
-        ));
-        let seed = u64::from_be_bytes(actor.0[8..].try_into().expect("8 bytes")) ^ generation;
         let mut membership = mb::Membership::new(
             mb::Identity { id, generation },
             addr,
@@ -801,12 +711,8 @@ impl Node {
         let tasks = vec![
             tokio::spawn(incoming_loop(inner.clone(), incoming)),
             tokio::spawn(membership_loop(inner.clone(), membership, meta, mb_rx)),
-            tokio::spawn(sync_loop(
-                inner.clone(),
-                settings.sync.clone(),
-                seed,
-                sync_rx,
-            )),
+            tokio::spawn(driver::timer_loop(inner.clone())),
+            tokio::spawn(driver::apply_loop(inner.clone(), apply_rx)),
             tokio::spawn(maintenance_loop(inner.clone())),
         ];
         tracing::info!(%addr, actor = %actor, "litemesh node started");
@@ -854,15 +760,17 @@ impl Node {
         // event, the head to publish) run in a task of their own: a caller
         // that goes away (a client disconnecting) stops none of it.
         let node = self.inner.clone();
+        let max_broadcast = self.inner.max_broadcast;
         let work = tokio::spawn(async move {
             let inner = node.clone();
             let res = node
             .with_writer(move |w| {
-                if inner.probation.swap(false, Ordering::SeqCst) {
+                let probation = inner.core().take_probation();
+                if probation {
                     let new = match w.rotate_actor() {
                         Ok(n) => n,
                         Err(e) => {
-                            inner.probation.store(true, Ordering::SeqCst);
+                            inner.core().restore_probation();
                             return Err(e.into());
                         }
                     };
@@ -871,7 +779,7 @@ impl Node {
                         "a write came before any peer confirmed that it holds this node's latest \
                          version (the file may be a restored copy): writing under a new actor id"
                     );
-                    *inner.actor.write().unwrap_or_else(|e| e.into_inner()) = new;
+                    inner.core().set_actor(new);
                 }
                 let committed = w.client_transaction(&limits, |tx| {
                     let mut out = Vec::with_capacity(statements.len());
@@ -898,17 +806,18 @@ impl Node {
                 let mut batches = Vec::new();
                 let mut tables = BTreeSet::new();
                 if let Some(v) = committed.version {
+                    // The core broadcasts them unless they encode to more
+                    // than its cap; past about that size, none are kept.
                     let mut total = 0;
                     let read = w.version_changes(v, BATCH_BYTES, |b| {
                         for vc in &b.versions {
                             for r in &vc.rows {
                                 tables.insert(r.table.clone());
+                                total += r.encoded_size();
                             }
                         }
-                        let bytes = encode_batch(&b, DEFAULT_MAX_WIRE_BYTES)?;
-                        total += bytes.len();
-                        if total <= MAX_BROADCAST_BYTES {
-                            batches.push(bytes);
+                        if total <= max_broadcast {
+                            batches.push(b);
                         }
                         Ok(true)
                     });
@@ -920,7 +829,7 @@ impl Node {
                         );
                         batches.clear();
                     }
-                    if total > MAX_BROADCAST_BYTES {
+                    if total > max_broadcast {
                         batches.clear();
                     }
                 }
@@ -946,7 +855,7 @@ impl Node {
                     tables,
                     local: true,
                 });
-                let _ = node.sync_tx.send(SyncInput::LocalCommit(batches));
+                driver::drive(&node, |c, _| c.handle_local_commit(&batches));
                 let _ = node.mb_tx.send(MbInput::Head(actor, v));
             }
             Ok(Executed {
@@ -1055,16 +964,11 @@ impl Node {
     pub async fn status(&self) -> Result<Status, Error> {
         let inner = &self.inner;
         let k = inner.knowledge.borrow().clone();
-        let (tx, rx) = oneshot::channel();
-        let _ = inner.sync_tx.send(SyncInput::Status(tx));
-        let (sched, queue, dropped) = rx.await.unwrap_or_default();
-        let actor = inner.actor();
+        let (sched, stats, actor) = {
+            let core = inner.core();
+            (core.peers(), core.stats(), core.actor())
+        };
         let db_version = k.have.get(&actor).and_then(|r| r.max()).unwrap_or(0);
-        let seen = inner
-            .peer_knowledge
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let members = self.members();
         let known = inner
             .known
@@ -1072,6 +976,7 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let now = tokio::time::Instant::now();
+        let core_now = inner.now();
         let mut peers = Vec::new();
         let mut reachable = 1;
         // A member restarted under a new identity is listed twice at one
@@ -1091,8 +996,12 @@ impl Node {
             if state == "alive" || state == "suspect" {
                 reachable += 1;
             }
-            let (behind, last) = match seen.get(addr) {
-                Some((theirs, at)) => (k.lacking(theirs), Some(now.duration_since(*at))),
+            let seen = sched
+                .iter()
+                .find(|p| p.addr == *addr)
+                .and_then(|p| p.knowledge.as_ref());
+            let (behind, last) = match seen {
+                Some((theirs, at)) => (k.lacking(theirs), Some(core_now.saturating_sub(*at))),
                 None => (0, None),
             };
             peers.push(PeerStatus {
@@ -1171,13 +1080,13 @@ impl Node {
                 .collect(),
             members_reachable: reachable,
             members_known: known.len() + 1,
-            broadcast_queue: queue,
-            broadcast_dropped: dropped,
+            broadcast_queue: stats.broadcast_queue,
+            broadcast_dropped: stats.broadcast_dropped,
             changes_applied: inner.changes_applied.load(Ordering::Relaxed),
-            syncs_completed: inner.syncs_completed.load(Ordering::Relaxed),
-            syncs_failed: inner.syncs_failed.load(Ordering::Relaxed),
+            syncs_completed: stats.syncs_completed,
+            syncs_failed: stats.syncs_failed,
             apply_failures: f.apply,
-            serve_failures: f.serve,
+            serve_failures: stats.serve_failures,
             write_error: f.write_error,
             partial_versions: k.partial.values().map(|m| m.len()).sum(),
         })
@@ -1240,10 +1149,11 @@ impl Node {
                 error: f.apply_error.unwrap_or_default(),
             });
         }
-        if f.serve >= health::FAILING_AFTER {
+        let serving = self.inner.core().stats();
+        if serving.serve_failures >= health::FAILING_AFTER {
             issues.push(HealthIssue::ServeFailing {
-                failures: f.serve,
-                error: f.serve_error.unwrap_or_default(),
+                failures: serving.serve_failures,
+                error: serving.serve_error.unwrap_or_default(),
             });
         }
         if let Some(e) = f.write_error {
@@ -1342,285 +1252,17 @@ async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
                 let _ = inner.mb_tx.send(MbInput::Message(from, bytes));
             }
             TEvent::Uni { from, bytes } => match bytes.first() {
-                Some(&CH_MEMBERSHIP) => {
+                Some(&channel::MEMBERSHIP) => {
                     let _ = inner.mb_tx.send(MbInput::Message(from, bytes.slice(1..)));
                 }
-                Some(&CH_SYNC) => {
-                    tokio::spawn(on_broadcast(inner.clone(), from, bytes.slice(1..)));
-                }
+                Some(&channel::SYNC) => driver::on_broadcast(&inner, from, &bytes[1..]),
                 _ => tracing::warn!(%from, "unknown stream message refused"),
             },
             TEvent::Request {
                 from,
                 bytes,
                 respond,
-            } => {
-                tokio::spawn(serve_sync(inner.clone(), from, bytes, respond));
-            }
-        }
-    }
-}
-
-async fn on_broadcast(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes) {
-    let (hops, batch) = match litemesh_proto::decode(&bytes, DEFAULT_MAX_MESSAGE) {
-        Ok(Message::Broadcast { hops, batch }) => (hops, batch),
-        Ok(_) => return tracing::warn!(%from, "unexpected message on the broadcast channel"),
-        Err(e) => return tracing::warn!(%from, "bad broadcast refused: {e}"),
-    };
-    let decoded = match decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES) {
-        Ok(b) => b,
-        Err(e) => return tracing::warn!(%from, "bad change batch refused: {e}"),
-    };
-    let heads: Vec<(ActorId, u64)> = decoded
-        .versions
-        .iter()
-        .map(|v| (v.actor, v.version))
-        .collect();
-    // A broadcast of this node's own actor beyond its file: see
-    // `check_own_versions`.
-    let own = inner.actor();
-    if let Some(&(_, v)) = heads
-        .iter()
-        .filter(|(a, _)| *a == own)
-        .max_by_key(|(_, v)| *v)
-    {
-        let mut k = Knowledge::default();
-        k.have
-            .insert(own, litemesh_storage::RangeSet::from_ranges([(v, v)]));
-        inner.check_own_versions(&k, from);
-    }
-    match inner.apply(vec![decoded]).await {
-        Ok(newly) => {
-            // A broadcast far ahead of what this node holds of its writer
-            // means broadcasts were lost (a partition, one-way loss, an
-            // overflowing queue): pull from the sender now rather than at the
-            // next round. A few versions missing is ordinary reordering.
-            let behind = {
-                let k = inner.advertised();
-                heads
-                    .iter()
-                    .any(|(a, v)| k.missing_up_to(a, v.saturating_sub(1)) >= GAP_PULL_THRESHOLD)
-            };
-            if behind {
-                let _ = inner.sync_tx.send(SyncInput::Behind(from));
-            }
-            let _ = inner.sync_tx.send(SyncInput::Broadcast {
-                from,
-                hops,
-                batch,
-                newly,
-            });
-        }
-        // Shutting down interrupts an apply in progress: nothing is lost,
-        // anti-entropy brings the broadcast again after the restart.
-        Err(e) if inner.closed() => tracing::debug!(%from, "broadcast not applied: {e}"),
-        Err(e) => tracing::warn!(%from, "applying a broadcast failed: {e}"),
-    }
-}
-
-/// Versions of `actor` below `version` missing from `k` at which a broadcast
-/// makes the node pull from its sender at once.
-const GAP_PULL_THRESHOLD: u64 = 16;
-
-/// Answers a reconciliation request: every batch the requester lacks, then
-/// this node's knowledge. A batch that cannot be encoded (a change written
-/// before the row limit existed, larger than a message) is skipped with an
-/// error in the log, never failing the rest.
-async fn serve_sync(inner: Arc<Inner>, from: SocketAddr, bytes: Bytes, mut respond: Responder) {
-    let theirs = match litemesh_proto::decode(&bytes, DEFAULT_MAX_MESSAGE) {
-        Ok(Message::SyncRequest { knowledge }) => knowledge,
-        Ok(_) | Err(_) => {
-            tracing::warn!(%from, "bad sync request refused");
-            respond.reject(1);
-            return;
-        }
-    };
-    inner.check_own_versions(&theirs, from);
-    let ours = inner.advertised();
-    if !ours.covers(&theirs) {
-        // The requester holds versions this node lacks: pull from it soon.
-        let _ = inner.sync_tx.send(SyncInput::Urgent(from));
-    }
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-    let inner2 = inner.clone();
-    let extract = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-        let mut r = inner2.reader.lock().unwrap_or_else(|e| e.into_inner());
-        r.refresh()?;
-        let mut skipped = 0u64;
-        r.changes_since(&theirs, BATCH_BYTES, |b| {
-            let batch = match encode_batch(&b, DEFAULT_MAX_WIRE_BYTES) {
-                Ok(x) => x,
-                Err(e) => {
-                    skipped += 1;
-                    let versions: Vec<String> = b
-                        .versions
-                        .iter()
-                        .map(|v| format!("{}:{}", v.actor, v.version))
-                        .collect();
-                    tracing::error!(
-                        versions = ?versions,
-                        "a change batch cannot be sent ({e}); skipping it, the rest goes on"
-                    );
-                    return Ok(true);
-                }
-            };
-            let msg =
-                match litemesh_proto::encode(&Message::SyncBatch { batch }, DEFAULT_MAX_MESSAGE) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        skipped += 1;
-                        tracing::error!("a change batch cannot be sent ({e}); skipping it");
-                        return Ok(true);
-                    }
-                };
-            Ok(tx.blocking_send(msg).is_ok())
-        })?;
-        Ok(skipped)
-    });
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = respond.send(Bytes::from(frame)).await {
-            tracing::debug!(%from, "sync response interrupted: {e}");
-            return;
-        }
-    }
-    match extract.await {
-        Ok(Ok(skipped)) => {
-            let mut f = inner.failures();
-            if skipped > 0 {
-                f.serve += 1;
-                f.serve_error = Some(format!("{skipped} change batch(es) too large to send"));
-            } else {
-                f.serve = 0;
-                f.serve_error = None;
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%from, "serving sync failed: {e}");
-            {
-                let mut f = inner.failures();
-                f.serve += 1;
-                f.serve_error = Some(e.to_string());
-            }
-            respond.reject(2);
-            return;
-        }
-        Err(_) => return,
-    }
-    let done = Message::SyncDone {
-        knowledge: inner.advertised(),
-    };
-    if let Ok(msg) = litemesh_proto::encode(&done, DEFAULT_MAX_MESSAGE)
-        && respond.send(Bytes::from(msg)).await.is_ok()
-    {
-        let _ = respond.finish();
-    }
-}
-
-/// One reconciliation with `peer`: send our knowledge, apply what comes back.
-async fn run_sync(inner: Arc<Inner>, peer: SocketAddr) {
-    let outcome = match sync_once(&inner, peer).await {
-        Ok(has_more) => {
-            inner.syncs_completed.fetch_add(1, Ordering::Relaxed);
-            SyncOutcome::Completed {
-                peer_has_more: has_more,
-            }
-        }
-        Err(e) => {
-            tracing::debug!(%peer, "sync failed: {e}");
-            inner.syncs_failed.fetch_add(1, Ordering::Relaxed);
-            SyncOutcome::Failed
-        }
-    };
-    let _ = inner.sync_tx.send(SyncInput::Done(peer, outcome));
-}
-
-async fn sync_once(inner: &Arc<Inner>, peer: SocketAddr) -> Result<bool, Error> {
-    let knowledge = inner.advertised();
-    let req = litemesh_proto::encode(&Message::SyncRequest { knowledge }, DEFAULT_MAX_MESSAGE)
-        .map_err(|e| Error::Protocol(e.to_string()))?;
-    let mut stream = inner.transport.request(peer, Bytes::from(req)).await?;
-    let mut group = Vec::new();
-    let mut group_bytes = 0;
-    let mut theirs = None;
-    let mut learned = false;
-    while let Some(frame) = stream.next().await? {
-        match litemesh_proto::decode(&frame, DEFAULT_MAX_MESSAGE) {
-            Ok(Message::SyncBatch { batch }) => {
-                group_bytes += batch.len();
-                group.push(
-                    decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)
-                        .map_err(|e| Error::Protocol(e.to_string()))?,
-                );
-                if group_bytes >= APPLY_GROUP_BYTES {
-                    learned |= inner.apply(std::mem::take(&mut group)).await?;
-                    group_bytes = 0;
-                }
-            }
-            Ok(Message::SyncDone { knowledge }) => theirs = Some(knowledge),
-            Ok(_) => return Err(Error::Protocol("unexpected sync message".into())),
-            Err(e) => return Err(Error::Protocol(e.to_string())),
-        }
-    }
-    learned |= inner.apply(group).await?;
-    let theirs =
-        theirs.ok_or_else(|| Error::Protocol("sync ended without its final frame".into()))?;
-    inner.check_own_versions(&theirs, peer);
-    let ours = inner.advertised();
-    // Come back at once only if this exchange taught us something and the peer
-    // still holds more (we were catching up); versions it committed meanwhile
-    // arrive by broadcast or the next round.
-    let has_more = learned && !ours.covers(&theirs);
-    inner
-        .peer_knowledge
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(peer, (theirs, tokio::time::Instant::now()));
-    Ok(has_more)
-}
-
-async fn sync_loop(
-    inner: Arc<Inner>,
-    config: litemesh_sync::Config,
-    seed: u64,
-    mut rx: mpsc::UnboundedReceiver<SyncInput>,
-) {
-    let mut sched = Scheduler::new(config, seed);
-    let mut shutdown = inner.shutdown.subscribe();
-    loop {
-        let now = inner.now();
-        while let Some(t) = sched.poll_transmit(now) {
-            inner.send_uni(t.to, CH_SYNC, &t.bytes);
-        }
-        while let Some(peer) = sched.poll_sync(now) {
-            tokio::spawn(run_sync(inner.clone(), peer));
-        }
-        let wake = sched
-            .poll_timeout(now)
-            .map(|t| inner.epoch + t)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
-                match msg {
-                    SyncInput::PeerUp(a, rtt) => sched.peer_up(a, rtt),
-                    SyncInput::PeerDown(a) => sched.peer_down(a),
-                    SyncInput::Rtt(a, rtt) => sched.set_rtt(a, rtt),
-                    SyncInput::LocalCommit(batches) => {
-                        for b in batches {
-                            sched.on_local_commit(b);
-                        }
-                    }
-                    SyncInput::Broadcast { from, hops, batch, newly } => sched.on_broadcast(from, hops, batch, newly),
-                    SyncInput::Done(a, outcome) => sched.sync_done(inner.now(), a, outcome),
-                    SyncInput::Urgent(a) => sched.mark_urgent(inner.now(), a),
-                    SyncInput::Behind(a) => sched.pull_soon(inner.now(), a),
-                    SyncInput::Status(tx) => {
-                        let _ = tx.send((sched.peers(), sched.queue_len(), sched.dropped()));
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = shutdown.changed() => break,
+            } => driver::on_request(&inner, from, bytes, respond),
         }
     }
 }
@@ -1643,7 +1285,7 @@ async fn membership_loop(
         // Outputs of the state machine.
         while let Some(t) = m.poll_transmit() {
             if t.reliable {
-                inner.send_uni(t.dst, CH_MEMBERSHIP, &t.payload);
+                inner.send_uni(t.dst, channel::MEMBERSHIP, &t.payload);
             } else {
                 let tr = inner.transport.clone();
                 tokio::spawn(async move {
@@ -1672,10 +1314,10 @@ async fn membership_loop(
             on_member_event(&inner, &ev, superseded);
             match ev {
                 mb::Event::Joined(x) | mb::Event::Alive(x) => {
-                    let _ = inner.sync_tx.send(SyncInput::PeerUp(x.addr, x.rtt));
+                    driver::drive(&inner, |c, _| c.peer_up(x.addr, x.rtt));
                 }
                 mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
-                    let _ = inner.sync_tx.send(SyncInput::PeerDown(x.addr));
+                    driver::drive(&inner, |c, _| c.peer_down(x.addr));
                 }
                 _ => {}
             }
@@ -1860,8 +1502,8 @@ fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
             // after the commit: what broadcast did not bring (a version too
             // large for it, a lost message) is pulled from the writer now
             // rather than at some later round.
-            if reachable && inner.advertised().missing_up_to(&a, h) > 0 {
-                let _ = inner.sync_tx.send(SyncInput::Behind(x.addr));
+            if reachable {
+                driver::drive(inner, |c, now| c.handle_head(now, x.addr, a, h));
             }
         }
     }
@@ -2046,7 +1688,7 @@ fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
             && x.state == mb::MemberState::Alive
             && let Some(rtt) = x.rtt
         {
-            let _ = inner.sync_tx.send(SyncInput::Rtt(x.addr, rtt));
+            driver::drive(inner, |c, _| c.set_rtt(x.addr, rtt));
         }
         out.push(MemberInfo {
             name: meta

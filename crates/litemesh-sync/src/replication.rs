@@ -1,0 +1,860 @@
+//! The replication core: every decision of the sync protocol, as a sans-IO
+//! state machine that the node and the simulator both drive.
+//!
+//! # Driving it
+//!
+//! The driver owns the sockets, the SQLite connections and the clock; the
+//! core owns every protocol decision and every piece of per-peer state. Time
+//! is a `Duration` since any fixed origin the driver chooses (monotonic).
+//!
+//! Inputs (each may queue outputs):
+//! - membership: [`Replication::peer_up`], [`Replication::peer_down`],
+//!   [`Replication::set_rtt`], [`Replication::handle_head`] (a writer's
+//!   published head);
+//! - storage: [`Replication::set_knowledge`] after every operation on the
+//!   writer connection, [`Replication::handle_local_commit`] after a local
+//!   transaction, and the results of the storage operations the core asked
+//!   for ([`Replication::handle_applied`], [`Replication::handle_extracted`]);
+//! - network: [`Replication::handle_broadcast`] (a message on the sync
+//!   channel), [`Replication::handle_request`] (a peer opened a
+//!   reconciliation), [`Replication::handle_response_frame`] and
+//!   [`Replication::handle_response_end`] (the answer to one this node opened);
+//! - time: [`Replication::handle_timeout`].
+//!
+//! Outputs, to drain after every input:
+//! - [`Replication::poll_transmit`]: messages to send ([`Transmit`]);
+//! - [`Replication::poll_storage`]: storage operations to run
+//!   ([`StorageOp`]), each answered by the matching `handle_*` call with its
+//!   [`OpId`];
+//! - [`Replication::poll_event`]: what else the driver must do
+//!   ([`Event`]);
+//! - [`Replication::poll_timeout`]: when to call `handle_timeout` next.
+//!
+//! Storage operations may run concurrently and finish in any order; the
+//! core never waits on one except to finish the reconciliation it belongs to.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use litemesh_proto::{
+    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, Knowledge, Message, WireError, decode,
+    decode_batch, encode, encode_batch,
+};
+
+use crate::scheduler::{Config, PeerStatus, Scheduler, SyncOutcome};
+
+/// Identifies a reconciliation this node opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// Identifies a reconciliation a peer opened with this node (the driver
+/// numbers them, one per incoming request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// Identifies a storage operation the core asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub enum Transmit {
+    /// Send `bytes` (channel tag included) on a unidirectional stream.
+    Uni {
+        /// The peer.
+        to: SocketAddr,
+        /// The message.
+        bytes: std::sync::Arc<[u8]>,
+    },
+    /// Open reconciliation `session` with `to`: send `bytes` as the request of
+    /// a new bidirectional stream, then report each response frame with
+    /// [`Replication::handle_response_frame`] and the end of the stream with
+    /// [`Replication::handle_response_end`].
+    Request {
+        /// The reconciliation.
+        session: SessionId,
+        /// The peer.
+        to: SocketAddr,
+        /// The request frame.
+        bytes: Vec<u8>,
+    },
+    /// The last frame of the answer to `request` (after the batches the
+    /// driver streamed for its [`StorageOp::Extract`]); finish the stream.
+    Respond {
+        /// The request.
+        request: RequestId,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+    /// Refuse `request`: reset its stream with `code`.
+    Reject {
+        /// The request.
+        request: RequestId,
+        /// 1: malformed request; 2: this node could not serve it.
+        code: u32,
+    },
+}
+
+/// A storage operation the core asks for.
+#[derive(Debug, Clone)]
+pub enum StorageOp {
+    /// Apply these batches on the writer connection, in one transaction;
+    /// call [`Replication::set_knowledge`], then
+    /// [`Replication::handle_applied`] with `op`.
+    Apply {
+        /// The operation.
+        op: OpId,
+        /// The batches.
+        batches: Vec<ChangeBatch>,
+    },
+    /// Extract every change `theirs` lacks, in batches of about
+    /// `batch_bytes`, and stream each to `request` as a frame made by
+    /// [`encode_sync_batch`] (a batch that cannot be encoded is skipped and
+    /// counted); then call [`Replication::handle_extracted`] with `op`.
+    Extract {
+        /// The operation.
+        op: OpId,
+        /// The request to stream the batches to.
+        request: RequestId,
+        /// What the requester holds.
+        theirs: Knowledge,
+        /// Bytes of changes per batch.
+        batch_bytes: usize,
+    },
+}
+
+/// Something the driver must do that is neither a transmit nor a storage
+/// operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A peer holds versions of this node's own actor that its file lacks
+    /// (lost commits, a restored or copied file): writing on would reuse
+    /// version numbers. Move to a new actor id, then call
+    /// [`Replication::set_actor`].
+    RotateActor {
+        /// Who showed it.
+        from: SocketAddr,
+        /// The highest version of this node's actor the peer holds.
+        their_head: u64,
+        /// The highest this node holds.
+        our_head: u64,
+    },
+    /// Drop the stream of `session`: it failed or timed out; frames that
+    /// still arrive for it are ignored.
+    CancelSession(SessionId),
+    /// Read the stream of `session` again (it was paused while its applies
+    /// were behind).
+    ResumeReading(SessionId),
+    /// A reconciliation this node opened ended.
+    SyncEnded {
+        /// The peer.
+        peer: SocketAddr,
+        /// `None` on success, else why it failed.
+        error: Option<String>,
+    },
+}
+
+/// How an [`StorageOp::Extract`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extracted {
+    /// Every batch was streamed; `skipped` could not be encoded.
+    Done {
+        /// Batches skipped.
+        skipped: u64,
+    },
+    /// The requester went away while the batches were streamed.
+    Interrupted,
+    /// Reading the changes failed.
+    Failed(String),
+}
+
+/// Counters of the core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Reconciliations this node opened that completed.
+    pub syncs_completed: u64,
+    /// Those that failed.
+    pub syncs_failed: u64,
+    /// Reconciliations served in a row that failed or skipped a batch (0
+    /// after one served whole).
+    pub serve_failures: u64,
+    /// Why the last of them failed.
+    pub serve_error: Option<String>,
+    /// Broadcast messages waiting for the rate limit.
+    pub broadcast_queue: usize,
+    /// Broadcast messages dropped because the queue overflowed.
+    pub broadcast_dropped: u64,
+}
+
+/// A reconciliation this node opened.
+#[derive(Debug)]
+struct Session {
+    peer: SocketAddr,
+    /// Fails when nothing arrives until then.
+    deadline: Duration,
+    group: Vec<ChangeBatch>,
+    group_bytes: usize,
+    /// Applies asked for and not reported yet.
+    applying: usize,
+    /// Whether the driver was told to stop reading.
+    paused: bool,
+    /// Whether an apply of this session taught this node something.
+    learned: bool,
+    /// The peer's knowledge, from its final frame.
+    theirs: Option<Knowledge>,
+    /// The stream ended without error.
+    ended: bool,
+}
+
+/// Why a storage operation was asked for.
+#[derive(Debug)]
+enum Purpose {
+    Broadcast {
+        from: SocketAddr,
+        hops: u8,
+        /// The encoded batch, relayed as it came.
+        batch: Vec<u8>,
+        heads: Vec<(ActorId, u64)>,
+    },
+    Session(SessionId),
+    Serve(RequestId),
+}
+
+/// Applies of one reconciliation in flight before its stream is paused.
+const MAX_APPLYING_PER_SESSION: usize = 2;
+
+/// The replication core. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Replication {
+    config: Config,
+    sched: Scheduler,
+    actor: ActorId,
+    /// After a clean restart: no peer has confirmed yet that it holds this
+    /// node's latest version (see [`Replication::take_probation`]).
+    probation: bool,
+    last_rotation: Option<Duration>,
+    knowledge: Knowledge,
+    quarantined: Vec<(ActorId, u64)>,
+    sessions: BTreeMap<SessionId, Session>,
+    ops: BTreeMap<OpId, Purpose>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    storage: VecDeque<StorageOp>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+/// Encodes one batch as a response frame of a reconciliation.
+pub fn encode_sync_batch(batch: &ChangeBatch, max_message: usize) -> Result<Vec<u8>, WireError> {
+    let batch = encode_batch(batch, DEFAULT_MAX_WIRE_BYTES)?;
+    encode(&Message::SyncBatch { batch }, max_message)
+}
+
+impl Replication {
+    /// A core for a node writing as `actor`, holding `knowledge`.
+    /// `probation`: the node restarted cleanly on its file, which may yet be
+    /// a restored copy (see [`Replication::take_probation`]). Randomness (peer
+    /// choice, jitter) comes from `seed`.
+    pub fn new(
+        config: Config,
+        seed: u64,
+        actor: ActorId,
+        knowledge: Knowledge,
+        probation: bool,
+    ) -> Replication {
+        Replication {
+            sched: Scheduler::new(config.clone(), seed),
+            config,
+            actor,
+            probation,
+            last_rotation: None,
+            knowledge,
+            quarantined: Vec::new(),
+            sessions: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            storage: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ----- state the driver reads -----
+
+    /// The actor this node writes as.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+    }
+
+    /// What this node holds (as last reported by [`Replication::set_knowledge`]).
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.knowledge
+    }
+
+    /// What this node tells peers it holds: its knowledge plus the versions
+    /// in its quarantine — it has their data and retries them itself, so
+    /// peers need not send them at every exchange. (Tokens and lag go by the
+    /// real knowledge: a quarantined version is not visible here.)
+    pub fn advertised(&self) -> Knowledge {
+        let mut k = self.knowledge.clone();
+        for &(a, v) in &self.quarantined {
+            k.have.entry(a).or_default().insert(v);
+        }
+        k
+    }
+
+    /// Every peer ever seen up (down ones included), with what is known of it.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.sched.peers()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            broadcast_queue: self.sched.queue_len(),
+            broadcast_dropped: self.sched.dropped(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Reconciliations this node opened and that are still running.
+    pub fn sessions_open(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ----- membership -----
+
+    /// A peer is alive: reconcile with it at once.
+    pub fn peer_up(&mut self, addr: SocketAddr, rtt: Option<Duration>) {
+        self.sched.peer_up(addr, rtt);
+    }
+
+    /// A peer is down (dead, left, unreachable).
+    pub fn peer_down(&mut self, addr: SocketAddr) {
+        self.sched.peer_down(addr);
+    }
+
+    /// A peer's round-trip time changed.
+    pub fn set_rtt(&mut self, addr: SocketAddr, rtt: Duration) {
+        self.sched.set_rtt(addr, rtt);
+    }
+
+    /// The member at `from` published `head` as the latest version of its
+    /// `actor`. If this node lacks any version up to it (a version too large
+    /// to broadcast, a lost broadcast), it pulls from that member now rather
+    /// than at some later round.
+    pub fn handle_head(&mut self, now: Duration, from: SocketAddr, actor: ActorId, head: u64) {
+        if self.sched.is_up(&from) && self.advertised().missing_up_to(&actor, head) > 0 {
+            self.sched.pull_soon(now, from);
+        }
+    }
+
+    // ----- storage -----
+
+    /// What the node holds now, and the versions it keeps in quarantine:
+    /// call after every operation on the writer connection. Knowledge only
+    /// grows.
+    pub fn set_knowledge(&mut self, knowledge: Knowledge, quarantined: Vec<(ActorId, u64)>) {
+        debug_assert!(knowledge.covers(&self.knowledge), "knowledge never shrinks");
+        self.knowledge = knowledge;
+        self.quarantined = quarantined;
+    }
+
+    /// The node moved to a new actor id.
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.actor = actor;
+        self.probation = false;
+    }
+
+    /// Whether the node must move to a new actor id before its next write:
+    /// it restarted cleanly, and no peer has confirmed yet that it holds the
+    /// node's latest version — the file may be a restored copy whose peers,
+    /// all out of reach, hold versions it would number again. Clears the flag.
+    pub fn take_probation(&mut self) -> bool {
+        std::mem::take(&mut self.probation)
+    }
+
+    /// Puts the probation back (moving to a new actor id failed).
+    pub fn restore_probation(&mut self) {
+        self.probation = true;
+    }
+
+    /// A local transaction committed, with these changes: broadcast them,
+    /// unless they encode to more than the broadcast cap (anti-entropy
+    /// carries those).
+    pub fn handle_local_commit(&mut self, batches: &[ChangeBatch]) {
+        let mut encoded = Vec::with_capacity(batches.len());
+        let mut total = 0;
+        for b in batches {
+            match encode_batch(b, DEFAULT_MAX_WIRE_BYTES) {
+                Ok(bytes) => {
+                    total += bytes.len();
+                    if total > self.config.max_broadcast_bytes {
+                        return;
+                    }
+                    encoded.push(bytes);
+                }
+                Err(_) => return,
+            }
+        }
+        for bytes in encoded {
+            self.sched.on_local_commit(bytes);
+        }
+    }
+
+    /// A [`StorageOp::Apply`] ended: `Ok(newly)` when it committed (`newly`:
+    /// it taught this node something: a version, a chunk, a cleared range),
+    /// `Err` with why it failed. Call [`Replication::set_knowledge`] first.
+    pub fn handle_applied(&mut self, now: Duration, op: OpId, result: Result<bool, String>) {
+        let Some(purpose) = self.ops.remove(&op) else {
+            debug_assert!(false, "an unknown or already reported apply");
+            return;
+        };
+        match purpose {
+            Purpose::Broadcast {
+                from,
+                hops,
+                batch,
+                heads,
+            } => {
+                let Ok(newly) = result else { return };
+                // A broadcast far ahead of what this node holds of its
+                // writer means broadcasts were lost (a partition, one-way
+                // loss, an overflowing queue): pull from the sender now. A
+                // few versions missing is ordinary reordering.
+                let k = self.advertised();
+                let behind = heads.iter().any(|(a, v)| {
+                    k.missing_up_to(a, v.saturating_sub(1)) >= self.config.gap_pull_threshold
+                });
+                if behind {
+                    self.sched.pull_soon(now, from);
+                }
+                self.sched.on_broadcast(from, hops, batch, newly);
+            }
+            Purpose::Session(id) => {
+                let Some(s) = self.sessions.get_mut(&id) else {
+                    return; // The session failed meanwhile.
+                };
+                debug_assert!(s.applying > 0);
+                s.applying -= 1;
+                match result {
+                    Ok(newly) => {
+                        s.learned |= newly;
+                        if s.paused && s.applying < MAX_APPLYING_PER_SESSION {
+                            s.paused = false;
+                            self.events.push_back(Event::ResumeReading(id));
+                        }
+                        self.try_finish(now, id);
+                    }
+                    Err(e) => self.fail(now, id, format!("applying its changes failed: {e}")),
+                }
+            }
+            Purpose::Serve(_) => debug_assert!(false, "an extract reported as an apply"),
+        }
+    }
+
+    /// A [`StorageOp::Extract`] ended.
+    pub fn handle_extracted(&mut self, _now: Duration, op: OpId, outcome: Extracted) {
+        let Some(Purpose::Serve(request)) = self.ops.remove(&op) else {
+            debug_assert!(false, "an unknown or already reported extract");
+            return;
+        };
+        match outcome {
+            Extracted::Done { skipped } => {
+                if skipped > 0 {
+                    self.stats.serve_failures += 1;
+                    self.stats.serve_error =
+                        Some(format!("{skipped} change batch(es) too large to send"));
+                } else {
+                    self.stats.serve_failures = 0;
+                    self.stats.serve_error = None;
+                }
+                // Built now, after the extraction: the requester learns
+                // everything this node held when it stopped sending.
+                let done = Message::SyncDone {
+                    knowledge: self.advertised(),
+                };
+                match encode(&done, self.config.max_message) {
+                    Ok(bytes) => self
+                        .transmits
+                        .push_back(Transmit::Respond { request, bytes }),
+                    Err(_) => self
+                        .transmits
+                        .push_back(Transmit::Reject { request, code: 2 }),
+                }
+            }
+            Extracted::Interrupted => {}
+            Extracted::Failed(e) => {
+                self.stats.serve_failures += 1;
+                self.stats.serve_error = Some(e);
+                self.transmits
+                    .push_back(Transmit::Reject { request, code: 2 });
+            }
+        }
+    }
+
+    // ----- network -----
+
+    /// A message arrived on the sync channel (channel tag removed). Malformed
+    /// input is refused with an error and changes nothing.
+    pub fn handle_broadcast(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), WireError> {
+        let (hops, batch) = match decode(bytes, self.config.max_message)? {
+            Message::Broadcast { hops, batch } => (hops, batch),
+            _ => {
+                return Err(WireError::Malformed(
+                    "not a broadcast on the broadcast channel".into(),
+                ));
+            }
+        };
+        let decoded = decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?;
+        let heads: Vec<(ActorId, u64)> = decoded
+            .versions
+            .iter()
+            .map(|v| (v.actor, v.version))
+            .collect();
+        // A broadcast of this node's own actor beyond its file.
+        if let Some(&(_, v)) = heads
+            .iter()
+            .filter(|(a, _)| *a == self.actor)
+            .max_by_key(|(_, v)| *v)
+        {
+            let mut k = Knowledge::default();
+            k.insert(self.actor, v);
+            self.check_own_versions(now, &k, from);
+        }
+        let op = OpId(self.next());
+        self.ops.insert(
+            op,
+            Purpose::Broadcast {
+                from,
+                hops,
+                batch,
+                heads,
+            },
+        );
+        self.storage.push_back(StorageOp::Apply {
+            op,
+            batches: vec![decoded],
+        });
+        Ok(())
+    }
+
+    /// A peer opened a reconciliation: `bytes` is its request frame. Asks
+    /// for the extraction of what it lacks; a malformed request is rejected.
+    pub fn handle_request(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        request: RequestId,
+        bytes: &[u8],
+    ) -> Result<(), WireError> {
+        let theirs = match decode(bytes, self.config.max_message) {
+            Ok(Message::SyncRequest { knowledge }) => knowledge,
+            Ok(_) => {
+                self.transmits
+                    .push_back(Transmit::Reject { request, code: 1 });
+                return Err(WireError::Malformed("not a sync request".into()));
+            }
+            Err(e) => {
+                self.transmits
+                    .push_back(Transmit::Reject { request, code: 1 });
+                return Err(e);
+            }
+        };
+        self.check_own_versions(now, &theirs, from);
+        if !self.advertised().covers(&theirs) {
+            // The requester holds versions this node lacks: pull from it soon.
+            self.sched.mark_urgent(now, from);
+        }
+        let op = OpId(self.next());
+        self.ops.insert(op, Purpose::Serve(request));
+        self.storage.push_back(StorageOp::Extract {
+            op,
+            request,
+            theirs,
+            batch_bytes: self.config.batch_bytes,
+        });
+        Ok(())
+    }
+
+    /// A response frame of `session` arrived. Returns whether the driver
+    /// should read the next one now; if not, it waits for
+    /// [`Event::ResumeReading`] (its applies are behind).
+    pub fn handle_response_frame(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        bytes: &[u8],
+    ) -> bool {
+        let max = self.config.max_message;
+        let group_limit = self.config.apply_group_bytes;
+        let timeout = self.config.session_timeout;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        s.deadline = now + timeout;
+        let msg = match decode(bytes, max) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(now, session, format!("bad response frame: {e}"));
+                return false;
+            }
+        };
+        match msg {
+            Message::SyncBatch { batch } => {
+                let decoded = match decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.fail(now, session, format!("bad change batch: {e}"));
+                        return false;
+                    }
+                };
+                s.group_bytes += batch.len();
+                s.group.push(decoded);
+                if s.group_bytes >= group_limit {
+                    self.flush(session);
+                }
+            }
+            Message::SyncDone { knowledge } => s.theirs = Some(knowledge),
+            _ => {
+                self.fail(now, session, "unexpected message in a sync response".into());
+                return false;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        if s.applying >= MAX_APPLYING_PER_SESSION {
+            s.paused = true;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// The response stream of `session` ended: `Ok` when the peer finished
+    /// it, `Err` with why it broke (connection lost, reset, refused).
+    pub fn handle_response_end(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        result: Result<(), String>,
+    ) {
+        if !self.sessions.contains_key(&session) {
+            return;
+        }
+        match result {
+            Err(e) => self.fail(now, session, e),
+            Ok(()) => {
+                self.flush(session);
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.ended = true;
+                }
+                self.try_finish(now, session);
+            }
+        }
+    }
+
+    // ----- time -----
+
+    /// Time passed: reconciliations that received nothing for too long fail.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.fail(now, id, "the peer sent nothing for too long".into());
+        }
+    }
+
+    /// When to call [`Replication::handle_timeout`] (and poll) next.
+    pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
+        let sessions = self.sessions.values().map(|s| s.deadline).min();
+        match (self.sched.poll_timeout(now), sessions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next message to send, if any: answers first, then new
+    /// reconciliations, then broadcasts as the rate limit allows.
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        if let Some(peer) = self.sched.poll_sync(now) {
+            let request = Message::SyncRequest {
+                knowledge: self.advertised(),
+            };
+            match encode(&request, self.config.max_message) {
+                Ok(bytes) => {
+                    let session = SessionId(self.next());
+                    self.sessions.insert(
+                        session,
+                        Session {
+                            peer,
+                            deadline: now + self.config.session_timeout,
+                            group: Vec::new(),
+                            group_bytes: 0,
+                            applying: 0,
+                            paused: false,
+                            learned: false,
+                            theirs: None,
+                            ended: false,
+                        },
+                    );
+                    return Some(Transmit::Request {
+                        session,
+                        to: peer,
+                        bytes,
+                    });
+                }
+                Err(e) => {
+                    // Knowledge too large for one message: nothing to send.
+                    self.sched.sync_done(now, peer, SyncOutcome::Failed);
+                    self.stats.syncs_failed += 1;
+                    self.events.push_back(Event::SyncEnded {
+                        peer,
+                        error: Some(format!("the sync request cannot be encoded: {e}")),
+                    });
+                }
+            }
+        }
+        self.sched.poll_transmit(now).map(|o| Transmit::Uni {
+            to: o.to,
+            bytes: o.bytes,
+        })
+    }
+
+    /// The next storage operation to run, if any.
+    pub fn poll_storage(&mut self) -> Option<StorageOp> {
+        self.storage.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- internals -----
+
+    /// Asks for the apply of the batches a session gathered.
+    fn flush(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.group.is_empty() {
+            return;
+        }
+        let batches = std::mem::take(&mut s.group);
+        s.group_bytes = 0;
+        s.applying += 1;
+        let op = OpId(self.next());
+        self.ops.insert(op, Purpose::Session(session));
+        self.storage.push_back(StorageOp::Apply { op, batches });
+    }
+
+    /// Completes a session whose stream ended and whose applies all reported.
+    fn try_finish(&mut self, now: Duration, id: SessionId) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        if !s.ended || s.applying > 0 {
+            return;
+        }
+        let Some(theirs) = s.theirs.clone() else {
+            self.fail(
+                now,
+                id,
+                "the sync response ended without its final frame".into(),
+            );
+            return;
+        };
+        let s = self.sessions.remove(&id).expect("checked above");
+        self.check_own_versions(now, &theirs, s.peer);
+        // Come back at once only if this exchange taught us something and
+        // the peer still holds more (we were catching up); versions it
+        // committed meanwhile arrive by broadcast or the next round.
+        let has_more = s.learned && !self.advertised().covers(&theirs);
+        self.sched.set_knowledge(now, s.peer, theirs);
+        self.sched.sync_done(
+            now,
+            s.peer,
+            SyncOutcome::Completed {
+                peer_has_more: has_more,
+            },
+        );
+        self.stats.syncs_completed += 1;
+        self.events.push_back(Event::SyncEnded {
+            peer: s.peer,
+            error: None,
+        });
+    }
+
+    fn fail(&mut self, now: Duration, id: SessionId, error: String) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.sched.sync_done(now, s.peer, SyncOutcome::Failed);
+        self.stats.syncs_failed += 1;
+        self.events.push_back(Event::CancelSession(id));
+        self.events.push_back(Event::SyncEnded {
+            peer: s.peer,
+            error: Some(error),
+        });
+    }
+
+    /// A peer holds versions of this node's own actor beyond what its file
+    /// has: the file lost commits (or is a copy of another node's) and would
+    /// reuse version numbers. Asks the driver to move to a new actor id.
+    fn check_own_versions(&mut self, now: Duration, theirs: &Knowledge, from: SocketAddr) {
+        let own = self.actor;
+        let Some(their_head) = theirs.have.get(&own).and_then(|r| r.max()) else {
+            return;
+        };
+        let ours = self
+            .knowledge
+            .have
+            .get(&own)
+            .and_then(|r| r.max())
+            .unwrap_or(0);
+        if their_head == ours {
+            // A peer holds this node's latest version: the file is not a
+            // stale copy, the actor id stays.
+            self.probation = false;
+        }
+        if their_head <= ours {
+            return;
+        }
+        if self
+            .last_rotation
+            .is_some_and(|t| now.saturating_sub(t) < self.config.rotate_at_most_every)
+        {
+            return;
+        }
+        self.last_rotation = Some(now);
+        self.events.push_back(Event::RotateActor {
+            from,
+            their_head,
+            our_head: ours,
+        });
+    }
+}

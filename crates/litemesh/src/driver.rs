@@ -1,0 +1,380 @@
+//! The tokio driver of the replication core (`litemesh_sync::Replication`):
+//! feeds it inputs, carries out its outputs with quinn and the SQLite
+//! connections, and wakes it when its timer is due.
+//!
+//! Every input goes through [`drive`]: lock the core, hand it the input,
+//! drain its outputs, unlock, then act on them. The core decides; this module
+//! only moves bytes and runs storage work:
+//!
+//! - transmits: broadcasts on unidirectional streams, reconciliation
+//!   requests (one task per open session, reading its response frames as
+//!   the core allows), answers to peers' requests (one task per request,
+//!   owning the stream);
+//! - storage operations: applies run one at a time on the writer connection
+//!   by the apply task; extractions run on the reader connection in the
+//!   blocking pool, streaming their batches to the requester's task;
+//! - events: moving to a new actor id, cancelling or resuming a session.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use litemesh_proto::ChangeBatch;
+use litemesh_sync::{
+    Event, Extracted, OpId, Replication, RequestId, SessionId, StorageOp, Transmit,
+    encode_sync_batch,
+};
+use litemesh_transport::Responder;
+use tokio::sync::{Notify, mpsc};
+
+use crate::node::{Inner, MbInput};
+
+/// What the driver keeps of the sessions and requests in flight.
+#[derive(Default)]
+pub(crate) struct Streams {
+    sessions: BTreeMap<SessionId, Arc<SessionCtl>>,
+    serving: BTreeMap<RequestId, mpsc::Sender<Serve>>,
+    next_request: u64,
+}
+
+/// Control of one session's reading task.
+#[derive(Default)]
+struct SessionCtl {
+    wake: Notify,
+    cancelled: AtomicBool,
+}
+
+/// What a request's task sends on its stream.
+enum Serve {
+    Frame(Vec<u8>),
+    Last(Vec<u8>),
+    Reject(u32),
+}
+
+fn streams(inner: &Inner) -> std::sync::MutexGuard<'_, Streams> {
+    inner.streams.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the core, then carries out everything it asked for. Callable
+/// from any task or blocking thread of the runtime.
+pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut Replication, Duration) -> T) -> T {
+    let now = inner.now();
+    let mut transmits = Vec::new();
+    let mut ops = Vec::new();
+    let mut events = Vec::new();
+    let out = {
+        let mut core = inner.core();
+        let out = f(&mut core, now);
+        while let Some(t) = core.poll_transmit(now) {
+            transmits.push(t);
+        }
+        while let Some(op) = core.poll_storage() {
+            ops.push(op);
+        }
+        while let Some(e) = core.poll_event() {
+            events.push(e);
+        }
+        out
+    };
+    inner.timer.notify_one();
+    for t in transmits {
+        transmit(inner, t);
+    }
+    for op in ops {
+        storage(inner, op);
+    }
+    for e in events {
+        event(inner, e);
+    }
+    out
+}
+
+fn transmit(inner: &Arc<Inner>, t: Transmit) {
+    match t {
+        Transmit::Uni { to, bytes } => {
+            let tr = inner.transport.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tr.send_uni(to, Bytes::from_owner(bytes)).await {
+                    tracing::debug!(%to, "send failed: {e}");
+                }
+            });
+        }
+        Transmit::Request { session, to, bytes } => {
+            let ctl = Arc::new(SessionCtl::default());
+            streams(inner).sessions.insert(session, ctl.clone());
+            tokio::spawn(run_session(inner.clone(), session, to, bytes, ctl));
+        }
+        Transmit::Respond { request, bytes } => serve(inner, request, Serve::Last(bytes)),
+        Transmit::Reject { request, code } => serve(inner, request, Serve::Reject(code)),
+    }
+}
+
+/// Hands a final answer to the task of `request` (gone if the requester left).
+fn serve(inner: &Arc<Inner>, request: RequestId, msg: Serve) {
+    let tx = streams(inner).serving.get(&request).cloned();
+    if let Some(tx) = tx {
+        // The channel has room for the final message: the extraction that
+        // filled it has ended before the core answers.
+        let _ = tx.try_send(msg);
+    }
+}
+
+fn storage(inner: &Arc<Inner>, op: StorageOp) {
+    match op {
+        StorageOp::Apply { op, batches } => {
+            let _ = inner.apply_tx.send((op, batches));
+        }
+        StorageOp::Extract {
+            op,
+            request,
+            theirs,
+            batch_bytes,
+        } => {
+            let tx = streams(inner).serving.get(&request).cloned();
+            let inner = inner.clone();
+            let max = inner.max_message;
+            tokio::task::spawn_blocking(move || {
+                let outcome = match tx {
+                    None => Extracted::Interrupted,
+                    Some(tx) => extract(&inner, &tx, &theirs, batch_bytes, max),
+                };
+                if let Extracted::Failed(e) = &outcome {
+                    tracing::warn!("serving a sync failed: {e}");
+                }
+                drive(&inner, |c, now| c.handle_extracted(now, op, outcome));
+            });
+        }
+    }
+}
+
+/// Streams every batch `theirs` lacks to the requester's task.
+fn extract(
+    inner: &Inner,
+    tx: &mpsc::Sender<Serve>,
+    theirs: &litemesh_proto::Knowledge,
+    batch_bytes: usize,
+    max: usize,
+) -> Extracted {
+    let mut r = inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = r.refresh() {
+        return Extracted::Failed(e.to_string());
+    }
+    let mut skipped = 0u64;
+    let mut interrupted = false;
+    let res = r.changes_since(theirs, batch_bytes, |b| {
+        match encode_sync_batch(&b, max) {
+            Ok(frame) => {
+                if tx.blocking_send(Serve::Frame(frame)).is_err() {
+                    interrupted = true;
+                    return Ok(false);
+                }
+            }
+            Err(e) => {
+                // A change written before the row limit existed, larger
+                // than a message: skipped, never failing the rest.
+                skipped += 1;
+                let versions: Vec<String> = b
+                    .versions
+                    .iter()
+                    .map(|v| format!("{}:{}", v.actor, v.version))
+                    .collect();
+                tracing::error!(
+                    versions = ?versions,
+                    "a change batch cannot be sent ({e}); skipping it, the rest goes on"
+                );
+            }
+        }
+        Ok(true)
+    });
+    match res {
+        Err(e) => Extracted::Failed(e.to_string()),
+        Ok(_) if interrupted => Extracted::Interrupted,
+        Ok(_) => Extracted::Done { skipped },
+    }
+}
+
+fn event(inner: &Arc<Inner>, e: Event) {
+    match e {
+        Event::RotateActor {
+            from,
+            their_head,
+            our_head,
+        } => {
+            tracing::error!(
+                %from,
+                their_head,
+                our_head,
+                "a peer holds versions of this node's actor that its file does not (lost \
+                 commits, a restored or copied file): moving to a new actor id so that no \
+                 version is reused"
+            );
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                match inner.with_writer(|w| Ok(w.rotate_actor()?)).await {
+                    Ok(new) => {
+                        inner.core().set_actor(new);
+                        let head = inner
+                            .knowledge
+                            .borrow()
+                            .have
+                            .get(&new)
+                            .and_then(|r| r.max());
+                        let _ = inner.mb_tx.send(MbInput::Head(new, head.unwrap_or(0)));
+                    }
+                    Err(e) => tracing::error!("could not move to a new actor id: {e}"),
+                }
+            });
+        }
+        Event::CancelSession(id) => {
+            if let Some(ctl) = streams(inner).sessions.get(&id) {
+                ctl.cancelled.store(true, Ordering::SeqCst);
+                ctl.wake.notify_one();
+            }
+        }
+        Event::ResumeReading(id) => {
+            if let Some(ctl) = streams(inner).sessions.get(&id) {
+                ctl.wake.notify_one();
+            }
+        }
+        Event::SyncEnded { peer, error } => match error {
+            None => {}
+            Some(e) => tracing::debug!(%peer, "sync failed: {e}"),
+        },
+    }
+}
+
+/// Reads the response of one reconciliation this node opened, frame by
+/// frame as the core allows.
+async fn run_session(
+    inner: Arc<Inner>,
+    session: SessionId,
+    to: SocketAddr,
+    request: Vec<u8>,
+    ctl: Arc<SessionCtl>,
+) {
+    let end = match inner.transport.request(to, Bytes::from(request)).await {
+        Err(e) => Err(e.to_string()),
+        Ok(mut stream) => loop {
+            if ctl.cancelled.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            match stream.next().await {
+                Err(e) => break Err(e.to_string()),
+                Ok(None) => break Ok(()),
+                Ok(Some(frame)) => {
+                    let more = drive(&inner, |c, now| {
+                        c.handle_response_frame(now, session, &frame)
+                    });
+                    if !more {
+                        // Paused while its applies catch up, or ended.
+                        ctl.wake.notified().await;
+                    }
+                }
+            }
+        },
+    };
+    if !ctl.cancelled.load(Ordering::SeqCst) {
+        drive(&inner, |c, now| c.handle_response_end(now, session, end));
+    }
+    streams(&inner).sessions.remove(&session);
+}
+
+/// A peer opened a reconciliation: hand it to the core and answer it.
+pub(crate) fn on_request(inner: &Arc<Inner>, from: SocketAddr, bytes: Bytes, respond: Responder) {
+    let (tx, rx) = mpsc::channel(4);
+    let request = {
+        let mut s = streams(inner);
+        s.next_request += 1;
+        let id = RequestId(s.next_request);
+        s.serving.insert(id, tx);
+        id
+    };
+    tokio::spawn(answer(inner.clone(), request, respond, rx));
+    if let Err(e) = drive(inner, |c, now| c.handle_request(now, from, request, &bytes)) {
+        tracing::warn!(%from, "bad sync request refused: {e}");
+    }
+}
+
+/// Writes the answer to one request: the batches, then the last frame.
+async fn answer(
+    inner: Arc<Inner>,
+    request: RequestId,
+    mut respond: Responder,
+    mut rx: mpsc::Receiver<Serve>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Serve::Frame(f) => {
+                if let Err(e) = respond.send(Bytes::from(f)).await {
+                    tracing::debug!("sync response interrupted: {e}");
+                    break;
+                }
+            }
+            Serve::Last(f) => {
+                if respond.send(Bytes::from(f)).await.is_ok() {
+                    let _ = respond.finish();
+                }
+                break;
+            }
+            Serve::Reject(code) => {
+                respond.reject(code);
+                break;
+            }
+        }
+    }
+    streams(&inner).serving.remove(&request);
+}
+
+/// A message on the sync channel.
+pub(crate) fn on_broadcast(inner: &Arc<Inner>, from: SocketAddr, bytes: &[u8]) {
+    if let Err(e) = drive(inner, |c, now| c.handle_broadcast(now, from, bytes)) {
+        tracing::warn!(%from, "bad broadcast refused: {e}");
+    }
+}
+
+/// Applies what the core asks for, one operation at a time, on the writer.
+pub(crate) async fn apply_loop(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<(OpId, Vec<ChangeBatch>)>,
+) {
+    while let Some((op, batches)) = rx.recv().await {
+        let res = inner.apply(batches).await;
+        let res = match res {
+            Ok(newly) => Ok(newly),
+            // Shutting down interrupts an apply in progress: nothing is
+            // lost, anti-entropy brings it again after the restart.
+            Err(e) if inner.closed() => {
+                tracing::debug!("changes not applied: {e}");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!("applying changes from a peer failed: {e}");
+                Err(e.to_string())
+            }
+        };
+        drive(&inner, |c, now| c.handle_applied(now, op, res));
+    }
+}
+
+/// Wakes the core when its timer is due (rounds, retries, rate limit,
+/// session deadlines); every other input wakes this task to recompute it.
+pub(crate) async fn timer_loop(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let now = inner.now();
+        let next = inner.core().poll_timeout(now);
+        let wake = next
+            .map(|t| inner.epoch + t)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {
+                drive(&inner, |c, now| c.handle_timeout(now));
+            }
+            _ = inner.timer.notified() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
