@@ -4,12 +4,13 @@
 //!   partitions, crash, pause, restart) driving any [`network::SimNode`].
 //! * [`membership_scenario`]: clusters of `litemesh-membership` nodes and
 //!   the metrics computed from their observations.
-//! * [`replication_scenario`]: replicas (`litemesh-storage` + the
-//!   `litemesh-sync` scheduler and messages) replicating data through the
-//!   same network, with loss and partitions, reproducible from a seed.
+//! * [`mesh`]: whole nodes — the real node core (`litemesh-core`, the code
+//!   `litemesh::Node` drives) with real SQLite files — under simulated
+//!   network faults, crashes, pauses and clock, with a state checker running
+//!   as the simulation runs; reproducible from a seed.
 //! * [`report`]: percentiles, the text/CSV report and a small SVG plotter.
 
 pub mod membership_scenario;
+pub mod mesh;
 pub mod network;
-pub mod replication_scenario;
 pub mod report;

@@ -6,6 +6,7 @@
 //!     [--csv FILE] [--plot FILE.svg]
 //! litemesh-simulations sweep [--sizes 10,100,1000] [--loss P] [--seed S] [--duration SECS]
 //!     [--large-duration SECS] [--csv FILE] [--plot FILE.svg]
+//! litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ fn usage() -> ExitCode {
          [--crashes K] [--update-every SECS] [--stall-nodes K] [--stall-every SECS] [--stall-for SECS] \
          [--csv FILE] [--plot FILE.svg]\n  litemesh-simulations sweep [--sizes 10,100,1000,5000] [--loss P] \
          [--seed S] [--duration SECS] [--large-duration SECS] [--csv FILE] [--plot FILE.svg]\n  \
-         litemesh-simulations replication [--nodes N] [--loss P] [--seed S] [--partition SECS]"
+         litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]"
     );
     ExitCode::from(2)
 }
@@ -149,36 +150,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         })(),
-        "replication" => (|| {
-            let params = litemesh_simulations::replication_scenario::ReplicationParams {
-                nodes: get(&flags, "nodes", 5usize)?,
-                loss: get(&flags, "loss", 0.1f64)?,
-                seed: get(&flags, "seed", 1u64)?,
-                partition: Duration::from_secs_f64(get(&flags, "partition", 60.0)?),
-                ..Default::default()
-            };
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let r = litemesh_simulations::replication_scenario::run(&params, dir.path());
-            println!(
-                "{} replicas, {:.0}% loss on broadcasts, {} s half/half partition with writes on both sides",
-                params.nodes,
-                params.loss * 100.0,
-                params.partition.as_secs()
-            );
-            println!("writes: {}", r.writes);
-            println!("rows: {}", r.content.len());
-            println!(
-                "messages delivered/dropped: {}/{}",
-                r.messages.0, r.messages.1
-            );
-            match r.converge_after_heal {
-                Some(t) => println!("converge_after_heal_s: {:.2}", t.as_secs_f64()),
-                None => {
-                    return Err("replicas did not converge within 120 s of simulated time".into());
-                }
-            }
-            Ok(())
-        })(),
+        "mesh" => mesh(&flags),
         _ => return usage(),
     };
     match result {
@@ -187,5 +159,123 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `mesh`: a sweep of seeds of the mixed-fault whole-node scenario.
+fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
+    use litemesh_simulations::mesh::{MeshParams, run};
+    let nodes = get(flags, "nodes", 5usize)?;
+    let faults = get(flags, "faults", 4usize)?;
+    let loss = get(flags, "loss", 0.02f64)?;
+    let range = flags.get("seeds").map(String::as_str).unwrap_or("1..20");
+    let (a, b) = range
+        .split_once("..")
+        .ok_or_else(|| format!("--seeds takes A..B, not {range}"))?;
+    let a: u64 = a.trim().parse().map_err(|_| format!("bad seed {a}"))?;
+    let b: u64 = b.trim().parse().map_err(|_| format!("bad seed {b}"))?;
+    if b < a {
+        return Err("--seeds A..B needs A <= B".into());
+    }
+    let jobs = get(flags, "jobs", 1usize)?.max(1);
+    let started = std::time::Instant::now();
+    let mut conv = Vec::new();
+    let mut memb = Vec::new();
+    let mut failed = Vec::new();
+    let mut acked = 0;
+    // Seeds are independent: `jobs` threads take them in turn; the results
+    // are reported in seed order.
+    let next = std::sync::atomic::AtomicU64::new(a);
+    let results = std::sync::Mutex::new(BTreeMap::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if seed > b {
+                        break;
+                    }
+                    let Ok(dir) = tempfile::tempdir() else { break };
+                    let p = MeshParams {
+                        nodes,
+                        seed,
+                        faults,
+                        loss,
+                        ..MeshParams::default()
+                    };
+                    let r = run(&p, dir.path());
+                    results.lock().unwrap_or_else(|e| e.into_inner()).insert(seed, r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    if results.len() as u64 != b - a + 1 {
+        return Err("could not create a temporary folder for every seed".into());
+    }
+    for (seed, r) in results {
+        acked += r.acked;
+        if let Some(c) = r.converged_after {
+            conv.push(c.as_secs_f64());
+        }
+        if let Some(m) = r.members_after {
+            memb.push(m.as_secs_f64());
+        }
+        let kinds: Vec<String> = r
+            .faults
+            .iter()
+            .map(|(f, d)| format!("{f:?} {:.1}s", d.as_secs_f64()))
+            .collect();
+        if r.violations.is_empty() {
+            eprintln!(
+                "seed {seed}: ok, {} acked, converged {:.2} s, members {:.2} s after the heal [{}]",
+                r.acked,
+                r.converged_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+                r.members_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+                kinds.join(", ")
+            );
+        } else {
+            eprintln!("seed {seed}: FAILED [{}]", kinds.join(", "));
+            for v in r.violations.iter().take(10) {
+                eprintln!("  {v}");
+            }
+            eprintln!(
+                "  replay: cargo run --release -p litemesh-simulations -- mesh --nodes {nodes} \
+                 --faults {faults} --loss {loss} --seeds {seed}..{seed}"
+            );
+            failed.push(seed);
+        }
+    }
+    let pct = |v: &mut Vec<f64>, q: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let n = b - a + 1;
+    println!(
+        "mesh sweep: {n} seeds ({range}), {nodes} nodes, {faults} faults each, {:.0}% background loss; {:.0} s",
+        loss * 100.0,
+        started.elapsed().as_secs_f64()
+    );
+    println!("transactions acknowledged: {acked}");
+    println!(
+        "replicas identical after the heal: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        pct(&mut conv, 0.5),
+        pct(&mut conv, 0.99),
+        pct(&mut conv, 1.0)
+    );
+    println!(
+        "every member alive everywhere after the heal: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        pct(&mut memb, 0.5),
+        pct(&mut memb, 0.99),
+        pct(&mut memb, 1.0)
+    );
+    if failed.is_empty() {
+        println!("violations: none");
+        Ok(())
+    } else {
+        Err(format!("{} seed(s) failed: {failed:?}", failed.len()))
     }
 }

@@ -445,6 +445,7 @@ impl Replication {
                 };
                 debug_assert!(s.applying > 0);
                 s.applying -= 1;
+                s.deadline = now + self.config.session_timeout;
                 match result {
                     Ok(newly) => {
                         s.learned |= newly;
@@ -675,7 +676,8 @@ impl Replication {
         let expired: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.deadline <= now)
+            // While its own applies are behind, the node waits on itself.
+            .filter(|(_, s)| s.deadline <= now && s.applying == 0)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -685,7 +687,12 @@ impl Replication {
 
     /// When to call [`Replication::handle_timeout`] (and poll) next.
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        let sessions = self.sessions.values().map(|s| s.deadline).min();
+        let sessions = self
+            .sessions
+            .values()
+            .filter(|s| s.applying == 0)
+            .map(|s| s.deadline)
+            .min();
         match (self.sched.poll_timeout(now), sessions) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -44,7 +44,8 @@ pub struct Config {
     /// A broadcast showing at least this many versions of its writer missing
     /// below it makes the node pull from its sender at once (lost broadcasts).
     pub gap_pull_threshold: u64,
-    /// A reconciliation that receives nothing for this long fails.
+    /// A reconciliation that receives nothing for this long fails (time
+    /// spent waiting for this node's own applies does not count).
     pub session_timeout: Duration,
     /// A peer showing versions of this node's own actor beyond its file makes
     /// the node move to a new actor id, at most this often.
@@ -68,7 +69,7 @@ impl Default for Config {
             apply_group_bytes: 4 * 1024 * 1024,
             max_broadcast_bytes: 1024 * 1024,
             gap_pull_threshold: 16,
-            session_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(10),
             rotate_at_most_every: Duration::from_secs(60),
             max_message: DEFAULT_MAX_MESSAGE,
         }

@@ -22,15 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use litemesh_core::{Event, NodeCore, SyncEvent, Transmit};
 use litemesh_proto::ChangeBatch;
-use litemesh_sync::{
-    Event, Extracted, OpId, Replication, RequestId, SessionId, StorageOp, Transmit,
-    encode_sync_batch,
-};
+use litemesh_sync::{Extracted, OpId, RequestId, SessionId, StorageOp, encode_sync_batch};
 use litemesh_transport::Responder;
 use tokio::sync::{Notify, mpsc};
 
-use crate::node::{Inner, MbInput};
+use crate::node::Inner;
 
 /// What the driver keeps of the sessions and requests in flight.
 #[derive(Default)]
@@ -60,7 +58,7 @@ fn streams(inner: &Inner) -> std::sync::MutexGuard<'_, Streams> {
 
 /// Runs `f` on the core, then carries out everything it asked for. Callable
 /// from any task or blocking thread of the runtime.
-pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut Replication, Duration) -> T) -> T {
+pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut NodeCore, Duration) -> T) -> T {
     let now = inner.now();
     let mut transmits = Vec::new();
     let mut ops = Vec::new();
@@ -93,8 +91,21 @@ pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut Replication, Dura
 }
 
 fn transmit(inner: &Arc<Inner>, t: Transmit) {
+    let t = match t {
+        Transmit::Datagram { to, bytes } => {
+            let tr = inner.transport.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tr.send_datagram(to, Bytes::from(bytes)).await {
+                    tracing::trace!(%to, "datagram not sent: {e}");
+                }
+            });
+            return;
+        }
+        Transmit::Sync(t) => t,
+    };
+    use litemesh_sync::Transmit as T;
     match t {
-        Transmit::Uni { to, bytes } => {
+        T::Uni { to, bytes } => {
             let tr = inner.transport.clone();
             tokio::spawn(async move {
                 if let Err(e) = tr.send_uni(to, Bytes::from_owner(bytes)).await {
@@ -102,13 +113,13 @@ fn transmit(inner: &Arc<Inner>, t: Transmit) {
                 }
             });
         }
-        Transmit::Request { session, to, bytes } => {
+        T::Request { session, to, bytes } => {
             let ctl = Arc::new(SessionCtl::default());
             streams(inner).sessions.insert(session, ctl.clone());
             tokio::spawn(run_session(inner.clone(), session, to, bytes, ctl));
         }
-        Transmit::Respond { request, bytes } => serve(inner, request, Serve::Last(bytes)),
-        Transmit::Reject { request, code } => serve(inner, request, Serve::Reject(code)),
+        T::Respond { request, bytes } => serve(inner, request, Serve::Last(bytes)),
+        T::Reject { request, code } => serve(inner, request, Serve::Reject(code)),
     }
 }
 
@@ -197,8 +208,18 @@ fn extract(
 }
 
 fn event(inner: &Arc<Inner>, e: Event) {
+    let e = match e {
+        Event::Sync(e) => e,
+        Event::MembersChanged => return,
+        Event::LeaveDone => {
+            if let Some(tx) = inner.left.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(());
+            }
+            return;
+        }
+    };
     match e {
-        Event::RotateActor {
+        SyncEvent::RotateActor {
             from,
             their_head,
             our_head,
@@ -215,31 +236,31 @@ fn event(inner: &Arc<Inner>, e: Event) {
             tokio::spawn(async move {
                 match inner.with_writer(|w| Ok(w.rotate_actor()?)).await {
                     Ok(new) => {
-                        inner.core().set_actor(new);
                         let head = inner
                             .knowledge
                             .borrow()
                             .have
                             .get(&new)
-                            .and_then(|r| r.max());
-                        let _ = inner.mb_tx.send(MbInput::Head(new, head.unwrap_or(0)));
+                            .and_then(|r| r.max())
+                            .unwrap_or(0);
+                        drive(&inner, |c, now| c.set_actor(now, new, head));
                     }
                     Err(e) => tracing::error!("could not move to a new actor id: {e}"),
                 }
             });
         }
-        Event::CancelSession(id) => {
+        SyncEvent::CancelSession(id) => {
             if let Some(ctl) = streams(inner).sessions.get(&id) {
                 ctl.cancelled.store(true, Ordering::SeqCst);
                 ctl.wake.notify_one();
             }
         }
-        Event::ResumeReading(id) => {
+        SyncEvent::ResumeReading(id) => {
             if let Some(ctl) = streams(inner).sessions.get(&id) {
                 ctl.wake.notify_one();
             }
         }
-        Event::SyncEnded { peer, error } => match error {
+        SyncEvent::SyncEnded { peer, error } => match error {
             None => {}
             Some(e) => tracing::debug!(%peer, "sync failed: {e}"),
         },
@@ -255,13 +276,24 @@ async fn run_session(
     request: Vec<u8>,
     ctl: Arc<SessionCtl>,
 ) {
-    let end = match inner.transport.request(to, Bytes::from(request)).await {
-        Err(e) => Err(e.to_string()),
+    // Every wait also ends at shutdown: no task outlives the node.
+    let mut shutdown = inner.shutdown.subscribe();
+    let stopping = || "the node is shutting down".to_string();
+    let opened = tokio::select! {
+        r = inner.transport.request(to, Bytes::from(request)) => r.map_err(|e| e.to_string()),
+        _ = shutdown.wait_for(|s| *s) => Err(stopping()),
+    };
+    let end = match opened {
+        Err(e) => Err(e),
         Ok(mut stream) => loop {
             if ctl.cancelled.load(Ordering::SeqCst) {
                 break Ok(());
             }
-            match stream.next().await {
+            let next = tokio::select! {
+                r = stream.next() => r,
+                _ = shutdown.wait_for(|s| *s) => break Err(stopping()),
+            };
+            match next {
                 Err(e) => break Err(e.to_string()),
                 Ok(None) => break Ok(()),
                 Ok(Some(frame)) => {
@@ -270,7 +302,10 @@ async fn run_session(
                     });
                     if !more {
                         // Paused while its applies catch up, or ended.
-                        ctl.wake.notified().await;
+                        tokio::select! {
+                            _ = ctl.wake.notified() => {}
+                            _ = shutdown.wait_for(|s| *s) => break Err(stopping()),
+                        }
                     }
                 }
             }
@@ -305,7 +340,13 @@ async fn answer(
     mut respond: Responder,
     mut rx: mpsc::Receiver<Serve>,
 ) {
-    while let Some(msg) = rx.recv().await {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let Some(msg) = msg else { break };
         match msg {
             Serve::Frame(f) => {
                 if let Err(e) = respond.send(Bytes::from(f)).await {
@@ -326,13 +367,6 @@ async fn answer(
         }
     }
     streams(&inner).serving.remove(&request);
-}
-
-/// A message on the sync channel.
-pub(crate) fn on_broadcast(inner: &Arc<Inner>, from: SocketAddr, bytes: &[u8]) {
-    if let Err(e) = drive(inner, |c, now| c.handle_broadcast(now, from, bytes)) {
-        tracing::warn!(%from, "bad broadcast refused: {e}");
-    }
 }
 
 /// Applies what the core asks for, one operation at a time, on the writer.
@@ -366,9 +400,7 @@ pub(crate) async fn timer_loop(inner: Arc<Inner>) {
     loop {
         let now = inner.now();
         let next = inner.core().poll_timeout(now);
-        let wake = next
-            .map(|t| inner.epoch + t)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        let wake = (inner.epoch + next).min(tokio::time::Instant::now() + Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {
                 drive(&inner, |c, now| c.handle_timeout(now));

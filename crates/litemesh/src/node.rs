@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use litemesh_core::{Config as CoreConfig, NodeCore, Remembered, Start};
 use litemesh_membership as mb;
-use litemesh_proto::{ActorId, ChangeBatch, Head, Knowledge, NodeMeta, channel};
+use litemesh_proto::{ActorId, ChangeBatch, Head, Knowledge, NodeMeta};
 use litemesh_storage::{ClientLimits, ReadConnection, RememberedPeer, StorageError, Store};
-use litemesh_sync::{LagTracker, OpId, Replication};
+use litemesh_sync::OpId;
 use litemesh_transport::{Event as TEvent, Incoming, MeshIdentity, Transport, TransportConfig};
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
@@ -46,12 +46,6 @@ use crate::token::Token;
 
 /// Bytes of changes per batch extracted for a peer.
 const BATCH_BYTES: usize = 256 * 1024;
-/// Most often the node republishes its head in its membership metadata.
-const HEAD_PUBLISH_EVERY: Duration = Duration::from_secs(1);
-/// How often the node tries to rejoin remembered members it cannot see.
-const REJOIN_EVERY: Duration = Duration::from_secs(15);
-/// Remembered members tried at start, most recently seen first.
-const REJOIN_AT_MOST: usize = 32;
 /// Period of the maintenance task.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// Without a successful write for this long, the maintenance task probes.
@@ -233,22 +227,6 @@ impl Subscription {
     }
 }
 
-pub(crate) enum MbInput {
-    Message(SocketAddr, Bytes),
-    /// This node's head changed: (actor, version).
-    Head(ActorId, u64),
-    Leave(oneshot::Sender<()>),
-}
-
-/// What the node knows of a member across its restarts.
-#[derive(Debug, Clone)]
-struct Known {
-    name: Option<String>,
-    actor: Option<ActorId>,
-    first_known: tokio::time::Instant,
-    last_seen_ms: u64,
-}
-
 pub(crate) struct Inner {
     pub(crate) writer: Mutex<Store>,
     pub(crate) reader: Mutex<Store>,
@@ -260,22 +238,16 @@ pub(crate) struct Inner {
     pub(crate) transport: Transport,
     pub(crate) knowledge: watch::Sender<Knowledge>,
     changes: broadcast::Sender<ChangeEvent>,
-    members: Mutex<Vec<MemberInfo>>,
-    /// Members known, by address: from membership and from the file.
-    known: Mutex<BTreeMap<SocketAddr, Known>>,
-    /// Changes to the remembered members not saved yet.
-    known_dirty: AtomicBool,
-    /// Among them, members not remembered before (saved at once).
-    known_new: AtomicBool,
-    forgotten: Mutex<Vec<String>>,
-    lag: Mutex<LagTracker>,
     /// Versions in the writer's quarantine, and their details (refreshed
     /// after every writer operation while there are any).
     quarantined: Mutex<Vec<(ActorId, u64)>>,
     quarantine: Mutex<Vec<litemesh_storage::QuarantinedVersion>>,
     failures: Mutex<Failures>,
-    /// The replication core: every protocol decision and per-peer state.
-    core: Mutex<Replication>,
+    /// The node core: membership and replication, every protocol decision
+    /// and every piece of per-peer state.
+    core: Mutex<NodeCore>,
+    /// Fired when a graceful leave is done.
+    pub(crate) left: Mutex<Option<oneshot::Sender<()>>>,
     /// Wakes the core's timer task (its next timeout may have changed).
     pub(crate) timer: Notify,
     /// Open sessions and requests (the driver's side of them).
@@ -284,7 +256,6 @@ pub(crate) struct Inner {
     pub(crate) apply_tx: mpsc::UnboundedSender<(OpId, Vec<ChangeBatch>)>,
     pub(crate) max_message: usize,
     max_broadcast: usize,
-    pub(crate) mb_tx: mpsc::UnboundedSender<MbInput>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Set when the node starts shutting down: no new client work.
     closing: AtomicBool,
@@ -295,7 +266,6 @@ pub(crate) struct Inner {
     query_timeout: Duration,
     transaction_timeout: Duration,
     max_query_rows: u64,
-    forget_after: Duration,
     lock: Mutex<Option<FileLock>>,
 }
 
@@ -313,7 +283,7 @@ impl Inner {
     }
 
     /// The replication core (held briefly: never across an await or I/O).
-    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, Replication> {
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, NodeCore> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -333,11 +303,6 @@ impl Inner {
             // Publish what this node now holds (read back from the file).
             inner.refresh_quarantine(&mut w, false);
             if let Ok(k) = w.knowledge() {
-                inner
-                    .lag
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .observe(&k);
                 // Under the writer's lock: the core sees knowledge grow in
                 // the order it grew.
                 let quarantined = inner
@@ -429,18 +394,6 @@ impl Inner {
             });
         }
         Ok(news)
-    }
-
-    fn send_uni(self: &Arc<Self>, to: SocketAddr, tag: u8, payload: &[u8]) {
-        let mut buf = Vec::with_capacity(payload.len() + 1);
-        buf.push(tag);
-        buf.extend_from_slice(payload);
-        let inner = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = inner.transport.send_uni(to, Bytes::from(buf)).await {
-                tracing::debug!(%to, "send failed: {e}");
-            }
-        });
     }
 }
 
@@ -579,79 +532,89 @@ impl Node {
             .unwrap_or_else(|| format!("node-{}", addr.port()));
 
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-        let (mb_tx, mb_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let epoch = tokio::time::Instant::now();
-        // Members remembered from earlier runs: known, not reached yet.
-        let now_ms = unix_ms();
-        let forget_after_ms = settings.forget_after.as_millis() as u64;
-        let mut known = BTreeMap::new();
-        let mut forgotten = Vec::new();
-        let mut lag = LagTracker::new();
+        let wall0 = unix_ms();
+        // Members remembered from earlier runs: known, not reached yet. An
+        // address that no longer parses is dropped from the file.
+        let mut unreadable = Vec::new();
+        let mut known0 = Vec::new();
         for p in &remembered {
-            let Ok(a) = p.addr.parse::<SocketAddr>() else {
-                forgotten.push(p.addr.clone());
-                continue;
-            };
-            if a == addr || now_ms.saturating_sub(p.last_seen_ms) > forget_after_ms {
-                forgotten.push(p.addr.clone());
-                continue;
-            }
-            if let Some(act) = p.actor
-                && act != actor
-            {
-                lag.reachable(Duration::ZERO, act, false);
-            }
-            known.insert(
-                a,
-                Known {
+            match p.addr.parse::<SocketAddr>() {
+                Ok(a) => known0.push(Remembered {
+                    addr: a,
                     name: p.name.clone(),
                     actor: p.actor,
-                    first_known: epoch,
                     last_seen_ms: p.last_seen_ms,
-                },
-            );
+                }),
+                Err(_) => unreadable.push(p.addr.clone()),
+            }
         }
-        let generation = unix_ms().max(1);
-        let id = mb::NodeId(u64::from_be_bytes(
-            actor.0[..8].try_into().expect("8 bytes"),
-        ));
+        let generation = wall0.max(1);
         let seed = u64::from_be_bytes(actor.0[8..].try_into().expect("8 bytes")) ^ generation;
+        let config = CoreConfig {
+            sync: settings.sync.clone(),
+            membership: settings.membership.clone(),
+            forget_after: settings.forget_after,
+            ..CoreConfig::default()
+        };
+        let meta = NodeMeta {
+            name: name.clone(),
+            region: settings.region.clone(),
+            api: settings.api_addr.clone(),
+            actor,
+            head: head0.map(|version| Head {
+                version,
+                unix_ms: wall0,
+            }),
+        };
+        // Seeds, and the members of earlier runs: a restarted node finds the
+        // mesh again with or without --seed.
+        let seeds: Vec<SocketAddr> = settings
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| *s != transport.local_addr())
+            .collect();
+        let mut core = NodeCore::new(Start {
+            config,
+            addr,
+            meta,
+            knowledge: knowledge0.clone(),
+            probation: kept,
+            remembered: known0,
+            seeds,
+            wall_at_origin_ms: wall0,
+            generation,
+            seed,
+        })
+        .map_err(|e| Error::Settings(format!("membership metadata: {e}")))?;
+        if !unreadable.is_empty() {
+            core.save_failed(unreadable);
+        }
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             queries: Arc::new(QueryPool::new(queries)),
-            name: name.clone(),
+            name,
             db_path: settings.db_path.clone(),
             advertised: addr,
             transport: transport.clone(),
-            knowledge: watch::channel(knowledge0.clone()).0,
+            knowledge: watch::channel(knowledge0).0,
             changes: broadcast::channel(1024).0,
-            members: Mutex::new(Vec::new()),
-            known_dirty: AtomicBool::new(!forgotten.is_empty()),
-            known_new: AtomicBool::new(false),
-            forgotten: Mutex::new(forgotten),
-            known: Mutex::new(known),
-            lag: Mutex::new(lag),
             quarantined: Mutex::new(Vec::new()),
             quarantine: Mutex::new(Vec::new()),
             failures: Mutex::new(Failures {
                 last_write_ok: Some(std::time::Instant::now()),
                 ..Failures::default()
             }),
-            core: Mutex::new(Replication::new(
-                settings.sync.clone(),
-                seed,
-                actor,
-                knowledge0.clone(),
-                kept,
-            )),
+            core: Mutex::new(core),
+            left: Mutex::new(None),
             timer: Notify::new(),
             streams: Mutex::new(Streams::default()),
             apply_tx,
             max_message: settings.sync.max_message,
             max_broadcast: settings.sync.max_broadcast_bytes,
-            mb_tx,
             shutdown,
             closing: AtomicBool::new(false),
             stop,
@@ -660,57 +623,13 @@ impl Node {
             query_timeout: settings.query_timeout,
             transaction_timeout: settings.transaction_timeout,
             max_query_rows: settings.max_query_rows,
-            forget_after: settings.forget_after,
             lock: Mutex::new(Some(lock)),
         });
-
-        let mut membership = mb::Membership::new(
-            mb::Identity { id, generation },
-            addr,
-            settings.membership.clone(),
-            seed,
-        );
-        let meta = NodeMeta {
-            name,
-            region: settings.region.clone(),
-            api: settings.api_addr.clone(),
-            actor,
-            head: head0.map(|version| Head {
-                version,
-                unix_ms: unix_ms(),
-            }),
-        };
-        let encoded = meta.encode().map_err(|e| Error::Protocol(e.to_string()))?;
-        membership
-            .set_metadata(mb::Instant::from_duration(inner.now()), encoded)
-            .map_err(|e| Error::Settings(e.to_string()))?;
-        // Seeds, and the members of earlier runs: a restarted node finds the
-        // mesh again with or without --seed.
-        let mut seeds: Vec<SocketAddr> = settings
-            .seeds
-            .iter()
-            .copied()
-            .filter(|s| *s != addr && *s != transport.local_addr())
-            .collect();
-        for p in remembered.iter().take(REJOIN_AT_MOST) {
-            if let Ok(a) = p.addr.parse::<SocketAddr>()
-                && a != addr
-                && !seeds.contains(&a)
-                && inner
-                    .known
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&a)
-            {
-                seeds.push(a);
-            }
-        }
-        // With no seeds this starts a new mesh.
-        membership.join(mb::Instant::from_duration(inner.now()), &seeds);
+        // Send the join.
+        driver::drive(&inner, |_, _| ());
 
         let tasks = vec![
             tokio::spawn(incoming_loop(inner.clone(), incoming)),
-            tokio::spawn(membership_loop(inner.clone(), membership, meta, mb_rx)),
             tokio::spawn(driver::timer_loop(inner.clone())),
             tokio::spawn(driver::apply_loop(inner.clone(), apply_rx)),
             tokio::spawn(maintenance_loop(inner.clone())),
@@ -779,7 +698,8 @@ impl Node {
                         "a write came before any peer confirmed that it holds this node's latest \
                          version (the file may be a restored copy): writing under a new actor id"
                     );
-                    inner.core().set_actor(new);
+                    let now = inner.now();
+                    inner.core().set_actor(now, new, 0);
                 }
                 let committed = w.client_transaction(&limits, |tx| {
                     let mut out = Vec::with_capacity(statements.len());
@@ -855,8 +775,8 @@ impl Node {
                     tables,
                     local: true,
                 });
-                driver::drive(&node, |c, _| c.handle_local_commit(&batches));
-                let _ = node.mb_tx.send(MbInput::Head(actor, v));
+                let ms = unix_ms();
+                driver::drive(&node, |c, now| c.handle_local_commit(now, v, ms, &batches));
             }
             Ok(Executed {
                 rows_affected,
@@ -953,10 +873,20 @@ impl Node {
     /// The membership view, this node included.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.inner
-            .members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .core()
+            .members()
+            .iter()
+            .map(|m| MemberInfo {
+                name: m.name.clone(),
+                addr: m.addr,
+                region: m.region.clone(),
+                state: state_name(m.state).to_string(),
+                incarnation: m.incarnation,
+                rtt_ms: m.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                actor: m.actor.map(|a| a.to_hex()),
+                api: m.api.clone(),
+            })
+            .collect()
     }
 
     /// What this node holds, how far behind each peer and writer it is, and
@@ -964,19 +894,19 @@ impl Node {
     pub async fn status(&self) -> Result<Status, Error> {
         let inner = &self.inner;
         let k = inner.knowledge.borrow().clone();
-        let (sched, stats, actor) = {
+        let core_now = inner.now();
+        let (sched, stats, actor, known, lags) = {
             let core = inner.core();
-            (core.peers(), core.stats(), core.actor())
+            (
+                core.peers(),
+                core.stats(),
+                core.actor(),
+                core.known().clone(),
+                core.lag(core_now, &k),
+            )
         };
         let db_version = k.have.get(&actor).and_then(|r| r.max()).unwrap_or(0);
         let members = self.members();
-        let known = inner
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let now = tokio::time::Instant::now();
-        let core_now = inner.now();
         let mut peers = Vec::new();
         let mut reachable = 1;
         // A member restarted under a new identity is listed twice at one
@@ -1011,7 +941,7 @@ impl Node {
                 behind_versions: behind,
                 last_sync_secs_ago: last.map(|d| d.as_secs_f64()),
                 sync_age_secs: last
-                    .unwrap_or_else(|| now.duration_since(kn.first_known))
+                    .unwrap_or_else(|| core_now.saturating_sub(kn.first_known))
                     .as_secs_f64(),
                 rtt_ms: sched
                     .iter()
@@ -1025,11 +955,6 @@ impl Node {
             .iter()
             .filter_map(|(a, kn)| kn.actor.map(|act| (act, (kn.name.clone(), *a))))
             .collect();
-        let lags = inner
-            .lag
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lag(inner.now(), &k, &actor);
         let writers: Vec<WriterStatus> = lags
             .iter()
             .map(|l| WriterStatus {
@@ -1204,9 +1129,9 @@ impl Node {
         }
         self.inner.stop.store(true, Ordering::SeqCst);
         let (tx, rx) = oneshot::channel();
-        if self.inner.mb_tx.send(MbInput::Leave(tx)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        }
+        *self.inner.left.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        driver::drive(&self.inner, |c, now| c.leave(now));
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         self.inner.shutdown.send_replace(true);
         self.inner.transport.close().await;
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1227,7 +1152,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
                 .is_some_and(|l| l.names(&inner.db_path));
-            let res = save_known(&inner, &mut w).and_then(|()| {
+            let res = save_known(&inner, &mut w, true).and_then(|()| {
                 if same {
                     session::end_clean(&mut w, &inner.db_path)
                 } else {
@@ -1249,15 +1174,16 @@ async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
     while let Some(ev) = incoming.recv().await {
         match ev {
             TEvent::Datagram { from, bytes } => {
-                let _ = inner.mb_tx.send(MbInput::Message(from, bytes));
-            }
-            TEvent::Uni { from, bytes } => match bytes.first() {
-                Some(&channel::MEMBERSHIP) => {
-                    let _ = inner.mb_tx.send(MbInput::Message(from, bytes.slice(1..)));
+                if let Err(e) = driver::drive(&inner, |c, now| c.handle_datagram(now, from, &bytes))
+                {
+                    tracing::debug!(%from, "bad membership message refused: {e}");
                 }
-                Some(&channel::SYNC) => driver::on_broadcast(&inner, from, &bytes[1..]),
-                _ => tracing::warn!(%from, "unknown stream message refused"),
-            },
+            }
+            TEvent::Uni { from, bytes } => {
+                if let Err(e) = driver::drive(&inner, |c, now| c.handle_uni(now, from, &bytes)) {
+                    tracing::warn!(%from, "bad message refused: {e}");
+                }
+            }
             TEvent::Request {
                 from,
                 bytes,
@@ -1267,279 +1193,29 @@ async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
     }
 }
 
-async fn membership_loop(
-    inner: Arc<Inner>,
-    mut m: mb::Membership,
-    mut meta: NodeMeta,
-    mut rx: mpsc::UnboundedReceiver<MbInput>,
-) {
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut leaving: Option<(oneshot::Sender<()>, tokio::time::Instant)> = None;
-    let mut last_rtt_push = tokio::time::Instant::now();
-    // This node's head: published at most every HEAD_PUBLISH_EVERY.
-    let mut head_pending: Option<(ActorId, u64, u64)> = None;
-    let mut head_published = tokio::time::Instant::now();
-    let mut next_rejoin = tokio::time::Instant::now() + REJOIN_EVERY;
-    publish_members(&inner, &m, false);
-    loop {
-        // Outputs of the state machine.
-        while let Some(t) = m.poll_transmit() {
-            if t.reliable {
-                inner.send_uni(t.dst, channel::MEMBERSHIP, &t.payload);
-            } else {
-                let tr = inner.transport.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = tr.send_datagram(t.dst, Bytes::from(t.payload)).await {
-                        tracing::trace!(to = %t.dst, "datagram not sent: {e}");
-                    }
-                });
-            }
-        }
-        let mut changed = false;
-        while let Some(ev) = m.poll_event() {
-            changed = true;
-            // Replication and the known members go by address; a member that
-            // restarted with a new identity at the same address supersedes
-            // the old one, whose end must not take the address down.
-            let superseded = match &ev {
-                mb::Event::Suspect(x) | mb::Event::Dead(x) | mb::Event::Left(x) => {
-                    m.members().any(|y| {
-                        y.addr == x.addr
-                            && y.identity != x.identity
-                            && matches!(y.state, mb::MemberState::Alive | mb::MemberState::Suspect)
-                    })
-                }
-                _ => false,
-            };
-            on_member_event(&inner, &ev, superseded);
-            match ev {
-                mb::Event::Joined(x) | mb::Event::Alive(x) => {
-                    driver::drive(&inner, |c, _| c.peer_up(x.addr, x.rtt));
-                }
-                mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
-                    driver::drive(&inner, |c, _| c.peer_down(x.addr));
-                }
-                _ => {}
-            }
-        }
-        if changed || last_rtt_push.elapsed() > Duration::from_secs(1) {
-            publish_members(&inner, &m, last_rtt_push.elapsed() > Duration::from_secs(1));
-            last_rtt_push = tokio::time::Instant::now();
-        }
-        let now_t = tokio::time::Instant::now();
-        if let Some((actor, v, ms)) = head_pending
-            && now_t.duration_since(head_published) >= HEAD_PUBLISH_EVERY
-            && leaving.is_none()
-        {
-            meta.actor = actor;
-            meta.head = Some(Head {
-                version: v,
-                unix_ms: ms,
-            });
-            match meta.encode() {
-                Ok(bytes) => {
-                    if let Err(e) = m.set_metadata(mb::Instant::from_duration(inner.now()), bytes) {
-                        tracing::warn!("membership metadata not updated: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!("membership metadata not encoded: {e}"),
-            }
-            head_pending = None;
-            head_published = now_t;
-            continue;
-        }
-        if now_t >= next_rejoin && leaving.is_none() {
-            next_rejoin = now_t + REJOIN_EVERY;
-            rejoin(&inner, &mut m);
-            continue;
-        }
-        let leave_done = leaving.as_ref().is_some_and(|(_, deadline)| {
-            m.leave_complete() || tokio::time::Instant::now() >= *deadline
-        });
-        if leave_done && let Some((tx, _)) = leaving.take() {
-            let _ = tx.send(());
-        }
-        let mut wake = m
-            .poll_timeout()
-            .map(|t| inner.epoch + t.as_duration())
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1))
-            .min(tokio::time::Instant::now() + Duration::from_millis(200))
-            .min(next_rejoin);
-        if head_pending.is_some() {
-            wake = wake.min(head_published + HEAD_PUBLISH_EVERY);
-        }
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(MbInput::Message(from, bytes)) => {
-                    let now = mb::Instant::from_duration(inner.now());
-                    if let Err(e) = m.handle_message(now, from, &bytes) {
-                        tracing::debug!(%from, "bad membership message refused: {e}");
-                    }
-                }
-                Some(MbInput::Head(actor, v)) => {
-                    if head_pending.is_none_or(|(a, pv, _)| a != actor || v > pv) {
-                        head_pending = Some((actor, v, unix_ms()));
-                    }
-                }
-                Some(MbInput::Leave(tx)) => {
-                    m.leave(mb::Instant::from_duration(inner.now()));
-                    leaving = Some((tx, tokio::time::Instant::now() + Duration::from_millis(500)));
-                }
-            },
-            _ = tokio::time::sleep_until(wake) => {
-                m.handle_timeout(mb::Instant::from_duration(inner.now()));
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-}
-
-/// Sends a join to the remembered members this node does not see alive: a
-/// node alone after a restart, or on one side of a partition long enough
-/// for the others to be forgotten, finds the mesh again.
-fn rejoin(inner: &Arc<Inner>, m: &mut mb::Membership) {
-    if !m.is_joined() {
-        return; // Still joining: the join retries on its own.
-    }
-    let alive: BTreeSet<SocketAddr> = m
-        .members()
-        .filter(|x| matches!(x.state, mb::MemberState::Alive | mb::MemberState::Suspect))
-        .map(|x| x.addr)
-        .collect();
-    let targets: Vec<SocketAddr> = inner
-        .known
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .filter(|a| !alive.contains(a) && **a != inner.advertised)
-        .copied()
-        .collect();
-    if !targets.is_empty() {
-        tracing::debug!(?targets, "rejoining remembered members");
-        m.join(mb::Instant::from_duration(inner.now()), &targets);
-    }
-}
-
-/// Keeps the known members, the lag tracker and the remembered list in step
-/// with membership. `superseded`: the event is the end of a member that
-/// another identity now replaces at the same address.
-fn on_member_event(inner: &Arc<Inner>, ev: &mb::Event, superseded: bool) {
-    let (x, reachable, left) = match ev {
-        mb::Event::Joined(x) | mb::Event::Alive(x) | mb::Event::MetadataChanged(x) => {
-            (x, true, false)
-        }
-        mb::Event::Suspect(x) | mb::Event::Dead(x) => (x, false, false),
-        mb::Event::Left(x) => (x, false, true),
-    };
-    if x.addr == inner.advertised {
-        return;
-    }
-    let meta = NodeMeta::decode(x.metadata.as_bytes()).ok();
-    let actor = meta.as_ref().map(|m| m.actor);
+/// Saves the known members in the file (for the next start), when the core
+/// says they changed and it is time (`force`: now).
+fn save_known(inner: &Inner, w: &mut Store, force: bool) -> Result<(), Error> {
     let now = inner.now();
-    let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lag = inner.lag.lock().unwrap_or_else(|e| e.into_inner());
-    if superseded {
-        if let Some(a) = actor
-            && known.get(&x.addr).and_then(|k| k.actor) != Some(a)
-        {
-            lag.forget(&a);
-        }
-        return;
-    }
-    if left {
-        if let Some(k) = known.remove(&x.addr) {
-            if let Some(a) = k.actor {
-                lag.forget(&a);
-            }
-            inner
-                .forgotten
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(x.addr.to_string());
-            inner.known_dirty.store(true, Ordering::Relaxed);
-        }
-        return;
-    }
-    let entry = known.entry(x.addr).or_insert_with(|| {
-        // A new member (or one back after it left): saved at the next
-        // maintenance tick, so that a crash right after does not forget it.
-        inner.known_new.store(true, Ordering::Relaxed);
-        let addr = x.addr.to_string();
-        inner
-            .forgotten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|a| *a != addr);
-        Known {
-            name: None,
-            actor: None,
-            first_known: tokio::time::Instant::now(),
-            last_seen_ms: 0,
-        }
-    });
-    if let Some(m) = &meta {
-        entry.name = Some(m.name.clone());
-    }
-    if let Some(a) = actor {
-        if let Some(old) = entry.actor
-            && old != a
-        {
-            // The member moved to a new actor id (it restarted after a
-            // crash): the old one writes no more.
-            lag.forget(&old);
-        }
-        entry.actor = Some(a);
-        lag.reachable(now, a, reachable);
-        if let Some(Head {
-            version: h,
-            unix_ms,
-        }) = meta.as_ref().and_then(|m| m.head)
-        {
-            lag.head(now, a, h, Some(unix_ms));
-            // Its published head is beyond what this node holds, a second
-            // after the commit: what broadcast did not bring (a version too
-            // large for it, a lost message) is pulled from the writer now
-            // rather than at some later round.
-            if reachable {
-                driver::drive(inner, |c, now| c.handle_head(now, x.addr, a, h));
-            }
-        }
-    }
-    if reachable {
-        entry.last_seen_ms = unix_ms();
-        inner.known_dirty.store(true, Ordering::Relaxed);
-    }
-    lag.observe(&inner.knowledge.borrow());
-}
-
-/// Saves the known members in the file (for the next start).
-fn save_known(inner: &Inner, w: &mut Store) -> Result<(), Error> {
-    if !inner.known_dirty.swap(false, Ordering::Relaxed) {
+    let Some((seen, forget)) = inner.core().take_known_to_save(now, force) else {
         return Ok(());
-    }
-    let seen: Vec<RememberedPeer> = inner
-        .known
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    };
+    let rows: Vec<RememberedPeer> = seen
         .iter()
-        .filter(|(_, k)| k.last_seen_ms > 0)
-        .map(|(a, k)| RememberedPeer {
-            addr: a.to_string(),
-            name: k.name.clone(),
-            actor: k.actor,
-            last_seen_ms: k.last_seen_ms,
+        .map(|r| RememberedPeer {
+            addr: r.addr.to_string(),
+            name: r.name.clone(),
+            actor: r.actor,
+            last_seen_ms: r.last_seen_ms,
         })
         .collect();
-    let forget = std::mem::take(&mut *inner.forgotten.lock().unwrap_or_else(|e| e.into_inner()));
     tracing::debug!(
-        seen = seen.len(),
+        seen = rows.len(),
         forget = forget.len(),
         "saving the known members"
     );
-    if let Err(e) = w.remember_peers(&seen, &forget) {
-        inner.known_dirty.store(true, Ordering::Relaxed);
+    if let Err(e) = w.remember_peers(&rows, &forget) {
+        inner.core().save_failed(forget);
         return Err(e.into());
     }
     Ok(())
@@ -1551,13 +1227,11 @@ async fn maintenance_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        n += 1;
         // The file must still be the one the node opened.
         let gone = !inner
             .lock
@@ -1572,47 +1246,6 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             );
         }
         inner.failures().file_gone = gone;
-        // Forget members not seen for `forget_after`.
-        {
-            let limit = inner.forget_after.as_millis() as u64;
-            let now = unix_ms();
-            let alive: BTreeSet<SocketAddr> = inner
-                .members
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter(|m| m.state == "alive" || m.state == "suspect")
-                .map(|m| m.addr)
-                .collect();
-            let mut known = inner.known.lock().unwrap_or_else(|e| e.into_inner());
-            let stale: Vec<SocketAddr> = known
-                .iter()
-                .filter(|(a, k)| {
-                    !alive.contains(a)
-                        && k.last_seen_ms > 0
-                        && now.saturating_sub(k.last_seen_ms) > limit
-                })
-                .map(|(a, _)| *a)
-                .collect();
-            for a in stale {
-                if let Some(k) = known.remove(&a) {
-                    tracing::info!(addr = %a, "forgetting a member not seen for {:?}", inner.forget_after);
-                    if let Some(act) = k.actor {
-                        inner
-                            .lag
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .forget(&act);
-                    }
-                    inner
-                        .forgotten
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(a.to_string());
-                    inner.known_dirty.store(true, Ordering::Relaxed);
-                }
-            }
-        }
         let idle = inner
             .failures()
             .last_write_ok
@@ -1623,8 +1256,7 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
-        let save = inner.known_dirty.load(Ordering::Relaxed)
-            && (inner.known_new.swap(false, Ordering::Relaxed) || n.is_multiple_of(30));
+        let save = inner.core().wants_save(inner.now());
         if !(idle || failing || quarantined > 0 || save) {
             continue;
         }
@@ -1647,7 +1279,7 @@ async fn maintenance_loop(inner: Arc<Inner>) {
                         Err(e) => tracing::warn!("retrying quarantined changes failed: {e}"),
                     }
                 }
-                if save && let Err(e) = save_known(&i2, w) {
+                if save && let Err(e) = save_known(&i2, w, false) {
                     tracing::warn!("could not save the known members: {e}");
                 }
                 Ok(out)
@@ -1672,37 +1304,12 @@ async fn maintenance_loop(inner: Arc<Inner>) {
     }
 }
 
-fn publish_members(inner: &Arc<Inner>, m: &mb::Membership, push_rtt: bool) {
-    let mut out = Vec::new();
-    let local = m.local_member();
-    for x in std::iter::once(local).chain(m.members().filter(|x| x.identity != local.identity)) {
-        let meta = NodeMeta::decode(x.metadata.as_bytes()).ok();
-        let state = match x.state {
-            mb::MemberState::Alive => "alive",
-            mb::MemberState::Suspect => "suspect",
-            mb::MemberState::Dead => "dead",
-            mb::MemberState::Left => "left",
-        };
-        if push_rtt
-            && x.identity != local.identity
-            && x.state == mb::MemberState::Alive
-            && let Some(rtt) = x.rtt
-        {
-            driver::drive(inner, |c, _| c.set_rtt(x.addr, rtt));
-        }
-        out.push(MemberInfo {
-            name: meta
-                .as_ref()
-                .map(|m| m.name.clone())
-                .unwrap_or_else(|| x.identity.id.to_string()),
-            addr: x.addr,
-            region: meta.as_ref().and_then(|m| m.region.clone()),
-            state: state.to_string(),
-            incarnation: x.incarnation,
-            rtt_ms: x.rtt.map(|r| r.as_secs_f64() * 1000.0),
-            actor: meta.as_ref().map(|m| m.actor.to_hex()),
-            api: meta.and_then(|m| m.api),
-        });
+/// The name of a membership state in the API.
+fn state_name(s: mb::MemberState) -> &'static str {
+    match s {
+        mb::MemberState::Alive => "alive",
+        mb::MemberState::Suspect => "suspect",
+        mb::MemberState::Dead => "dead",
+        mb::MemberState::Left => "left",
     }
-    *inner.members.lock().unwrap_or_else(|e| e.into_inner()) = out;
 }

@@ -1,0 +1,945 @@
+//! Whole-node simulation: the real node core (`litemesh-core`: membership and
+//! replication, the same code `litemesh::Node` drives) with real storage (one
+//! SQLite file per node), under a simulated network, clock and process
+//! faults — reproducible from a seed, with a state checker that runs as the
+//! simulation runs.
+//!
+//! The simulated node ([`MeshNode`]) is a second driver of
+//! [`litemesh_core::NodeCore`]: it carries out the core's storage operations
+//! at once on its `Store`, and maps its transmits to simulated messages:
+//!
+//! | core transmit | simulated message |
+//! |---|---|
+//! | membership datagram | lossy |
+//! | unidirectional stream (broadcast, push-pull) | lossy (a QUIC stream lost with its connection) |
+//! | reconciliation request | reliable (cut by partitions and crashes) |
+//! | its whole response (batches and last frame) | one reliable message |
+//!
+//! A reconciliation whose request or response is lost ends by the core's
+//! own session deadline, as in the node.
+//!
+//! [`run`] runs one seed of a mixed-fault scenario: writers on every node,
+//! then a random sequence of faults (partitions, isolation, one-way loss,
+//! loss bursts, crash and restart from the same file, pauses), then a heal;
+//! the checker ([`Checker`]) looks at every node every simulated second
+//! and at the end.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use litemesh_core::{Config as CoreConfig, Event, NodeCore, Start, SyncEvent, Transmit};
+use litemesh_membership::MemberState;
+use litemesh_proto::{ActorId, ChangeBatch, Knowledge, NodeMeta};
+use litemesh_storage::{Store, StoreOptions};
+use litemesh_sync::{Extracted, RequestId, SessionId, StorageOp, encode_sync_batch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::network::{LinkConfig, Network, Outgoing, SimNode};
+
+const SCHEMA: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER, writer TEXT);\n\
+                      CREATE TABLE events (id TEXT PRIMARY KEY, tx TEXT, n INTEGER)";
+
+/// Unix time of the simulation's origin (any fixed value: runs are
+/// reproducible).
+const WALL_ORIGIN_MS: u64 = 1_800_000_000_000;
+
+/// The node's QUIC idle timeout: a request to a peer that cannot answer
+/// fails after it.
+const TRANSPORT_IDLE: Duration = Duration::from_secs(3);
+
+/// Kinds of simulated message.
+const DATAGRAM: u8 = 0;
+const UNI: u8 = 1;
+const REQUEST: u8 = 2;
+const RESPONSE: u8 = 3;
+
+/// A transaction a node acknowledged: what the checker holds it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// Who wrote it.
+    pub actor: ActorId,
+    /// Its version.
+    pub version: u64,
+    /// Its id in the `events` table (`n` rows with `tx = id`).
+    pub tx: String,
+    /// Rows it inserted.
+    pub n: u64,
+    /// The node that acknowledged it.
+    pub node: usize,
+    /// When.
+    pub at: Duration,
+}
+
+/// A simulated litemesh node: the node core and a SQLite file.
+pub struct MeshNode {
+    idx: usize,
+    name: String,
+    store: Store,
+    core: NodeCore,
+    now: Duration,
+    outbox: VecDeque<Outgoing>,
+    /// Responses received for sessions this node opened: frames still to
+    /// feed (the core may pause reading).
+    inbound: BTreeMap<SessionId, (SocketAddr, VecDeque<Vec<u8>>, bool)>,
+    paused: BTreeSet<SessionId>,
+    /// Requests sent and not answered yet, with when: a QUIC connection
+    /// whose peer stops answering fails after its idle timeout.
+    waiting: BTreeMap<SessionId, Duration>,
+    /// Frames of the answers being built, by request.
+    answering: BTreeMap<RequestId, (SocketAddr, u64, Vec<Vec<u8>>)>,
+    next_request: u64,
+    rng: ChaCha8Rng,
+    next_write: Option<Duration>,
+    write_interval: Duration,
+    writes: u64,
+    /// Transactions acknowledged since the checker last looked.
+    pub acked: Vec<Acked>,
+    /// Storage errors (must stay empty: merges never fail on this schema).
+    pub errors: Vec<String>,
+}
+
+fn encode_frames(session: u64, frames: &[Vec<u8>], ok: bool) -> Vec<u8> {
+    let mut out = vec![RESPONSE];
+    out.extend_from_slice(&session.to_be_bytes());
+    out.push(u8::from(ok));
+    for f in frames {
+        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+fn decode_frames(mut b: &[u8]) -> Option<(u64, bool, Vec<Vec<u8>>)> {
+    let session = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let ok = *b.get(8)? == 1;
+    b = &b[9..];
+    let mut frames = Vec::new();
+    while !b.is_empty() {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        frames.push(b.get(4..4 + n)?.to_vec());
+        b = &b[4 + n..];
+    }
+    Some((session, ok, frames))
+}
+
+impl MeshNode {
+    /// Opens (or reopens, after a crash) node `idx`'s file at `path` and
+    /// starts its core at simulated time `now`, joining through `seeds`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        idx: usize,
+        path: &Path,
+        addr: SocketAddr,
+        region: usize,
+        seeds: &[SocketAddr],
+        config: &CoreConfig,
+        seed: u64,
+        now: Duration,
+    ) -> MeshNode {
+        let mut actor = [0u8; 16];
+        actor[..8].copy_from_slice(&seed.to_be_bytes());
+        actor[8..].copy_from_slice(&(seed.rotate_left(17) ^ 0x5bd1_e995).to_be_bytes());
+        let opts = StoreOptions {
+            durable: false,
+            actor: Some(ActorId(actor)),
+            ..StoreOptions::default()
+        };
+        let mut store = Store::open_with(path, &opts).expect("open store");
+        store.apply_schema(SCHEMA).expect("schema");
+        let actor = store.actor_id();
+        let knowledge = store.knowledge().expect("knowledge");
+        let name = format!("n{idx}");
+        let meta =
+            NodeMeta {
+                name: name.clone(),
+                region: Some(format!("r{region}")),
+                api: None,
+                actor,
+                head: knowledge.have.get(&actor).and_then(|r| r.max()).map(|v| {
+                    litemesh_proto::Head {
+                        version: v,
+                        unix_ms: WALL_ORIGIN_MS + now.as_millis() as u64,
+                    }
+                }),
+            };
+        // The core's origin is the simulation's: times are the network's.
+        let core = NodeCore::new(Start {
+            config: config.clone(),
+            addr,
+            meta,
+            knowledge,
+            probation: false,
+            remembered: Vec::new(),
+            seeds: seeds.to_vec(),
+            wall_at_origin_ms: WALL_ORIGIN_MS,
+            generation: 1 + now.as_millis() as u64,
+            seed: seed ^ now.as_nanos() as u64,
+        })
+        .expect("core");
+        let mut n = MeshNode {
+            idx,
+            name,
+            store,
+            core,
+            now,
+            outbox: VecDeque::new(),
+            inbound: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            answering: BTreeMap::new(),
+            next_request: 0,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef ^ now.as_nanos() as u64),
+            next_write: None,
+            write_interval: Duration::from_millis(300),
+            writes: 0,
+            acked: Vec::new(),
+            errors: Vec::new(),
+        };
+        n.pump();
+        n
+    }
+
+    /// Starts (or stops) writing a transaction every `interval` on average.
+    pub fn set_writing(&mut self, now: Duration, interval: Option<Duration>) {
+        self.next_write = interval.map(|i| {
+            self.write_interval = i;
+            now + i
+        });
+    }
+
+    /// Transactions committed by this node since it (re)started.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the node's file holds.
+    pub fn knowledge(&self) -> Knowledge {
+        self.store.knowledge().expect("knowledge")
+    }
+
+    /// The core (members, peers, stats).
+    pub fn core(&self) -> &NodeCore {
+        &self.core
+    }
+
+    /// Every row of both tables, sorted.
+    pub fn dump(&self) -> Vec<String> {
+        let c = self.store.connection();
+        let mut out = Vec::new();
+        let mut st = c
+            .prepare("SELECT k, v, writer FROM kv ORDER BY k")
+            .expect("query");
+        let rows = st
+            .query_map([], |r| {
+                Ok(format!(
+                    "kv:{}={}:{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?
+                ))
+            })
+            .expect("rows");
+        for r in rows {
+            out.push(r.expect("row"));
+        }
+        let mut st = c
+            .prepare("SELECT id, tx, n FROM events ORDER BY id")
+            .expect("query");
+        let rows = st
+            .query_map([], |r| {
+                Ok(format!(
+                    "ev:{}:{}:{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?
+                ))
+            })
+            .expect("rows");
+        for r in rows {
+            out.push(r.expect("row"));
+        }
+        out
+    }
+
+    /// Rows visible per transaction.
+    pub fn tx_rows(&self) -> BTreeMap<String, u64> {
+        let mut st = self
+            .store
+            .connection()
+            .prepare_cached("SELECT tx, count(*) FROM events GROUP BY tx")
+            .expect("query");
+        st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+
+    /// Members this node sees alive, itself included.
+    pub fn alive(&self) -> usize {
+        self.core
+            .members()
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count()
+    }
+
+    fn write(&mut self) {
+        let n: u64 = if self.rng.random_bool(0.2) {
+            self.rng.random_range(2..6)
+        } else {
+            1
+        };
+        let tx = format!("{}-{}-{}", self.name, self.now.as_millis(), self.writes);
+        let key = self.rng.random_range(0..40u32);
+        let v: i64 = self.rng.random_range(0..1_000_000);
+        let name = self.name.clone();
+        let committed = self.store.transaction(|t| {
+            t.execute(
+                "INSERT INTO kv VALUES (?1, ?2, ?3) ON CONFLICT(k) DO UPDATE SET v = excluded.v, \
+                 writer = excluded.writer",
+                (format!("k{key:02}"), v, &name),
+            )?;
+            for i in 0..n {
+                t.execute(
+                    "INSERT INTO events VALUES (?1, ?2, ?3)",
+                    (format!("{tx}/{i}"), &tx, n as i64),
+                )?;
+            }
+            Ok(())
+        });
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                self.errors.push(format!("local write: {e}"));
+                return;
+            }
+        };
+        self.writes += 1;
+        let Some(version) = committed.version else {
+            return;
+        };
+        self.acked.push(Acked {
+            actor: self.store.actor_id(),
+            version,
+            tx,
+            n,
+            node: self.idx,
+            at: self.now,
+        });
+        let mut batches: Vec<ChangeBatch> = Vec::new();
+        if let Err(e) = self.store.version_changes(version, 256 * 1024, |b| {
+            batches.push(b);
+            Ok(true)
+        }) {
+            self.errors.push(format!("reading a local version: {e}"));
+        }
+        self.refresh_knowledge();
+        let now = self.now;
+        let ms = WALL_ORIGIN_MS + now.as_millis() as u64;
+        self.core.handle_local_commit(now, version, ms, &batches);
+    }
+
+    fn refresh_knowledge(&mut self) {
+        match self.store.knowledge() {
+            Ok(k) => {
+                let q = self.store.quarantined_versions();
+                self.core.set_knowledge(k, q);
+            }
+            Err(e) => self.errors.push(format!("reading knowledge: {e}")),
+        }
+    }
+
+    /// Carries out everything the core asked for, until it asks nothing.
+    fn pump(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(t) = self.core.poll_transmit(self.now) {
+                busy = true;
+                self.transmit(t);
+            }
+            while let Some(op) = self.core.poll_storage() {
+                busy = true;
+                self.storage(op);
+            }
+            while let Some(e) = self.core.poll_event() {
+                busy = true;
+                self.event(e);
+            }
+            if self.feed() {
+                busy = true;
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        use litemesh_sync::Transmit as T;
+        let (dst, payload, reliable) = match t {
+            Transmit::Datagram { to, bytes } => {
+                let mut p = vec![DATAGRAM];
+                p.extend_from_slice(&bytes);
+                (to, p, false)
+            }
+            Transmit::Sync(T::Uni { to, bytes }) => {
+                let mut p = vec![UNI];
+                p.extend_from_slice(&bytes);
+                (to, p, false)
+            }
+            Transmit::Sync(T::Request { session, to, bytes }) => {
+                self.waiting.insert(session, self.now);
+                let mut p = vec![REQUEST];
+                p.extend_from_slice(&session.0.to_be_bytes());
+                p.extend_from_slice(&bytes);
+                (to, p, true)
+            }
+            Transmit::Sync(T::Respond { request, bytes }) => {
+                let Some((to, session, mut frames)) = self.answering.remove(&request) else {
+                    return;
+                };
+                frames.push(bytes);
+                (to, encode_frames(session, &frames, true), true)
+            }
+            Transmit::Sync(T::Reject { request, .. }) => {
+                let Some((to, session, _)) = self.answering.remove(&request) else {
+                    return;
+                };
+                (to, encode_frames(session, &[], false), true)
+            }
+        };
+        self.outbox.push_back(Outgoing {
+            dst,
+            payload,
+            reliable,
+        });
+    }
+
+    fn storage(&mut self, op: StorageOp) {
+        let now = self.now;
+        match op {
+            StorageOp::Apply { op, batches } => {
+                let res = self
+                    .store
+                    .apply_all(&batches)
+                    .map(|r| {
+                        r.versions_applied > 0 || r.chunks_buffered > 0 || r.versions_cleared > 0
+                    })
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &res {
+                    self.errors.push(format!("apply: {e}"));
+                }
+                self.refresh_knowledge();
+                self.core.handle_applied(now, op, res);
+            }
+            StorageOp::Extract {
+                op,
+                request,
+                theirs,
+                batch_bytes,
+            } => {
+                let mut frames = Vec::new();
+                let mut skipped = 0;
+                let res = self.store.changes_since(&theirs, batch_bytes, |b| {
+                    match encode_sync_batch(&b, litemesh_proto::DEFAULT_MAX_MESSAGE) {
+                        Ok(f) => frames.push(f),
+                        Err(_) => skipped += 1,
+                    }
+                    Ok(true)
+                });
+                if let Some(a) = self.answering.get_mut(&request) {
+                    a.2 = frames;
+                }
+                let outcome = match res {
+                    Ok(_) => Extracted::Done { skipped },
+                    Err(e) => {
+                        self.errors.push(format!("extract: {e}"));
+                        Extracted::Failed(e.to_string())
+                    }
+                };
+                self.core.handle_extracted(now, op, outcome);
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Sync(SyncEvent::ResumeReading(s)) => {
+                self.paused.remove(&s);
+            }
+            Event::Sync(SyncEvent::CancelSession(s)) => {
+                self.waiting.remove(&s);
+                self.inbound.remove(&s);
+                self.paused.remove(&s);
+            }
+            Event::Sync(SyncEvent::RotateActor { .. }) => {
+                // Never in these runs: files are never lost or copied.
+                self.errors
+                    .push("a peer held versions of this node's actor beyond its file".into());
+            }
+            Event::Sync(SyncEvent::SyncEnded { .. }) | Event::MembersChanged | Event::LeaveDone => {
+            }
+        }
+    }
+
+    /// Feeds received response frames to the core while it reads.
+    fn feed(&mut self) -> bool {
+        let mut fed = false;
+        let ready: Vec<SessionId> = self
+            .inbound
+            .keys()
+            .filter(|s| !self.paused.contains(s))
+            .copied()
+            .collect();
+        for s in ready {
+            let now = self.now;
+            while let Some((_, frames, ok)) = self.inbound.get_mut(&s) {
+                match frames.pop_front() {
+                    Some(f) => {
+                        fed = true;
+                        if !self.core.handle_response_frame(now, s, &f) {
+                            if self.inbound.contains_key(&s) {
+                                self.paused.insert(s);
+                            }
+                            break;
+                        }
+                    }
+                    None => {
+                        let ok = *ok;
+                        self.inbound.remove(&s);
+                        fed = true;
+                        let end = if ok {
+                            Ok(())
+                        } else {
+                            Err("refused by the peer".into())
+                        };
+                        self.core.handle_response_end(now, s, end);
+                        break;
+                    }
+                }
+            }
+        }
+        fed
+    }
+}
+
+impl SimNode for MeshNode {
+    fn on_message(&mut self, now: Duration, from: SocketAddr, payload: &[u8]) {
+        self.now = now;
+        let Some((&kind, body)) = payload.split_first() else {
+            return;
+        };
+        match kind {
+            DATAGRAM => {
+                let _ = self.core.handle_datagram(now, from, body);
+            }
+            UNI => {
+                let _ = self.core.handle_uni(now, from, body);
+            }
+            REQUEST if body.len() >= 8 => {
+                let session = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
+                self.next_request += 1;
+                let request = RequestId(self.next_request);
+                self.answering.insert(request, (from, session, Vec::new()));
+                let _ = self.core.handle_request(now, from, request, &body[8..]);
+            }
+            RESPONSE => {
+                if let Some((session, ok, frames)) = decode_frames(body)
+                    && self.waiting.remove(&SessionId(session)).is_some()
+                {
+                    self.inbound
+                        .insert(SessionId(session), (from, frames.into(), ok));
+                }
+            }
+            _ => {}
+        }
+        self.pump();
+    }
+
+    fn on_timeout(&mut self, now: Duration) {
+        self.now = now;
+        if let Some(t) = self.next_write
+            && t <= now
+        {
+            self.write();
+            let jitter = self.rng.random_range(0.5..1.5);
+            self.next_write = Some(now + self.write_interval.mul_f64(jitter));
+        }
+        let lost: Vec<SessionId> = self
+            .waiting
+            .iter()
+            .filter(|(_, sent)| now.saturating_sub(**sent) >= TRANSPORT_IDLE)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in lost {
+            self.waiting.remove(&s);
+            self.core
+                .handle_response_end(now, s, Err("connection lost (idle timeout)".into()));
+        }
+        self.core.handle_timeout(now);
+        self.pump();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.outbox.pop_front()
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let mut t = self.core.poll_timeout(self.now);
+        if let Some(sent) = self.waiting.values().min() {
+            t = t.min(*sent + TRANSPORT_IDLE);
+        }
+        Some(match self.next_write {
+            Some(w) => t.min(w),
+            None => t,
+        })
+    }
+}
+
+/// Parameters of one run.
+#[derive(Debug, Clone)]
+pub struct MeshParams {
+    /// Nodes.
+    pub nodes: usize,
+    /// The seed of everything.
+    pub seed: u64,
+    /// Background loss of lossy messages.
+    pub loss: f64,
+    /// Faults, one after another.
+    pub faults: usize,
+    /// Mean time between transactions on each node.
+    pub write_interval: Duration,
+    /// After the heal: the longest the run waits for convergence.
+    pub settle: Duration,
+    /// Sabotage: a crashed node comes back with its file deleted (its
+    /// acknowledged writes that no peer has yet are lost, and its actor id
+    /// is reused). The checker must catch it.
+    pub lose_files: bool,
+}
+
+impl Default for MeshParams {
+    fn default() -> Self {
+        MeshParams {
+            nodes: 5,
+            seed: 1,
+            loss: 0.02,
+            faults: 4,
+            write_interval: Duration::from_millis(400),
+            settle: Duration::from_secs(60),
+            lose_files: false,
+        }
+    }
+}
+
+/// A fault of the mixed scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// The nodes split in two groups.
+    Partition(Vec<u32>),
+    /// Everything one node sends is lost.
+    OneWay(usize),
+    /// Loss on every link.
+    Loss(f64),
+    /// A node crashes, and restarts from its file after the fault's time.
+    Crash(usize),
+    /// A node stops running (and receiving) for the fault's time.
+    Pause(usize),
+}
+
+/// What one run observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshReport {
+    /// The seed.
+    pub seed: u64,
+    /// The faults, with how long each lasted.
+    pub faults: Vec<(Fault, Duration)>,
+    /// Transactions acknowledged.
+    pub acked: usize,
+    /// From the heal until every replica held the same rows; `None` if not
+    /// within the settle time.
+    pub converged_after: Option<Duration>,
+    /// From the heal until every node saw every other alive.
+    pub members_after: Option<Duration>,
+    /// What the checker found (empty: none).
+    pub violations: Vec<String>,
+    /// A digest of the final content (equal runs, equal digests).
+    pub digest: u64,
+}
+
+/// The state checker: holds every node to the promises, as the run runs.
+#[derive(Debug, Default)]
+pub struct Checker {
+    acked: Vec<Acked>,
+    /// Per node, the knowledge last seen (it must only grow).
+    seen: BTreeMap<usize, Knowledge>,
+    /// What it found.
+    pub violations: Vec<String>,
+}
+
+impl Checker {
+    /// Looks at every running node now.
+    pub fn check(&mut self, net: &mut Network<MeshNode>) {
+        for i in 0..net.len() {
+            if !net.is_up(i) {
+                continue;
+            }
+            let acked = net
+                .with_node(i, |n, _| std::mem::take(&mut n.acked))
+                .unwrap_or_default();
+            self.acked.extend(acked);
+        }
+        let now = net.now();
+        for i in 0..net.len() {
+            if !net.is_up(i) {
+                continue;
+            }
+            let n = net.node(i);
+            for e in &n.errors {
+                self.violate(format!("{now:?} {}: storage error: {e}", n.name()));
+            }
+            let k = n.knowledge();
+            if let Some(before) = self.seen.get(&i)
+                && !k.covers(before)
+            {
+                self.violate(format!("{now:?} {}: knowledge shrank", n.name()));
+            }
+            let visible = n.tx_rows();
+            for a in &self.acked {
+                let rows = visible.get(&a.tx).copied().unwrap_or(0);
+                let held = k.contains(&a.actor, a.version);
+                // A version is visible whole or not at all; once the node
+                // holds it (a token naming it is satisfied here), all of it.
+                if rows != 0 && rows != a.n {
+                    self.violations.push(format!(
+                        "{now:?} {}: transaction {} visible in part ({rows} of {} rows)",
+                        n.name(),
+                        a.tx,
+                        a.n
+                    ));
+                } else if held && rows != a.n {
+                    self.violations.push(format!(
+                        "{now:?} {}: holds {}:{} but its rows are missing (a token read would be stale)",
+                        n.name(),
+                        a.actor,
+                        a.version
+                    ));
+                }
+                if a.node == i && !held {
+                    self.violations.push(format!(
+                        "{now:?} {}: lost its own acknowledged write {}",
+                        n.name(),
+                        a.tx
+                    ));
+                }
+            }
+            self.seen.insert(i, k);
+        }
+        self.violations.dedup();
+    }
+
+    fn violate(&mut self, v: String) {
+        if self.violations.len() < 100 {
+            self.violations.push(v);
+        }
+    }
+
+    /// At the end: every acknowledged write on every node.
+    pub fn check_final(&mut self, net: &Network<MeshNode>) {
+        for i in 0..net.len() {
+            let n = net.node(i);
+            let visible = n.tx_rows();
+            for a in &self.acked {
+                if visible.get(&a.tx).copied().unwrap_or(0) != a.n {
+                    self.violations.push(format!(
+                        "end {}: acknowledged write {} (by n{}) missing",
+                        n.name(),
+                        a.tx,
+                        a.node
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Transactions acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.len()
+    }
+}
+
+fn addr_of(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 2, (i / 250) as u8, (i % 250) as u8 + 1], 7000))
+}
+
+/// The configuration the simulated nodes run: the node's defaults.
+pub fn config() -> CoreConfig {
+    CoreConfig::default()
+}
+
+/// Runs one seed of the mixed-fault scenario in `dir`.
+pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
+    let mut link = LinkConfig::three_regions(p.loss);
+    link.jitter = 0.2;
+    let mut net: Network<MeshNode> = Network::new(link, p.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x6d65_7368);
+    let cfg = config();
+    let path = |i: usize| -> PathBuf { dir.join(format!("n{i}.db")) };
+    let node_seed = |i: usize| p.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+    for i in 0..p.nodes {
+        let seeds: Vec<SocketAddr> = if i == 0 { vec![] } else { vec![addr_of(0)] };
+        let n = MeshNode::open(
+            i,
+            &path(i),
+            addr_of(i),
+            i % 3,
+            &seeds,
+            &cfg,
+            node_seed(i),
+            net.now(),
+        );
+        net.add_node(addr_of(i), i % 3, n);
+    }
+    let mut checker = Checker::default();
+    let mut t = Duration::ZERO;
+    let step = Duration::from_millis(250);
+    let mut steps = 0u64;
+    let mut advance =
+        |net: &mut Network<MeshNode>, checker: &mut Checker, until: Duration, t: &mut Duration| {
+            while *t < until {
+                *t += step;
+                net.run_until(*t);
+                steps += 1;
+                if steps.is_multiple_of(4) {
+                    checker.check(net);
+                }
+            }
+        };
+    // Join, then write everywhere.
+    advance(&mut net, &mut checker, Duration::from_secs(5), &mut t);
+    for i in 0..p.nodes {
+        net.with_node(i, |n, now| n.set_writing(now, Some(p.write_interval)));
+    }
+    advance(&mut net, &mut checker, t + Duration::from_secs(5), &mut t);
+    let mut faults = Vec::new();
+    for _ in 0..p.faults {
+        let held = Duration::from_millis(rng.random_range(3_000..25_000));
+        let victim = rng.random_range(0..p.nodes);
+        let fault = match rng.random_range(0..5) {
+            0 => {
+                let groups: Vec<u32> = (0..p.nodes).map(|_| rng.random_range(0..2)).collect();
+                Fault::Partition(groups)
+            }
+            1 => Fault::OneWay(victim),
+            2 => Fault::Loss(rng.random_range(0.1..0.4)),
+            3 => Fault::Crash(victim),
+            _ => Fault::Pause(victim),
+        };
+        match &fault {
+            Fault::Partition(g) => net.partition(g.clone()),
+            Fault::OneWay(v) => net.set_muted(*v, true),
+            Fault::Loss(l) => net.set_loss(*l),
+            Fault::Crash(v) => net.crash(*v),
+            Fault::Pause(v) => net.pause(*v, held),
+        }
+        advance(&mut net, &mut checker, t + held, &mut t);
+        match &fault {
+            Fault::Partition(_) => net.heal(),
+            Fault::OneWay(v) => net.set_muted(*v, false),
+            Fault::Loss(_) => net.set_loss(p.loss),
+            Fault::Crash(v) => {
+                if p.lose_files {
+                    for ext in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{ext}", path(*v).display()));
+                    }
+                }
+                let n = MeshNode::open(
+                    *v,
+                    &path(*v),
+                    addr_of(*v),
+                    *v % 3,
+                    &[addr_of((*v + 1) % p.nodes)],
+                    &cfg,
+                    node_seed(*v),
+                    net.now(),
+                );
+                net.restart(*v, addr_of(*v), n);
+                let w = p.write_interval;
+                net.with_node(*v, |n, now| n.set_writing(now, Some(w)));
+            }
+            Fault::Pause(_) => {}
+        }
+        faults.push((fault, held));
+        // Some calm between faults.
+        let calm = Duration::from_millis(rng.random_range(1_000..6_000));
+        advance(&mut net, &mut checker, t + calm, &mut t);
+    }
+    // Heal everything and stop writing; then wait for convergence.
+    net.heal();
+    net.set_loss(p.loss);
+    for i in 0..p.nodes {
+        net.set_muted(i, false);
+        net.with_node(i, |n, now| n.set_writing(now, None));
+    }
+    let healed = t;
+    let mut converged_after = None;
+    let mut members_after = None;
+    let fine = Duration::from_millis(50);
+    while t < healed + p.settle {
+        t += fine;
+        net.run_until(t);
+        if (t - healed).as_millis().is_multiple_of(1000) {
+            checker.check(&mut net);
+        }
+        if members_after.is_none() && (0..p.nodes).all(|i| net.node(i).alive() == p.nodes) {
+            members_after = Some(t - healed);
+        }
+        if converged_after.is_none() {
+            let first = net.node(0).dump();
+            if (1..p.nodes).all(|i| net.node(i).dump() == first) {
+                converged_after = Some(t - healed);
+            }
+        }
+        if converged_after.is_some() && members_after.is_some() {
+            break;
+        }
+    }
+    checker.check_final(&net);
+    let mut violations = std::mem::take(&mut checker.violations);
+    if converged_after.is_none() {
+        violations.push(format!(
+            "replicas not identical {:?} after the heal",
+            p.settle
+        ));
+    }
+    if members_after.is_none() {
+        violations.push(format!(
+            "not every member alive everywhere {:?} after the heal",
+            p.settle
+        ));
+    }
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        net.node(0).dump().hash(&mut h);
+        h.finish()
+    };
+    MeshReport {
+        seed: p.seed,
+        faults,
+        acked: checker.acked(),
+        converged_after,
+        members_after,
+        violations,
+        digest,
+    }
+}
