@@ -1,118 +1,133 @@
-//! A small blocking client of the agent's HTTP API.
+//! The runner's side of the agents' HTTP API: clients (`litemesh-client`),
+//! and how their answers are recorded in the history.
+//!
+//! The one rule the checker relies on: an answer 4xx is a refusal (for a
+//! write, nothing applied: [`Outcome::Failed`]); anything else that is not a
+//! 200 — no answer, a 5xx, an answer cut off or unreadable, a query whose
+//! stream ended with an error or without its end marker — leaves the
+//! outcome unknown ([`Outcome::Unknown`]).
 
 use std::time::Duration;
 
-use serde_json::{Value as Json, json};
+use litemesh_client::{Client, Error, QueryOptions, Statement, Value};
 
-/// How a request ended, before it is classified for the history.
-#[derive(Debug)]
-pub enum Answer {
-    /// HTTP 200 with its body.
-    Ok(String),
-    /// Any other status, with the body.
-    Status(u16, String),
-    /// No answer: connection refused or reset, timeout.
-    Transport(String),
-}
+use crate::history::Outcome;
 
-/// A kept-alive HTTP client with one overall timeout per request.
-#[derive(Clone)]
-pub struct Api {
-    agent: ureq::Agent,
-}
-
-impl Api {
-    /// A client whose requests give up after `timeout`.
-    pub fn new(timeout: Duration) -> Api {
-        Api {
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(timeout))
-                .build()
-                .into(),
+/// One client per API address, sharing one pool of kept-alive connections;
+/// every request gives up after `timeout`.
+pub fn clients(addrs: &[String], timeout: Duration) -> Vec<Client> {
+    let base = Client::builder().timeout(timeout);
+    match addrs.first() {
+        Some(first) => {
+            let c = base.build(first);
+            addrs.iter().map(|a| c.at(a)).collect()
         }
-    }
-
-    fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-        match r {
-            Err(e) => Answer::Transport(e.to_string()),
-            Ok(mut r) => {
-                let status = r.status().as_u16();
-                match r.body_mut().with_config().limit(1 << 30).read_to_string() {
-                    Err(e) => Answer::Transport(format!("reading the body: {e}")),
-                    Ok(body) if status == 200 => Answer::Ok(body),
-                    Ok(body) => Answer::Status(status, body),
-                }
-            }
-        }
-    }
-
-    /// `POST path` with a JSON body.
-    pub fn post(&self, api: &str, path: &str, body: &Json) -> Answer {
-        Self::finish(
-            self.agent
-                .post(format!("http://{api}{path}"))
-                .header("content-type", "application/json")
-                .send(body.to_string()),
-        )
-    }
-
-    /// `GET path`.
-    pub fn get(&self, api: &str, path: &str) -> Answer {
-        Self::finish(self.agent.get(format!("http://{api}{path}")).call())
-    }
-
-    /// Runs a query (`sql` with `params`), optionally after `token`; returns
-    /// its rows.
-    pub fn query(
-        &self,
-        api: &str,
-        sql: &str,
-        params: Json,
-        token: Option<(&str, u64)>,
-    ) -> Result<Vec<Vec<Json>>, Answer> {
-        let path = match token {
-            Some((t, wait_ms)) => format!("/v1/queries?min_token={t}&wait_ms={wait_ms}"),
-            None => "/v1/queries".into(),
-        };
-        match self.post(api, &path, &json!([sql, params])) {
-            Answer::Ok(body) => parse_rows(&body),
-            other => Err(other),
-        }
+        None => Vec::new(),
     }
 }
 
-/// The rows of a query's newline-delimited answer; an `error` event in the
-/// stream makes the whole answer an error.
-pub fn parse_rows(body: &str) -> Result<Vec<Vec<Json>>, Answer> {
-    let mut rows = Vec::new();
-    let mut ended = false;
-    for line in body.lines().filter(|l| !l.trim().is_empty()) {
-        let ev: Json = serde_json::from_str(line)
-            .map_err(|e| Answer::Transport(format!("bad event {line:?}: {e}")))?;
-        if let Some(r) = ev.get("row") {
-            rows.push(r[1].as_array().cloned().unwrap_or_default());
-        } else if let Some(e) = ev.get("error") {
-            return Err(Answer::Status(200, e.to_string()));
-        } else if ev.get("eoq").is_some() {
-            ended = true;
+/// A client of the API at `addr` whose requests give up after `timeout`.
+pub fn client(addr: &str, timeout: Duration) -> Client {
+    Client::builder().timeout(timeout).build(addr)
+}
+
+/// Runs a query, optionally after `token` (waiting up to `wait_ms` for it);
+/// returns all its rows.
+pub fn rows(
+    api: &Client,
+    statement: &Statement,
+    token: Option<(&str, u64)>,
+) -> Result<Vec<Vec<Value>>, Error> {
+    let options = match token {
+        Some((t, wait_ms)) => QueryOptions::after(t).wait(Duration::from_millis(wait_ms)),
+        None => QueryOptions::default(),
+    };
+    api.query(statement, &options)?.collect()
+}
+
+/// The outcome of an answer with `status` and `body`.
+pub fn outcome_of(status: u16, body: &str) -> Outcome {
+    match status {
+        200 => Outcome::Ok,
+        s if (400..500).contains(&s) => Outcome::Failed(format!("{s}: {}", truncate(body))),
+        s => Outcome::Unknown(format!("{s}: {}", truncate(body))),
+    }
+}
+
+/// The outcome of a failed request: refused (4xx) or unknown.
+pub fn classify(e: &Error) -> Outcome {
+    match e {
+        Error::Http { status, body, .. } => outcome_of(status.as_u16(), body),
+        // An error event after a 200: recorded as the event's JSON.
+        Error::Query { message, .. } => {
+            let event = serde_json::to_string(message).unwrap_or_default();
+            Outcome::Unknown(format!("200: {}", truncate(&event)))
         }
+        other => Outcome::Unknown(truncate(&describe(other))),
     }
-    if !ended {
-        return Err(Answer::Transport("answer ended before eoq".into()));
+}
+
+/// A failed request in the history's words.
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::Transport { source, .. } => source.to_string(),
+        Error::Read { source, .. } => format!("reading the body: {source}"),
+        Error::Http { status, body, .. } => format!("{}: {body}", status.as_u16()),
+        Error::Decode { source, body, .. } => format!("bad event {body:?}: {source}"),
+        Error::Truncated { .. } => "answer ended before eoq".into(),
+        other => other.to_string(),
     }
-    Ok(rows)
+}
+
+/// At most 200 characters of `s`.
+pub fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// Rows as the history shows them in a message.
+pub fn show_rows(rows: &[Vec<Value>]) -> String {
+    let rows: Vec<Vec<serde_json::Value>> = rows
+        .iter()
+        .map(|r| r.iter().map(serde_json::Value::from).collect())
+        .collect();
+    format!("{rows:?}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use litemesh_client::StatusCode;
+
+    fn http(code: u16, body: &str) -> Error {
+        Error::Http {
+            status: StatusCode::from_u16(code).unwrap(),
+            message: String::new(),
+            body: body.into(),
+        }
+    }
 
     #[test]
-    fn rows_need_the_end_of_query_event() {
-        let ok = "{\"columns\":[\"a\"]}\n{\"row\":[1,[5]]}\n{\"eoq\":{\"time\":0.1}}\n";
-        assert_eq!(parse_rows(ok).unwrap(), vec![vec![json!(5)]]);
-        assert!(parse_rows("{\"columns\":[\"a\"]}\n{\"row\":[1,[5]]}\n").is_err());
-        assert!(parse_rows("{\"columns\":[]}\n{\"error\":\"boom\"}\n").is_err());
+    fn refusals_fail_and_the_rest_is_unknown() {
+        assert_eq!(
+            classify(&http(403, "{\"error\":\"no\"}")),
+            Outcome::Failed("403: {\"error\":\"no\"}".into())
+        );
+        assert_eq!(classify(&http(413, "x")), Outcome::Failed("413: x".into()));
+        assert_eq!(classify(&http(408, "x")), Outcome::Failed("408: x".into()));
+        assert_eq!(classify(&http(503, "x")), Outcome::Unknown("503: x".into()));
+        assert_eq!(classify(&http(500, "x")), Outcome::Unknown("500: x".into()));
+        assert_eq!(
+            classify(&Error::Query {
+                rows: 3,
+                message: "boom".into()
+            }),
+            Outcome::Unknown("200: \"boom\"".into())
+        );
+        assert_eq!(
+            classify(&Error::Truncated { rows: 1 }),
+            Outcome::Unknown("answer ended before eoq".into())
+        );
+        assert_eq!(outcome_of(200, ""), Outcome::Ok);
+        assert!(matches!(outcome_of(201, ""), Outcome::Unknown(_)));
     }
 }

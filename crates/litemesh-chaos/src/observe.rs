@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value as Json;
+use litemesh_client::Error;
 
-use crate::api::{Answer, Api};
+use crate::api;
 use crate::history::{MembersView, NodeIx, Sample, lists_alive};
 use crate::workload::Shared;
 
@@ -65,53 +65,44 @@ pub fn run(
     stop: Arc<std::sync::atomic::AtomicBool>,
     out: Arc<Mutex<Observed>>,
 ) {
-    let api = Api::new(Duration::from_millis(400));
+    let apis = api::clients(&shared.apis, Duration::from_millis(400));
     let mut tick = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let started = std::time::Instant::now();
-        for (node, addr) in shared.apis.iter().enumerate() {
-            if let Answer::Ok(body) = api.get(addr, "/v1/status") {
-                let at = shared.now();
-                let Ok(v) = serde_json::from_str::<Json>(&body) else {
-                    continue;
-                };
-                let ct: BTreeMap<String, u64> = v["complete_through"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(a, n)| Some((a.clone(), n.as_u64()?)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut o = out.lock().unwrap();
-                if let Some(actor) = v["actor"].as_str() {
+        for (node, api) in apis.iter().enumerate() {
+            match api.status() {
+                Ok(status) => {
+                    let at = shared.now();
+                    let actor = status.actor.into_string();
+                    let ct: BTreeMap<String, u64> = status
+                        .complete_through
+                        .into_iter()
+                        .map(|(a, n)| (a.into_string(), n))
+                        .collect();
+                    let mut o = out.lock().unwrap();
                     let seen = o.actors.entry(node).or_default();
-                    if seen.last().map(String::as_str) != Some(actor) {
-                        seen.push(actor.to_string());
+                    if seen.last() != Some(&actor) {
+                        seen.push(actor);
                     }
+                    o.latest.insert(node, ct.clone());
+                    o.samples.push(Sample {
+                        at,
+                        node,
+                        complete_through: ct,
+                    });
                 }
-                o.latest.insert(node, ct.clone());
-                o.samples.push(Sample {
-                    at,
-                    node,
-                    complete_through: ct,
-                });
+                // An answer that is not a status: no membership sample of
+                // this node this time either.
+                Err(Error::Decode { .. }) => continue,
+                Err(_) => {}
             }
             if tick.is_multiple_of(MEMBERS_EVERY)
-                && let Answer::Ok(body) = api.get(addr, "/v1/members")
+                && let Ok(list) = api.members()
             {
                 let at = shared.now();
-                let Ok(Json::Array(list)) = serde_json::from_str::<Json>(&body) else {
-                    continue;
-                };
                 let members: Vec<(String, String)> = list
-                    .iter()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or("").to_string(),
-                            m["state"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
+                    .into_iter()
+                    .map(|m| (m.name, m.state.to_string()))
                     .collect();
                 let mut o = out.lock().unwrap();
                 o.latest_members.insert(node, members.clone());

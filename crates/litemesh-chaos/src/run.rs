@@ -8,20 +8,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use litemesh_client::{Client as Api, Error, Statement, Value};
 
-use crate::api::{Answer, Api};
+use crate::api::{self, describe, rows};
 use crate::check::{CheckResult, check};
 use crate::cluster::{Cluster, ClusterError, ProcState};
 use crate::history::{
     FaultRecord, FinalState, History, JoinRecord, LargeFinal, NodeEnd, NodeIx, NodeRecord, Op,
-    OpKind, Outcome, Quarantined, Stmt, base64_decode, digest,
+    OpKind, Outcome, Quarantined, Stmt, digest,
 };
 use crate::netns::{Firewall, NetError};
 use crate::observe::{self, Observed};
 use crate::schedule::{Fault, Phase, ScheduleKind, schedule};
 use crate::workload::{
-    Client, HostileClient, LargeClient, Shared, WorkloadConfig, parse_token, stmt_json,
+    Client, HostileClient, LargeClient, Shared, WorkloadConfig, parse_token, statement,
 };
 
 /// Client id of the runner's own preload writes.
@@ -86,6 +86,7 @@ struct Runner {
     observed: Arc<Mutex<Observed>>,
     records: Vec<NodeRecord>,
     runner_ops: Vec<Op>,
+    /// A client of the first node's API (the preload).
     api: Api,
 }
 
@@ -186,7 +187,6 @@ impl Runner {
     }
 
     fn preload(&mut self) -> Result<(), RunError> {
-        let api = self.cluster.specs[0].api.clone();
         let mut seq = 0u64;
         let mut left = self.cfg.preload;
         while left > 0 {
@@ -201,14 +201,13 @@ impl Runner {
                     pad: 0,
                 })
                 .collect();
-            let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, PRELOAD_CLIENT)).collect();
+            let body: Vec<Statement> = stmts.iter().map(|s| statement(s, PRELOAD_CLIENT)).collect();
             let invoke = self.now();
-            let answer = self.api.post(&api, "/v1/transactions", &Json::Array(body));
-            let Answer::Ok(text) = answer else {
-                return Err(RunError::Other(format!("preload failed: {answer:?}")));
-            };
-            let v: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
-            let token = v["token"].as_str().map(str::to_string);
+            let done = self
+                .api
+                .execute(&body)
+                .map_err(|e| RunError::Other(format!("preload failed: {e}")))?;
+            let token = Some(done.token.into_string());
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
             self.runner_ops.push(Op {
                 id,
@@ -234,17 +233,20 @@ impl Runner {
         let target = self.mesh_target();
         let spawned = self.now();
         let ready = self.start_node(ix)?;
-        let api = self.cluster.specs[ix].api.clone();
-        let poll = Api::new(Duration::from_millis(500));
+        let poll = api::client(&self.cluster.specs[ix].api, Duration::from_millis(500));
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut caught_up = None;
         while Instant::now() < deadline {
-            if let Answer::Ok(body) = poll.get(&api, "/v1/status") {
+            if let Ok(status) = poll.status() {
                 let at = self.now();
-                let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-                let holds = target
-                    .iter()
-                    .all(|(a, n)| v["complete_through"][a.as_str()].as_u64().unwrap_or(0) >= *n);
+                let holds = target.iter().all(|(a, n)| {
+                    status
+                        .complete_through
+                        .get(a.as_str())
+                        .copied()
+                        .unwrap_or(0)
+                        >= *n
+                });
                 if holds {
                     caught_up = Some(at);
                     break;
@@ -329,19 +331,17 @@ impl Runner {
     }
 
     fn final_state(&self, ix: NodeIx) -> Result<FinalState, RunError> {
-        let api = &self.cluster.specs[ix].api;
-        let big = Api::new(Duration::from_secs(120));
-        let read = |sql: &str| {
-            big.query(api, sql, json!([]), None)
-                .map_err(|a| RunError::Other(format!("final read of n{}: {a:?}", ix + 1)))
-        };
+        let big = api::client(&self.cluster.specs[ix].api, Duration::from_secs(120));
+        let failed = |e: Error| RunError::Other(format!("final read of n{}: {e}", ix + 1));
+        let read = |sql: &str| rows(&big, &Statement::new(sql), None).map_err(failed);
         let mut st = FinalState {
             node: ix,
             ..Default::default()
         };
-        let text = |r: &[Json], i: usize| r.get(i).and_then(Json::as_str).unwrap_or("").to_string();
+        let text =
+            |r: &[Value], i: usize| r.get(i).and_then(Value::as_str).unwrap_or("").to_string();
         for r in read("SELECT id, txn, size FROM events")? {
-            let size = r.get(2).and_then(Json::as_u64).unwrap_or(0);
+            let size = r.get(2).and_then(Value::as_u64).unwrap_or(0);
             st.events.insert(text(&r, 0), (text(&r, 1), size));
         }
         for r in read("SELECT k, v FROM registers")? {
@@ -350,26 +350,16 @@ impl Runner {
         // Large values one at a time, reduced to type, length and digest.
         for r in read("SELECT id FROM large ORDER BY id")? {
             let id = text(&r, 0);
-            let rows = big
-                .query(
-                    api,
-                    "SELECT typeof(v), v FROM large WHERE id = ?",
-                    json!([id]),
-                    None,
-                )
-                .map_err(|a| RunError::Other(format!("final read of n{}: {a:?}", ix + 1)))?;
-            let Some(row) = rows.first() else { continue };
+            let one =
+                Statement::new("SELECT typeof(v), v FROM large WHERE id = ?").bind(id.as_str());
+            let found = rows(&big, &one, None).map_err(failed)?;
+            let Some(row) = found.first() else { continue };
             let kind = text(row, 0);
             let bytes = match row.get(1) {
-                Some(Json::String(t)) => t.as_bytes().to_vec(),
-                Some(Json::Object(o)) => o
-                    .get("blob")
-                    .and_then(Json::as_str)
-                    .and_then(base64_decode)
-                    .ok_or_else(|| {
-                        RunError::Other(format!("n{}: large row {id}: bad blob", ix + 1))
-                    })?,
-                Some(other) => other.to_string().into_bytes(),
+                Some(Value::Text(t)) => t.as_bytes().to_vec(),
+                Some(Value::Blob(b)) => b.clone(),
+                // A number or NULL: its JSON text.
+                Some(other) => serde_json::Value::from(other).to_string().into_bytes(),
                 None => Vec::new(),
             };
             st.large.insert(
@@ -384,76 +374,65 @@ impl Runner {
         Ok(st)
     }
 
-    /// One reading of node `ix`'s `/v1/status` and `/v1/health`.
-    fn read_end(&self, ix: NodeIx, poll: &Api, waited: f64) -> NodeEnd {
-        let api = &self.cluster.specs[ix].api;
+    /// One reading of node `ix`'s `/v1/status` and `/v1/health` through
+    /// `poll`, its client.
+    fn read_end(&self, poll: &Api, waited: f64) -> NodeEnd {
         let mut end = NodeEnd {
             waited,
             ..NodeEnd::default()
         };
-        match poll.get(api, "/v1/status") {
-            Answer::Ok(body) => match serde_json::from_str::<Json>(&body) {
-                Ok(v) => {
-                    let u = |k: &str| v[k].as_u64().unwrap_or(0);
-                    end.actor = v["actor"].as_str().unwrap_or("").to_string();
-                    end.apply_failures = u("apply_failures");
-                    end.serve_failures = u("serve_failures");
-                    end.max_lag_secs = v["max_lag_secs"].as_f64().unwrap_or(0.0);
-                    end.write_error = v["write_error"].as_str().map(str::to_string);
-                    end.quarantined = v["quarantined"]
-                        .as_array()
-                        .map(|q| {
-                            q.iter()
-                                .map(|c| Quarantined {
-                                    actor: c["actor"].as_str().unwrap_or("").to_string(),
-                                    version: c["version"].as_u64().unwrap_or(0),
-                                    rows: c["rows"].as_u64().unwrap_or(0),
-                                    error: c["error"].as_str().unwrap_or("").to_string(),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let missing: Vec<&str> = [
-                        "quarantined",
-                        "apply_failures",
-                        "serve_failures",
-                        "write_error",
-                    ]
+        // The status's shape is the API's (a field it lacks does not
+        // decode): every field read here is there.
+        match poll.status() {
+            Ok(s) => {
+                end.actor = s.actor.into_string();
+                end.apply_failures = s.apply_failures;
+                end.serve_failures = s.serve_failures;
+                end.max_lag_secs = s.max_lag_secs;
+                end.write_error = s.write_error;
+                end.quarantined = s
+                    .quarantined
                     .into_iter()
-                    .filter(|k| v.get(*k).is_none())
-                    .collect();
-                    if !missing.is_empty() {
-                        end.status_error = Some(format!("/v1/status lacks {missing:?}"));
-                    }
-                }
-                Err(e) => end.status_error = Some(format!("/v1/status: bad JSON: {e}")),
-            },
-            Answer::Status(code, body) => {
-                end.status_error = Some(format!("/v1/status answered {code}: {}", cut(&body)))
-            }
-            Answer::Transport(e) => end.status_error = Some(format!("/v1/status: {}", cut(&e))),
-        }
-        match poll.get(api, "/v1/health") {
-            Answer::Ok(_) => end.health = Some(200),
-            Answer::Status(code, body) => {
-                end.health = Some(code);
-                let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-                end.issues = v["issues"]
-                    .as_array()
-                    .map(|is| {
-                        is.iter()
-                            .map(|i| {
-                                (
-                                    i["kind"].as_str().unwrap_or("").to_string(),
-                                    i["message"].as_str().unwrap_or("").to_string(),
-                                )
-                            })
-                            .collect()
+                    .map(|c| Quarantined {
+                        actor: c.actor.into_string(),
+                        version: c.version,
+                        rows: c.rows,
+                        error: c.error,
                     })
-                    .unwrap_or_default();
+                    .collect();
+            }
+            Err(Error::Decode { source, .. }) => {
+                end.status_error = Some(format!("/v1/status: bad JSON: {source}"))
+            }
+            Err(Error::Http { status, body, .. }) => {
+                end.status_error = Some(format!(
+                    "/v1/status answered {}: {}",
+                    status.as_u16(),
+                    cut(&body)
+                ))
+            }
+            Err(e) => end.status_error = Some(format!("/v1/status: {}", cut(&describe(&e)))),
+        }
+        match poll.health() {
+            // The agent answers 200 exactly when its verdict is ok, 503 with
+            // the issues otherwise.
+            Ok(h) if h.is_healthy() => end.health = Some(200),
+            Ok(h) => {
+                end.health = Some(503);
+                end.issues = h
+                    .issues
+                    .iter()
+                    .map(|i| (i.kind.to_string(), i.message.clone()))
+                    .collect();
+                end.health_detail = Some(cut(&serde_json::to_string(&h).unwrap_or_default()));
+            }
+            Err(Error::Http { status, body, .. }) => {
+                end.health = Some(status.as_u16());
                 end.health_detail = Some(cut(&body));
             }
-            Answer::Transport(e) => end.health_detail = Some(cut(&e)),
+            // A 200 whose body is not a verdict: healthy by its status.
+            Err(Error::Decode { .. }) => end.health = Some(200),
+            Err(e) => end.health_detail = Some(cut(&describe(&e))),
         }
         end.at = self.now();
         end
@@ -463,14 +442,15 @@ impl Runner {
     /// for up to [`END_HEALTH_GRACE`] until each is clean.
     fn end_states(&mut self) -> Result<Vec<NodeEnd>, RunError> {
         let n = self.cluster.len();
-        let poll = Api::new(Duration::from_secs(5));
+        let addrs: Vec<String> = self.cluster.specs.iter().map(|s| s.api.clone()).collect();
+        let poll = api::clients(&addrs, Duration::from_secs(5));
         let start = Instant::now();
         let mut ends: Vec<Option<NodeEnd>> = vec![None; n];
         loop {
             let waited = start.elapsed().as_secs_f64();
             for (ix, end) in ends.iter_mut().enumerate() {
                 if !end.as_ref().is_some_and(NodeEnd::clean) {
-                    *end = Some(self.read_end(ix, &poll, waited));
+                    *end = Some(self.read_end(&poll[ix], waited));
                 }
             }
             if ends.iter().flatten().all(NodeEnd::clean) || start.elapsed() >= END_HEALTH_GRACE {
@@ -541,7 +521,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         shared: shared.clone(),
         observed: Arc::new(Mutex::new(Observed::default())),
         runner_ops: Vec::new(),
-        api: Api::new(Duration::from_secs(60)),
+        api: api::client(&shared.apis[0], Duration::from_secs(60)),
         cfg: cfg.clone(),
     };
     let stop_observer = Arc::new(AtomicBool::new(false));

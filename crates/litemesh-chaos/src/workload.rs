@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use litemesh_client::{Client as Api, Error, Statement, Value};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::{Value as Json, json};
 
-use crate::api::{Answer, Api};
-use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt, base64_encode, large_value};
+use crate::api::{self, classify, describe, outcome_of, rows, show_rows, truncate};
+use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt, large_value};
 
 /// Rows of a large transaction, and bytes of padding per row: 24 × 12,000
 /// bytes, more than one sync batch.
@@ -76,7 +76,8 @@ pub struct Client {
     shared: Arc<Shared>,
     cfg: WorkloadConfig,
     rng: ChaCha8Rng,
-    api: Api,
+    /// A client of every node's API.
+    api: Vec<Api>,
     seq: u64,
     /// Recent acknowledged writes: (op id, statements, token).
     recent: VecDeque<(u64, Vec<Stmt>, String)>,
@@ -86,7 +87,7 @@ pub struct Client {
 impl Client {
     /// Client `id` with home node `home`, its randomness from `seed`.
     pub fn new(id: u32, home: NodeIx, seed: u64, shared: Arc<Shared>, cfg: WorkloadConfig) -> Self {
-        let api = Api::new(cfg.write_timeout + cfg.token_wait);
+        let api = api::clients(&shared.apis, cfg.write_timeout + cfg.token_wait);
         Client {
             id,
             home,
@@ -201,9 +202,8 @@ impl Client {
     }
 
     fn write(&mut self, stmts: Vec<Stmt>) {
-        let api = self.shared.apis[self.home].clone();
         let invoke = self.shared.now();
-        let (outcome, token, version) = post_write(&self.api, &api, &stmts, self.id);
+        let (outcome, token, version) = post_write(&self.api[self.home], &stmts, self.id);
         // A transaction that changed nothing (a delete of a missing row) has
         // no version to name: nothing to read back with its token.
         let ok = outcome == Outcome::Ok && version.is_some();
@@ -226,11 +226,12 @@ impl Client {
     }
 
     fn count_events(&mut self) {
-        let api = self.shared.apis[self.home].clone();
         let invoke = self.shared.now();
-        let r = self
-            .api
-            .query(&api, "SELECT count(*) FROM events", json!([]), None);
+        let r = rows(
+            &self.api[self.home],
+            &Statement::new("SELECT count(*) FROM events"),
+            None,
+        );
         let (count, outcome) = single_count(r);
         self.record(self.home, invoke, OpKind::CountEvents { count }, outcome);
     }
@@ -241,13 +242,15 @@ impl Client {
         let from_seq = self.shared.seqs[writer as usize]
             .load(Ordering::Relaxed)
             .saturating_sub(200);
-        let api = self.shared.apis[self.home].clone();
         let invoke = self.shared.now();
-        let r = self.api.query(
-            &api,
-            "SELECT txn, count(*), max(size) FROM events WHERE client = ? AND seq >= ? \
-             GROUP BY txn HAVING count(*) <> max(size)",
-            json!([writer, from_seq]),
+        let r = rows(
+            &self.api[self.home],
+            &Statement::new(
+                "SELECT txn, count(*), max(size) FROM events WHERE client = ? AND seq >= ? \
+                 GROUP BY txn HAVING count(*) <> max(size)",
+            )
+            .bind(writer)
+            .bind(seq_value(from_seq)),
             None,
         );
         let (partial, outcome) = match r {
@@ -255,14 +258,14 @@ impl Client {
                 let p: Vec<(String, u64, u64)> = rows
                     .iter()
                     .map(|r| {
-                        let n = |i: usize| r.get(i).and_then(Json::as_u64).unwrap_or(0);
-                        let txn = r.first().and_then(Json::as_str).unwrap_or("?");
+                        let n = |i: usize| r.get(i).and_then(Value::as_u64).unwrap_or(0);
+                        let txn = r.first().and_then(Value::as_str).unwrap_or("?");
                         (txn.to_string(), n(1), n(2))
                     })
                     .collect();
                 (Some(p), Outcome::Ok)
             }
-            Err(a) => (None, classify(a)),
+            Err(e) => (None, classify(&e)),
         };
         self.record(
             self.home,
@@ -277,25 +280,26 @@ impl Client {
     }
 
     fn read_register(&mut self, node: NodeIx, key: String, after: Option<(u64, String)>) {
-        let api = self.shared.apis[node].clone();
         let wait = self.cfg.token_wait.as_millis() as u64;
         let invoke = self.shared.now();
-        let r = self.api.query(
-            &api,
-            "SELECT v FROM registers WHERE k = ?",
-            json!([key]),
+        let r = rows(
+            &self.api[node],
+            &Statement::new("SELECT v FROM registers WHERE k = ?").bind(key.as_str()),
             after.as_ref().map(|(_, t)| (t.as_str(), wait)),
         );
         let (value, outcome) = match r {
             Ok(rows) => match rows.as_slice() {
                 [] => (Some(None), Outcome::Ok),
                 [row] => (
-                    Some(row.first().and_then(Json::as_str).map(str::to_string)),
+                    Some(row.first().and_then(Value::as_str).map(str::to_string)),
                     Outcome::Ok,
                 ),
-                _ => (None, Outcome::Unknown(format!("several rows: {rows:?}"))),
+                _ => (
+                    None,
+                    Outcome::Unknown(format!("several rows: {}", show_rows(&rows))),
+                ),
             },
-            Err(a) => (None, classify(a)),
+            Err(e) => (None, classify(&e)),
         };
         let (after, token) = match after {
             Some((id, t)) => (Some(id), Some(t)),
@@ -333,13 +337,11 @@ impl Client {
         });
         match (txn, register) {
             (Some((txn, size)), reg) if reg.is_none() || self.rng.random_bool(0.5) => {
-                let api = self.shared.apis[node].clone();
                 let wait = self.cfg.token_wait.as_millis() as u64;
                 let invoke = self.shared.now();
-                let r = self.api.query(
-                    &api,
-                    "SELECT count(*) FROM events WHERE txn = ?",
-                    json!([txn]),
+                let r = rows(
+                    &self.api[node],
+                    &Statement::new("SELECT count(*) FROM events WHERE txn = ?").bind(txn.as_str()),
                     Some((&token, wait)),
                 );
                 let (count, outcome) = single_count(r);
@@ -385,33 +387,36 @@ fn record(
     id
 }
 
-/// Sends `stmts` as one transaction to the API at `addr`; returns the
-/// outcome, the token and the version it names.
+/// Sends `stmts` as one transaction through `api`; returns the outcome, the
+/// token and the version it names.
 fn post_write(
     api: &Api,
-    addr: &str,
     stmts: &[Stmt],
     client: u32,
 ) -> (Outcome, Option<String>, Option<(String, u64)>) {
-    let body: Vec<Json> = stmts.iter().map(|s| stmt_json(s, client)).collect();
-    match api.post(addr, "/v1/transactions", &Json::Array(body)) {
-        Answer::Ok(body) => {
-            let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-            match v["token"].as_str() {
-                Some(t) => (Outcome::Ok, Some(t.to_string()), parse_token(t)),
-                None => (
-                    Outcome::Unknown(format!("200 without a token: {}", truncate(&body))),
-                    None,
-                    None,
-                ),
-            }
+    let body: Vec<Statement> = stmts.iter().map(|s| statement(s, client)).collect();
+    match api.execute(&body) {
+        Ok(done) => {
+            let t = done.token.into_string();
+            let version = parse_token(&t);
+            (Outcome::Ok, Some(t), version)
         }
-        other => (classify(other), None, None),
+        Err(Error::Decode { body, .. }) => (
+            Outcome::Unknown(format!("200 without a token: {}", truncate(&body))),
+            None,
+            None,
+        ),
+        Err(e) => (classify(&e), None, None),
     }
 }
 
-/// The JSON statement for `s`, written by `client`.
-pub fn stmt_json(s: &Stmt, client: u32) -> Json {
+/// A sequence number as an SQL integer.
+fn seq_value(seq: u64) -> Value {
+    Value::Integer(i64::try_from(seq).expect("sequence numbers fit in an i64"))
+}
+
+/// The statement for `s`, written by `client`.
+pub fn statement(s: &Stmt, client: u32) -> Statement {
     match s {
         Stmt::InsertEvent { id, txn, size, pad } => {
             let seq: u64 = txn
@@ -419,17 +424,25 @@ pub fn stmt_json(s: &Stmt, client: u32) -> Json {
                 .next()
                 .and_then(|x| x.parse().ok())
                 .unwrap_or(0);
-            json!([
+            Statement::new(
                 "INSERT INTO events(id, txn, size, client, seq, pad) VALUES (?, ?, ?, ?, ?, ?)",
-                [id, txn, size, client, seq, "x".repeat(*pad as usize)]
-            ])
+            )
+            .bind(id.as_str())
+            .bind(txn.as_str())
+            .bind(*size)
+            .bind(client)
+            .bind(seq_value(seq))
+            .bind("x".repeat(*pad as usize))
         }
-        Stmt::SetRegister { key, value } => json!([
+        Stmt::SetRegister { key, value } => Statement::new(
             "INSERT INTO registers(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-            [key, value]
-        ]),
-        Stmt::DeleteRegister { key } => json!(["DELETE FROM registers WHERE k = ?", [key]]),
-        Stmt::Invalid => json!("INSERT INTO no_such_table VALUES (1)"),
+        )
+        .bind(key.as_str())
+        .bind(value.as_str()),
+        Stmt::DeleteRegister { key } => {
+            Statement::new("DELETE FROM registers WHERE k = ?").bind(key.as_str())
+        }
+        Stmt::Invalid => Statement::new("INSERT INTO no_such_table VALUES (1)"),
         Stmt::InsertLarge {
             id,
             len,
@@ -438,14 +451,14 @@ pub fn stmt_json(s: &Stmt, client: u32) -> Json {
         } => {
             let bytes = large_value(*seed, *len, *text);
             let v = if *text {
-                Json::String(String::from_utf8(bytes).expect("ASCII"))
+                Value::Text(String::from_utf8(bytes).expect("ASCII"))
             } else {
-                json!({ "blob": base64_encode(&bytes) })
+                Value::Blob(bytes)
             };
-            json!([
-                "INSERT INTO large(id, len, v) VALUES (?, ?, ?)",
-                [id, len, v]
-            ])
+            Statement::new("INSERT INTO large(id, len, v) VALUES (?, ?, ?)")
+                .bind(id.as_str())
+                .bind(*len)
+                .bind(v)
         }
     }
 }
@@ -457,39 +470,16 @@ pub fn parse_token(t: &str) -> Option<(String, u64)> {
 }
 
 /// The count a `SELECT count(*) …` answered, and the outcome.
-fn single_count(r: Result<Vec<Vec<Json>>, Answer>) -> (Option<u64>, Outcome) {
+fn single_count(r: Result<Vec<Vec<Value>>, Error>) -> (Option<u64>, Outcome) {
     match r {
-        Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Json::as_u64) {
+        Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Value::as_u64) {
             Some(c) => (Some(c), Outcome::Ok),
-            None => (None, Outcome::Unknown(format!("unexpected rows {rows:?}"))),
+            None => (
+                None,
+                Outcome::Unknown(format!("unexpected rows {}", show_rows(&rows))),
+            ),
         },
-        Err(a) => (None, classify(a)),
-    }
-}
-
-/// The outcome of a non-200 answer: 4xx means refused (for a write: nothing
-/// applied); anything else leaves it unknown.
-fn classify(a: Answer) -> Outcome {
-    match a {
-        Answer::Ok(_) => Outcome::Ok,
-        Answer::Status(s, body) if (400..500).contains(&s) => {
-            Outcome::Failed(format!("{s}: {}", truncate(&body)))
-        }
-        Answer::Status(s, body) => Outcome::Unknown(format!("{s}: {}", truncate(&body))),
-        Answer::Transport(e) => Outcome::Unknown(truncate(&e)),
-    }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(200).collect()
-}
-
-/// The status code of an answer (`None` without one).
-fn status_of(a: &Answer) -> Option<u16> {
-    match a {
-        Answer::Ok(_) => Some(200),
-        Answer::Status(s, _) => Some(*s),
-        Answer::Transport(_) => None,
+        Err(e) => (None, classify(&e)),
     }
 }
 
@@ -507,7 +497,8 @@ pub struct LargeClient {
     id: u32,
     shared: Arc<Shared>,
     rng: ChaCha8Rng,
-    api: Api,
+    /// A client of every node's API.
+    api: Vec<Api>,
     every: Duration,
     n: u64,
     /// Ids of acknowledged large rows (targets of oversized updates).
@@ -518,12 +509,13 @@ pub struct LargeClient {
 impl LargeClient {
     /// Client `id`, its randomness from `seed`.
     pub fn new(id: u32, seed: u64, shared: Arc<Shared>, cfg: &WorkloadConfig) -> Self {
+        let api = api::clients(&shared.apis, Duration::from_secs(60));
         LargeClient {
             id,
             shared,
             rng: ChaCha8Rng::seed_from_u64(seed ^ (u64::from(id) << 32) ^ 0x1a26e),
             // Megabytes through a debug-build agent, maybe behind a pause.
-            api: Api::new(Duration::from_secs(60)),
+            api,
             every: cfg.large_every,
             n: 0,
             acked: Vec::new(),
@@ -553,10 +545,9 @@ impl LargeClient {
                 seed: self.rng.random(),
                 text: self.rng.random_bool(0.5),
             };
-            let addr = self.shared.apis[node].clone();
             let invoke = self.shared.now();
             let stmts = vec![stmt];
-            let (outcome, token, version) = post_write(&self.api, &addr, &stmts, self.id);
+            let (outcome, token, version) = post_write(&self.api[node], &stmts, self.id);
             if outcome == Outcome::Ok
                 && let Some(Stmt::InsertLarge { id, .. }) = stmts.first()
             {
@@ -577,7 +568,14 @@ impl LargeClient {
             );
         } else {
             let a = self.oversized();
-            send_hostile(&self.shared, &self.api, &mut self.ops, self.id, node, a);
+            send_hostile(
+                &self.shared,
+                &self.api[node],
+                &mut self.ops,
+                self.id,
+                node,
+                a,
+            );
         }
     }
 
@@ -588,13 +586,13 @@ impl LargeClient {
         let insert = "INSERT INTO large(id, len, v) VALUES (?, ?, ?)";
         let mut a = Attack {
             name: "",
-            endpoint: "/v1/transactions",
-            body: Json::Null,
+            request: Request::Transaction(Vec::new()),
             sql: Vec::new(),
             expect: 413,
             rows: vec![id.clone()],
             file: None,
         };
+        let one = |s: Statement| Request::Transaction(vec![s]);
         let roll = self.rng.random_range(0..100);
         match roll {
             // Built by SQL: the request is small, the row is not.
@@ -602,7 +600,7 @@ impl LargeClient {
                 let sql = "INSERT INTO large(id, len, v) VALUES (?, ?, randomblob(?))";
                 a.name = "oversized-randomblob";
                 a.sql = vec![format!("{sql} -- {big} bytes")];
-                a.body = json!([[sql, [id, big, big]]]);
+                a.request = one(Statement::new(sql).bind(id).bind(big).bind(big));
             }
             // A blob parameter (the body stays under the 8 MiB limit).
             30..50 => {
@@ -610,7 +608,7 @@ impl LargeClient {
                 let v = large_value(self.rng.random(), len, false);
                 a.name = "oversized-blob-param";
                 a.sql = vec![format!("{insert} -- blob parameter of {len} bytes")];
-                a.body = json!([[insert, [id, len, { "blob": base64_encode(&v) }]]]);
+                a.request = one(Statement::new(insert).bind(id).bind(len).bind(v));
             }
             // A text parameter.
             50..62 => {
@@ -619,7 +617,7 @@ impl LargeClient {
                     String::from_utf8(large_value(self.rng.random(), len, true)).expect("ASCII");
                 a.name = "oversized-text-param";
                 a.sql = vec![format!("{insert} -- text parameter of {len} bytes")];
-                a.body = json!([[insert, [id, len, v]]]);
+                a.request = one(Statement::new(insert).bind(id).bind(len).bind(v));
             }
             // Two cells, each under the limit, together over it.
             62..74 => {
@@ -627,7 +625,7 @@ impl LargeClient {
                            VALUES (?, ?, randomblob(2600000), hex(randomblob(1100000)))";
                 a.name = "oversized-two-cells";
                 a.sql = vec![format!("{sql} -- 4,800,000 bytes in two cells")];
-                a.body = json!([[sql, [id, 0]]]);
+                a.request = one(Statement::new(sql).bind(id).bind(0));
             }
             // After a valid insert in the same transaction: nothing of it
             // may commit.
@@ -637,7 +635,10 @@ impl LargeClient {
                 a.name = "oversized-after-valid-insert";
                 let first = poison_insert(&ev, self.id);
                 a.sql = vec![first.clone(), format!("{sql} -- {big} bytes")];
-                a.body = json!([first, [sql, [id, big, big]]]);
+                a.request = Request::Transaction(vec![
+                    Statement::new(first),
+                    Statement::new(sql).bind(id).bind(big).bind(big),
+                ]);
                 a.rows.push(ev);
             }
             // An update of an acknowledged large row: it must keep its value.
@@ -646,7 +647,7 @@ impl LargeClient {
                 let sql = "UPDATE large SET v = randomblob(?) WHERE id = ?";
                 a.name = "oversized-update";
                 a.sql = vec![format!("{sql} -- {big} bytes, row {target}")];
-                a.body = json!([[sql, [big, target]]]);
+                a.request = one(Statement::new(sql).bind(big).bind(target));
                 a.rows.clear();
             }
             // A body over the API's 8 MiB limit (refused before it is read,
@@ -658,10 +659,27 @@ impl LargeClient {
                 a.sql = vec![format!(
                     "{insert} -- blob parameter of {len} bytes, body over 8 MiB"
                 )];
-                a.body = json!([[insert, [id, len, { "blob": base64_encode(&v) }]]]);
+                a.request = one(Statement::new(insert).bind(id).bind(len).bind(v));
             }
         }
         a
+    }
+}
+
+/// What an attack sends.
+enum Request {
+    /// `POST /v1/transactions`.
+    Transaction(Vec<Statement>),
+    /// `POST /v1/queries`.
+    Query(Statement),
+}
+
+impl Request {
+    fn endpoint(&self) -> &'static str {
+        match self {
+            Request::Transaction(_) => "/v1/transactions",
+            Request::Query(_) => "/v1/queries",
+        }
     }
 }
 
@@ -669,8 +687,7 @@ impl LargeClient {
 struct Attack {
     /// Short name.
     name: &'static str,
-    endpoint: &'static str,
-    body: Json,
+    request: Request,
     /// What is recorded of the statements.
     sql: Vec<String>,
     expect: u16,
@@ -687,7 +704,9 @@ fn poison_insert(id: &str, client: u32) -> String {
     )
 }
 
-/// Sends `a` to `node` and records it.
+/// Sends `a` to `node` (through `api`, its client) and records it. The
+/// answer is taken as it comes, whatever its status: the status is the
+/// point.
 fn send_hostile(
     shared: &Shared,
     api: &Api,
@@ -696,12 +715,18 @@ fn send_hostile(
     node: NodeIx,
     a: Attack,
 ) {
-    let addr = shared.apis[node].clone();
     let invoke = shared.now();
-    let answer = api.post(&addr, a.endpoint, &a.body);
-    let status = status_of(&answer);
-    let text = match &answer {
-        Answer::Ok(b) | Answer::Status(_, b) | Answer::Transport(b) => truncate(b),
+    let endpoint = a.request.endpoint();
+    let answer = match &a.request {
+        Request::Transaction(stmts) => api.post_raw(endpoint, stmts),
+        Request::Query(stmt) => api.post_raw(endpoint, stmt),
+    };
+    let (status, text, outcome) = match answer {
+        Ok(r) => {
+            let status = r.status.as_u16();
+            (Some(status), truncate(&r.body), outcome_of(status, &r.body))
+        }
+        Err(e) => (None, truncate(&describe(&e)), classify(&e)),
     };
     record(
         shared,
@@ -711,7 +736,7 @@ fn send_hostile(
         invoke,
         OpKind::Hostile {
             attack: a.name.into(),
-            endpoint: a.endpoint.into(),
+            endpoint: endpoint.into(),
             sql: a.sql,
             expect: a.expect,
             status,
@@ -719,7 +744,7 @@ fn send_hostile(
             file: a.file,
             answer: Some(text),
         },
-        classify(answer),
+        outcome,
     );
 }
 
@@ -795,7 +820,8 @@ pub struct HostileClient {
     id: u32,
     shared: Arc<Shared>,
     rng: ChaCha8Rng,
-    api: Api,
+    /// A client of every node's API.
+    api: Vec<Api>,
     every: Duration,
     n: u64,
     ops: Vec<Op>,
@@ -804,11 +830,12 @@ pub struct HostileClient {
 impl HostileClient {
     /// Client `id`, its randomness from `seed`.
     pub fn new(id: u32, seed: u64, shared: Arc<Shared>, cfg: &WorkloadConfig) -> Self {
+        let api = api::clients(&shared.apis, cfg.write_timeout + cfg.token_wait);
         HostileClient {
             id,
             shared,
             rng: ChaCha8Rng::seed_from_u64(seed ^ (u64::from(id) << 32) ^ 0xba0),
-            api: Api::new(cfg.write_timeout + cfg.token_wait),
+            api,
             every: cfg.hostile_every,
             n: 0,
             ops: Vec::new(),
@@ -826,7 +853,14 @@ impl HostileClient {
             self.n += 1;
             let node = self.rng.random_range(0..self.shared.apis.len());
             let a = self.attack();
-            send_hostile(&self.shared, &self.api, &mut self.ops, self.id, node, a);
+            send_hostile(
+                &self.shared,
+                &self.api[node],
+                &mut self.ops,
+                self.id,
+                node,
+                a,
+            );
         }
     }
 
@@ -845,8 +879,7 @@ impl HostileClient {
         let poison = format!("H{}-{}", self.id, self.n);
         let mut a = Attack {
             name: "",
-            endpoint: "/v1/transactions",
-            body: Json::Null,
+            request: Request::Transaction(Vec::new()),
             sql: Vec::new(),
             expect: 403,
             rows: Vec::new(),
@@ -880,8 +913,7 @@ impl HostileClient {
             _ => fixed.to_string(),
         };
         if query {
-            a.endpoint = "/v1/queries";
-            a.body = json!(sql);
+            a.request = Request::Query(Statement::new(sql.as_str()));
             a.sql = vec![sql];
             return a;
         }
@@ -899,7 +931,8 @@ impl HostileClient {
             }
             _ => vec![sql],
         };
-        a.body = Json::Array(a.sql.iter().map(|s| json!(s)).collect());
+        a.request =
+            Request::Transaction(a.sql.iter().map(|s| Statement::new(s.as_str())).collect());
         a
     }
 }

@@ -15,24 +15,31 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value as Json, json};
+use litemesh_client::{Client, MemberState, QueryOptions, Statement, Token};
 
-fn token_of(answer: &str) -> String {
-    let v: Json = serde_json::from_str(answer).expect("json");
-    v["token"].as_str().expect("token").to_string()
+/// Timeout of every request.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of the agent at `api` with a connection of its own.
+fn fresh(api: &str) -> Client {
+    Client::builder().timeout(TIMEOUT).build(api)
 }
 
-/// Waits on every agent in `apis` (in parallel) until it has `token`.
-fn visible_everywhere(apis: &[String], token: &str) {
+/// Waits on every agent in `apis` (in parallel, each on a new connection)
+/// until it has `token`.
+fn visible_everywhere(apis: &[String], token: &Token) {
     let handles: Vec<_> = apis
         .iter()
         .map(|api| {
-            let api = api.clone();
-            let path = format!("/v1/queries?min_token={token}&wait_ms=30000");
+            let api = fresh(api);
+            let after = QueryOptions::after(token.clone()).wait(Duration::from_millis(30_000));
             std::thread::spawn(move || {
-                let (status, body) =
-                    post_with(&client(), &api, &path, json!("SELECT 1").to_string());
-                assert_eq!(status, 200, "{body}");
+                let rows = api
+                    .query(&Statement::new("SELECT 1"), &after)
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+                if let Err(e) = rows {
+                    panic!("token read on {}: {e}", api.base_url());
+                }
             })
         })
         .collect();
@@ -109,48 +116,40 @@ fn main() {
     let apis: Vec<String> = agents.iter().map(|a| a.api.clone()).collect();
     eventually(30, "5 agents see 5 alive", || {
         apis.iter().all(|api| {
-            let (_, body) = get(api, "/v1/members");
-            let v: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-            v.as_array()
-                .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 5)
+            fresh(api)
+                .members()
+                .is_ok_and(|m| m.iter().filter(|x| x.state == MemberState::Alive).count() == 5)
         })
     });
     std::thread::sleep(Duration::from_secs(1));
-    let client = client();
+    // One client for the writes: kept-alive connections, one per agent.
+    let writer = fresh(&apis[0]);
+    let clients: Vec<Client> = apis.iter().map(|a| writer.at(a)).collect();
 
     // Sequential single-row transactions to one agent.
     let t0 = Instant::now();
     let mut n = 0;
     while t0.elapsed() < Duration::from_secs(5) {
-        let body = json!([[
-            "INSERT INTO items VALUES (?, ?, 'seq')",
-            [format!("seq-{n}"), n]
-        ]]);
-        let (status, text) = post_with(&client, &apis[0], "/v1/transactions", body.to_string());
-        assert_eq!(status, 200, "{text}");
+        let insert = Statement::new("INSERT INTO items VALUES (?, ?, 'seq')")
+            .bind(format!("seq-{n}"))
+            .bind(n);
+        clients[0].execute(&[insert]).expect("sequential write");
         n += 1;
     }
     let tx_per_s = n as f64 / t0.elapsed().as_secs_f64();
 
     // One 5,000-row transaction.
-    let stmts: Vec<Json> = (0..5000)
+    let stmts: Vec<Statement> = (0..5000)
         .map(|i| {
-            json!([
-                "INSERT INTO items VALUES (?, ?, 'bulk row with some text')",
-                [format!("bulk-{i}"), i]
-            ])
+            Statement::new("INSERT INTO items VALUES (?, ?, 'bulk row with some text')")
+                .bind(format!("bulk-{i}"))
+                .bind(i)
         })
         .collect();
     let t0 = Instant::now();
-    let (status, text) = post_with(
-        &client,
-        &apis[1],
-        "/v1/transactions",
-        Json::Array(stmts).to_string(),
-    );
-    assert_eq!(status, 200, "{text}");
+    let done = clients[1].execute(&stmts).expect("5,000-row write");
     let big_tx = t0.elapsed().as_secs_f64();
-    let token = token_of(&text);
+    let token = done.token;
     let others: Vec<String> = apis
         .iter()
         .enumerate()
@@ -164,14 +163,12 @@ fn main() {
     let mut lat = Vec::new();
     for i in 0..200 {
         let w = i % 5;
-        let body = json!([[
-            "INSERT INTO items VALUES (?, ?, 'prop')",
-            [format!("prop-{i}"), i]
-        ]]);
-        let (status, text) = post_with(&client, &apis[w], "/v1/transactions", body.to_string());
-        assert_eq!(status, 200, "{text}");
+        let insert = Statement::new("INSERT INTO items VALUES (?, ?, 'prop')")
+            .bind(format!("prop-{i}"))
+            .bind(i as i64);
+        let done = clients[w].execute(&[insert]).expect("write");
         let t0 = Instant::now();
-        let token = token_of(&text);
+        let token = done.token;
         let others: Vec<String> = apis
             .iter()
             .enumerate()

@@ -8,6 +8,9 @@
 //!
 //! Every statement runs under the node's sandbox (see docs/security.md):
 //! transactions read and write replicated tables, queries only read.
+//!
+//! Answers are the types of `litemesh_client::types`, so the client crate
+//! and this server share one definition of every JSON shape.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -22,10 +25,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use litemesh::{Error, HealthThresholds, Interruption, Node, QueryOptions, StorageError, Token};
+use litemesh_client::types as wire;
 use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
-use crate::json::{from_value, to_statement};
+use crate::json::{to_statement, wire_member, wire_status, wire_value};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -143,7 +147,10 @@ fn too_large() -> Response {
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, axum::Json(json!({ "error": msg.to_string() }))).into_response()
+    let body = wire::ErrorBody {
+        error: msg.to_string(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The status code for a node error.
@@ -208,20 +215,19 @@ async fn transactions(State(st): State<Arc<AppState>>, body: Bytes) -> Response 
     }
     let t = Instant::now();
     match st.node.execute(statements).await {
-        Ok(done) => {
-            let results: Vec<Json> = done
+        Ok(done) => axum::Json(wire::TransactionResult {
+            results: done
                 .rows_affected
                 .iter()
-                .map(|n| json!({ "rows_affected": n }))
-                .collect();
-            axum::Json(json!({
-                "results": results,
-                "time": t.elapsed().as_secs_f64(),
-                "version": done.version,
-                "token": done.token.to_string(),
-            }))
-            .into_response()
-        }
+                .map(|&n| wire::StatementResult {
+                    rows_affected: n as u64,
+                })
+                .collect(),
+            time: t.elapsed().as_secs_f64(),
+            token: done.token.to_string().into(),
+            version: done.version,
+        })
+        .into_response(),
         Err(e) => error(error_status(&e), e),
     }
 }
@@ -233,8 +239,8 @@ struct QueryParams {
 }
 
 /// One NDJSON line.
-fn line(out: &mut Vec<u8>, j: &Json) {
-    serde_json::to_writer(&mut *out, j).expect("JSON to memory");
+fn line(out: &mut Vec<u8>, event: &wire::QueryEvent) {
+    serde_json::to_writer(&mut *out, event).expect("JSON to memory");
     out.push(b'\n');
 }
 
@@ -277,7 +283,10 @@ async fn queries(
         Err(e) => return error(error_status(&e), e),
     };
     let mut first = Vec::new();
-    line(&mut first, &json!({ "columns": rows.columns() }));
+    line(
+        &mut first,
+        &wire::QueryEvent::Columns(rows.columns().to_vec()),
+    );
     struct S {
         rows: Option<litemesh::Rows>,
         n: u64,
@@ -300,22 +309,20 @@ async fn queries(
                 match rows.next().await {
                     Some(Ok(values)) => {
                         s.n += 1;
-                        let v: Vec<Json> = values.iter().map(from_value).collect();
-                        line(&mut out, &json!({ "row": [s.n, v] }));
+                        let v = values.into_iter().map(wire_value).collect();
+                        line(&mut out, &wire::QueryEvent::Row(s.n, v));
                         if out.len() >= 64 * 1024 {
                             break;
                         }
                     }
                     Some(Err(e)) => {
-                        line(&mut out, &json!({ "error": e.to_string() }));
+                        line(&mut out, &wire::QueryEvent::Error(e.to_string()));
                         s.rows = None;
                         break;
                     }
                     None => {
-                        line(
-                            &mut out,
-                            &json!({ "eoq": { "time": s.t.elapsed().as_secs_f64() } }),
-                        );
+                        let time = s.t.elapsed().as_secs_f64();
+                        line(&mut out, &wire::QueryEvent::Eoq(wire::EndOfQuery { time }));
                         s.rows = None;
                         break;
                     }
@@ -333,12 +340,13 @@ async fn queries(
 }
 
 async fn members(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(st.node.members()).into_response()
+    let members: Vec<wire::Member> = st.node.members().into_iter().map(wire_member).collect();
+    axum::Json(members).into_response()
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Response {
     match st.node.status().await {
-        Ok(s) => axum::Json(s).into_response(),
+        Ok(s) => axum::Json(wire_status(s)).into_response(),
         Err(e) => error(error_status(&e), e),
     }
 }
@@ -355,32 +363,41 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
             .get(&st.node.actor_id())
             .and_then(|r| r.max())
             .unwrap_or(0);
-        return axum::Json(json!({ "status": "ok", "name": st.node.name(), "db_version": db }))
-            .into_response();
+        return axum::Json(wire::Health {
+            db_version: Some(db),
+            error: None,
+            issues: Vec::new(),
+            name: st.node.name().to_string(),
+            status: wire::HealthStatus::Ok,
+        })
+        .into_response();
     }
-    let issues: Vec<Json> = h
+    let issues: Vec<wire::HealthIssue> = h
         .issues
         .iter()
-        .map(|i| json!({ "kind": i.kind(), "message": i.to_string() }))
+        .map(|i| wire::HealthIssue {
+            kind: i.kind().into(),
+            message: i.to_string(),
+        })
         .collect();
-    let text: Vec<String> = h.issues.iter().map(|i| i.to_string()).collect();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({
-            "status": "unhealthy",
-            "name": st.node.name(),
-            "error": text.join("; "),
-            "issues": issues,
-        })),
-    )
-        .into_response()
+    let text: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+    let body = wire::Health {
+        db_version: None,
+        error: Some(text.join("; ")),
+        issues,
+        name: st.node.name().to_string(),
+        status: wire::HealthStatus::Unhealthy,
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 async fn quarantine_retry(State(st): State<Arc<AppState>>) -> Response {
     match st.node.retry_quarantined().await {
-        Ok((applied, failing)) => {
-            axum::Json(json!({ "applied": applied, "still_failing": failing })).into_response()
-        }
+        Ok((applied, failing)) => axum::Json(wire::RetryResult {
+            applied: applied as u64,
+            still_failing: failing as u64,
+        })
+        .into_response(),
         Err(e) => error(error_status(&e), e),
     }
 }

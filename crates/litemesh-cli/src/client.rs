@@ -1,13 +1,11 @@
 //! Client commands: `exec`, `query`, `members`, `status` over the HTTP API.
 
-use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, ValueEnum};
-use serde_json::{Value as Json, json};
+use litemesh_client::{Client, HealthStatus, QueryOptions, Statement, Token, Value};
+use serde_json::Value as Json;
 
 use crate::CliResult;
 
@@ -62,113 +60,51 @@ pub struct QueryArgs {
     sql: String,
 }
 
-fn base_url(api: &str) -> String {
-    let api = api.trim_end_matches('/');
-    if api.starts_with("http://") || api.starts_with("https://") {
-        api.to_string()
-    } else {
-        format!("http://{api}")
-    }
+fn client(api: &ApiArgs) -> Client {
+    Client::new(&api.api)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
-}
-
-type Resp = ureq::http::Response<ureq::Body>;
-
-fn failed(url: &str, e: ureq::Error) -> String {
-    format!("cannot reach the agent at {url}: {e}")
-}
-
-/// A non-2xx answer as an error message (the API's `error` field if any).
-fn check(mut r: Resp) -> Result<Resp, String> {
-    if r.status().is_success() {
-        return Ok(r);
-    }
-    let status = r.status();
-    let text = r.body_mut().read_to_string().unwrap_or_default();
-    let msg = serde_json::from_str::<Json>(&text)
-        .ok()
-        .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
-        .unwrap_or(text);
-    Err(format!("{status}: {msg}"))
-}
-
-fn get_json(api: &str, path: &str) -> Result<Json, String> {
-    let url = format!("{}{path}", base_url(api));
-    let r = agent().get(&url).call().map_err(|e| failed(&url, e))?;
-    let mut r = check(r)?;
-    let text = r
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&text).map_err(|e| format!("bad answer from {url}: {e}"))
-}
-
-fn post(api: &str, path: &str, body: &Json) -> Result<Resp, String> {
-    let url = format!("{}{path}", base_url(api));
-    let r = agent()
-        .post(&url)
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .map_err(|e| failed(&url, e))?;
-    check(r)
+/// An error of the client as the command's message.
+fn err(e: litemesh_client::Error) -> String {
+    e.to_string()
 }
 
 /// `litemesh exec SQL…`
 pub fn exec(a: ExecArgs) -> CliResult {
-    let mut r = post(&a.api.api, "/v1/transactions", &json!(a.sql))?;
-    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    let j: Json = serde_json::from_str(&text).map_err(|e| format!("bad answer: {e}"))?;
+    let statements: Vec<Statement> = a.sql.into_iter().map(Statement::from).collect();
+    let c = client(&a.api);
     if a.json {
+        let j: Json = c.execute_as(&statements).map_err(err)?;
         println!("{j}");
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(results) = j["results"].as_array() {
-        for (i, res) in results.iter().enumerate() {
-            println!(
-                "statement {}: {} row(s) affected",
-                i + 1,
-                res["rows_affected"]
-            );
-        }
+    let done = c.execute(&statements).map_err(err)?;
+    for (i, res) in done.results.iter().enumerate() {
+        println!("statement {}: {} row(s) affected", i + 1, res.rows_affected);
     }
-    println!("version: {}", j["version"]);
-    let token = j["token"].as_str().unwrap_or("");
+    println!("version: {}", done.version);
     println!(
         "token: {}",
-        if token.is_empty() {
+        if done.token.is_empty() {
             "(none: nothing replicated changed)"
         } else {
-            token
+            done.token.as_str()
         }
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// A value for the table and CSV formats.
-fn plain(v: &Json) -> String {
+fn plain(v: &Value) -> String {
     match v {
-        Json::Null => "NULL".into(),
-        Json::String(s) => s.clone(),
-        Json::Object(o) => match o.get("blob").and_then(Json::as_str) {
-            Some(b) => match B64.decode(b) {
-                Ok(bytes) => {
-                    let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
-                    format!("x'{hex}'")
-                }
-                Err(_) => v.to_string(),
-            },
-            None => v.to_string(),
-        },
-        other => other.to_string(),
+        Value::Null => "NULL".into(),
+        Value::Text(s) => s.clone(),
+        Value::Blob(bytes) => {
+            let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+            format!("x'{hex}'")
+        }
+        // Numbers as in JSON.
+        number => Json::from(number).to_string(),
     }
 }
 
@@ -205,54 +141,28 @@ pub fn print_table(columns: &[String], rows: &[Vec<String>]) {
 
 /// `litemesh query SQL`
 pub fn query(a: QueryArgs) -> CliResult {
-    let mut path = "/v1/queries".to_string();
-    let mut sep = '?';
-    if let Some(t) = &a.min_token {
-        path.push_str(&format!("{sep}min_token={}", urlencode(t)));
-        sep = '&';
-    }
-    if let Some(w) = a.wait_ms {
-        path.push_str(&format!("{sep}wait_ms={w}"));
-    }
-    let r = post(&a.api.api, &path, &json!(a.sql))?;
-    let mut columns: Vec<String> = Vec::new();
-    let mut rows: Vec<Vec<Json>> = Vec::new();
-    let reader = BufReader::new(r.into_body().into_reader());
-    let mut ended = false;
-    for line in reader.lines() {
-        let line = line.map_err(|e| format!("reading the answer: {e}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let ev: Json = serde_json::from_str(&line).map_err(|e| format!("bad event: {e}"))?;
-        if let Some(c) = ev.get("columns").and_then(Json::as_array) {
-            columns = c
-                .iter()
-                .map(|c| c.as_str().unwrap_or_default().to_string())
-                .collect();
-        } else if let Some(row) = ev.get("row") {
-            rows.push(row[1].as_array().cloned().unwrap_or_default());
-        } else if let Some(e) = ev.get("error") {
-            return Err(format!(
-                "after {} row(s): {}",
-                rows.len(),
-                e.as_str().unwrap_or_default()
-            ));
-        } else if ev.get("eoq").is_some() {
-            ended = true;
-        }
-    }
-    if !ended {
-        return Err(format!(
-            "the answer ended after {} row(s) without its end marker (connection cut)",
-            rows.len()
-        ));
-    }
+    let options = QueryOptions {
+        min_token: a.min_token.map(Token::from),
+        wait: a.wait_ms.map(Duration::from_millis),
+    };
+    let answer = client(&a.api)
+        .query(&Statement::from(a.sql), &options)
+        .map_err(err)?;
+    let columns = answer.columns().to_vec();
+    let rows: Vec<Vec<Value>> = answer.collect::<Result<_, _>>().map_err(err)?;
     match a.format {
         Format::Json => {
             let objs: Vec<Json> = rows
                 .iter()
-                .map(|r| Json::Object(columns.iter().cloned().zip(r.iter().cloned()).collect()))
+                .map(|r| {
+                    Json::Object(
+                        columns
+                            .iter()
+                            .cloned()
+                            .zip(r.iter().map(Json::from))
+                            .collect(),
+                    )
+                })
                 .collect();
             println!("{}", Json::Array(objs));
         }
@@ -263,7 +173,7 @@ pub fn query(a: QueryArgs) -> CliResult {
                 let cells: Vec<String> = r
                     .iter()
                     .map(|v| match v {
-                        Json::Null => String::new(),
+                        Value::Null => String::new(),
                         v => csv_field(&plain(v)),
                     })
                     .collect();
@@ -284,32 +194,19 @@ pub fn query(a: QueryArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A float as the status and members tables show it.
+fn secs(f: f64) -> String {
+    format!("{f:.1}")
 }
 
-fn opt(v: &Json) -> String {
-    match v {
-        Json::Null => "-".into(),
-        Json::Number(n) => match n.as_f64() {
-            Some(f) if !n.is_i64() && !n.is_u64() => format!("{f:.1}"),
-            _ => n.to_string(),
-        },
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional field: `-` when absent.
+fn opt<T>(v: Option<T>, show: impl FnOnce(T) -> String) -> String {
+    v.map_or_else(|| "-".to_string(), show)
 }
 
 /// `litemesh members`
 pub fn members(a: ApiArgs) -> CliResult {
-    let j = get_json(&a.api, "/v1/members")?;
+    let members = client(&a).members().map_err(err)?;
     let cols = [
         "NAME",
         "ADDR",
@@ -319,24 +216,18 @@ pub fn members(a: ApiArgs) -> CliResult {
         "RTT_MS",
         "API",
     ];
-    let rows: Vec<Vec<String>> = j
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
+    let rows: Vec<Vec<String>> = members
+        .into_iter()
         .map(|m| {
-            [
-                "name",
-                "addr",
-                "region",
-                "state",
-                "incarnation",
-                "rtt_ms",
-                "api",
+            vec![
+                m.name,
+                m.addr.to_string(),
+                opt(m.region, |r| r),
+                m.state.to_string(),
+                m.incarnation.to_string(),
+                opt(m.rtt_ms, secs),
+                opt(m.api, |a| a),
             ]
-            .iter()
-            .map(|k| opt(&m[*k]))
-            .collect()
         })
         .collect();
     print_table(&cols.map(String::from), &rows);
@@ -345,72 +236,55 @@ pub fn members(a: ApiArgs) -> CliResult {
 
 /// `litemesh status`
 pub fn status(a: ApiArgs) -> CliResult {
-    let j = get_json(&a.api, "/v1/status")?;
-    let health_url = format!("{}/v1/health", base_url(&a.api));
-    let health = agent()
-        .get(&health_url)
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|t| serde_json::from_str::<Json>(&t).ok())
-        .unwrap_or(Json::Null);
-    println!("name:              {}", opt(&j["name"]));
-    println!("actor:             {}", opt(&j["actor"]));
-    println!("db_version:        {}", opt(&j["db_version"]));
-    match health["status"].as_str() {
-        Some("ok") => println!("health:            ok"),
-        Some(other) => println!("health:            {other}: {}", opt(&health["error"])),
+    let c = client(&a);
+    let s = c.status().map_err(err)?;
+    let health = c.health().ok();
+    println!("name:              {}", s.name);
+    println!("actor:             {}", s.actor);
+    println!("db_version:        {}", s.db_version);
+    match health {
+        Some(h) if h.status == HealthStatus::Ok => println!("health:            ok"),
+        Some(h) => println!("health:            {}: {}", h.status, opt(h.error, |e| e)),
         None => println!("health:            -"),
     }
     println!(
         "members:           {} reachable of {} known (this node included)",
-        opt(&j["members_reachable"]),
-        opt(&j["members_known"])
+        s.members_reachable, s.members_known
     );
-    println!("max lag:           {} s", opt(&j["max_lag_secs"]));
-    println!("changes_applied:   {}", opt(&j["changes_applied"]));
+    println!("max lag:           {} s", secs(s.max_lag_secs));
+    println!("changes_applied:   {}", s.changes_applied);
     println!(
         "syncs:             {} completed, {} failed",
-        opt(&j["syncs_completed"]),
-        opt(&j["syncs_failed"])
+        s.syncs_completed, s.syncs_failed
     );
     println!(
         "failures:          apply {}, serve {} in a row; write: {}",
-        opt(&j["apply_failures"]),
-        opt(&j["serve_failures"]),
-        match &j["write_error"] {
-            Json::Null => "ok".to_string(),
-            e => opt(e),
-        }
+        s.apply_failures,
+        s.serve_failures,
+        s.write_error.as_deref().unwrap_or("ok")
     );
     println!(
         "broadcast:         {} queued, {} dropped",
-        opt(&j["broadcast_queue"]),
-        opt(&j["broadcast_dropped"])
+        s.broadcast_queue, s.broadcast_dropped
     );
-    println!("partial_versions:  {}", opt(&j["partial_versions"]));
+    println!("partial_versions:  {}", s.partial_versions);
     println!("version vector:");
-    if let Some(vv) = j["version_vector"].as_object() {
-        for (actor, v) in vv {
-            println!("  {actor}  {v}");
-        }
+    for (actor, v) in &s.version_vector {
+        println!("  {actor}  {v}");
     }
-    let list = |k: &str| j[k].as_array().cloned().unwrap_or_default();
     println!("writers (replication lag):");
-    let rows: Vec<Vec<String>> = list("writers")
+    let rows: Vec<Vec<String>> = s
+        .writers
         .iter()
         .map(|w| {
-            [
-                "name",
-                "actor",
-                "reachable",
-                "lag_secs",
-                "head",
-                "missing_versions",
+            vec![
+                opt(w.name.clone(), |n| n),
+                w.actor.to_string(),
+                w.reachable.to_string(),
+                secs(w.lag_secs),
+                w.head.to_string(),
+                w.missing_versions.to_string(),
             ]
-            .iter()
-            .map(|k| opt(&w[*k]))
-            .collect()
         })
         .collect();
     print_table(
@@ -418,20 +292,18 @@ pub fn status(a: ApiArgs) -> CliResult {
         &rows,
     );
     println!("peers:");
-    let rows: Vec<Vec<String>> = list("peers")
+    let rows: Vec<Vec<String>> = s
+        .peers
         .iter()
         .map(|p| {
-            [
-                "name",
-                "addr",
-                "state",
-                "behind_versions",
-                "sync_age_secs",
-                "rtt_ms",
+            vec![
+                opt(p.name.clone(), |n| n),
+                p.addr.to_string(),
+                p.state.to_string(),
+                p.behind_versions.to_string(),
+                secs(p.sync_age_secs),
+                opt(p.rtt_ms, secs),
             ]
-            .iter()
-            .map(|k| opt(&p[*k]))
-            .collect()
         })
         .collect();
     print_table(
@@ -446,18 +318,21 @@ pub fn status(a: ApiArgs) -> CliResult {
         .map(String::from),
         &rows,
     );
-    let q = list("quarantined");
-    if !q.is_empty() {
+    if !s.quarantined.is_empty() {
         println!(
             "quarantined changes (cannot be applied here; POST /v1/quarantine/retry after fixing):"
         );
-        let rows: Vec<Vec<String>> = q
+        let rows: Vec<Vec<String>> = s
+            .quarantined
             .iter()
             .map(|x| {
-                ["actor", "version", "attempts", "since_secs", "error"]
-                    .iter()
-                    .map(|k| opt(&x[*k]))
-                    .collect()
+                vec![
+                    x.actor.to_string(),
+                    x.version.to_string(),
+                    x.attempts.to_string(),
+                    secs(x.since_secs),
+                    x.error.clone(),
+                ]
             })
             .collect();
         print_table(

@@ -4,11 +4,17 @@
 //! `{"query": "SQL", "params": [params…]}`. A value is JSON null, an integer,
 //! a float, a string, or `{"blob": "<base64>"}` (booleans are accepted as
 //! parameters and bound as 0/1).
+//!
+//! Requests are parsed here, strictly and with messages that say what is
+//! wrong. Answers are the shapes of `litemesh_client::types` (defined once,
+//! decoded by the client): the functions at the end of this file turn the
+//! node's types into them.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use litemesh::{Statement, Value};
-use serde_json::{Map, Value as Json, json};
+use litemesh_client::types as wire;
+use serde_json::{Map, Value as Json};
 
 /// A JSON value as a SQLite value.
 pub fn to_value(j: &Json) -> Result<Value, String> {
@@ -41,18 +47,6 @@ pub fn to_value(j: &Json) -> Result<Value, String> {
         },
         Json::Array(_) => return Err("an array is not a parameter value".into()),
     })
-}
-
-/// A SQLite value as JSON.
-pub fn from_value(v: &Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Integer(i) => json!(i),
-        // NaN and infinities have no JSON form: null.
-        Value::Real(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        Value::Text(s) => Json::String(s.clone()),
-        Value::Blob(b) => json!({ "blob": B64.encode(b) }),
-    }
 }
 
 fn params(j: Option<&Json>) -> Result<Vec<Value>, String> {
@@ -99,9 +93,163 @@ fn statement_object(o: &Map<String, Json>) -> Result<Statement, String> {
     }
 }
 
+/// A SQLite value in its JSON form (NaN and infinities have none: null).
+pub fn wire_value(v: Value) -> litemesh_client::Value {
+    use litemesh_client::Value as W;
+    match v {
+        Value::Null => W::Null,
+        Value::Integer(i) => W::Integer(i),
+        Value::Real(f) => W::Real(f),
+        Value::Text(s) => W::Text(s),
+        Value::Blob(b) => W::Blob(b),
+    }
+}
+
+/// A member (`GET /v1/members`).
+pub fn wire_member(m: litemesh::MemberInfo) -> wire::Member {
+    let litemesh::MemberInfo {
+        name,
+        addr,
+        region,
+        state,
+        incarnation,
+        rtt_ms,
+        actor,
+        api,
+    } = m;
+    wire::Member {
+        name,
+        addr,
+        region,
+        state: state.into(),
+        incarnation,
+        rtt_ms,
+        actor: actor.map(Into::into),
+        api,
+    }
+}
+
+/// The node's status (`GET /v1/status`). Every field is named, so that a
+/// field added to the node's status does not compile until the API says
+/// what it shows of it.
+pub fn wire_status(s: litemesh::Status) -> wire::Status {
+    let litemesh::Status {
+        name,
+        actor,
+        db_version,
+        version_vector,
+        complete_through,
+        peers,
+        writers,
+        max_lag_secs,
+        quarantined,
+        members_reachable,
+        members_known,
+        broadcast_queue,
+        broadcast_dropped,
+        changes_applied,
+        syncs_completed,
+        syncs_failed,
+        apply_failures,
+        serve_failures,
+        write_error,
+        partial_versions,
+    } = s;
+    let actors = |m: std::collections::BTreeMap<String, u64>| {
+        m.into_iter().map(|(a, v)| (a.into(), v)).collect()
+    };
+    wire::Status {
+        name,
+        actor: actor.into(),
+        db_version,
+        version_vector: actors(version_vector),
+        complete_through: actors(complete_through),
+        peers: peers
+            .into_iter()
+            .map(|p| {
+                let litemesh::PeerStatus {
+                    addr,
+                    name,
+                    state,
+                    behind_versions,
+                    last_sync_secs_ago,
+                    sync_age_secs,
+                    rtt_ms,
+                } = p;
+                wire::PeerStatus {
+                    addr,
+                    name,
+                    state: state.into(),
+                    behind_versions,
+                    last_sync_secs_ago,
+                    sync_age_secs,
+                    rtt_ms,
+                }
+            })
+            .collect(),
+        writers: writers
+            .into_iter()
+            .map(|w| {
+                let litemesh::WriterStatus {
+                    actor,
+                    name,
+                    addr,
+                    reachable,
+                    lag_secs,
+                    head,
+                    missing_versions,
+                } = w;
+                wire::WriterStatus {
+                    actor: actor.into(),
+                    name,
+                    addr,
+                    reachable,
+                    lag_secs,
+                    head,
+                    missing_versions,
+                }
+            })
+            .collect(),
+        max_lag_secs,
+        quarantined: quarantined
+            .into_iter()
+            .map(|q| {
+                let litemesh::QuarantineStatus {
+                    actor,
+                    version,
+                    rows,
+                    error,
+                    since_secs,
+                    attempts,
+                } = q;
+                wire::QuarantinedChange {
+                    actor: actor.into(),
+                    version,
+                    rows: rows as u64,
+                    error,
+                    since_secs,
+                    attempts,
+                }
+            })
+            .collect(),
+        members_reachable: members_reachable as u64,
+        members_known: members_known as u64,
+        broadcast_queue: broadcast_queue as u64,
+        broadcast_dropped,
+        changes_applied,
+        syncs_completed,
+        syncs_failed,
+        apply_failures,
+        serve_failures,
+        write_error,
+        partial_versions: partial_versions as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn statements_in_three_forms() {
@@ -133,9 +281,48 @@ mod tests {
             Value::Text("é".into()),
             Value::Blob(vec![0, 1, 255]),
         ] {
-            assert_eq!(to_value(&from_value(&v)).unwrap(), v);
+            let j = serde_json::to_value(wire_value(v.clone())).unwrap();
+            assert_eq!(to_value(&j).unwrap(), v);
         }
         assert!(to_value(&json!(u64::MAX)).is_err());
         assert!(to_value(&json!({"blob": "!!"})).is_err());
+    }
+
+    /// What the client sends is what the server reads.
+    #[test]
+    fn client_statements_parse_here() {
+        use litemesh_client::Statement as W;
+        let sent = [
+            W::new("SELECT 1"),
+            W::new("INSERT INTO t VALUES (?, ?, ?, ?, ?)")
+                .bind("é")
+                .bind(-3)
+                .bind(2.5)
+                .bind(vec![0u8, 255])
+                .bind(None::<i64>),
+        ];
+        let j = serde_json::to_value(&sent).unwrap();
+        let got: Vec<Statement> = j
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| to_statement(s).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Statement::from("SELECT 1"),
+                Statement::with_params(
+                    "INSERT INTO t VALUES (?, ?, ?, ?, ?)",
+                    vec![
+                        Value::Text("é".into()),
+                        Value::Integer(-3),
+                        Value::Real(2.5),
+                        Value::Blob(vec![0, 255]),
+                        Value::Null,
+                    ]
+                ),
+            ]
+        );
     }
 }

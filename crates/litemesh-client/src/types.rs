@@ -1,0 +1,472 @@
+//! The JSON shapes of the agent's HTTP API: what each endpoint answers.
+//!
+//! The agent serializes these same types, so each shape is defined here
+//! once. Decoding is tolerant of fields added later (they are ignored) and
+//! of string values added later to the enums below (they decode as
+//! `Other`).
+//!
+//! Where the agent wrote an object with `serde_json::json!` (keys sorted),
+//! the fields are declared in alphabetical order so that the bytes on the
+//! wire stayed the same when the agent moved to these types.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::value::Value;
+
+/// A string enum with known values and an `Other` for values added later.
+macro_rules! open_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+            /// A value this version of the client does not know.
+            Other(String),
+        }
+
+        impl $name {
+            /// The value as it is on the wire.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( $name::$variant => $text, )*
+                    $name::Other(s) => s,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                match s {
+                    $( $text => $name::$variant, )*
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                match $name::from(s.as_str()) {
+                    $name::Other(_) => $name::Other(s),
+                    known => known,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map($name::from)
+            }
+        }
+    };
+}
+
+/// A string the API defines as opaque, typed so it is not mixed up with
+/// other strings.
+macro_rules! string_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a string.
+            pub fn new(s: impl Into<String>) -> Self {
+                $name(s.into())
+            }
+
+            /// The string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The string, owned.
+            pub fn into_string(self) -> String {
+                self.0
+            }
+
+            /// Whether it is the empty string.
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::convert::Infallible;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok($name(s.to_owned()))
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id! {
+    /// A version token: names what a transaction wrote. Opaque to clients;
+    /// pass it to a query on any node ([`crate::QueryOptions::min_token`])
+    /// to read no older than that write. Empty when the transaction changed
+    /// nothing replicated.
+    Token
+}
+
+string_id! {
+    /// A node's storage actor id (hex). A node writes as a new actor after a
+    /// crash or a restore.
+    ActorId
+}
+
+open_enum! {
+    /// A member's state in the membership protocol (`/v1/members`, and the
+    /// peers of `/v1/status`).
+    pub enum MemberState {
+        /// Answering probes.
+        Alive => "alive",
+        /// Missed probes; may still refute.
+        Suspect => "suspect",
+        /// Declared failed.
+        Dead => "dead",
+        /// Left the mesh gracefully.
+        Left => "left",
+        /// Remembered from an earlier run and not reached yet (peers only).
+        Unreachable => "unreachable",
+    }
+}
+
+open_enum! {
+    /// The verdict of `/v1/health`.
+    pub enum HealthStatus {
+        /// Serving and caught up (HTTP 200).
+        Ok => "ok",
+        /// See the issues (HTTP 503).
+        Unhealthy => "unhealthy",
+    }
+}
+
+open_enum! {
+    /// What kind of trouble a [`HealthIssue`] is.
+    pub enum HealthIssueKind {
+        /// A reachable writer's data is stale here past the threshold.
+        Lagging => "lagging",
+        /// Too many versions of a writer or peer are missing here.
+        Behind => "behind",
+        /// The node reaches at most half the members it knows.
+        CutOff => "cut_off",
+        /// Changes from peers cannot be applied here.
+        Quarantined => "quarantined",
+        /// Applying changes from peers keeps failing.
+        ApplyFailing => "apply_failing",
+        /// Serving peers' reconciliations keeps failing.
+        ServeFailing => "serve_failing",
+        /// The node cannot write its file.
+        CannotWrite => "cannot_write",
+        /// The database file was removed or replaced under the node.
+        FileGone => "file_gone",
+        /// The node is shutting down.
+        ShuttingDown => "shutting_down",
+    }
+}
+
+/// The body of every error answer: `{"error": "…"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What one statement of a transaction did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementResult {
+    /// Rows it inserted, updated or deleted.
+    pub rows_affected: u64,
+}
+
+/// The answer of `POST /v1/transactions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionResult {
+    /// One result per statement, in order.
+    pub results: Vec<StatementResult>,
+    /// Seconds the transaction took on the agent.
+    #[serde(default)]
+    pub time: f64,
+    /// Names what the transaction wrote (empty if nothing replicated
+    /// changed).
+    pub token: Token,
+    /// The node's db version after the transaction.
+    pub version: u64,
+}
+
+/// End of a query's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndOfQuery {
+    /// Seconds the query took on the agent.
+    #[serde(default)]
+    pub time: f64,
+}
+
+/// One line of `POST /v1/queries`'s newline-delimited answer.
+///
+/// The agent sends `columns` first, then one `row` per row, then `eoq`; a
+/// failure after the first line ends the stream with `error` instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", from = "WireEvent")]
+pub enum QueryEvent {
+    /// `{"columns": [name, …]}`.
+    Columns(Vec<String>),
+    /// `{"row": [n, [value, …]]}`: row number `n` (from 1) and its values.
+    Row(u64, Vec<Value>),
+    /// `{"eoq": {"time": seconds}}`: the query ended; every row was sent.
+    Eoq(EndOfQuery),
+    /// `{"error": "…"}`: the query failed; no more rows follow.
+    Error(String),
+    /// An event this version of the client does not know (skipped by
+    /// [`crate::Rows`]); never sent.
+    #[serde(skip_serializing)]
+    Unknown,
+}
+
+/// A query event as decoded: any object; the first known key wins.
+#[derive(Deserialize)]
+struct WireEvent {
+    columns: Option<Vec<String>>,
+    row: Option<(u64, Vec<Value>)>,
+    error: Option<String>,
+    eoq: Option<EndOfQuery>,
+}
+
+impl From<WireEvent> for QueryEvent {
+    fn from(w: WireEvent) -> Self {
+        if let Some(c) = w.columns {
+            QueryEvent::Columns(c)
+        } else if let Some((n, values)) = w.row {
+            QueryEvent::Row(n, values)
+        } else if let Some(e) = w.error {
+            QueryEvent::Error(e)
+        } else if let Some(e) = w.eoq {
+            QueryEvent::Eoq(e)
+        } else {
+            QueryEvent::Unknown
+        }
+    }
+}
+
+/// A member as the node sees it (`GET /v1/members`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its region, if set.
+    pub region: Option<String>,
+    /// Its state.
+    pub state: MemberState,
+    /// SWIM incarnation.
+    pub incarnation: u64,
+    /// Smoothed round-trip time in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Its storage actor id.
+    pub actor: Option<ActorId>,
+    /// Its advertised HTTP API address.
+    pub api: Option<String>,
+}
+
+/// A peer's replication state (in [`Status::peers`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its name, if known.
+    pub name: Option<String>,
+    /// `alive`, `suspect`, `dead`, `left` or `unreachable`.
+    pub state: MemberState,
+    /// Versions it had at the last reconciliation that this node still
+    /// lacks.
+    pub behind_versions: u64,
+    /// Seconds since the last completed reconciliation with it.
+    pub last_sync_secs_ago: Option<f64>,
+    /// Seconds since the last completed reconciliation with it, or, if there
+    /// was none, since this node first knew of it.
+    pub sync_age_secs: f64,
+    /// Round-trip time in milliseconds.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Replication lag of one writer (in [`Status::writers`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriterStatus {
+    /// Its actor id.
+    pub actor: ActorId,
+    /// The member's name, if known.
+    pub name: Option<String>,
+    /// The member's address, if known.
+    pub addr: Option<SocketAddr>,
+    /// Whether it is reachable.
+    pub reachable: bool,
+    /// Seconds this node's copy of its data has not been known complete.
+    pub lag_secs: f64,
+    /// Its latest published version.
+    pub head: u64,
+    /// Versions up to `head` this node lacks.
+    pub missing_versions: u64,
+}
+
+/// A change from a peer that cannot be applied on the node (in
+/// [`Status::quarantined`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantinedChange {
+    /// The writer's actor id.
+    pub actor: ActorId,
+    /// Its version.
+    pub version: u64,
+    /// Row changes it holds.
+    pub rows: u64,
+    /// Why it fails.
+    pub error: String,
+    /// Seconds since it first failed.
+    pub since_secs: f64,
+    /// Attempts so far.
+    pub attempts: u64,
+}
+
+/// A snapshot of the node's state (`GET /v1/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub name: String,
+    /// Its current storage actor id.
+    pub actor: ActorId,
+    /// Last local version.
+    pub db_version: u64,
+    /// Highest version held per actor.
+    pub version_vector: BTreeMap<ActorId, u64>,
+    /// Per actor, the highest version `n` such that every version `1..=n` is
+    /// held: tokens naming versions up to it are satisfied here.
+    pub complete_through: BTreeMap<ActorId, u64>,
+    /// Every member known, with its replication state.
+    pub peers: Vec<PeerStatus>,
+    /// Lag per writer.
+    pub writers: Vec<WriterStatus>,
+    /// The largest lag over every writer, in seconds.
+    pub max_lag_secs: f64,
+    /// Changes from peers that cannot be applied here.
+    pub quarantined: Vec<QuarantinedChange>,
+    /// Members reachable, this node included.
+    pub members_reachable: u64,
+    /// Members known (alive, suspect, dead, or remembered), this node
+    /// included.
+    pub members_known: u64,
+    /// Broadcast messages waiting for the rate limit.
+    pub broadcast_queue: u64,
+    /// Broadcast messages dropped on overflow (anti-entropy repairs them).
+    pub broadcast_dropped: u64,
+    /// Changes from peers applied.
+    pub changes_applied: u64,
+    /// Completed reconciliations.
+    pub syncs_completed: u64,
+    /// Failed reconciliations.
+    pub syncs_failed: u64,
+    /// Consecutive failures to apply changes from peers.
+    pub apply_failures: u64,
+    /// Consecutive failures to serve a peer's reconciliation.
+    pub serve_failures: u64,
+    /// Why the node cannot write its file, if it cannot.
+    pub write_error: Option<String>,
+    /// Versions received in part.
+    pub partial_versions: u64,
+}
+
+/// One reason a node is unhealthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthIssue {
+    /// What kind of trouble.
+    pub kind: HealthIssueKind,
+    /// It, in words.
+    pub message: String,
+}
+
+/// The answer of `GET /v1/health` (HTTP 200 when healthy, 503 when not).
+// Fields in alphabetical order: see the module's documentation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The node's last local version (when healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_version: Option<u64>,
+    /// Every issue in one line (when unhealthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it is unhealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issues: Vec<HealthIssue>,
+    /// Node name.
+    pub name: String,
+    /// The verdict.
+    pub status: HealthStatus,
+}
+
+impl Health {
+    /// Whether the node is fit to serve.
+    pub fn is_healthy(&self) -> bool {
+        self.status == HealthStatus::Ok
+    }
+}
+
+/// The answer of `POST /v1/quarantine/retry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryResult {
+    /// Quarantined changes applied now.
+    pub applied: u64,
+    /// Those still failing.
+    pub still_failing: u64,
+}
