@@ -204,7 +204,10 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
                         ..MeshParams::default()
                     };
                     let r = run(&p, dir.path());
-                    results.lock().unwrap_or_else(|e| e.into_inner()).insert(seed, r);
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(seed, r);
                 }
             });
         }

@@ -446,14 +446,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         format!(
             "{{writer=\"{}\",actor=\"{}\",reachable=\"{}\"}}",
             label(w.name.as_deref().unwrap_or("")),
-            label(&w.actor),
+            label(&w.actor.to_hex()),
             w.reachable
         )
     };
     let lag: Vec<(String, f64)> = s
         .writers
         .iter()
-        .map(|w| (writer_label(w), w.lag_secs))
+        .map(|w| (writer_label(w), w.lag.as_secs_f64()))
         .collect();
     metric(
         "litemesh_lag_seconds",
@@ -466,7 +466,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "litemesh_max_lag_seconds",
         "gauge",
         "The largest litemesh_lag_seconds over all writers (0 without writers).",
-        &one(s.max_lag_secs),
+        &one(s.max_lag.as_secs_f64()),
     );
     let missing: Vec<(String, f64)> = s
         .writers
@@ -484,7 +484,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             "{{peer=\"{}\",name=\"{}\",state=\"{}\"}}",
             label(&p.addr.to_string()),
             label(p.name.as_deref().unwrap_or("")),
-            label(&p.state)
+            label(p.state.as_str())
         )
     };
     let behind: Vec<(String, f64)> = s
@@ -507,7 +507,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let ago: Vec<(String, f64)> = s
         .peers
         .iter()
-        .map(|p| (peer_label(p), p.sync_age_secs))
+        .map(|p| (peer_label(p), p.sync_age.as_secs_f64()))
         .collect();
     metric(
         "litemesh_peer_last_sync_age_seconds",
@@ -593,7 +593,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .map(|state| {
             (
                 format!("{{state=\"{state}\"}}"),
-                members.iter().filter(|m| m.state == *state).count() as f64,
+                members
+                    .iter()
+                    .filter(|m| litemesh::PeerState::from(m.state).as_str() == *state)
+                    .count() as f64,
             )
         })
         .collect();

@@ -82,7 +82,10 @@ async fn contents(n: &Node) -> Result<(usize, u64), String> {
 }
 
 async fn lag(n: &Node) -> f64 {
-    n.status().await.map(|s| s.max_lag_secs).unwrap_or(0.0)
+    n.status()
+        .await
+        .map(|s| s.max_lag.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// One line: per node its rows, the rows written anywhere that it lacks
@@ -97,7 +100,7 @@ async fn progress(t0: Instant, phase: &str, nodes: &[DemoNode]) {
             .node
             .members()
             .iter()
-            .filter(|m| m.state == "alive")
+            .filter(|m| m.state == litemesh::MemberState::Alive)
             .count();
         let rows = count(&d.node).await;
         line.push_str(&format!(
@@ -198,7 +201,7 @@ async fn demo(a: DemoArgs) -> CliResult {
         d.node
             .members()
             .iter()
-            .filter(|m| m.state == "alive")
+            .filter(|m| m.state == litemesh::MemberState::Alive)
             .count()
             < n
     }) {
@@ -287,7 +290,7 @@ async fn demo(a: DemoArgs) -> CliResult {
                 d.node
                     .members()
                     .iter()
-                    .filter(|m| m.state == "alive")
+                    .filter(|m| m.state == litemesh::MemberState::Alive)
                     .count()
                     == n
             })

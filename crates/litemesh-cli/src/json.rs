@@ -105,6 +105,10 @@ pub fn wire_value(v: Value) -> litemesh_client::Value {
     }
 }
 
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// A member (`GET /v1/members`).
 pub fn wire_member(m: litemesh::MemberInfo) -> wire::Member {
     let litemesh::MemberInfo {
@@ -113,7 +117,7 @@ pub fn wire_member(m: litemesh::MemberInfo) -> wire::Member {
         region,
         state,
         incarnation,
-        rtt_ms,
+        rtt,
         actor,
         api,
     } = m;
@@ -121,10 +125,10 @@ pub fn wire_member(m: litemesh::MemberInfo) -> wire::Member {
         name,
         addr,
         region,
-        state: state.into(),
+        state: litemesh::PeerState::from(state).as_str().into(),
         incarnation,
-        rtt_ms,
-        actor: actor.map(Into::into),
+        rtt_ms: rtt.map(millis),
+        actor: actor.map(|a| a.to_hex().into()),
         api,
     }
 }
@@ -141,7 +145,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         complete_through,
         peers,
         writers,
-        max_lag_secs,
+        max_lag,
         quarantined,
         members_reachable,
         members_known,
@@ -155,12 +159,12 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         write_error,
         partial_versions,
     } = s;
-    let actors = |m: std::collections::BTreeMap<String, u64>| {
-        m.into_iter().map(|(a, v)| (a.into(), v)).collect()
+    let actors = |m: std::collections::BTreeMap<litemesh::ActorId, u64>| {
+        m.into_iter().map(|(a, v)| (a.to_hex().into(), v)).collect()
     };
     wire::Status {
         name,
-        actor: actor.into(),
+        actor: actor.to_hex().into(),
         db_version,
         version_vector: actors(version_vector),
         complete_through: actors(complete_through),
@@ -172,18 +176,18 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     name,
                     state,
                     behind_versions,
-                    last_sync_secs_ago,
-                    sync_age_secs,
-                    rtt_ms,
+                    last_sync_ago,
+                    sync_age,
+                    rtt,
                 } = p;
                 wire::PeerStatus {
                     addr,
                     name,
-                    state: state.into(),
+                    state: state.as_str().into(),
                     behind_versions,
-                    last_sync_secs_ago,
-                    sync_age_secs,
-                    rtt_ms,
+                    last_sync_secs_ago: last_sync_ago.map(|d| d.as_secs_f64()),
+                    sync_age_secs: sync_age.as_secs_f64(),
+                    rtt_ms: rtt.map(millis),
                 }
             })
             .collect(),
@@ -195,22 +199,22 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     name,
                     addr,
                     reachable,
-                    lag_secs,
+                    lag,
                     head,
                     missing_versions,
                 } = w;
                 wire::WriterStatus {
-                    actor: actor.into(),
+                    actor: actor.to_hex().into(),
                     name,
                     addr,
                     reachable,
-                    lag_secs,
+                    lag_secs: lag.as_secs_f64(),
                     head,
                     missing_versions,
                 }
             })
             .collect(),
-        max_lag_secs,
+        max_lag_secs: max_lag.as_secs_f64(),
         quarantined: quarantined
             .into_iter()
             .map(|q| {
@@ -219,15 +223,15 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     version,
                     rows,
                     error,
-                    since_secs,
+                    since,
                     attempts,
                 } = q;
                 wire::QuarantinedChange {
-                    actor: actor.into(),
+                    actor: actor.to_hex().into(),
                     version,
                     rows: rows as u64,
                     error,
-                    since_secs,
+                    since_secs: since.as_secs_f64(),
                     attempts,
                 }
             })

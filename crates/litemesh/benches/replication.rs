@@ -71,10 +71,13 @@ async fn mesh(dir: &tempfile::TempDir, ca: &Ca, n: usize) -> Vec<Node> {
         );
     }
     let start = Instant::now();
-    while !nodes
-        .iter()
-        .all(|x| x.members().iter().filter(|m| m.state == "alive").count() == n)
-    {
+    while !nodes.iter().all(|x| {
+        x.members()
+            .iter()
+            .filter(|m| m.state == litemesh::MemberState::Alive)
+            .count()
+            == n
+    }) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "mesh of {n} did not form"
@@ -250,7 +253,7 @@ fn main() {
         if std::env::var("LM_DEBUG").is_ok() {
             for n in &twenty {
                 let st = n.status().await.unwrap();
-                let alive = n.members().iter().filter(|m| m.state == "alive").count();
+                let alive = n.members().iter().filter(|m| m.state == litemesh::MemberState::Alive).count();
                 eprintln!("{}: alive {alive} peers {} dropped {} syncs {}/{} applied {}", st.name, st.peers.len(), st.broadcast_dropped, st.syncs_completed, st.syncs_failed, st.changes_applied);
             }
         }

@@ -23,7 +23,11 @@ async fn count(node: &Node) -> usize {
 async fn show(nodes: &[(Node, FaultHandle)]) {
     let mut line = String::new();
     for (n, _) in nodes {
-        let alive = n.members().iter().filter(|m| m.state == "alive").count();
+        let alive = n
+            .members()
+            .iter()
+            .filter(|m| m.state == litemesh::MemberState::Alive)
+            .count();
         line.push_str(&format!(
             "  {}: {} rows, sees {alive} alive",
             n.name(),
@@ -80,10 +84,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         nodes.push((node, faults));
     }
-    while nodes
-        .iter()
-        .any(|(n, _)| n.members().iter().filter(|m| m.state == "alive").count() < 3)
-    {
+    while nodes.iter().any(|(n, _)| {
+        n.members()
+            .iter()
+            .filter(|m| m.state == litemesh::MemberState::Alive)
+            .count()
+            < 3
+    }) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("mesh formed:");

@@ -32,17 +32,19 @@ mod query;
 mod session;
 mod settings;
 mod sql;
+mod status;
 mod token;
 
 pub use error::Error;
 pub use health::{Health, HealthIssue, HealthThresholds};
+pub use litemesh_proto::{ActorId, Knowledge};
 pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
-pub use node::{
-    ChangeEvent, Executed, MemberInfo, Node, PeerStatus, QuarantineStatus, Status, Subscription,
-    WriterStatus,
-};
+pub use node::{ChangeEvent, Executed, Node, Subscription};
 pub use query::{QueryOptions, Rows};
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
+pub use status::{
+    MemberInfo, MemberState, PeerState, PeerStatus, QuarantineStatus, Status, WriterStatus,
+};
 pub use token::Token;

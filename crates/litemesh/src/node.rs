@@ -26,12 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use litemesh_core::{Config as CoreConfig, NodeCore, Remembered, Start};
-use litemesh_membership as mb;
 use litemesh_proto::{ActorId, ChangeBatch, Head, Knowledge, NodeMeta};
 use litemesh_storage::{ClientLimits, ReadConnection, RememberedPeer, StorageError, Store};
 use litemesh_sync::OpId;
 use litemesh_transport::{Event as TEvent, Incoming, MeshIdentity, Transport, TransportConfig};
-use serde::Serialize;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -42,6 +40,7 @@ use crate::query::{self, QueryOptions, QueryPool, Rows};
 use crate::session::{self, FileLock};
 use crate::settings::{Settings, Tls};
 use crate::sql::{QueryResult, Statement};
+use crate::status::{MemberInfo, PeerState, PeerStatus, QuarantineStatus, Status, WriterStatus};
 use crate::token::Token;
 
 /// Bytes of changes per batch extracted for a peer.
@@ -60,133 +59,6 @@ pub struct Executed {
     pub version: u64,
     /// Names what the transaction wrote; pass it to a query on any node.
     pub token: Token,
-}
-
-/// A member as this node sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MemberInfo {
-    /// Node name.
-    pub name: String,
-    /// QUIC address.
-    pub addr: SocketAddr,
-    /// Region, if set.
-    pub region: Option<String>,
-    /// `alive`, `suspect`, `dead` or `left`.
-    pub state: String,
-    /// SWIM incarnation.
-    pub incarnation: u64,
-    /// Smoothed round-trip time in milliseconds.
-    pub rtt_ms: Option<f64>,
-    /// The member's storage actor id.
-    pub actor: Option<String>,
-    /// Its advertised HTTP API address.
-    pub api: Option<String>,
-}
-
-/// What the node knows of a peer's replication state. Every member it knows
-/// is listed — alive, suspect, dead, or remembered from an earlier run and
-/// not reached yet (`unreachable`) — with its age, so that a stale peer shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PeerStatus {
-    /// QUIC address.
-    pub addr: SocketAddr,
-    /// Its name, if known.
-    pub name: Option<String>,
-    /// `alive`, `suspect`, `dead` or `unreachable`.
-    pub state: String,
-    /// Versions the peer had, at the last reconciliation, that this node still
-    /// lacks.
-    pub behind_versions: u64,
-    /// Seconds since the last completed reconciliation with it.
-    pub last_sync_secs_ago: Option<f64>,
-    /// Seconds since the last completed reconciliation with it, or, if there
-    /// was none, since this node first knew of it.
-    pub sync_age_secs: f64,
-    /// Round-trip time in milliseconds.
-    pub rtt_ms: Option<f64>,
-}
-
-/// Replication lag of one writer (a member's current actor).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WriterStatus {
-    /// Its actor id (hex).
-    pub actor: String,
-    /// The member's name, if known.
-    pub name: Option<String>,
-    /// The member's address, if known.
-    pub addr: Option<SocketAddr>,
-    /// Whether it is reachable (alive).
-    pub reachable: bool,
-    /// Seconds this node's copy of its data has not been known complete.
-    pub lag_secs: f64,
-    /// Its latest published version.
-    pub head: u64,
-    /// Versions up to `head` this node lacks.
-    pub missing_versions: u64,
-}
-
-/// A change from a peer that cannot be applied on this node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuarantineStatus {
-    /// The writer's actor id (hex).
-    pub actor: String,
-    /// Its version.
-    pub version: u64,
-    /// Row changes it holds.
-    pub rows: usize,
-    /// Why it fails.
-    pub error: String,
-    /// Seconds since it first failed.
-    pub since_secs: f64,
-    /// Attempts so far.
-    pub attempts: u64,
-}
-
-/// A snapshot of the node's state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Status {
-    /// Node name.
-    pub name: String,
-    /// Storage actor id (hex).
-    pub actor: String,
-    /// Last local version.
-    pub db_version: u64,
-    /// Highest version held per actor.
-    pub version_vector: BTreeMap<String, u64>,
-    /// Per actor, the highest version `n` such that every version `1..=n` is
-    /// held: what this node has of that actor without gaps. Tokens naming
-    /// versions up to it are satisfied here.
-    pub complete_through: BTreeMap<String, u64>,
-    /// Replication peers: every member known.
-    pub peers: Vec<PeerStatus>,
-    /// Lag per writer.
-    pub writers: Vec<WriterStatus>,
-    /// The largest lag over every writer, in seconds.
-    pub max_lag_secs: f64,
-    /// Changes from peers that cannot be applied here.
-    pub quarantined: Vec<QuarantineStatus>,
-    /// Members reachable, this node included.
-    pub members_reachable: usize,
-    /// Members known (alive, suspect, dead, or remembered), this node included.
-    pub members_known: usize,
-    /// Broadcast messages waiting for the rate limit.
-    pub broadcast_queue: usize,
-    /// Broadcast messages dropped on overflow (anti-entropy repairs them).
-    pub broadcast_dropped: u64,
-    /// Counters.
-    pub changes_applied: u64,
-    /// Completed reconciliations.
-    pub syncs_completed: u64,
-    /// Failed reconciliations.
-    pub syncs_failed: u64,
-    /// Consecutive failures to apply changes from peers.
-    pub apply_failures: u64,
-    /// Consecutive failures to serve a peer's reconciliation.
-    pub serve_failures: u64,
-    /// Why the node cannot write its file, if it cannot.
-    pub write_error: Option<String>,
-    /// Versions received in part.
-    pub partial_versions: usize,
 }
 
 /// Committed changes to replicated tables.
@@ -880,10 +752,10 @@ impl Node {
                 name: m.name.clone(),
                 addr: m.addr,
                 region: m.region.clone(),
-                state: state_name(m.state).to_string(),
+                state: m.state,
                 incarnation: m.incarnation,
-                rtt_ms: m.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                actor: m.actor.map(|a| a.to_hex()),
+                rtt: m.rtt,
+                actor: m.actor,
                 api: m.api.clone(),
             })
             .collect()
@@ -911,19 +783,13 @@ impl Node {
         let mut reachable = 1;
         // A member restarted under a new identity is listed twice at one
         // address until the old one is reaped: the liveliest speaks for it.
-        let rank = |state: &str| match state {
-            "alive" => 0,
-            "suspect" => 1,
-            "dead" => 2,
-            _ => 3,
-        };
         for (addr, kn) in &known {
             let m = members
                 .iter()
                 .filter(|m| m.addr == *addr)
-                .min_by_key(|m| rank(&m.state));
-            let state = m.map_or("unreachable", |m| m.state.as_str()).to_string();
-            if state == "alive" || state == "suspect" {
+                .min_by_key(|m| PeerState::from(m.state));
+            let state = m.map_or(PeerState::Unreachable, |m| m.state.into());
+            if state.is_reachable() {
                 reachable += 1;
             }
             let seen = sched
@@ -939,16 +805,13 @@ impl Node {
                 name: m.map(|m| m.name.clone()).or(kn.name.clone()),
                 state,
                 behind_versions: behind,
-                last_sync_secs_ago: last.map(|d| d.as_secs_f64()),
-                sync_age_secs: last
-                    .unwrap_or_else(|| core_now.saturating_sub(kn.first_known))
-                    .as_secs_f64(),
-                rtt_ms: sched
+                last_sync_ago: last,
+                sync_age: last.unwrap_or_else(|| core_now.saturating_sub(kn.first_known)),
+                rtt: sched
                     .iter()
                     .find(|p| p.addr == *addr)
                     .and_then(|p| p.rtt)
-                    .or(m.and_then(|m| m.rtt_ms.map(|r| Duration::from_secs_f64(r / 1000.0))))
-                    .map(|r| r.as_secs_f64() * 1000.0),
+                    .or(m.and_then(|m| m.rtt)),
             });
         }
         let names: BTreeMap<ActorId, (Option<String>, SocketAddr)> = known
@@ -958,11 +821,11 @@ impl Node {
         let writers: Vec<WriterStatus> = lags
             .iter()
             .map(|l| WriterStatus {
-                actor: l.actor.to_hex(),
+                actor: l.actor,
                 name: names.get(&l.actor).and_then(|(n, _)| n.clone()),
                 addr: names.get(&l.actor).map(|(_, a)| *a),
                 reachable: l.reachable,
-                lag_secs: l.lag.as_secs_f64(),
+                lag: l.lag,
                 head: l.head,
                 missing_versions: l.missing_versions,
             })
@@ -977,29 +840,21 @@ impl Node {
         let f = inner.failures().clone();
         Ok(Status {
             name: inner.name.clone(),
-            actor: actor.to_hex(),
+            actor,
             db_version,
-            version_vector: k
-                .heads()
-                .into_iter()
-                .map(|(a, v)| (a.to_hex(), v))
-                .collect(),
-            complete_through: k
-                .have
-                .keys()
-                .map(|a| (a.to_hex(), k.complete_through(a)))
-                .collect(),
+            version_vector: k.heads(),
+            complete_through: k.have.keys().map(|a| (*a, k.complete_through(a))).collect(),
             peers,
-            max_lag_secs: writers.iter().map(|w| w.lag_secs).fold(0.0, f64::max),
+            max_lag: writers.iter().map(|w| w.lag).max().unwrap_or_default(),
             writers,
             quarantined: quarantine
                 .into_iter()
                 .map(|q| QuarantineStatus {
-                    actor: q.actor.to_hex(),
+                    actor: q.actor,
                     version: q.version,
                     rows: q.rows,
                     error: q.error,
-                    since_secs: now_ms.saturating_sub(q.first_failed_ms) as f64 / 1000.0,
+                    since: Duration::from_millis(now_ms.saturating_sub(q.first_failed_ms)),
                     attempts: q.attempts,
                 })
                 .collect(),
@@ -1029,11 +884,11 @@ impl Node {
         }
         let s = self.status().await?;
         for w in &s.writers {
-            let who = w.name.clone().unwrap_or_else(|| w.actor.clone());
-            if w.reachable && w.lag_secs > t.max_lag.as_secs_f64() {
+            let who = w.name.clone().unwrap_or_else(|| w.actor.to_hex());
+            if w.reachable && w.lag > t.max_lag {
                 issues.push(HealthIssue::Lagging {
                     writer: who.clone(),
-                    lag: Duration::from_secs_f64(w.lag_secs),
+                    lag: w.lag,
                     max: t.max_lag,
                 });
             }
@@ -1046,7 +901,7 @@ impl Node {
             }
         }
         for p in &s.peers {
-            let reachable = p.state == "alive" || p.state == "suspect";
+            let reachable = p.state.is_reachable();
             if reachable && p.behind_versions > t.max_behind_versions {
                 issues.push(HealthIssue::Behind {
                     of: p.name.clone().unwrap_or_else(|| p.addr.to_string()),
@@ -1301,15 +1156,5 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::warn!("maintenance failed: {e}"),
         }
-    }
-}
-
-/// The name of a membership state in the API.
-fn state_name(s: mb::MemberState) -> &'static str {
-    match s {
-        mb::MemberState::Alive => "alive",
-        mb::MemberState::Suspect => "suspect",
-        mb::MemberState::Dead => "dead",
-        mb::MemberState::Left => "left",
     }
 }

@@ -87,20 +87,20 @@ async fn a_partition_makes_the_minority_unhealthy_its_lag_grow_and_healing_clear
     })
     .await;
     // Its lag for a grows, in seconds, while a and b stay healthy.
-    let lag_of_a = |n: Node, actor: String| async move {
+    let lag_of_a = |n: Node, actor: litemesh::ActorId| async move {
         n.status()
             .await
             .unwrap()
             .writers
             .iter()
             .find(|w| w.actor == actor)
-            .map(|w| w.lag_secs)
+            .map(|w| w.lag.as_secs_f64())
             .unwrap_or(0.0)
     };
-    let a_actor = a.actor_id().to_hex();
-    let l1 = lag_of_a(c.clone(), a_actor.clone()).await;
+    let a_actor = a.actor_id();
+    let l1 = lag_of_a(c.clone(), a_actor).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let l2 = lag_of_a(c.clone(), a_actor.clone()).await;
+    let l2 = lag_of_a(c.clone(), a_actor).await;
     assert!(l2 > l1 && l2 > 1.0, "lag grows: {l1} then {l2}");
     assert!(a.health(&thresholds()).await.unwrap().is_ok());
     assert!(b.health(&thresholds()).await.unwrap().is_ok());

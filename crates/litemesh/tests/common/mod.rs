@@ -84,7 +84,10 @@ pub async fn all_identical(nodes: &[Node]) -> bool {
 }
 
 pub fn alive_count(node: &Node) -> usize {
-    node.members().iter().filter(|m| m.state == "alive").count()
+    node.members()
+        .iter()
+        .filter(|m| m.state == litemesh::MemberState::Alive)
+        .count()
 }
 
 pub fn init_tracing() {

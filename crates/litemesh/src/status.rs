@@ -1,0 +1,183 @@
+//! What a node reports of itself: members, peers, writers, quarantine and
+//! the status snapshot. Typed (enums, actor ids, durations); the agent's
+//! HTTP API chooses their JSON form.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use litemesh_proto::ActorId;
+
+pub use litemesh_membership::MemberState;
+
+/// A peer's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerState {
+    /// Alive in membership.
+    Alive,
+    /// Suspected by membership (still reachable, maybe).
+    Suspect,
+    /// Declared dead by membership.
+    Dead,
+    /// Left the mesh.
+    Left,
+    /// Known (remembered from an earlier run, or forgotten by membership)
+    /// but not seen in this run.
+    Unreachable,
+}
+
+impl PeerState {
+    /// Whether the node counts it as reachable (alive or suspect).
+    pub fn is_reachable(self) -> bool {
+        matches!(self, PeerState::Alive | PeerState::Suspect)
+    }
+
+    /// Its lowercase name (as the API shows it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Dead => "dead",
+            PeerState::Left => "left",
+            PeerState::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl From<MemberState> for PeerState {
+    fn from(s: MemberState) -> Self {
+        match s {
+            MemberState::Alive => PeerState::Alive,
+            MemberState::Suspect => PeerState::Suspect,
+            MemberState::Dead => PeerState::Dead,
+            MemberState::Left => PeerState::Left,
+        }
+    }
+}
+
+/// A member as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberInfo {
+    /// Node name.
+    pub name: String,
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// Region, if set.
+    pub region: Option<String>,
+    /// Liveness.
+    pub state: MemberState,
+    /// SWIM incarnation.
+    pub incarnation: u64,
+    /// Smoothed round-trip time.
+    pub rtt: Option<Duration>,
+    /// The member's storage actor id.
+    pub actor: Option<ActorId>,
+    /// Its advertised HTTP API address.
+    pub api: Option<String>,
+}
+
+/// What the node knows of a peer's replication state. Every member it knows
+/// is listed — alive, suspect, dead, or remembered from an earlier run and
+/// not reached yet (`unreachable`) — with its age, so that a stale peer shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// Its name, if known.
+    pub name: Option<String>,
+    /// Its liveness as membership sees it, or unreachable.
+    pub state: PeerState,
+    /// Versions the peer had, at the last reconciliation, that this node still
+    /// lacks.
+    pub behind_versions: u64,
+    /// Time since the last completed reconciliation with it.
+    pub last_sync_ago: Option<Duration>,
+    /// Time since the last completed reconciliation with it, or, if there
+    /// was none, since this node first knew of it.
+    pub sync_age: Duration,
+    /// Round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// Replication lag of one writer (a member's current actor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriterStatus {
+    /// Its actor id.
+    pub actor: ActorId,
+    /// The member's name, if known.
+    pub name: Option<String>,
+    /// The member's address, if known.
+    pub addr: Option<SocketAddr>,
+    /// Whether it is reachable (alive).
+    pub reachable: bool,
+    /// How long this node's copy of its data has not been known complete.
+    pub lag: Duration,
+    /// Its latest published version.
+    pub head: u64,
+    /// Versions up to `head` this node lacks.
+    pub missing_versions: u64,
+}
+
+/// A change from a peer that cannot be applied on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineStatus {
+    /// The writer's actor id.
+    pub actor: ActorId,
+    /// Its version.
+    pub version: u64,
+    /// Row changes it holds.
+    pub rows: usize,
+    /// Why it fails.
+    pub error: String,
+    /// Time since it first failed.
+    pub since: Duration,
+    /// Attempts so far.
+    pub attempts: u64,
+}
+
+/// A snapshot of the node's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Node name.
+    pub name: String,
+    /// Storage actor id.
+    pub actor: ActorId,
+    /// Last local version.
+    pub db_version: u64,
+    /// Highest version held per actor.
+    pub version_vector: BTreeMap<ActorId, u64>,
+    /// Per actor, the highest version `n` such that every version `1..=n` is
+    /// held: what this node has of that actor without gaps. Tokens naming
+    /// versions up to it are satisfied here.
+    pub complete_through: BTreeMap<ActorId, u64>,
+    /// Replication peers: every member known.
+    pub peers: Vec<PeerStatus>,
+    /// Lag per writer.
+    pub writers: Vec<WriterStatus>,
+    /// The largest lag over every writer.
+    pub max_lag: Duration,
+    /// Changes from peers that cannot be applied here.
+    pub quarantined: Vec<QuarantineStatus>,
+    /// Members reachable, this node included.
+    pub members_reachable: usize,
+    /// Members known (alive, suspect, dead, or remembered), this node included.
+    pub members_known: usize,
+    /// Broadcast messages waiting for the rate limit.
+    pub broadcast_queue: usize,
+    /// Broadcast messages dropped on overflow (anti-entropy repairs them).
+    pub broadcast_dropped: u64,
+    /// Counters.
+    pub changes_applied: u64,
+    /// Completed reconciliations.
+    pub syncs_completed: u64,
+    /// Failed reconciliations.
+    pub syncs_failed: u64,
+    /// Consecutive failures to apply changes from peers.
+    pub apply_failures: u64,
+    /// Consecutive failures to serve a peer's reconciliation.
+    pub serve_failures: u64,
+    /// Why the node cannot write its file, if it cannot.
+    pub write_error: Option<String>,
+    /// Versions received in part.
+    pub partial_versions: usize,
+}
