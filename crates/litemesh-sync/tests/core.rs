@@ -109,7 +109,10 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
         match op {
             StorageOp::Apply { op, batches } => o.applies.push((op, batches)),
             StorageOp::Extract {
-                op, request, theirs, ..
+                op,
+                request,
+                theirs,
+                ..
             } => o.extracts.push((op, request, theirs)),
         }
     }
@@ -151,14 +154,19 @@ fn settle(c: &mut Replication, now: Duration, theirs: &Knowledge) {
 fn a_broadcast_is_applied_then_relayed_only_if_it_taught_something() {
     let mut c = core(&[2, 3, 4, 5, 6]);
     settle(&mut c, ms(0), &Knowledge::default());
-    c.handle_broadcast(ms(1), addr(2), &broadcast(THEM, 1, 3)[..]).unwrap();
+    c.handle_broadcast(ms(1), addr(2), &broadcast(THEM, 1, 3)[..])
+        .unwrap();
     let o = drain(&mut c, ms(1));
     assert_eq!(o.applies.len(), 1, "one apply per broadcast");
     assert!(o.uni.is_empty(), "nothing relayed before it is applied");
     c.set_knowledge(holding(THEM, 1), vec![]);
     c.handle_applied(ms(2), o.applies[0].0, Ok(true));
     let o = drain(&mut c, ms(2));
-    assert_eq!(o.uni.len(), Config::default().fanout, "relayed to fanout peers");
+    assert_eq!(
+        o.uni.len(),
+        Config::default().fanout,
+        "relayed to fanout peers"
+    );
     for (to, bytes) in &o.uni {
         assert_ne!(*to, addr(2), "never back to the sender");
         assert_eq!(bytes[0], channel::SYNC);
@@ -168,12 +176,14 @@ fn a_broadcast_is_applied_then_relayed_only_if_it_taught_something() {
         }
     }
     // The same broadcast again teaches nothing: not relayed.
-    c.handle_broadcast(ms(3), addr(3), &broadcast(THEM, 1, 3)[..]).unwrap();
+    c.handle_broadcast(ms(3), addr(3), &broadcast(THEM, 1, 3)[..])
+        .unwrap();
     let o = drain(&mut c, ms(3));
     c.handle_applied(ms(3), o.applies[0].0, Ok(false));
     assert!(drain(&mut c, ms(3)).uni.is_empty());
     // Hops spent: applied, not relayed.
-    c.handle_broadcast(ms(4), addr(3), &broadcast(THEM, 2, 0)[..]).unwrap();
+    c.handle_broadcast(ms(4), addr(3), &broadcast(THEM, 2, 0)[..])
+        .unwrap();
     let o = drain(&mut c, ms(4));
     c.set_knowledge(holding(THEM, 2), vec![]);
     c.handle_applied(ms(4), o.applies[0].0, Ok(true));
@@ -191,7 +201,8 @@ fn a_gap_behind_a_broadcast_pulls_from_its_sender_at_once() {
     // Long after the last round (a pull within a quarter interval of one is
     // not repeated), version 40 arrives; 1..=39 are missing: more than the
     // threshold.
-    c.handle_broadcast(ms(1_000_000), addr(3), &broadcast(THEM, 40, 1)[..]).unwrap();
+    c.handle_broadcast(ms(1_000_000), addr(3), &broadcast(THEM, 40, 1)[..])
+        .unwrap();
     let o = drain(&mut c, ms(1_000_000));
     let mut k = Knowledge::default();
     k.insert(THEM, 40);
@@ -205,7 +216,8 @@ fn a_gap_behind_a_broadcast_pulls_from_its_sender_at_once() {
     let mut c = core(&[2]);
     settle(&mut c, ms(0), &Knowledge::default());
     c.set_knowledge(holding(THEM, 10), vec![]);
-    c.handle_broadcast(ms(1_000_000), addr(2), &broadcast(THEM, 13, 1)[..]).unwrap();
+    c.handle_broadcast(ms(1_000_000), addr(2), &broadcast(THEM, 13, 1)[..])
+        .unwrap();
     let o = drain(&mut c, ms(1_000_000));
     c.handle_applied(ms(1_000_000), o.applies[0].0, Ok(true));
     assert!(drain(&mut c, ms(1_000_000)).requests.is_empty());
@@ -217,7 +229,10 @@ fn a_published_head_beyond_what_is_held_pulls_from_its_writer() {
     settle(&mut c, ms(0), &Knowledge::default());
     c.set_knowledge(holding(THEM, 5), vec![]);
     c.handle_head(ms(1_000_000), addr(2), THEM, 5);
-    assert!(drain(&mut c, ms(1_000_000)).requests.is_empty(), "held: nothing to do");
+    assert!(
+        drain(&mut c, ms(1_000_000)).requests.is_empty(),
+        "held: nothing to do"
+    );
     c.handle_head(ms(1_000_000), addr(2), THEM, 6);
     let o = drain(&mut c, ms(1_000_000));
     assert_eq!(o.requests.len(), 1);
@@ -294,7 +309,10 @@ fn a_reconciliation_groups_its_applies_pauses_reading_and_finishes_after_them() 
     assert_eq!(o.requests[0].1, addr(2));
     assert_eq!(o.requests[0].2, holding(THEM, 4));
     let st = c.peers();
-    assert_eq!(st[0].knowledge.as_ref().map(|k| &k.0), Some(&holding(THEM, 10)));
+    assert_eq!(
+        st[0].knowledge.as_ref().map(|k| &k.0),
+        Some(&holding(THEM, 10))
+    );
     assert_eq!(c.stats().syncs_completed, 1);
 }
 
@@ -344,23 +362,35 @@ fn serving_extracts_what_the_requester_lacks_and_answers_once_with_fresh_knowled
         usize::MAX,
     )
     .unwrap();
-    c.handle_request(ms(1), addr(2), RequestId(1), &req).unwrap();
+    c.handle_request(ms(1), addr(2), RequestId(1), &req)
+        .unwrap();
     let o = drain(&mut c, ms(1));
     assert_eq!(o.extracts.len(), 1);
     assert_eq!(o.extracts[0].2, holding(ME, 2));
-    assert!(o.answers.is_empty(), "the last frame comes after the batches");
+    assert!(
+        o.answers.is_empty(),
+        "the last frame comes after the batches"
+    );
     // More committed while extracting: the last frame says so.
     c.set_knowledge(holding(ME, 6), vec![(THEM, 9)]);
     c.handle_extracted(ms(2), o.extracts[0].0, Extracted::Done { skipped: 0 });
     let o = drain(&mut c, ms(2));
     let mut want = holding(ME, 6);
     want.insert(THEM, 9);
-    assert_eq!(o.answers, vec![(RequestId(1), Some(want))], "quarantined versions advertised");
+    assert_eq!(
+        o.answers,
+        vec![(RequestId(1), Some(want))],
+        "quarantined versions advertised"
+    );
     // A malformed request is rejected at once.
-    assert!(c.handle_request(ms(3), addr(2), RequestId(2), &[9, 9]).is_err());
+    assert!(
+        c.handle_request(ms(3), addr(2), RequestId(2), &[9, 9])
+            .is_err()
+    );
     assert_eq!(drain(&mut c, ms(3)).answers, vec![(RequestId(2), None)]);
     // A failed extraction is rejected and counted.
-    c.handle_request(ms(4), addr(2), RequestId(3), &req).unwrap();
+    c.handle_request(ms(4), addr(2), RequestId(3), &req)
+        .unwrap();
     let o = drain(&mut c, ms(4));
     c.handle_extracted(ms(4), o.extracts[0].0, Extracted::Failed("disk".into()));
     assert_eq!(drain(&mut c, ms(4)).answers, vec![(RequestId(3), None)]);
@@ -374,18 +404,21 @@ fn a_peer_holding_more_of_our_own_actor_makes_us_move_to_a_new_one_at_most_once_
     drain(&mut c, ms(0));
     // A peer holding exactly our head confirms the file: probation over.
     let req = |k: Knowledge| encode(&Message::SyncRequest { knowledge: k }, usize::MAX).unwrap();
-    c.handle_request(ms(1), addr(2), RequestId(1), &req(holding(ME, 5))).unwrap();
+    c.handle_request(ms(1), addr(2), RequestId(1), &req(holding(ME, 5)))
+        .unwrap();
     assert!(!c.take_probation());
     assert!(drain(&mut c, ms(1)).events.is_empty());
     // A peer holding more: our file lost commits.
-    c.handle_request(ms(2), addr(2), RequestId(2), &req(holding(ME, 9))).unwrap();
+    c.handle_request(ms(2), addr(2), RequestId(2), &req(holding(ME, 9)))
+        .unwrap();
     let o = drain(&mut c, ms(2));
     assert!(o.events.contains(&Event::RotateActor {
         from: addr(2),
         their_head: 9,
         our_head: 5
     }));
-    c.handle_request(ms(3), addr(2), RequestId(3), &req(holding(ME, 9))).unwrap();
+    c.handle_request(ms(3), addr(2), RequestId(3), &req(holding(ME, 9)))
+        .unwrap();
     assert!(
         !drain(&mut c, ms(3))
             .events
@@ -405,10 +438,16 @@ fn a_peer_that_goes_down_keeps_what_was_known_of_it_and_is_not_chosen() {
     let p = c.peers();
     let two = p.iter().find(|p| p.addr == addr(2)).unwrap();
     assert!(!two.up);
-    assert_eq!(two.knowledge.as_ref().map(|k| &k.0), Some(&holding(THEM, 3)));
+    assert_eq!(
+        two.knowledge.as_ref().map(|k| &k.0),
+        Some(&holding(THEM, 3))
+    );
     c.handle_local_commit(&[batch(ME, 1, 10)]);
     let o = drain(&mut c, ms(1));
-    assert!(o.uni.iter().all(|u| u.0 == addr(3)), "nothing sent to a down peer");
+    assert!(
+        o.uni.iter().all(|u| u.0 == addr(3)),
+        "nothing sent to a down peer"
+    );
     for t in 1..20 {
         for (_, to, _) in drain(&mut c, ms(t * 1000)).requests {
             assert_eq!(to, addr(3));

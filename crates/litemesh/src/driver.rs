@@ -1,12 +1,13 @@
-//! The tokio driver of the replication core (`litemesh_sync::Replication`):
-//! feeds it inputs, carries out its outputs with quinn and the SQLite
+//! The tokio driver of the node core (`litemesh_core::NodeCore`: membership
+//! and replication): feeds it inputs, carries out its outputs with quinn and the SQLite
 //! connections, and wakes it when its timer is due.
 //!
 //! Every input goes through [`drive`]: lock the core, hand it the input,
 //! drain its outputs, unlock, then act on them. The core decides; this module
 //! only moves bytes and runs storage work:
 //!
-//! - transmits: broadcasts on unidirectional streams, reconciliation
+//! - transmits: datagrams and unidirectional streams through one queue and
+//!   one sender task per peer (in order, bounded), reconciliation
 //!   requests (one task per open session, reading its response frames as
 //!   the core allows), answers to peers' requests (one task per request,
 //!   owning the stream);
@@ -33,6 +34,7 @@ use crate::node::Inner;
 /// What the driver keeps of the sessions and requests in flight.
 #[derive(Default)]
 pub(crate) struct Streams {
+    outboxes: BTreeMap<SocketAddr, mpsc::Sender<Out>>,
     sessions: BTreeMap<SessionId, Arc<SessionCtl>>,
     serving: BTreeMap<RequestId, mpsc::Sender<Serve>>,
     next_request: u64,
@@ -93,26 +95,13 @@ pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut NodeCore, Duratio
 fn transmit(inner: &Arc<Inner>, t: Transmit) {
     let t = match t {
         Transmit::Datagram { to, bytes } => {
-            let tr = inner.transport.clone();
-            tokio::spawn(async move {
-                if let Err(e) = tr.send_datagram(to, Bytes::from(bytes)).await {
-                    tracing::trace!(%to, "datagram not sent: {e}");
-                }
-            });
-            return;
+            return send(inner, to, Out::Datagram(Bytes::from(bytes)));
         }
         Transmit::Sync(t) => t,
     };
     use litemesh_sync::Transmit as T;
     match t {
-        T::Uni { to, bytes } => {
-            let tr = inner.transport.clone();
-            tokio::spawn(async move {
-                if let Err(e) = tr.send_uni(to, Bytes::from_owner(bytes)).await {
-                    tracing::debug!(%to, "send failed: {e}");
-                }
-            });
-        }
+        T::Uni { to, bytes } => send(inner, to, Out::Uni(Bytes::from_owner(bytes))),
         T::Request { session, to, bytes } => {
             let ctl = Arc::new(SessionCtl::default());
             streams(inner).sessions.insert(session, ctl.clone());
@@ -120,6 +109,92 @@ fn transmit(inner: &Arc<Inner>, t: Transmit) {
         }
         T::Respond { request, bytes } => serve(inner, request, Serve::Last(bytes)),
         T::Reject { request, code } => serve(inner, request, Serve::Reject(code)),
+    }
+}
+
+/// A message for a peer's sender task.
+pub(crate) enum Out {
+    Datagram(Bytes),
+    Uni(Bytes),
+}
+
+/// Messages queued for one peer at most; beyond, new ones are dropped (the
+/// protocol repairs lost broadcasts and probes).
+const OUTBOX_DEPTH: usize = 1024;
+/// A peer's sender task ends after this long without anything to send.
+const SENDER_IDLE: Duration = Duration::from_secs(30);
+
+/// Queues `out` for `to`: one queue and one task per peer, so that messages
+/// to a peer go out in order, a peer slow to connect holds up only its own
+/// queue, and the number of tasks is bounded by the number of peers.
+fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
+    let mut out = Some(out);
+    for _ in 0..2 {
+        let tx = {
+            let mut s = streams(inner);
+            s.outboxes
+                .entry(to)
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
+                    tokio::spawn(sender(inner.clone(), to, rx));
+                    tx
+                })
+                .clone()
+        };
+        match tx.try_send(out.take().expect("one message")) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(%to, "send queue full: message dropped");
+                return;
+            }
+            // The task ended (idle) as the message came: start another.
+            Err(mpsc::error::TrySendError::Closed(m)) => {
+                let mut s = streams(inner);
+                if s.outboxes.get(&to).is_some_and(|t| t.same_channel(&tx)) {
+                    s.outboxes.remove(&to);
+                }
+                out = Some(m);
+            }
+        }
+    }
+}
+
+/// Sends what is queued for one peer, in order.
+async fn sender(inner: Arc<Inner>, to: SocketAddr, mut rx: mpsc::Receiver<Out>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let next = tokio::select! {
+            m = tokio::time::timeout(SENDER_IDLE, rx.recv()) => m,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match next {
+            Ok(Some(Out::Datagram(b))) => {
+                if let Err(e) = inner.transport.send_datagram(to, b).await {
+                    tracing::trace!(%to, "datagram not sent: {e}");
+                }
+            }
+            Ok(Some(Out::Uni(b))) => {
+                if let Err(e) = inner.transport.send_uni(to, b).await {
+                    tracing::debug!(%to, "send failed: {e}");
+                }
+            }
+            Ok(None) => break,
+            Err(_idle) => {
+                rx.close();
+                // Whatever came in the meantime still goes.
+                while let Ok(m) = rx.try_recv() {
+                    let _ = match m {
+                        Out::Datagram(b) => inner.transport.send_datagram(to, b).await,
+                        Out::Uni(b) => inner.transport.send_uni(to, b).await,
+                    };
+                }
+                let mut s = streams(&inner);
+                if s.outboxes.get(&to).is_some_and(|t| t.is_closed()) {
+                    s.outboxes.remove(&to);
+                }
+                break;
+            }
+        }
     }
 }
 
