@@ -501,6 +501,32 @@ impl NodeCore {
         }
     }
 
+    /// A sync broadcast the driver decoded outside the core's lock (see
+    /// [`litemesh_sync::decode_broadcast`]).
+    pub fn handle_decoded_broadcast(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        b: litemesh_sync::Broadcast,
+    ) {
+        self.repl.handle_decoded_broadcast(now, from, b);
+    }
+
+    /// See [`Replication::handle_decoded_frame`].
+    pub fn handle_decoded_frame(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        frame: Result<litemesh_sync::Frame, WireError>,
+    ) -> bool {
+        self.repl.handle_decoded_frame(now, session, frame)
+    }
+
+    /// The largest sync message accepted.
+    pub fn max_message(&self) -> usize {
+        self.config.sync.max_message
+    }
+
     /// See [`Replication::handle_request`].
     pub fn handle_request(
         &mut self,

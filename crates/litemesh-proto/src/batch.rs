@@ -44,6 +44,7 @@ pub struct RowChange {
 
 impl RowChange {
     /// Approximate encoded size in bytes, used to bound batches.
+    #[inline]
     pub fn encoded_size(&self) -> usize {
         16 + self.table.len()
             + self.pk.iter().map(Value::encoded_size).sum::<usize>()
@@ -92,11 +93,13 @@ pub struct ChangeBatch {
 
 impl ChangeBatch {
     /// True when the batch carries nothing.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.versions.is_empty() && self.cleared.is_empty()
     }
 
     /// Number of cells in the batch.
+    #[inline]
     pub fn cell_count(&self) -> usize {
         self.versions
             .iter()

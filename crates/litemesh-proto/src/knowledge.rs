@@ -36,12 +36,14 @@ impl Knowledge {
     }
 
     /// Whether `actor`'s `version` is held completely.
+    #[inline]
     pub fn contains(&self, actor: &ActorId, version: u64) -> bool {
         self.have.get(actor).is_some_and(|r| r.contains(version))
     }
 
     /// The highest `n` such that every version `1..=n` of `actor` is held
     /// (0 if version 1 is not).
+    #[inline]
     pub fn complete_through(&self, actor: &ActorId) -> u64 {
         match self.have.get(actor).and_then(|r| r.ranges().first()) {
             Some(&(1, end)) => end,
@@ -50,6 +52,7 @@ impl Knowledge {
     }
 
     /// How many of `actor`'s versions `1..=version` are not held.
+    #[inline]
     pub fn missing_up_to(&self, actor: &ActorId, version: u64) -> u64 {
         let held: u64 = self.have.get(actor).map_or(0, |r| {
             r.ranges()

@@ -14,6 +14,7 @@ pub struct RangeSet {
 
 impl RangeSet {
     /// The empty set.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
@@ -29,21 +30,25 @@ impl RangeSet {
     }
 
     /// The ranges, sorted and disjoint.
+    #[inline]
     pub fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
     }
 
     /// True when the set holds no version.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
 
     /// The largest version in the set.
+    #[inline]
     pub fn max(&self) -> Option<u64> {
         self.ranges.last().map(|r| r.1)
     }
 
     /// Number of versions in the set (saturating).
+    #[inline]
     pub fn count(&self) -> u64 {
         self.ranges.iter().fold(0u64, |acc, (s, e)| {
             acc.saturating_add(e - s).saturating_add(1)
@@ -51,6 +56,7 @@ impl RangeSet {
     }
 
     /// Whether `v` is in the set.
+    #[inline]
     pub fn contains(&self, v: u64) -> bool {
         match self.ranges.binary_search_by(|&(s, _)| s.cmp(&v)) {
             Ok(_) => true,
@@ -60,11 +66,13 @@ impl RangeSet {
     }
 
     /// Adds one version.
+    #[inline]
     pub fn insert(&mut self, v: u64) {
         self.insert_range(v, v);
     }
 
     /// Adds the inclusive range `start..=end`.
+    #[inline]
     pub fn insert_range(&mut self, start: u64, end: u64) {
         if start > end {
             return;
@@ -125,6 +133,7 @@ impl RangeSet {
     }
 
     /// Whether the set holds every version in `start..=end`.
+    #[inline]
     pub fn contains_range(&self, start: u64, end: u64) -> bool {
         if start > end {
             return true;

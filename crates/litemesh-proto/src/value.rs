@@ -19,6 +19,7 @@ pub enum Value {
 
 impl Value {
     /// Approximate encoded size in bytes, used to bound batches.
+    #[inline]
     pub fn encoded_size(&self) -> usize {
         match self {
             Value::Null => 2,
@@ -64,6 +65,7 @@ mod sqlite {
 
     impl Value {
         /// Borrows the value as a rusqlite reference.
+        #[inline]
         pub fn as_ref(&self) -> ValueRef<'_> {
             match self {
                 Value::Null => ValueRef::Null,
@@ -75,6 +77,7 @@ mod sqlite {
         }
 
         /// Copies a rusqlite value reference. Text that is not UTF-8 is kept as a blob.
+        #[inline]
         pub fn from_ref(v: ValueRef<'_>) -> Value {
             match v {
                 ValueRef::Null => Value::Null,
@@ -90,12 +93,14 @@ mod sqlite {
     }
 
     impl ToSql for Value {
+        #[inline]
         fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
             Ok(ToSqlOutput::Borrowed(self.as_ref()))
         }
     }
 
     impl FromSql for Value {
+        #[inline]
         fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
             Ok(Value::from_ref(value))
         }

@@ -27,7 +27,7 @@ mod scheduler;
 
 pub use lag::{LagTracker, WriterLag};
 pub use replication::{
-    Event, Extracted, OpId, Replication, RequestId, SessionId, Stats, StorageOp, Transmit,
-    encode_sync_batch,
+    Broadcast, Event, Extracted, Frame, OpId, Replication, RequestId, SessionId, Stats, StorageOp,
+    Transmit, decode_broadcast, decode_frame, encode_sync_batch,
 };
 pub use scheduler::{Config, Outgoing, PeerStatus, Scheduler, SyncOutcome};

@@ -245,6 +245,59 @@ pub struct Replication {
     stats: Stats,
 }
 
+/// A broadcast, decoded (see [`decode_broadcast`]).
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    hops: u8,
+    /// The encoded batch, relayed as it came.
+    encoded: Vec<u8>,
+    batch: ChangeBatch,
+}
+
+/// A response frame of a reconciliation, decoded (see [`decode_frame`]).
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A batch the requester lacks, and its encoded size.
+    Batch(ChangeBatch, usize),
+    /// The responder's knowledge: the last frame.
+    Done(Knowledge),
+}
+
+/// Decodes a message of the sync channel (channel tag removed). Pure: a
+/// driver may decode outside whatever lock guards the core, then call
+/// [`Replication::handle_decoded_broadcast`].
+pub fn decode_broadcast(bytes: &[u8], max_message: usize) -> Result<Broadcast, WireError> {
+    let (hops, encoded) = match decode(bytes, max_message)? {
+        Message::Broadcast { hops, batch } => (hops, batch),
+        _ => {
+            return Err(WireError::Malformed(
+                "not a broadcast on the broadcast channel".into(),
+            ));
+        }
+    };
+    let batch = decode_batch(&encoded, DEFAULT_MAX_WIRE_BYTES)?;
+    Ok(Broadcast {
+        hops,
+        encoded,
+        batch,
+    })
+}
+
+/// Decodes a response frame of a reconciliation. Pure, like
+/// [`decode_broadcast`]; see [`Replication::handle_decoded_frame`].
+pub fn decode_frame(bytes: &[u8], max_message: usize) -> Result<Frame, WireError> {
+    match decode(bytes, max_message)? {
+        Message::SyncBatch { batch } => {
+            let decoded = decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?;
+            Ok(Frame::Batch(decoded, batch.len()))
+        }
+        Message::SyncDone { knowledge } => Ok(Frame::Done(knowledge)),
+        _ => Err(WireError::Malformed(
+            "unexpected message in a sync response".into(),
+        )),
+    }
+}
+
 /// Encodes one batch as a response frame of a reconciliation.
 pub fn encode_sync_batch(batch: &ChangeBatch, max_message: usize) -> Result<Vec<u8>, WireError> {
     let batch = encode_batch(batch, DEFAULT_MAX_WIRE_BYTES)?;
@@ -512,15 +565,18 @@ impl Replication {
         from: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), WireError> {
-        let (hops, batch) = match decode(bytes, self.config.max_message)? {
-            Message::Broadcast { hops, batch } => (hops, batch),
-            _ => {
-                return Err(WireError::Malformed(
-                    "not a broadcast on the broadcast channel".into(),
-                ));
-            }
-        };
-        let decoded = decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?;
+        let b = decode_broadcast(bytes, self.config.max_message)?;
+        self.handle_decoded_broadcast(now, from, b);
+        Ok(())
+    }
+
+    /// [`Replication::handle_broadcast`] for a broadcast the driver decoded.
+    pub fn handle_decoded_broadcast(&mut self, now: Duration, from: SocketAddr, b: Broadcast) {
+        let Broadcast {
+            hops,
+            encoded: batch,
+            batch: decoded,
+        } = b;
         let heads: Vec<(ActorId, u64)> = decoded
             .versions
             .iter()
@@ -550,7 +606,6 @@ impl Replication {
             op,
             batches: vec![decoded],
         });
-        Ok(())
     }
 
     /// A peer opened a reconciliation: `bytes` is its request frame. Asks
@@ -600,38 +655,35 @@ impl Replication {
         session: SessionId,
         bytes: &[u8],
     ) -> bool {
-        let max = self.config.max_message;
+        let frame = decode_frame(bytes, self.config.max_message);
+        self.handle_decoded_frame(now, session, frame)
+    }
+
+    /// [`Replication::handle_response_frame`] for a frame the driver decoded
+    /// (or failed to decode).
+    pub fn handle_decoded_frame(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        frame: Result<Frame, WireError>,
+    ) -> bool {
         let group_limit = self.config.apply_group_bytes;
         let timeout = self.config.session_timeout;
         let Some(s) = self.sessions.get_mut(&session) else {
             return false;
         };
         s.deadline = now + timeout;
-        let msg = match decode(bytes, max) {
-            Ok(m) => m,
-            Err(e) => {
-                self.fail(now, session, format!("bad response frame: {e}"));
-                return false;
-            }
-        };
-        match msg {
-            Message::SyncBatch { batch } => {
-                let decoded = match decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.fail(now, session, format!("bad change batch: {e}"));
-                        return false;
-                    }
-                };
-                s.group_bytes += batch.len();
+        match frame {
+            Ok(Frame::Batch(decoded, len)) => {
+                s.group_bytes += len;
                 s.group.push(decoded);
                 if s.group_bytes >= group_limit {
                     self.flush(session);
                 }
             }
-            Message::SyncDone { knowledge } => s.theirs = Some(knowledge),
-            _ => {
-                self.fail(now, session, "unexpected message in a sync response".into());
+            Ok(Frame::Done(knowledge)) => s.theirs = Some(knowledge),
+            Err(e) => {
+                self.fail(now, session, format!("bad response frame: {e}"));
                 return false;
             }
         }

@@ -65,7 +65,7 @@ pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut NodeCore, Duratio
     let mut transmits = Vec::new();
     let mut ops = Vec::new();
     let mut events = Vec::new();
-    let out = {
+    let (out, next) = {
         let mut core = inner.core();
         let out = f(&mut core, now);
         while let Some(t) = core.poll_transmit(now) {
@@ -77,9 +77,15 @@ pub(crate) fn drive<T>(inner: &Arc<Inner>, f: impl FnOnce(&mut NodeCore, Duratio
         while let Some(e) = core.poll_event() {
             events.push(e);
         }
-        out
+        (out, core.poll_timeout(now))
     };
-    inner.timer.notify_one();
+    // Wake the timer task only if the core wants to be called earlier than
+    // it is set for.
+    let next = next.as_micros() as u64;
+    if next < inner.timer_at.load(Ordering::SeqCst) {
+        inner.timer_at.store(next, Ordering::SeqCst);
+        inner.timer.notify_one();
+    }
     for t in transmits {
         transmit(inner, t);
     }
@@ -124,9 +130,9 @@ const OUTBOX_DEPTH: usize = 1024;
 /// A peer's sender task ends after this long without anything to send.
 const SENDER_IDLE: Duration = Duration::from_secs(30);
 
-/// Queues `out` for `to`: one queue and one task per peer, so that messages
-/// to a peer go out in order, a peer slow to connect holds up only its own
-/// queue, and the number of tasks is bounded by the number of peers.
+/// Queues `out` for `to`: one queue and one task per peer, so that a peer
+/// slow to connect holds up only its own queue, and the number of tasks is
+/// bounded by the number of peers (times [`SENDS_IN_FLIGHT`]).
 fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
     let mut out = Some(out);
     for _ in 0..2 {
@@ -159,43 +165,66 @@ fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
     }
 }
 
-/// Sends what is queued for one peer, in order.
+/// Sends in flight to one peer at most: a large message waiting for flow
+/// control does not hold up the probes and broadcasts behind it.
+const SENDS_IN_FLIGHT: usize = 8;
+
+/// Sends what is queued for one peer, up to [`SENDS_IN_FLIGHT`] at a time.
 async fn sender(inner: Arc<Inner>, to: SocketAddr, mut rx: mpsc::Receiver<Out>) {
     let mut shutdown = inner.shutdown.subscribe();
+    let mut flying = tokio::task::JoinSet::new();
     loop {
-        let next = tokio::select! {
-            m = tokio::time::timeout(SENDER_IDLE, rx.recv()) => m,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        match next {
-            Ok(Some(Out::Datagram(b))) => {
-                if let Err(e) = inner.transport.send_datagram(to, b).await {
-                    tracing::trace!(%to, "datagram not sent: {e}");
-                }
-            }
-            Ok(Some(Out::Uni(b))) => {
-                if let Err(e) = inner.transport.send_uni(to, b).await {
-                    tracing::debug!(%to, "send failed: {e}");
-                }
-            }
-            Ok(None) => break,
-            Err(_idle) => {
-                rx.close();
-                // Whatever came in the meantime still goes.
-                while let Ok(m) = rx.try_recv() {
-                    let _ = match m {
-                        Out::Datagram(b) => inner.transport.send_datagram(to, b).await,
-                        Out::Uni(b) => inner.transport.send_uni(to, b).await,
-                    };
-                }
-                let mut s = streams(&inner);
-                if s.outboxes.get(&to).is_some_and(|t| t.is_closed()) {
-                    s.outboxes.remove(&to);
-                }
-                break;
+        if flying.len() >= SENDS_IN_FLIGHT {
+            tokio::select! {
+                _ = flying.join_next() => continue,
+                _ = shutdown.wait_for(|s| *s) => break,
             }
         }
+        let next = tokio::select! {
+            m = tokio::time::timeout(SENDER_IDLE, rx.recv()) => m,
+            Some(_) = flying.join_next(), if !flying.is_empty() => continue,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let out = match next {
+            Ok(Some(out)) => out,
+            Ok(None) => break,
+            Err(_idle) => {
+                let mut s = streams(&inner);
+                // Nothing queued for a while: end, unless a message came
+                // just now (it is sent below, and the task goes on).
+                match rx.try_recv() {
+                    Ok(out) => {
+                        drop(s);
+                        out
+                    }
+                    Err(_) => {
+                        // While this task runs, the entry is its own; a
+                        // message sent after this finds the queue closed
+                        // and starts another task.
+                        s.outboxes.remove(&to);
+                        break;
+                    }
+                }
+            }
+        };
+        let tr = inner.transport.clone();
+        flying.spawn(async move {
+            match out {
+                Out::Datagram(b) => {
+                    if let Err(e) = tr.send_datagram(to, b).await {
+                        tracing::trace!(%to, "datagram not sent: {e}");
+                    }
+                }
+                Out::Uni(b) => {
+                    if let Err(e) = tr.send_uni(to, b).await {
+                        tracing::debug!(%to, "send failed: {e}");
+                    }
+                }
+            }
+        });
     }
+    // Sends in flight finish on their own (or end with the transport).
+    flying.detach_all();
 }
 
 /// Hands a final answer to the task of `request` (gone if the requester left).
@@ -372,9 +401,9 @@ async fn run_session(
                 Err(e) => break Err(e.to_string()),
                 Ok(None) => break Ok(()),
                 Ok(Some(frame)) => {
-                    let more = drive(&inner, |c, now| {
-                        c.handle_response_frame(now, session, &frame)
-                    });
+                    // Decoded here, not under the core's lock.
+                    let frame = litemesh_sync::decode_frame(&frame, inner.max_message);
+                    let more = drive(&inner, |c, now| c.handle_decoded_frame(now, session, frame));
                     if !more {
                         // Paused while its applies catch up, or ended.
                         tokio::select! {
@@ -390,6 +419,26 @@ async fn run_session(
         drive(&inner, |c, now| c.handle_response_end(now, session, end));
     }
     streams(&inner).sessions.remove(&session);
+}
+
+/// A message on a unidirectional stream. Sync broadcasts (up to a megabyte)
+/// are decoded here, outside the core's lock; membership messages are small.
+pub(crate) fn on_uni(inner: &Arc<Inner>, from: SocketAddr, bytes: &[u8]) {
+    let res = match bytes.split_first() {
+        Some((&litemesh_proto::channel::SYNC, rest)) => {
+            match litemesh_sync::decode_broadcast(rest, inner.max_message) {
+                Ok(b) => {
+                    drive(inner, |c, now| c.handle_decoded_broadcast(now, from, b));
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ => drive(inner, |c, now| c.handle_uni(now, from, bytes)),
+    };
+    if let Err(e) = res {
+        tracing::warn!(%from, "bad message refused: {e}");
+    }
 }
 
 /// A peer opened a reconciliation: hand it to the core and answer it.
@@ -474,8 +523,17 @@ pub(crate) async fn timer_loop(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         let now = inner.now();
-        let next = inner.core().poll_timeout(now);
-        let wake = (inner.epoch + next).min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let next = {
+            // Set under the core's lock: an input that comes later and wants
+            // an earlier call sees this value and wakes the task.
+            let core = inner.core();
+            let next = core.poll_timeout(now).min(now + Duration::from_secs(1));
+            inner
+                .timer_at
+                .store(next.as_micros() as u64, Ordering::SeqCst);
+            next
+        };
+        let wake = inner.epoch + next;
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {
                 drive(&inner, |c, now| c.handle_timeout(now));

@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     pub(crate) left: Mutex<Option<oneshot::Sender<()>>>,
     /// Wakes the core's timer task (its next timeout may have changed).
     pub(crate) timer: Notify,
+    /// When the timer task is set to call the core (micros since `epoch`).
+    pub(crate) timer_at: AtomicU64,
     /// Open sessions and requests (the driver's side of them).
     pub(crate) streams: Mutex<Streams>,
     /// Storage applies the core asked for, run one at a time.
@@ -483,6 +485,7 @@ impl Node {
             core: Mutex::new(core),
             left: Mutex::new(None),
             timer: Notify::new(),
+            timer_at: AtomicU64::new(0),
             streams: Mutex::new(Streams::default()),
             apply_tx,
             max_message: settings.sync.max_message,
@@ -599,7 +602,9 @@ impl Node {
                 let mut tables = BTreeSet::new();
                 if let Some(v) = committed.version {
                     // The core broadcasts them unless they encode to more
-                    // than its cap; past about that size, none are kept.
+                    // than its cap, which it decides by encoding them. The
+                    // size estimate here is generous (it overcounts), so
+                    // only what is surely over the cap is dropped early.
                     let mut total = 0;
                     let read = w.version_changes(v, BATCH_BYTES, |b| {
                         for vc in &b.versions {
@@ -608,7 +613,7 @@ impl Node {
                                 total += r.encoded_size();
                             }
                         }
-                        if total <= max_broadcast {
+                        if total <= 2 * max_broadcast {
                             batches.push(b);
                         }
                         Ok(true)
@@ -621,7 +626,7 @@ impl Node {
                         );
                         batches.clear();
                     }
-                    if total > max_broadcast {
+                    if total > 2 * max_broadcast {
                         batches.clear();
                     }
                 }
@@ -1034,11 +1039,7 @@ async fn incoming_loop(inner: Arc<Inner>, mut incoming: Incoming) {
                     tracing::debug!(%from, "bad membership message refused: {e}");
                 }
             }
-            TEvent::Uni { from, bytes } => {
-                if let Err(e) = driver::drive(&inner, |c, now| c.handle_uni(now, from, &bytes)) {
-                    tracing::warn!(%from, "bad message refused: {e}");
-                }
-            }
+            TEvent::Uni { from, bytes } => driver::on_uni(&inner, from, &bytes),
             TEvent::Request {
                 from,
                 bytes,
