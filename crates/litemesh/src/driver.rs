@@ -6,8 +6,8 @@
 //! drain its outputs, unlock, then act on them. The core decides; this module
 //! only moves bytes and runs storage work:
 //!
-//! - transmits: datagrams and unidirectional streams through one queue and
-//!   one sender task per peer (in order, bounded), reconciliation
+//! - transmits: datagrams and unidirectional streams each in a short task of
+//!   its own (QUIC bounds what is in flight), reconciliation
 //!   requests (one task per open session, reading its response frames as
 //!   the core allows), answers to peers' requests (one task per request,
 //!   owning the stream);
@@ -34,7 +34,6 @@ use crate::node::Inner;
 /// What the driver keeps of the sessions and requests in flight.
 #[derive(Default)]
 pub(crate) struct Streams {
-    outboxes: BTreeMap<SocketAddr, mpsc::Sender<Out>>,
     sessions: BTreeMap<SessionId, Arc<SessionCtl>>,
     serving: BTreeMap<RequestId, mpsc::Sender<Serve>>,
     next_request: u64,
@@ -118,113 +117,34 @@ fn transmit(inner: &Arc<Inner>, t: Transmit) {
     }
 }
 
-/// A message for a peer's sender task.
+/// A message to send on the transport.
 pub(crate) enum Out {
     Datagram(Bytes),
     Uni(Bytes),
 }
 
-/// Messages queued for one peer at most; beyond, new ones are dropped (the
-/// protocol repairs lost broadcasts and probes).
-const OUTBOX_DEPTH: usize = 1024;
-/// A peer's sender task ends after this long without anything to send.
-const SENDER_IDLE: Duration = Duration::from_secs(30);
-
-/// Queues `out` for `to`: one queue and one task per peer, so that a peer
-/// slow to connect holds up only its own queue, and the number of tasks is
-/// bounded by the number of peers (times [`SENDS_IN_FLIGHT`]).
+/// Sends `out` to `to` in a task of its own: a send may wait on a
+/// connection being opened or on QUIC flow control, and must hold up
+/// nothing else. (A bounded queue and a bounded number of sends per peer
+/// were tried: under the chaos workload they dropped broadcasts behind
+/// large messages and lag grew fivefold; QUIC's own limits bound what is in
+/// flight.)
 fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
-    let mut out = Some(out);
-    for _ in 0..2 {
-        let tx = {
-            let mut s = streams(inner);
-            s.outboxes
-                .entry(to)
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(OUTBOX_DEPTH);
-                    tokio::spawn(sender(inner.clone(), to, rx));
-                    tx
-                })
-                .clone()
-        };
-        match tx.try_send(out.take().expect("one message")) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(%to, "send queue full: message dropped");
-                return;
-            }
-            // The task ended (idle) as the message came: start another.
-            Err(mpsc::error::TrySendError::Closed(m)) => {
-                let mut s = streams(inner);
-                if s.outboxes.get(&to).is_some_and(|t| t.same_channel(&tx)) {
-                    s.outboxes.remove(&to);
+    let tr = inner.transport.clone();
+    tokio::spawn(async move {
+        match out {
+            Out::Datagram(b) => {
+                if let Err(e) = tr.send_datagram(to, b).await {
+                    tracing::trace!(%to, "datagram not sent: {e}");
                 }
-                out = Some(m);
+            }
+            Out::Uni(b) => {
+                if let Err(e) = tr.send_uni(to, b).await {
+                    tracing::debug!(%to, "send failed: {e}");
+                }
             }
         }
-    }
-}
-
-/// Sends in flight to one peer at most: a large message waiting for flow
-/// control does not hold up the probes and broadcasts behind it.
-const SENDS_IN_FLIGHT: usize = 8;
-
-/// Sends what is queued for one peer, up to [`SENDS_IN_FLIGHT`] at a time.
-async fn sender(inner: Arc<Inner>, to: SocketAddr, mut rx: mpsc::Receiver<Out>) {
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut flying = tokio::task::JoinSet::new();
-    loop {
-        if flying.len() >= SENDS_IN_FLIGHT {
-            tokio::select! {
-                _ = flying.join_next() => continue,
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-        }
-        let next = tokio::select! {
-            m = tokio::time::timeout(SENDER_IDLE, rx.recv()) => m,
-            Some(_) = flying.join_next(), if !flying.is_empty() => continue,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let out = match next {
-            Ok(Some(out)) => out,
-            Ok(None) => break,
-            Err(_idle) => {
-                let mut s = streams(&inner);
-                // Nothing queued for a while: end, unless a message came
-                // just now (it is sent below, and the task goes on).
-                match rx.try_recv() {
-                    Ok(out) => {
-                        drop(s);
-                        out
-                    }
-                    Err(_) => {
-                        // While this task runs, the entry is its own; a
-                        // message sent after this finds the queue closed
-                        // and starts another task.
-                        s.outboxes.remove(&to);
-                        break;
-                    }
-                }
-            }
-        };
-        let tr = inner.transport.clone();
-        flying.spawn(async move {
-            match out {
-                Out::Datagram(b) => {
-                    if let Err(e) = tr.send_datagram(to, b).await {
-                        tracing::trace!(%to, "datagram not sent: {e}");
-                    }
-                }
-                Out::Uni(b) => {
-                    if let Err(e) = tr.send_uni(to, b).await {
-                        tracing::debug!(%to, "send failed: {e}");
-                    }
-                }
-            }
-        });
-    }
-    // Sends in flight finish on their own (or end with the transport).
-    flying.detach_all();
+    });
 }
 
 /// Hands a final answer to the task of `request` (gone if the requester left).
