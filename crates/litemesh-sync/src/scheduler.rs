@@ -69,7 +69,7 @@ impl Default for Config {
             apply_group_bytes: 4 * 1024 * 1024,
             max_broadcast_bytes: 1024 * 1024,
             gap_pull_threshold: 16,
-            session_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(30),
             rotate_at_most_every: Duration::from_secs(60),
             max_message: DEFAULT_MAX_MESSAGE,
         }

@@ -341,10 +341,26 @@ async fn run_session(
     streams(&inner).sessions.remove(&session);
 }
 
+/// Broadcasts larger than this are decoded off the incoming loop.
+const DECODE_INLINE_BYTES: usize = 64 * 1024;
+
 /// A message on a unidirectional stream. Sync broadcasts (up to a megabyte)
 /// are decoded here, outside the core's lock; membership messages are small.
 pub(crate) fn on_uni(inner: &Arc<Inner>, from: SocketAddr, bytes: &[u8]) {
     let res = match bytes.split_first() {
+        // A large broadcast is decoded on the blocking pool: the incoming
+        // loop (membership probes, requests) never waits on it.
+        Some((&litemesh_proto::channel::SYNC, rest)) if rest.len() > DECODE_INLINE_BYTES => {
+            let inner = inner.clone();
+            let bytes = Bytes::copy_from_slice(rest);
+            tokio::task::spawn_blocking(move || {
+                match litemesh_sync::decode_broadcast(&bytes, inner.max_message) {
+                    Ok(b) => drive(&inner, |c, now| c.handle_decoded_broadcast(now, from, b)),
+                    Err(e) => tracing::warn!(%from, "bad message refused: {e}"),
+                }
+            });
+            Ok(())
+        }
         Some((&litemesh_proto::channel::SYNC, rest)) => {
             match litemesh_sync::decode_broadcast(rest, inner.max_message) {
                 Ok(b) => {
