@@ -386,6 +386,22 @@ impl NodeCore {
     ) {
         let _ = now;
         self.repl.handle_local_commit(batches);
+        self.local_head(version, unix_ms);
+    }
+
+    /// [`NodeCore::handle_local_commit`] for changes the driver encoded with
+    /// [`litemesh_sync::encode_local_commit`], outside the core's lock.
+    pub fn handle_encoded_local_commit(
+        &mut self,
+        version: u64,
+        unix_ms: u64,
+        encoded: Option<Vec<Vec<u8>>>,
+    ) {
+        self.repl.handle_encoded_local_commit(encoded);
+        self.local_head(version, unix_ms);
+    }
+
+    fn local_head(&mut self, version: u64, unix_ms: u64) {
         let actor = self.repl.actor();
         if self
             .head_pending

@@ -28,6 +28,6 @@ mod scheduler;
 pub use lag::{LagTracker, WriterLag};
 pub use replication::{
     Broadcast, Event, Extracted, Frame, OpId, Replication, RequestId, SessionId, Stats, StorageOp,
-    Transmit, decode_broadcast, decode_frame, encode_sync_batch,
+    Transmit, decode_broadcast, decode_frame, encode_local_commit, encode_sync_batch,
 };
 pub use scheduler::{Config, Outgoing, PeerStatus, Scheduler, SyncOutcome};

@@ -298,6 +298,26 @@ pub fn decode_frame(bytes: &[u8], max_message: usize) -> Result<Frame, WireError
     }
 }
 
+/// Encodes a local commit's changes for broadcast, or `None` when they
+/// encode to more than `max_broadcast_bytes` (anti-entropy carries those).
+/// Pure: a driver may run it outside whatever lock guards the core.
+pub fn encode_local_commit(
+    batches: &[ChangeBatch],
+    max_broadcast_bytes: usize,
+) -> Option<Vec<Vec<u8>>> {
+    let mut encoded = Vec::with_capacity(batches.len());
+    let mut total = 0;
+    for b in batches {
+        let bytes = encode_batch(b, DEFAULT_MAX_WIRE_BYTES).ok()?;
+        total += bytes.len();
+        if total > max_broadcast_bytes {
+            return None;
+        }
+        encoded.push(bytes);
+    }
+    Some(encoded)
+}
+
 /// Encodes one batch as a response frame of a reconciliation.
 pub fn encode_sync_batch(batch: &ChangeBatch, max_message: usize) -> Result<Vec<u8>, WireError> {
     let batch = encode_batch(batch, DEFAULT_MAX_WIRE_BYTES)?;
@@ -444,21 +464,14 @@ impl Replication {
     /// unless they encode to more than the broadcast cap (anti-entropy
     /// carries those).
     pub fn handle_local_commit(&mut self, batches: &[ChangeBatch]) {
-        let mut encoded = Vec::with_capacity(batches.len());
-        let mut total = 0;
-        for b in batches {
-            match encode_batch(b, DEFAULT_MAX_WIRE_BYTES) {
-                Ok(bytes) => {
-                    total += bytes.len();
-                    if total > self.config.max_broadcast_bytes {
-                        return;
-                    }
-                    encoded.push(bytes);
-                }
-                Err(_) => return,
-            }
-        }
-        for bytes in encoded {
+        let encoded = encode_local_commit(batches, self.config.max_broadcast_bytes);
+        self.handle_encoded_local_commit(encoded);
+    }
+
+    /// [`Replication::handle_local_commit`] for changes the driver encoded
+    /// with [`encode_local_commit`] (outside whatever lock guards the core).
+    pub fn handle_encoded_local_commit(&mut self, encoded: Option<Vec<Vec<u8>>>) {
+        for bytes in encoded.into_iter().flatten() {
             self.sched.on_local_commit(bytes);
         }
     }

@@ -193,43 +193,60 @@ fn extract(
     batch_bytes: usize,
     max: usize,
 ) -> Extracted {
-    let mut r = inner.reader.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = r.refresh() {
-        return Extracted::Failed(e.to_string());
-    }
+    // Read under the reader's lock into memory, up to a budget, then send
+    // with the lock released: a requester that reads slowly (its applies
+    // are behind) slows its own answer only, never the others this node
+    // serves. Past the budget the answer ends early; the requester, told
+    // by the last frame that this node holds more, comes back at once and
+    // resumes where this answer stopped.
+    let mut frames = Vec::new();
+    let mut bytes = 0;
     let mut skipped = 0u64;
-    let mut interrupted = false;
-    let res = r.changes_since(theirs, batch_bytes, |b| {
-        match encode_sync_batch(&b, max) {
-            Ok(frame) => {
-                if tx.blocking_send(Serve::Frame(frame)).is_err() {
-                    interrupted = true;
-                    return Ok(false);
+    let res = {
+        let mut r = inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = r.refresh() {
+            return Extracted::Failed(e.to_string());
+        }
+        r.changes_since(theirs, batch_bytes, |b| {
+            match encode_sync_batch(&b, max) {
+                Ok(frame) => {
+                    bytes += frame.len();
+                    frames.push(frame);
+                    if bytes >= SERVE_BUDGET {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => {
+                    // A change written before the row limit existed, larger
+                    // than a message: skipped, never failing the rest.
+                    skipped += 1;
+                    let versions: Vec<String> = b
+                        .versions
+                        .iter()
+                        .map(|v| format!("{}:{}", v.actor, v.version))
+                        .collect();
+                    tracing::error!(
+                        versions = ?versions,
+                        "a change batch cannot be sent ({e}); skipping it, the rest goes on"
+                    );
                 }
             }
-            Err(e) => {
-                // A change written before the row limit existed, larger
-                // than a message: skipped, never failing the rest.
-                skipped += 1;
-                let versions: Vec<String> = b
-                    .versions
-                    .iter()
-                    .map(|v| format!("{}:{}", v.actor, v.version))
-                    .collect();
-                tracing::error!(
-                    versions = ?versions,
-                    "a change batch cannot be sent ({e}); skipping it, the rest goes on"
-                );
-            }
-        }
-        Ok(true)
-    });
-    match res {
-        Err(e) => Extracted::Failed(e.to_string()),
-        Ok(_) if interrupted => Extracted::Interrupted,
-        Ok(_) => Extracted::Done { skipped },
+            Ok(true)
+        })
+    };
+    if let Err(e) = res {
+        return Extracted::Failed(e.to_string());
     }
+    for frame in frames {
+        if tx.blocking_send(Serve::Frame(frame)).is_err() {
+            return Extracted::Interrupted;
+        }
+    }
+    Extracted::Done { skipped }
 }
+
+/// Bytes of frames one answer reads before it sends them (and ends).
+const SERVE_BUDGET: usize = 16 * 1024 * 1024;
 
 fn event(inner: &Arc<Inner>, e: Event) {
     let e = match e {
@@ -434,24 +451,45 @@ pub(crate) async fn apply_loop(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<(OpId, Vec<ChangeBatch>)>,
 ) {
-    while let Some((op, batches)) = rx.recv().await {
-        let res = inner.apply(batches).await;
-        let res = match res {
-            Ok(newly) => Ok(newly),
-            // Shutting down interrupts an apply in progress: nothing is
-            // lost, anti-entropy brings it again after the restart.
-            Err(e) if inner.closed() => {
-                tracing::debug!("changes not applied: {e}");
-                Err(e.to_string())
+    while let Some(first) = rx.recv().await {
+        // Everything queued meanwhile goes in the same hold of the writer.
+        let mut ops = vec![first];
+        while ops.len() < APPLY_AT_ONCE {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
             }
-            Err(e) => {
-                tracing::warn!("applying changes from a peer failed: {e}");
-                Err(e.to_string())
+        }
+        let results = inner.apply_many(ops).await;
+        let results: Vec<(OpId, Result<bool, String>)> = results
+            .into_iter()
+            .map(|(op, res)| {
+                let res = match res {
+                    Ok(newly) => Ok(newly),
+                    // Shutting down interrupts an apply in progress: nothing
+                    // is lost, anti-entropy brings it again after the restart.
+                    Err(e) if inner.closed() => {
+                        tracing::debug!("changes not applied: {e}");
+                        Err(e.to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!("applying changes from a peer failed: {e}");
+                        Err(e.to_string())
+                    }
+                };
+                (op, res)
+            })
+            .collect();
+        drive(&inner, |c, now| {
+            for (op, res) in results {
+                c.handle_applied(now, op, res);
             }
-        };
-        drive(&inner, |c, now| c.handle_applied(now, op, res));
+        });
     }
 }
+
+/// Storage operations applied under one hold of the writer, at most.
+const APPLY_AT_ONCE: usize = 64;
 
 /// Wakes the core when its timer is due (rounds, retries, rate limit,
 /// session deadlines); every other input wakes this task to recompute it.

@@ -220,16 +220,52 @@ impl Inner {
         }
     }
 
-    /// Applies batches from a peer; returns whether anything new was applied.
-    pub(crate) async fn apply(self: &Arc<Self>, batches: Vec<ChangeBatch>) -> Result<bool, Error> {
-        if batches.is_empty() {
-            return Ok(false);
-        }
+    /// Applies the batches of several storage operations from the core, one
+    /// SQLite transaction each, under one hold of the writer (and one read
+    /// of the knowledge after them); returns, per operation, whether it
+    /// taught this node something.
+    pub(crate) async fn apply_many(
+        self: &Arc<Self>,
+        ops: Vec<(OpId, Vec<ChangeBatch>)>,
+    ) -> Vec<(OpId, Result<bool, Error>)> {
+        let ids: Vec<OpId> = ops.iter().map(|(op, _)| *op).collect();
         let res = self
-            .with_writer(move |w| w.apply_all(&batches).map_err(Error::from))
+            .with_writer(move |w| {
+                Ok(ops
+                    .into_iter()
+                    .map(|(op, batches)| {
+                        if batches.is_empty() {
+                            return (op, Ok(None));
+                        }
+                        (op, w.apply_all(&batches).map(Some).map_err(Error::from))
+                    })
+                    .collect::<Vec<_>>())
+            })
             .await;
-        let report = match res {
+        let results = match res {
             Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                return ids
+                    .into_iter()
+                    .map(|op| (op, Err(Error::Protocol(msg.clone()))))
+                    .collect();
+            }
+        };
+        results
+            .into_iter()
+            .map(|(op, r)| (op, self.applied(r)))
+            .collect()
+    }
+
+    /// Records the outcome of one apply (failures, counters, change events).
+    fn applied(
+        &self,
+        res: Result<Option<litemesh_storage::ApplyReport>, Error>,
+    ) -> Result<bool, Error> {
+        let report = match res {
+            Ok(None) => return Ok(false),
+            Ok(Some(r)) => r,
             Err(e) => {
                 let mut f = self.failures();
                 f.apply += 1;
@@ -630,17 +666,24 @@ impl Node {
                         batches.clear();
                     }
                 }
+                // Encoded here, on the blocking pool, not under the core's
+                // lock; the cap is the core's rule (`encode_local_commit`).
+                let encoded = if batches.is_empty() {
+                    None
+                } else {
+                    litemesh_sync::encode_local_commit(&batches, max_broadcast)
+                };
                 Ok((
                     committed.value,
                     committed.version,
                     db_version,
-                    batches,
+                    encoded,
                     tables,
                     actor,
                 ))
             })
             .await;
-            let (rows_affected, version, db_version, batches, tables, actor) = res?;
+            let (rows_affected, version, db_version, encoded, tables, actor) = res?;
             let token = match version {
                 Some(v) => Token::new(actor, v),
                 None => Token::default(),
@@ -653,7 +696,7 @@ impl Node {
                     local: true,
                 });
                 let ms = unix_ms();
-                driver::drive(&node, |c, now| c.handle_local_commit(now, v, ms, &batches));
+                driver::drive(&node, |c, _| c.handle_encoded_local_commit(v, ms, encoded));
             }
             Ok(Executed {
                 rows_affected,
