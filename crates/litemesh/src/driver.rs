@@ -151,9 +151,20 @@ fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
 fn serve(inner: &Arc<Inner>, request: RequestId, msg: Serve) {
     let tx = streams(inner).serving.get(&request).cloned();
     if let Some(tx) = tx {
-        // The channel has room for the final message: the extraction that
-        // filled it has ended before the core answers.
-        let _ = tx.try_send(msg);
+        // Every batch of the answer is already in the channel (the
+        // extraction ended before the core answers), but the channel may
+        // still be full: the final message waits for room rather than
+        // being lost, which would leave the requester waiting on a stream
+        // that never ends.
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
