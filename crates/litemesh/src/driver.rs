@@ -500,7 +500,7 @@ pub(crate) async fn apply_loop(
 }
 
 /// Storage operations applied under one hold of the writer, at most.
-const APPLY_AT_ONCE: usize = 64;
+const APPLY_AT_ONCE: usize = 8;
 
 /// Wakes the core when its timer is due (rounds, retries, rate limit,
 /// session deadlines); every other input wakes this task to recompute it.
