@@ -538,11 +538,6 @@ impl NodeCore {
         self.repl.handle_decoded_frame(now, session, frame)
     }
 
-    /// The largest sync message accepted.
-    pub fn max_message(&self) -> usize {
-        self.config.sync.max_message
-    }
-
     /// See [`Replication::handle_request`].
     pub fn handle_request(
         &mut self,
@@ -810,12 +805,7 @@ impl NodeCore {
         if !self.membership.is_joined() {
             return; // Still joining: the join retries on its own.
         }
-        let alive: BTreeSet<SocketAddr> = self
-            .membership
-            .members()
-            .filter(|x| matches!(x.state, mb::MemberState::Alive | mb::MemberState::Suspect))
-            .map(|x| x.addr)
-            .collect();
+        let alive = self.reachable_addrs();
         let targets: Vec<SocketAddr> = self
             .known
             .keys()
@@ -827,16 +817,20 @@ impl NodeCore {
         }
     }
 
+    /// Addresses of the members membership holds alive or suspect.
+    fn reachable_addrs(&self) -> BTreeSet<SocketAddr> {
+        self.membership
+            .members()
+            .filter(|x| matches!(x.state, mb::MemberState::Alive | mb::MemberState::Suspect))
+            .map(|x| x.addr)
+            .collect()
+    }
+
     /// Forgets members not seen for `forget_after`.
     fn forget_stale(&mut self, now: Duration) {
         let limit = self.config.forget_after.as_millis() as u64;
         let wall = self.wall(now);
-        let alive: BTreeSet<SocketAddr> = self
-            .membership
-            .members()
-            .filter(|x| matches!(x.state, mb::MemberState::Alive | mb::MemberState::Suspect))
-            .map(|x| x.addr)
-            .collect();
+        let alive = self.reachable_addrs();
         let stale: Vec<SocketAddr> = self
             .known
             .iter()

@@ -398,11 +398,6 @@ impl Replication {
         }
     }
 
-    /// Reconciliations this node opened and that are still running.
-    pub fn sessions_open(&self) -> usize {
-        self.sessions.len()
-    }
-
     // ----- membership -----
 
     /// A peer is alive: reconcile with it at once.
