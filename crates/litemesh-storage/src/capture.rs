@@ -51,7 +51,7 @@ pub(crate) struct CaptureState {
 }
 
 impl CaptureState {
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.version.store(0, Ordering::SeqCst);
         self.next_hint.store(0, Ordering::SeqCst);
         self.seq.store(0, Ordering::SeqCst);

@@ -181,6 +181,10 @@ impl std::ops::DerefMut for Merging<'_> {
 
 impl Drop for Merging<'_> {
     fn drop(&mut self) {
+        // Whatever merge mode committed waits for a sync to disk (see
+        // `Store::merges_unsynced`).
+        self.store.merges_unsynced |= self.store.opts.durable;
+        self.store.merged_last = true;
         if let Some(merge) = self.store.merge_conn.as_mut() {
             std::mem::swap(&mut self.store.conn, merge);
         }
@@ -204,7 +208,18 @@ impl Store {
     /// other failure (disk full, I/O error, a lock held elsewhere) fails the
     /// whole call and changes nothing.
     pub fn apply_all(&mut self, batches: &[ChangeBatch]) -> Result<ApplyReport> {
-        for b in batches {
+        let mut reports = self.apply_groups(&[batches])?;
+        Ok(reports.pop().unwrap_or_default())
+    }
+
+    /// Merges several groups of batches (say, the broadcasts that arrived
+    /// while the writer was busy) in one SQLite transaction: one commit for
+    /// all of them, and a report per group, in order. Quarantine works as
+    /// in [`Store::apply_all`]: a version that cannot apply is set aside and
+    /// the rest commit; any other failure fails the whole call and changes
+    /// nothing.
+    pub fn apply_groups(&mut self, groups: &[&[ChangeBatch]]) -> Result<Vec<ApplyReport>> {
+        for b in groups.iter().flat_map(|g| g.iter()) {
             litemesh_proto::validate(b)?;
         }
         // Merge mode for every batch, small or large, so that application
@@ -212,10 +227,10 @@ impl Store {
         let mut s = Merging::enter(self)?;
         // Fast path: one transaction, no savepoints. Failures are rare; on a
         // data error, redo with every version in its own savepoint.
-        let res = match s.apply_inner(batches, false) {
+        let res = match s.apply_inner(groups, false) {
             Err(e) if e.is_data_error() => {
                 s.reload()?;
-                s.apply_inner(batches, true)
+                s.apply_inner(groups, true)
             }
             other => other,
         };
@@ -226,20 +241,28 @@ impl Store {
         res
     }
 
-    fn apply_inner(&mut self, batches: &[ChangeBatch], isolate: bool) -> Result<ApplyReport> {
-        let mut report = ApplyReport::default();
+    fn apply_inner(
+        &mut self,
+        groups: &[&[ChangeBatch]],
+        isolate: bool,
+    ) -> Result<Vec<ApplyReport>> {
+        let mut reports = vec![ApplyReport::default(); groups.len()];
         begin(&self.conn)?;
-        match self.apply_body(batches, &mut report, isolate) {
+        let body = groups
+            .iter()
+            .zip(reports.iter_mut())
+            .try_for_each(|(g, report)| self.apply_body(g, report, isolate));
+        match body {
             Ok(()) => {
                 commit(&self.conn)?;
-                for (a, v, e) in &report.quarantined {
+                for (a, v, e) in reports.iter().flat_map(|r| &r.quarantined) {
                     tracing::error!(
                         actor = %a,
                         version = v,
                         "a remote change cannot be applied on this node and is quarantined: {e}"
                     );
                 }
-                Ok(report)
+                Ok(reports)
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");

@@ -144,7 +144,14 @@ pub struct Store {
     /// The connection merges run on, opened at the first merge (see
     /// [`Store::open_merge_connection`]).
     pub(crate) merge_conn: Option<Connection>,
-    opts: StoreOptions,
+    /// Merges committed since the file was last synced to disk (see
+    /// [`Store::sync_merges`]).
+    pub(crate) merges_unsynced: bool,
+    /// The merge connection wrote last: reads of metadata go through it,
+    /// whose page cache is current (the other's was invalidated by the
+    /// merge's commit).
+    pub(crate) merged_last: bool,
+    pub(crate) opts: StoreOptions,
 }
 
 impl std::fmt::Debug for Store {
@@ -229,6 +236,8 @@ impl Store {
             guard,
             created,
             merge_conn: None,
+            merges_unsynced: false,
+            merged_last: false,
             opts: opts.clone(),
         };
         store.reload()?;
@@ -257,6 +266,12 @@ impl Store {
                 .to_string();
             let mut conn = Connection::open(&path)?;
             configure(&conn, &self.opts)?;
+            if self.opts.durable {
+                // Merges do not wait for the disk: their commit is synced by
+                // the next local commit or by `sync_merges`, whichever comes
+                // first (see `Store::sync_merges`).
+                conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            }
             conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
                 false,
@@ -413,6 +428,7 @@ impl Store {
         &mut self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<Committed<T>> {
+        self.merged_last = false;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -439,6 +455,11 @@ impl Store {
         };
         let v = self.state.version.load(Ordering::SeqCst);
         tx.commit()?;
+        if v != 0 {
+            // A durable commit that wrote syncs the whole log, merges
+            // before it included.
+            self.merges_unsynced = false;
+        }
         Ok(Committed {
             value,
             version: (v != 0).then_some(v),
@@ -464,6 +485,108 @@ impl Store {
         .map_err(|e| guard.map_storage_err(e))
     }
 
+    /// Runs several clients' transactions with one commit (group commit):
+    /// each item is run by `run` in a savepoint of one SQLite transaction,
+    /// gets a version of its own when it writes, and fails alone (its
+    /// savepoint rolled back, the others kept). The one commit that ends the
+    /// group waits for the disk, like [`Store::client_transaction`]'s: when
+    /// this returns `Ok`, every `Ok` inside it is durable.
+    ///
+    /// `Err` means the group's commit failed and nothing of it applied. An
+    /// error that makes SQLite abandon the whole transaction (an interrupted
+    /// write, a full disk) fails only the item that met it: the others are
+    /// run again in a new transaction, so `run` may be called more than once
+    /// for an item.
+    pub fn client_transactions<I, T>(
+        &mut self,
+        limits: &ClientLimits,
+        items: &[I],
+        run: impl Fn(&I, &ClientTx<'_>) -> Result<T>,
+    ) -> Result<Vec<Result<Committed<T>>>> {
+        self.merged_last = false;
+        let guard = self.guard.clone();
+        let mut out: Vec<Option<Result<Committed<T>>>> = items.iter().map(|_| None).collect();
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut done: Vec<(usize, Committed<T>)> = Vec::new();
+            let mut abandoned = false;
+            for (i, item) in items.iter().enumerate() {
+                if out[i].is_some() {
+                    continue;
+                }
+                tx.execute_batch("SAVEPOINT lm_client")?;
+                let next: i64 = tx
+                    .prepare_cached(NEXT_VERSION_SQL)?
+                    .query_row([], |r| r.get(0))?;
+                self.state.reset();
+                self.state.next_hint.store(next as u64, Ordering::SeqCst);
+                let res = {
+                    let _limits = guard.limits(limits);
+                    let _length = crate::sandbox::LengthLimit::on(&tx);
+                    let _buffering = Buffering::on(&self.state);
+                    match run(
+                        item,
+                        &ClientTx {
+                            tx: &tx,
+                            guard: &guard,
+                        },
+                    ) {
+                        Ok(v) => {
+                            let entries = self.state.take_buffer();
+                            let version = self.state.version.load(Ordering::SeqCst);
+                            if !entries.is_empty() {
+                                crate::log::write_chunks(&tx, self.local, version, &entries)
+                                    .map(|()| (v, version))
+                            } else {
+                                Ok((v, version))
+                            }
+                        }
+                        Err(e) => Err(self.state.take_refusal().unwrap_or(e)),
+                    }
+                };
+                match res {
+                    Ok((value, v)) => {
+                        tx.execute_batch("RELEASE lm_client")?;
+                        done.push((
+                            i,
+                            Committed {
+                                value,
+                                version: (v != 0).then_some(v),
+                            },
+                        ));
+                    }
+                    Err(e) => {
+                        out[i] = Some(Err(guard.map_storage_err(e)));
+                        self.state.reset();
+                        if tx.is_autocommit() {
+                            // SQLite rolled the whole transaction back.
+                            abandoned = true;
+                            break;
+                        }
+                        tx.execute_batch("ROLLBACK TO lm_client; RELEASE lm_client")?;
+                    }
+                }
+            }
+            if abandoned {
+                drop(tx);
+                continue;
+            }
+            tx.commit()?;
+            if done.iter().any(|(_, c)| c.version.is_some()) {
+                self.merges_unsynced = false;
+            }
+            for (i, c) in done {
+                out[i] = Some(Ok(c));
+            }
+            return Ok(out
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(StorageError::Corrupt("unfinished".into()))))
+                .collect());
+        }
+    }
+
     /// Sets a flag that, once true, stops any statement running on this
     /// store's connection (a node shutting down).
     pub fn set_stop_flag(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
@@ -485,7 +608,13 @@ impl Store {
     /// What this node holds: its own versions and every remote actor's ranges,
     /// read from the file (the one source of truth).
     pub fn knowledge(&self) -> Result<Knowledge> {
-        read_knowledge(&self.conn, &self.actors, self.local)
+        // Both connections see the same committed file; the one that wrote
+        // last reads it without refilling its page cache.
+        let conn = match (&self.merge_conn, self.merged_last) {
+            (Some(m), true) => m,
+            _ => &self.conn,
+        };
+        read_knowledge(conn, &self.actors, self.local)
     }
 
     /// Moves this node to a new actor id: later local writes are numbered
@@ -564,6 +693,31 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("UPDATE __lm_site SET probe = probe + 1 WHERE id = 0", [])?;
         tx.commit()?;
+        self.merges_unsynced = false;
+        Ok(())
+    }
+
+    /// Whether remote changes merged since the last sync to disk could still
+    /// be lost by a power failure (never by a crash of the process).
+    ///
+    /// Merges commit without waiting for the disk (`synchronous = NORMAL`
+    /// on the merge connection): the change log a merge appends to is synced
+    /// by the next local commit (which waits for the disk, merges before it
+    /// included) or by [`Store::sync_merges`]. What a power failure takes
+    /// is a suffix of the merges, never a local write nor a torn one, and
+    /// the file still says exactly what it holds, so the lost versions are
+    /// fetched again from peers. A node calls `sync_merges` shortly after
+    /// merging, which bounds that window.
+    pub fn merges_unsynced(&self) -> bool {
+        self.merges_unsynced
+    }
+
+    /// Syncs merged remote changes to disk if any are not yet (one tiny
+    /// durable transaction); see [`Store::merges_unsynced`].
+    pub fn sync_merges(&mut self) -> Result<()> {
+        if self.merges_unsynced {
+            self.probe_write()?;
+        }
         Ok(())
     }
 
