@@ -185,6 +185,9 @@ pub struct Stats {
     pub broadcast_queue: usize,
     /// Broadcast messages dropped because the queue overflowed.
     pub broadcast_dropped: u64,
+    /// Broadcasts received that held nothing new (relays of what this node
+    /// already had): neither applied nor relayed further.
+    pub broadcasts_known: u64,
 }
 
 /// A reconciliation this node opened.
@@ -487,18 +490,7 @@ impl Replication {
                 heads,
             } => {
                 let Ok(newly) = result else { return };
-                // A broadcast far ahead of what this node holds of its
-                // writer means broadcasts were lost (a partition, one-way
-                // loss, an overflowing queue): pull from the sender now. A
-                // few versions missing is ordinary reordering.
-                let k = self.advertised();
-                let behind = heads.iter().any(|(a, v)| {
-                    k.missing_up_to(a, v.saturating_sub(1)) >= self.config.gap_pull_threshold
-                });
-                if behind {
-                    self.sched.pull_soon(now, from);
-                }
-                self.sched.on_broadcast(from, hops, batch, newly);
+                self.broadcast_done(now, from, hops, batch, &heads, newly);
             }
             Purpose::Session(id) => {
                 let Some(s) = self.sessions.get_mut(&id) else {
@@ -600,6 +592,13 @@ impl Replication {
             k.insert(self.actor, v);
             self.check_own_versions(now, &k, from);
         }
+        if self.teaches_nothing(&decoded) {
+            // A relay of what this node already holds (most broadcasts of a
+            // small mesh reach a node more than once): no apply, no relay.
+            self.stats.broadcasts_known += 1;
+            self.broadcast_done(now, from, hops, batch, &heads, false);
+            return;
+        }
         let op = OpId(self.next());
         self.ops.insert(
             op,
@@ -614,6 +613,57 @@ impl Replication {
             op,
             batches: vec![decoded],
         });
+    }
+
+    /// Whether applying `batch` could teach this node nothing: every version
+    /// in it held (or in quarantine, or its own) and every cleared range
+    /// already held.
+    fn teaches_nothing(&self, batch: &ChangeBatch) -> bool {
+        let held = |a: &ActorId, v: u64| {
+            *a == self.actor || self.knowledge.contains(a, v) || self.quarantined.contains(&(*a, v))
+        };
+        batch.versions.iter().all(|v| held(&v.actor, v.version))
+            && batch.cleared.iter().all(|c| {
+                c.actor == self.actor
+                    || self
+                        .knowledge
+                        .have
+                        .get(&c.actor)
+                        .is_some_and(|r| r.contains_range(c.start, c.end))
+            })
+    }
+
+    /// A broadcast was applied (`newly`: it taught this node something) or
+    /// found to hold nothing new: pull from its sender if it shows this node
+    /// far behind, and relay it if it was news.
+    fn broadcast_done(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        hops: u8,
+        batch: Vec<u8>,
+        heads: &[(ActorId, u64)],
+        newly: bool,
+    ) {
+        // A broadcast far ahead of what this node holds of its writer means
+        // broadcasts were lost (a partition, one-way loss, an overflowing
+        // queue): pull from the sender now. A few versions missing is
+        // ordinary reordering.
+        let threshold = self.config.gap_pull_threshold;
+        let behind = heads.iter().any(|(a, v)| {
+            let missing = self.knowledge.missing_up_to(a, v.saturating_sub(1));
+            // Quarantined versions count as held.
+            let parked = self
+                .quarantined
+                .iter()
+                .filter(|(qa, qv)| qa == a && *qv < *v)
+                .count() as u64;
+            missing.saturating_sub(parked) >= threshold
+        });
+        if behind {
+            self.sched.pull_soon(now, from);
+        }
+        self.sched.on_broadcast(from, hops, batch, newly);
     }
 
     /// A peer opened a reconciliation: `bytes` is its request frame. Asks

@@ -268,8 +268,15 @@ impl Scheduler {
         self.dropped
     }
 
-    /// A local transaction committed: send its encoded batch to `fanout`
-    /// peers, nearest first.
+    /// A local transaction committed: send its encoded batch to the
+    /// `direct_fanout` nearest peers (every peer of a mesh of up to
+    /// `direct_fanout + 1` nodes) and `fanout` random others. When the
+    /// direct sends reach every peer this node sees up, the message goes
+    /// with no hops left: nobody relays it (relays would only bring every
+    /// node copies of what it already has; a peer the writer cannot reach
+    /// gets the change by anti-entropy, pulled at once when it learns of
+    /// the writer's newer head). Otherwise receivers relay it, up to
+    /// `relay_hops` times.
     pub fn on_local_commit(&mut self, batch: Vec<u8>) {
         // The nearest peers directly (every peer of a small mesh), plus a few
         // random ones to seed the relays across regions.
@@ -285,8 +292,13 @@ impl Scheduler {
         let mut targets: Vec<SocketAddr> = peers[..direct].iter().map(|p| p.0).collect();
         let mut rest: Vec<SocketAddr> = peers[direct..].iter().map(|p| p.0).collect();
         rest.shuffle(&mut self.rng);
+        let hops = if rest.is_empty() {
+            0
+        } else {
+            self.config.relay_hops
+        };
         targets.extend(rest.into_iter().take(self.config.fanout));
-        self.enqueue(targets, self.config.relay_hops, batch);
+        self.enqueue(targets, hops, batch);
     }
 
     /// A broadcast arrived from `from`. When it taught this node something
@@ -532,6 +544,11 @@ mod tests {
         let mut to = std::collections::BTreeSet::new();
         while let Some(t) = s.poll_transmit(ms(0)) {
             to.insert(t.to);
+            // Every peer has it from the writer: nobody relays it.
+            match decode(&t.bytes[1..], 1 << 20).unwrap() {
+                Message::Broadcast { hops, .. } => assert_eq!(hops, 0),
+                m => panic!("unexpected {m:?}"),
+            }
         }
         assert_eq!(to.len(), 20);
     }

@@ -175,12 +175,25 @@ fn a_broadcast_is_applied_then_relayed_only_if_it_taught_something() {
             m => panic!("{m:?}"),
         }
     }
-    // The same broadcast again teaches nothing: not relayed.
+    // The same broadcast again (a relay) teaches nothing: no apply is even
+    // asked for, and it is not relayed.
     c.handle_broadcast(ms(3), addr(3), &broadcast(THEM, 1, 3)[..])
         .unwrap();
     let o = drain(&mut c, ms(3));
-    c.handle_applied(ms(3), o.applies[0].0, Ok(false));
-    assert!(drain(&mut c, ms(3)).uni.is_empty());
+    assert!(o.applies.is_empty(), "a known version needs no apply");
+    assert!(o.uni.is_empty(), "nor a relay");
+    assert_eq!(c.stats().broadcasts_known, 1);
+    // Before it is applied, a second copy is applied too (idempotent): the
+    // core goes by what the file holds.
+    c.handle_broadcast(ms(3), addr(3), &broadcast(THEM, 5, 1)[..])
+        .unwrap();
+    c.handle_broadcast(ms(3), addr(4), &broadcast(THEM, 5, 1)[..])
+        .unwrap();
+    let o = drain(&mut c, ms(3));
+    assert_eq!(o.applies.len(), 2);
+    c.handle_applied(ms(3), o.applies[0].0, Ok(true));
+    c.handle_applied(ms(3), o.applies[1].0, Ok(false));
+    drain(&mut c, ms(3));
     // Hops spent: applied, not relayed.
     c.handle_broadcast(ms(4), addr(3), &broadcast(THEM, 2, 0)[..])
         .unwrap();
