@@ -559,6 +559,30 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         &one(s.changes_applied as f64),
     );
     metric(
+        "litemesh_transactions_committed_total",
+        "counter",
+        "Clients' transactions committed on this node.",
+        &one(s.transactions_committed as f64),
+    );
+    metric(
+        "litemesh_commit_groups_total",
+        "counter",
+        "Commits those transactions took (group commit: concurrent transactions share one).",
+        &one(s.commit_groups as f64),
+    );
+    metric(
+        "litemesh_apply_transactions_total",
+        "counter",
+        "SQLite transactions that applied changes from peers (arrivals that queue together share one).",
+        &one(s.apply_transactions as f64),
+    );
+    metric(
+        "litemesh_broadcasts_known_total",
+        "counter",
+        "Broadcasts received that held nothing new (neither applied nor relayed).",
+        &one(s.broadcasts_known as f64),
+    );
+    metric(
         "litemesh_syncs_completed_total",
         "counter",
         "Completed anti-entropy reconciliations.",

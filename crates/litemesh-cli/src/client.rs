@@ -254,6 +254,10 @@ pub fn status(a: ApiArgs) -> CliResult {
     println!("max lag:           {} s", secs(s.max_lag_secs));
     println!("changes_applied:   {}", s.changes_applied);
     println!(
+        "commits:           {} transactions in {} commits; peers' changes in {} transactions ({} known broadcasts skipped)",
+        s.transactions_committed, s.commit_groups, s.apply_transactions, s.broadcasts_known
+    );
+    println!(
         "syncs:             {} completed, {} failed",
         s.syncs_completed, s.syncs_failed
     );

@@ -121,6 +121,15 @@ fn three_agents_with_mutual_tls_replicate() {
         metrics.contains("litemesh_peer_behind_versions{peer="),
         "{metrics}"
     );
+    // Its own write, one commit; the two others' writes applied (three
+    // nodes: every write reached it from its writer, none relayed).
+    for line in [
+        "litemesh_transactions_committed_total 1",
+        "litemesh_commit_groups_total 1",
+        "litemesh_broadcasts_known_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let (st, body) = get(&a2.api, "/v1/health");
     assert_eq!(st, 200, "{body}");
 }

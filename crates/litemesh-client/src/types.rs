@@ -413,6 +413,19 @@ pub struct Status {
     pub broadcast_dropped: u64,
     /// Changes from peers applied.
     pub changes_applied: u64,
+    /// Clients' transactions committed on this node.
+    #[serde(default)]
+    pub transactions_committed: u64,
+    /// Commits they took (group commit: concurrent transactions share one).
+    #[serde(default)]
+    pub commit_groups: u64,
+    /// SQLite transactions that applied changes from peers.
+    #[serde(default)]
+    pub apply_transactions: u64,
+    /// Broadcasts received that held nothing new (neither applied nor
+    /// relayed).
+    #[serde(default)]
+    pub broadcasts_known: u64,
     /// Completed reconciliations.
     pub syncs_completed: u64,
     /// Failed reconciliations.

@@ -457,21 +457,57 @@ async fn answer(
     streams(&inner).serving.remove(&request);
 }
 
-/// Applies what the core asks for, one operation at a time, on the writer.
+/// Applies what the core asks for, on the writer: everything queued while
+/// the writer was busy (up to [`APPLY_AT_ONCE`] operations and
+/// [`APPLY_ROWS_AT_ONCE`] row changes) in one SQLite transaction. Merges
+/// commit without waiting for the disk; they are synced at most
+/// [`MERGE_SYNC_DELAY`] later (or by the next local commit).
 pub(crate) async fn apply_loop(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<(OpId, Vec<ChangeBatch>)>,
 ) {
-    while let Some(first) = rx.recv().await {
-        // Everything queued meanwhile goes in the same hold of the writer.
+    let mut sync_at: Option<tokio::time::Instant> = None;
+    let mut last_start: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match sync_at {
+            None => rx.recv().await,
+            Some(at) => tokio::select! {
+                op = rx.recv() => op,
+                _ = tokio::time::sleep_until(at) => {
+                    sync_at = None;
+                    inner.sync_merges().await;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else { break };
+        // Back-to-back arrivals: at most one transaction per
+        // `APPLY_INTERVAL`, so that a stream of small broadcasts is applied
+        // a few at a time rather than paying a commit each. A lone arrival
+        // goes at once.
+        if let Some(last) = last_start {
+            let next = last + APPLY_INTERVAL;
+            if tokio::time::Instant::now() < next {
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        last_start = Some(tokio::time::Instant::now());
+        // Everything queued meanwhile goes in the same transaction.
+        let mut rows = row_changes(&first.1);
         let mut ops = vec![first];
-        while ops.len() < APPLY_AT_ONCE {
+        while ops.len() < APPLY_AT_ONCE && rows < APPLY_ROWS_AT_ONCE {
             match rx.try_recv() {
-                Ok(op) => ops.push(op),
+                Ok(op) => {
+                    rows += row_changes(&op.1);
+                    ops.push(op);
+                }
                 Err(_) => break,
             }
         }
-        let results = inner.apply_many(ops).await;
+        let (results, unsynced) = inner.apply_many(ops).await;
+        if unsynced && sync_at.is_none() {
+            sync_at = Some(tokio::time::Instant::now() + MERGE_SYNC_DELAY);
+        }
         let results: Vec<(OpId, Result<bool, String>)> = results
             .into_iter()
             .map(|(op, res)| {
@@ -497,10 +533,34 @@ pub(crate) async fn apply_loop(
             }
         });
     }
+    if sync_at.is_some() {
+        inner.sync_merges().await;
+    }
 }
 
-/// Storage operations applied under one hold of the writer, at most.
-const APPLY_AT_ONCE: usize = 8;
+/// Row changes in an operation's batches.
+fn row_changes(batches: &[ChangeBatch]) -> usize {
+    batches
+        .iter()
+        .flat_map(|b| &b.versions)
+        .map(|v| v.rows.len())
+        .sum()
+}
+
+/// Apply transactions start at least this far apart (see [`apply_loop`]).
+const APPLY_INTERVAL: Duration = Duration::from_millis(3);
+
+/// Storage operations applied in one transaction, at most.
+const APPLY_AT_ONCE: usize = 64;
+
+/// Row changes an apply transaction takes more operations for, at most (a
+/// long transaction delays what queues behind it).
+const APPLY_ROWS_AT_ONCE: usize = 4096;
+
+/// How long merged remote changes may wait for a sync to disk: what a power
+/// failure can take from the remote changes a node holds (a crash of the
+/// process takes nothing), fetched again from peers after the restart.
+pub(crate) const MERGE_SYNC_DELAY: Duration = Duration::from_millis(100);
 
 /// Wakes the core when its timer is due (rounds, retries, rate limit,
 /// session deadlines); every other input wakes this task to recompute it.

@@ -24,6 +24,7 @@
 //! everything the token names (read-your-writes, monotonic reads across nodes).
 //! See `docs/consistency.md`.
 
+mod commit;
 mod driver;
 mod error;
 mod health;

@@ -27,12 +27,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use litemesh_core::{Config as CoreConfig, NodeCore, Remembered, Start};
 use litemesh_proto::{ActorId, ChangeBatch, Head, Knowledge, NodeMeta};
-use litemesh_storage::{ClientLimits, ReadConnection, RememberedPeer, StorageError, Store};
+use litemesh_storage::{ReadConnection, RememberedPeer, StorageError, Store};
 use litemesh_sync::OpId;
 use litemesh_transport::{Event as TEvent, Incoming, MeshIdentity, Transport, TransportConfig};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::commit::{self, CommitRequest};
 use crate::driver::{self, Streams};
 use crate::error::Error;
 use crate::health::{self, Failures, Health, HealthIssue, HealthThresholds};
@@ -43,8 +44,6 @@ use crate::sql::{QueryResult, Statement};
 use crate::status::{MemberInfo, PeerState, PeerStatus, QuarantineStatus, Status, WriterStatus};
 use crate::token::Token;
 
-/// Bytes of changes per batch extracted for a peer.
-const BATCH_BYTES: usize = 256 * 1024;
 /// Period of the maintenance task.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// Without a successful write for this long, the maintenance task probes.
@@ -109,7 +108,7 @@ pub(crate) struct Inner {
     advertised: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) knowledge: watch::Sender<Knowledge>,
-    changes: broadcast::Sender<ChangeEvent>,
+    pub(crate) changes: broadcast::Sender<ChangeEvent>,
     /// Versions in the writer's quarantine, and their details (refreshed
     /// after every writer operation while there are any).
     quarantined: Mutex<Vec<(ActorId, u64)>>,
@@ -128,8 +127,10 @@ pub(crate) struct Inner {
     pub(crate) streams: Mutex<Streams>,
     /// Storage applies the core asked for, run one at a time.
     pub(crate) apply_tx: mpsc::UnboundedSender<(OpId, Vec<ChangeBatch>)>,
+    /// Clients' transactions waiting for the next group commit.
+    commits: mpsc::UnboundedSender<CommitRequest>,
     pub(crate) max_message: usize,
-    max_broadcast: usize,
+    pub(crate) max_broadcast: usize,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Set when the node starts shutting down: no new client work.
     closing: AtomicBool,
@@ -137,8 +138,13 @@ pub(crate) struct Inner {
     stop: Arc<AtomicBool>,
     pub(crate) epoch: tokio::time::Instant,
     changes_applied: AtomicU64,
+    /// Group commit counters: transactions, and the commits they took.
+    pub(crate) transactions_committed: AtomicU64,
+    pub(crate) commit_groups: AtomicU64,
+    /// Apply transactions run.
+    apply_transactions: AtomicU64,
     query_timeout: Duration,
-    transaction_timeout: Duration,
+    pub(crate) transaction_timeout: Duration,
     max_query_rows: u64,
     lock: Mutex<Option<FileLock>>,
 }
@@ -193,6 +199,29 @@ impl Inner {
         .map_err(|_| Error::ShuttingDown)?
     }
 
+    /// Before the first write of a node on probation (it restarted on a file
+    /// that may be a restored copy), moves it to a new actor id.
+    pub(crate) fn rotate_if_on_probation(&self, w: &mut Store) -> Result<(), Error> {
+        if !self.core().take_probation() {
+            return Ok(());
+        }
+        let new = match w.rotate_actor() {
+            Ok(n) => n,
+            Err(e) => {
+                self.core().restore_probation();
+                return Err(e.into());
+            }
+        };
+        tracing::warn!(
+            actor = %new,
+            "a write came before any peer confirmed that it holds this node's latest \
+             version (the file may be a restored copy): writing under a new actor id"
+        );
+        let now = self.now();
+        self.core().set_actor(now, new, 0);
+        Ok(())
+    }
+
     /// Refreshes the cached quarantine from the writer: when the set of
     /// versions changed, or with `details` (after retries).
     fn refresh_quarantine(&self, w: &mut Store, details: bool) {
@@ -209,7 +238,7 @@ impl Inner {
     }
 
     /// Records the outcome of an operation that wrote the file.
-    fn wrote(&self, res: &Result<(), &StorageError>) {
+    pub(crate) fn wrote(&self, res: &Result<(), &StorageError>) {
         let mut f = self.failures();
         match res {
             Ok(()) => f.wrote(),
@@ -220,42 +249,70 @@ impl Inner {
         }
     }
 
-    /// Applies the batches of several storage operations from the core, one
-    /// SQLite transaction each, under one hold of the writer (and one read
-    /// of the knowledge after them); returns, per operation, whether it
-    /// taught this node something.
+    /// Applies the batches of several storage operations from the core in
+    /// one SQLite transaction (one commit), under one hold of the writer and
+    /// one read of the knowledge after it; returns, per operation, whether
+    /// it taught this node something, and whether merges now wait for a
+    /// sync to disk.
     pub(crate) async fn apply_many(
         self: &Arc<Self>,
         ops: Vec<(OpId, Vec<ChangeBatch>)>,
-    ) -> Vec<(OpId, Result<bool, Error>)> {
-        let ids: Vec<OpId> = ops.iter().map(|(op, _)| *op).collect();
+    ) -> (Vec<(OpId, Result<bool, Error>)>, bool) {
+        let ids: Vec<(OpId, bool)> = ops.iter().map(|(op, b)| (*op, !b.is_empty())).collect();
         let res = self
             .with_writer(move |w| {
-                Ok(ops
-                    .into_iter()
-                    .map(|(op, batches)| {
-                        if batches.is_empty() {
-                            return (op, Ok(None));
-                        }
-                        (op, w.apply_all(&batches).map(Some).map_err(Error::from))
-                    })
-                    .collect::<Vec<_>>())
+                let groups: Vec<&[ChangeBatch]> = ops
+                    .iter()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(_, b)| b.as_slice())
+                    .collect();
+                let reports = w.apply_groups(&groups).map_err(Error::from);
+                Ok((reports, w.merges_unsynced()))
             })
             .await;
-        let results = match res {
+        let (reports, unsynced) = match res {
             Ok(r) => r,
+            Err(e) => (Err(e), false),
+        };
+        let mut reports = match reports {
+            Ok(r) => {
+                if !r.is_empty() {
+                    self.apply_transactions.fetch_add(1, Ordering::Relaxed);
+                }
+                r.into_iter()
+            }
             Err(e) => {
+                // The whole group failed: the failure counts once.
                 let msg = e.to_string();
-                return ids
+                let _ = self.applied(Err(e));
+                let results = ids
                     .into_iter()
-                    .map(|op| (op, Err(Error::Protocol(msg.clone()))))
+                    .map(|(op, _)| (op, Err(Error::Protocol(msg.clone()))))
                     .collect();
+                return (results, unsynced);
             }
         };
-        results
+        let results = ids
             .into_iter()
-            .map(|(op, r)| (op, self.applied(r)))
-            .collect()
+            .map(|(op, nonempty)| {
+                let report = if nonempty { reports.next() } else { None };
+                (op, self.applied(Ok(report)))
+            })
+            .collect();
+        (results, unsynced)
+    }
+
+    /// Syncs merged remote changes to disk (see [`Store::sync_merges`]).
+    pub(crate) async fn sync_merges(self: &Arc<Self>) {
+        let res = self
+            .with_writer(|w| w.sync_merges().map_err(Error::from))
+            .await;
+        if let Err(e) = res {
+            if let Error::Storage(s) = &e {
+                self.wrote(&Err(s));
+            }
+            tracing::warn!("syncing merged changes to disk failed: {e}");
+        }
     }
 
     /// Records the outcome of one apply (failures, counters, change events).
@@ -393,7 +450,7 @@ fn identity(tls: &Tls) -> Result<MeshIdentity, Error> {
     })
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -442,6 +499,7 @@ impl Node {
             .unwrap_or_else(|| format!("node-{}", addr.port()));
 
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (commits, commits_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let epoch = tokio::time::Instant::now();
         let wall0 = unix_ms();
@@ -524,6 +582,7 @@ impl Node {
             timer_at: AtomicU64::new(0),
             streams: Mutex::new(Streams::default()),
             apply_tx,
+            commits,
             max_message: settings.sync.max_message,
             max_broadcast: settings.sync.max_broadcast_bytes,
             shutdown,
@@ -531,6 +590,9 @@ impl Node {
             stop,
             epoch,
             changes_applied: AtomicU64::new(0),
+            transactions_committed: AtomicU64::new(0),
+            commit_groups: AtomicU64::new(0),
+            apply_transactions: AtomicU64::new(0),
             query_timeout: settings.query_timeout,
             transaction_timeout: settings.transaction_timeout,
             max_query_rows: settings.max_query_rows,
@@ -543,6 +605,7 @@ impl Node {
             tokio::spawn(incoming_loop(inner.clone(), incoming)),
             tokio::spawn(driver::timer_loop(inner.clone())),
             tokio::spawn(driver::apply_loop(inner.clone(), apply_rx)),
+            tokio::spawn(commit::commit_loop(inner.clone(), commits_rx)),
             tokio::spawn(maintenance_loop(inner.clone())),
         ];
         tracing::info!(%addr, actor = %actor, "litemesh node started");
@@ -582,129 +645,16 @@ impl Node {
         if self.inner.closed() {
             return Err(Error::ShuttingDown);
         }
-        let limits = ClientLimits {
-            timeout: Some(self.inner.transaction_timeout),
-            ..ClientLimits::default()
-        };
-        // The commit and what follows it (the broadcast, the local change
-        // event, the head to publish) run in a task of their own: a caller
-        // that goes away (a client disconnecting) stops none of it.
-        let node = self.inner.clone();
-        let max_broadcast = self.inner.max_broadcast;
-        let work = tokio::spawn(async move {
-            let inner = node.clone();
-            let res = node
-            .with_writer(move |w| {
-                let probation = inner.core().take_probation();
-                if probation {
-                    let new = match w.rotate_actor() {
-                        Ok(n) => n,
-                        Err(e) => {
-                            inner.core().restore_probation();
-                            return Err(e.into());
-                        }
-                    };
-                    tracing::warn!(
-                        actor = %new,
-                        "a write came before any peer confirmed that it holds this node's latest \
-                         version (the file may be a restored copy): writing under a new actor id"
-                    );
-                    let now = inner.now();
-                    inner.core().set_actor(now, new, 0);
-                }
-                let committed = w.client_transaction(&limits, |tx| {
-                    let mut out = Vec::with_capacity(statements.len());
-                    for st in &statements {
-                        out.push(tx.execute(&st.sql, &st.params)?);
-                    }
-                    Ok(out)
-                });
-                let committed = match committed {
-                    Ok(c) => c,
-                    Err(e) => {
-                        inner.wrote(&Err(&e));
-                        return Err(e.into());
-                    }
-                };
-                inner.wrote(&Ok(()));
-                // Committed: from here on nothing may turn into an error,
-                // or the caller would take a durable write for a refused one.
-                let actor = w.actor_id();
-                let db_version = match committed.version {
-                    Some(v) => v,
-                    None => w.db_version().unwrap_or(0),
-                };
-                let mut batches = Vec::new();
-                let mut tables = BTreeSet::new();
-                if let Some(v) = committed.version {
-                    // The core broadcasts them unless they encode to more
-                    // than its cap, which it decides by encoding them. The
-                    // size estimate here is generous (it overcounts), so
-                    // only what is surely over the cap is dropped early.
-                    let mut total = 0;
-                    let read = w.version_changes(v, BATCH_BYTES, |b| {
-                        for vc in &b.versions {
-                            for r in &vc.rows {
-                                tables.insert(r.table.clone());
-                                total += r.encoded_size();
-                            }
-                        }
-                        if total <= 2 * max_broadcast {
-                            batches.push(b);
-                        }
-                        Ok(true)
-                    });
-                    if let Err(e) = read {
-                        tracing::error!(
-                            version = v,
-                            "committed, but its changes cannot be broadcast: {e}; \
-                             anti-entropy will offer them"
-                        );
-                        batches.clear();
-                    }
-                    if total > 2 * max_broadcast {
-                        batches.clear();
-                    }
-                }
-                // Encoded here, on the blocking pool, not under the core's
-                // lock; the cap is the core's rule (`encode_local_commit`).
-                let encoded = if batches.is_empty() {
-                    None
-                } else {
-                    litemesh_sync::encode_local_commit(&batches, max_broadcast)
-                };
-                Ok((
-                    committed.value,
-                    committed.version,
-                    db_version,
-                    encoded,
-                    tables,
-                    actor,
-                ))
-            })
-            .await;
-            let (rows_affected, version, db_version, encoded, tables, actor) = res?;
-            let token = match version {
-                Some(v) => Token::new(actor, v),
-                None => Token::default(),
-            };
-            // After the knowledge is published (`with_writer`), so that peers
-            // answering the broadcast never look ahead of this node.
-            if let Some(v) = version {
-                let _ = node.changes.send(ChangeEvent {
-                    tables,
-                    local: true,
-                });
-                let ms = unix_ms();
-                driver::drive(&node, |c, _| c.handle_encoded_local_commit(v, ms, encoded));
-            }
-            Ok(Executed {
-                rows_affected,
-                version: db_version,
-                token,
-            })
-        });
-        work.await.map_err(|_| Error::ShuttingDown)?
+        // Queued for the next group commit; what follows the commit (the
+        // broadcast, the local change event, the head to publish) runs in
+        // the commit task: a caller that goes away (a client disconnecting)
+        // stops none of it.
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commits
+            .send(CommitRequest { statements, reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// Runs a read-only statement and returns all its rows. With
@@ -911,6 +861,10 @@ impl Node {
             broadcast_queue: stats.broadcast_queue,
             broadcast_dropped: stats.broadcast_dropped,
             changes_applied: inner.changes_applied.load(Ordering::Relaxed),
+            transactions_committed: inner.transactions_committed.load(Ordering::Relaxed),
+            commit_groups: inner.commit_groups.load(Ordering::Relaxed),
+            apply_transactions: inner.apply_transactions.load(Ordering::Relaxed),
+            broadcasts_known: stats.broadcasts_known,
             syncs_completed: stats.syncs_completed,
             syncs_failed: stats.syncs_failed,
             apply_failures: f.apply,

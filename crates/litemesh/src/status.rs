@@ -168,6 +168,15 @@ pub struct Status {
     pub broadcast_dropped: u64,
     /// Counters.
     pub changes_applied: u64,
+    /// Clients' transactions committed on this node.
+    pub transactions_committed: u64,
+    /// Commits they took (group commit: concurrent transactions share one).
+    pub commit_groups: u64,
+    /// SQLite transactions that applied changes from peers (arrivals that
+    /// queue together share one).
+    pub apply_transactions: u64,
+    /// Broadcasts received that held nothing new (no apply, no relay).
+    pub broadcasts_known: u64,
     /// Completed reconciliations.
     pub syncs_completed: u64,
     /// Failed reconciliations.

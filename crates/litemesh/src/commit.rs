@@ -1,0 +1,234 @@
+//! Group commit of clients' transactions.
+//!
+//! [`Node::execute`](crate::Node::execute) queues its transaction here; one
+//! task takes everything queued while the writer was busy and runs it as
+//! one SQLite transaction ([`Store::client_transactions`]): each client's
+//! transaction in a savepoint, with a version of its own, failing alone;
+//! one durable commit for the group, after which every client is answered.
+//! A lone client pays exactly what it did before; many concurrent ones
+//! share the wait for the disk. What the group committed is broadcast
+//! together: versions small enough share broadcast messages.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use litemesh_proto::ChangeBatch;
+use litemesh_storage::{ClientLimits, Committed, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use crate::node::{ChangeEvent, Executed, Inner, unix_ms};
+use crate::sql::Statement;
+use crate::token::Token;
+
+/// Clients' transactions committed together, at most.
+const GROUP_AT_ONCE: usize = 64;
+
+/// Statements a group takes more transactions for, at most: a long group
+/// delays every client in it.
+const GROUP_STATEMENTS: usize = 1024;
+
+/// Bytes of a broadcast message that carries several versions, at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// One client's transaction, waiting for its turn.
+pub(crate) struct CommitRequest {
+    pub(crate) statements: Vec<Statement>,
+    pub(crate) reply: oneshot::Sender<Result<Executed, Error>>,
+}
+
+/// Runs queued transactions, a group at a time, until the node shuts down.
+/// A request's work runs to its end even if its client went away.
+pub(crate) async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CommitRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut statements = first.statements.len();
+        let mut group = vec![first];
+        while group.len() < GROUP_AT_ONCE && statements < GROUP_STATEMENTS {
+            match rx.try_recv() {
+                Ok(r) => {
+                    statements += r.statements.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&inner, group).await;
+    }
+}
+
+/// What the writer hands back for a group.
+struct Outcome {
+    results: Vec<Result<Committed<Vec<usize>>, Error>>,
+    db_version: u64,
+    actor: litemesh_proto::ActorId,
+    encoded: Vec<Vec<u8>>,
+    tables: BTreeSet<String>,
+}
+
+async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
+    let (statements, replies): (Vec<Vec<Statement>>, Vec<_>) =
+        group.into_iter().map(|r| (r.statements, r.reply)).unzip();
+    let limits = ClientLimits {
+        timeout: Some(inner.transaction_timeout),
+        ..ClientLimits::default()
+    };
+    let node = inner.clone();
+    let max_broadcast = inner.max_broadcast;
+    let res = inner
+        .with_writer(move |w| {
+            node.rotate_if_on_probation(w)?;
+            let results = w.client_transactions(&limits, &statements, |stmts, tx| {
+                let mut out = Vec::with_capacity(stmts.len());
+                for st in stmts {
+                    out.push(tx.execute(&st.sql, &st.params)?);
+                }
+                Ok(out)
+            });
+            let results = match results {
+                Ok(r) => r,
+                Err(e) => {
+                    node.wrote(&Err(&e));
+                    return Err(e.into());
+                }
+            };
+            node.wrote(&Ok(()));
+            // Committed: from here on nothing may turn into an error, or a
+            // caller would take a durable write for a refused one.
+            let versions: Vec<u64> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().and_then(|c| c.version))
+                .collect();
+            let (encoded, tables) = broadcast_of(w, &versions, max_broadcast);
+            Ok(Outcome {
+                results: results
+                    .into_iter()
+                    .map(|r| r.map_err(Error::from))
+                    .collect(),
+                db_version: w.db_version().unwrap_or(0),
+                actor: w.actor_id(),
+                encoded,
+                tables,
+            })
+        })
+        .await;
+    let out = match res {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = e.to_string();
+            let mut e = Some(e);
+            for reply in replies {
+                // The first client gets the typed error, the others its text.
+                let err = e.take().unwrap_or_else(|| Error::Protocol(msg.clone()));
+                let _ = reply.send(Err(err));
+            }
+            return;
+        }
+    };
+    inner.commit_groups.fetch_add(1, Ordering::Relaxed);
+    inner.transactions_committed.fetch_add(
+        out.results.iter().filter(|r| r.is_ok()).count() as u64,
+        Ordering::Relaxed,
+    );
+    let last = out
+        .results
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.version)
+        .max();
+    // The clients first (the broadcast is not on their path), then the
+    // broadcast: after the knowledge is published (`with_writer`), so that
+    // peers answering it never look ahead of this node.
+    for (reply, res) in replies.into_iter().zip(out.results) {
+        let _ = reply.send(res.map(|c| Executed {
+            rows_affected: c.value,
+            version: c.version.unwrap_or(out.db_version),
+            token: match c.version {
+                Some(v) => Token::new(out.actor, v),
+                None => Token::default(),
+            },
+        }));
+    }
+    if let Some(last) = last {
+        let _ = inner.changes.send(ChangeEvent {
+            tables: out.tables,
+            local: true,
+        });
+        let ms = unix_ms();
+        let encoded = (!out.encoded.is_empty()).then_some(out.encoded);
+        crate::driver::drive(inner, |c, _| {
+            c.handle_encoded_local_commit(last, ms, encoded)
+        });
+    }
+}
+
+/// The broadcast messages of versions just committed, encoded (on the
+/// blocking pool, not under the core's lock), and the tables they wrote.
+/// Versions whose changes fit share messages of up to [`BATCH_BYTES`]; a
+/// version that encodes to more than the core's cap goes by anti-entropy
+/// (the core's rule, [`litemesh_sync::encode_local_commit`]).
+fn broadcast_of(
+    w: &Store,
+    versions: &[u64],
+    max_broadcast: usize,
+) -> (Vec<Vec<u8>>, BTreeSet<String>) {
+    let mut tables = BTreeSet::new();
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    let mut shared = ChangeBatch::default();
+    let mut shared_bytes = 0;
+    let flush = |shared: &mut ChangeBatch, encoded: &mut Vec<Vec<u8>>| {
+        if !shared.is_empty() {
+            let b = std::mem::take(shared);
+            encoded.extend(
+                litemesh_sync::encode_local_commit(std::slice::from_ref(&b), max_broadcast)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    };
+    for &v in versions {
+        let mut batches = Vec::new();
+        // The size estimate is generous (it overcounts), so only what is
+        // surely over the cap is dropped here.
+        let mut total = 0;
+        let read = w.version_changes(v, BATCH_BYTES, |b| {
+            for r in b.versions.iter().flat_map(|vc| &vc.rows) {
+                tables.insert(r.table.clone());
+                total += r.encoded_size();
+            }
+            if total <= 2 * max_broadcast {
+                batches.push(b);
+            }
+            Ok(true)
+        });
+        if let Err(e) = read {
+            tracing::error!(
+                version = v,
+                "committed, but its changes cannot be broadcast: {e}; anti-entropy will offer them"
+            );
+            continue;
+        }
+        if total > 2 * max_broadcast {
+            continue;
+        }
+        if batches.len() == 1 && total <= BATCH_BYTES {
+            // Small: shares a message with the versions next to it.
+            if shared_bytes + total > BATCH_BYTES {
+                flush(&mut shared, &mut encoded);
+                shared_bytes = 0;
+            }
+            shared_bytes += total;
+            let b = batches.pop().unwrap_or_default();
+            shared.versions.extend(b.versions);
+            shared.cleared.extend(b.cleared);
+        } else {
+            // Large: messages of its own (its chunks), all or none.
+            encoded.extend(
+                litemesh_sync::encode_local_commit(&batches, max_broadcast)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    }
+    flush(&mut shared, &mut encoded);
+    (encoded, tables)
+}
