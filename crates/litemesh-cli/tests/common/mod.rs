@@ -47,9 +47,31 @@ impl Agent {
         tag: &str,
         args: &[&str],
     ) -> Result<Agent, (Option<ExitStatus>, String)> {
+        Agent::try_start_bin(Path::new(BIN), dir, tag, args)
+    }
+
+    /// Like [`Agent::start`], with the `litemesh` binary at `bin` (e.g. an
+    /// older build, to compare with).
+    pub fn start_bin(bin: &Path, dir: &Path, tag: &str, args: &[&str]) -> Agent {
+        match Agent::try_start_bin(bin, dir, tag, args) {
+            Ok(a) => a,
+            Err((status, err)) => panic!(
+                "agent {tag} ({}) did not start ({status:?}): {err}",
+                bin.display()
+            ),
+        }
+    }
+
+    /// Like [`Agent::try_start`], with the `litemesh` binary at `bin`.
+    pub fn try_start_bin(
+        bin: &Path,
+        dir: &Path,
+        tag: &str,
+        args: &[&str],
+    ) -> Result<Agent, (Option<ExitStatus>, String)> {
         let stderr_path = dir.join(format!("{tag}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .arg("agent")
             .args(args)
             // LITEMESH_TEST_LOG=debug keeps the agents' detailed logs (in
