@@ -129,6 +129,13 @@ fn run(n: usize, seed: u64, s: &mut Samples, insert_only: bool) {
     s.repl_insert.push(t.elapsed());
     checkpoint(a.connection());
     s.repl_size.push(file_size(&a_path));
+    // LITEMESH_BENCH_KEEP=DIR keeps both files, to look inside them.
+    if let Some(keep) = std::env::var_os("LITEMESH_BENCH_KEEP") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep).unwrap();
+        std::fs::copy(&plain_path, keep.join("plain.db")).unwrap();
+        std::fs::copy(&a_path, keep.join("litemesh.db")).unwrap();
+    }
     if insert_only {
         return;
     }

@@ -802,7 +802,7 @@ impl Store {
                     owner_cells: 0,
                     cells: Cells::default(),
                 };
-                store_clock(conn, &t, &row.pk, &clock)?;
+                store_clock(conn, &t, &row.pk, &clock, local.is_some())?;
             } else {
                 // A new life of the row: earlier cells are void.
                 let mut cells = Cells::default();
@@ -851,7 +851,7 @@ impl Store {
                     owner_cells: oc,
                     cells,
                 };
-                store_clock(conn, &t, &row.pk, &clock)?;
+                store_clock(conn, &t, &row.pk, &clock, local.is_some())?;
                 report.cells_written += known.len();
                 report.tables_changed.insert(t.name.clone());
             }
@@ -885,7 +885,7 @@ impl Store {
                         .unwrap_or(1);
                     local.cells.set(*i, CellClock { cv, entry });
                 }
-                store_clock(conn, &t, &row.pk, &local)?;
+                store_clock(conn, &t, &row.pk, &local, true)?;
                 report.cells_written += won.len();
                 report.tables_changed.insert(t.name.clone());
                 wrote = true;
@@ -919,20 +919,29 @@ pub(crate) fn load_clock(
     .transpose()
 }
 
-fn store_clock(conn: &Connection, t: &TableMeta, pk: &[Value], clock: &RowClock) -> Result<()> {
-    let mut params: Vec<rusqlite::types::Value> = pk.iter().map(to_sql_value).collect();
-    params.push(clock.encode().into());
+/// Writes a row's clock: in place when the row has one (`exists`), else
+/// inserted.
+fn store_clock(
+    conn: &Connection,
+    t: &TableMeta,
+    pk: &[Value],
+    clock: &RowClock,
+    exists: bool,
+) -> Result<()> {
+    let blob = clock.encode();
+    let params = pk
+        .iter()
+        .map(|v| v as &dyn rusqlite::ToSql)
+        .chain(std::iter::once(&blob as &dyn rusqlite::ToSql));
+    if exists {
+        let updated = conn
+            .prepare_cached(&t.sql.update_clock)?
+            .execute(params_from_iter(params.clone()))?;
+        if updated == 1 {
+            return Ok(());
+        }
+    }
     conn.prepare_cached(&t.sql.store_clock)?
         .execute(params_from_iter(params))?;
     Ok(())
-}
-
-fn to_sql_value(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
-        Value::Real(f) => rusqlite::types::Value::Real(*f),
-        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
 }

@@ -69,6 +69,9 @@ pub(crate) struct TableSql {
     pub load_clock: String,
     /// `INSERT OR REPLACE INTO clk(pk.., clock..) VALUES (?..)`
     pub store_clock: String,
+    /// `UPDATE clk SET __clk = ?n+1 WHERE pk = ?1..` (a row's clock
+    /// rewritten in place, cheaper than a replace's delete and insert)
+    pub update_clock: String,
     /// `DELETE FROM t WHERE pk = ?1..`
     pub delete_row: String,
     /// `SELECT cols.. FROM t WHERE pk = ?1..`
@@ -104,6 +107,7 @@ impl TableSql {
                 names(pk),
                 params(pk.len() + 1)
             ),
+            update_clock: format!("UPDATE {clk} SET __clk = ?{} WHERE {}", pk.len() + 1, w(0)),
             delete_row: format!("DELETE FROM {t} WHERE {}", w(0)),
             select_cols: if cols.is_empty() {
                 format!("SELECT 1 FROM {t} WHERE {}", w(0))

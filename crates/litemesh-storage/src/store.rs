@@ -26,8 +26,11 @@ pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(s.next_version, \
 
 /// Version of the on-disk metadata layout. Format 1 (the first release) had
 /// the local actor fixed at index 0 and no quarantine, peer list or session
-/// marker; it is upgraded in place when opened.
-const FORMAT: i64 = 2;
+/// marker; format 2 wrote every key in the change log in the first key
+/// encoding (format 3 adds shorter forms of integers, hexadecimal text and
+/// UUIDs, see `value.rs`). Older formats are upgraded in place when opened;
+/// a binary older than the file's format refuses to open it.
+const FORMAT: i64 = 3;
 
 const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS __lm_site(
@@ -203,6 +206,10 @@ impl Store {
                     )?;
                 }
                 Some((_, 1)) => upgrade_from_format_1(&tx)?,
+                // Format 3 only adds key encodings; the old ones still read.
+                Some((_, 2)) => {
+                    tx.execute("UPDATE __lm_site SET format = ?1 WHERE id = 0", [FORMAT])?;
+                }
                 Some((_, f)) if f != FORMAT => {
                     return Err(StorageError::Corrupt(format!(
                         "metadata format {f} is not supported by this version (expects {FORMAT})"

@@ -640,6 +640,43 @@ fn a_format_1_file_is_upgraded_in_place() {
 }
 
 #[test]
+fn a_format_2_file_opens_and_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    {
+        let mut s = Store::open(&path).unwrap();
+        s.apply_schema(SCHEMA).unwrap();
+        s.execute_batch("INSERT INTO items VALUES ('a', 1, 'x')")
+            .unwrap();
+    }
+    let set = |f: i64| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE __lm_site SET format = ?1", [f])
+            .unwrap();
+    };
+    let format = || -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT format FROM __lm_site", [], |r| r.get(0))
+            .unwrap()
+    };
+    set(2);
+    {
+        let mut s = Store::open(&path).unwrap();
+        let mut t = open(&dir, "t");
+        sync(&s, &mut t);
+        assert_eq!(dump(&s, "items"), dump(&t, "items"));
+        s.execute_batch("INSERT INTO items VALUES ('b', 2, 'y')")
+            .unwrap();
+    }
+    assert_eq!(format(), 3);
+    set(4);
+    let err = Store::open(&path).unwrap_err();
+    assert!(err.to_string().contains("format 4"), "{err}");
+}
+
+#[test]
 fn text_that_is_not_utf8_is_refused_and_never_stops_serving() {
     let (_d, mut a, mut b) = pair(
         "CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT);
