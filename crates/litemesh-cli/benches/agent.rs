@@ -4,14 +4,15 @@
 //!
 //! ```sh
 //! cargo bench -p litemesh-cli --bench agent -- [--agents 1,5,20] \
-//!     [--old-bin PATH] [--rounds R] [--secs S] [--quick]
+//!     [--old-bin PATH] [--bin PATH] [--rounds R] [--secs S] [--quick]
 //! ```
 //!
 //! - `--agents LIST`: mesh sizes (default `1,5,20`; 1 is a lone agent, to see
 //!   what a mesh costs the writer). Agent 0 is the seed of every other agent;
 //!   the phases start once every agent sees all N alive (up to 60 s), plus 1 s.
 //! - `--old-bin PATH`: also run every mesh size with the `litemesh` binary at
-//!   PATH (same flags). The binary under test is the one cargo built.
+//!   PATH (same flags). The binary under test is the one cargo built, or
+//!   `--bin PATH` (to profile one binary alone, say).
 //! - `--rounds R`: meshes per binary and size (default 1, or 2 with
 //!   `--old-bin`). Runs alternate new, old, new, old… so that machine noise
 //!   hits both; the figures are medians over rounds (error counts: totals).
@@ -87,6 +88,7 @@ const HISTORICAL: [(&str, &str); 5] = [
 struct Options {
     agents: Vec<usize>,
     old_bin: Option<PathBuf>,
+    bin: PathBuf,
     rounds: usize,
     secs: Duration,
     quick: bool,
@@ -96,6 +98,7 @@ impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Options {
         let mut agents = vec![1, 5, 20];
         let mut old_bin = None;
+        let mut bin = PathBuf::from(BIN);
         let mut rounds = None;
         let mut secs = 4.0;
         let mut quick = false;
@@ -121,6 +124,7 @@ impl Options {
                         .collect()
                 }
                 "--old-bin" => old_bin = Some(PathBuf::from(value())),
+                "--bin" => bin = PathBuf::from(value()),
                 "--rounds" => rounds = Some(value().parse().expect("--rounds: a number")),
                 "--secs" => secs = value().parse().expect("--secs: a number of seconds"),
                 "--quick" => quick = true,
@@ -136,6 +140,7 @@ impl Options {
         Options {
             agents,
             old_bin,
+            bin,
             rounds,
             secs: Duration::from_secs_f64(secs),
             quick,
@@ -854,7 +859,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let max_n = opts.agents.iter().copied().max().unwrap_or(1);
     let setup = Setup::new(dir.path(), max_n);
-    let mut bins = vec![("new", PathBuf::from(BIN))];
+    let mut bins = vec![("new", opts.bin.clone())];
     if let Some(old) = &opts.old_bin {
         bins.push(("old", old.clone()));
     }

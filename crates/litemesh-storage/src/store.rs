@@ -499,11 +499,13 @@ impl Store {
     /// group waits for the disk, like [`Store::client_transaction`]'s: when
     /// this returns `Ok`, every `Ok` inside it is durable.
     ///
-    /// `Err` means the group's commit failed and nothing of it applied. An
-    /// error that makes SQLite abandon the whole transaction (an interrupted
-    /// write, a full disk) fails only the item that met it: the others are
-    /// run again in a new transaction, so `run` may be called more than once
-    /// for an item.
+    /// `Err` means the group's commit failed and nothing of it applied. The
+    /// items first run without savepoints (they cost a large transaction
+    /// dearly); the first that fails rolls the group back, and the others
+    /// run again, each in a savepoint from then on: `run` may be called more
+    /// than once for an item. An error that makes SQLite abandon the whole
+    /// transaction (an interrupted write, a full disk) likewise fails only
+    /// the item that met it.
     pub fn client_transactions<I, T>(
         &mut self,
         limits: &ClientLimits,
@@ -513,6 +515,11 @@ impl Store {
         self.merged_last = false;
         let guard = self.guard.clone();
         let mut out: Vec<Option<Result<Committed<T>>>> = items.iter().map(|_| None).collect();
+        // Optimistic first: no savepoints (a savepoint makes SQLite copy
+        // every page a transaction then changes for its own rollback: a
+        // large transaction pays dearly). The first failure rolls the group
+        // back and runs the rest again, each in a savepoint.
+        let mut isolate = false;
         loop {
             let tx = self
                 .conn
@@ -523,7 +530,9 @@ impl Store {
                 if out[i].is_some() {
                     continue;
                 }
-                tx.execute_batch("SAVEPOINT lm_client")?;
+                if isolate {
+                    tx.execute_batch("SAVEPOINT lm_client")?;
+                }
                 let next: i64 = tx
                     .prepare_cached(NEXT_VERSION_SQL)?
                     .query_row([], |r| r.get(0))?;
@@ -555,7 +564,9 @@ impl Store {
                 };
                 match res {
                     Ok((value, v)) => {
-                        tx.execute_batch("RELEASE lm_client")?;
+                        if isolate {
+                            tx.execute_batch("RELEASE lm_client")?;
+                        }
                         done.push((
                             i,
                             Committed {
@@ -567,9 +578,11 @@ impl Store {
                     Err(e) => {
                         out[i] = Some(Err(guard.map_storage_err(e)));
                         self.state.reset();
-                        if tx.is_autocommit() {
-                            // SQLite rolled the whole transaction back.
+                        if !isolate || tx.is_autocommit() {
+                            // Roll the group back (SQLite may have done it
+                            // already) and run the others again, isolated.
                             abandoned = true;
+                            isolate = true;
                             break;
                         }
                         tx.execute_batch("ROLLBACK TO lm_client; RELEASE lm_client")?;
@@ -578,6 +591,9 @@ impl Store {
             }
             if abandoned {
                 drop(tx);
+                if out.iter().all(Option::is_some) {
+                    break;
+                }
                 continue;
             }
             tx.commit()?;
@@ -587,11 +603,12 @@ impl Store {
             for (i, c) in done {
                 out[i] = Some(Ok(c));
             }
-            return Ok(out
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err(StorageError::Corrupt("unfinished".into()))))
-                .collect());
+            break;
         }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StorageError::Corrupt("unfinished".into()))))
+            .collect())
     }
 
     /// Sets a flag that, once true, stops any statement running on this

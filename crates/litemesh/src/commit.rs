@@ -39,9 +39,24 @@ pub(crate) struct CommitRequest {
 }
 
 /// Runs queued transactions, a group at a time, until the node shuts down.
-/// A request's work runs to its end even if its client went away.
+/// A request's work runs to its end even if its client went away; a group
+/// under way when the node shuts down is finished and answered (statements
+/// still running are stopped, so it ends soon), and what is still queued is
+/// answered `ShuttingDown`, never having run.
 pub(crate) async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CommitRequest>) {
-    while let Some(first) = rx.recv().await {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
         let mut statements = first.statements.len();
         let mut group = vec![first];
         while group.len() < GROUP_AT_ONCE && statements < GROUP_STATEMENTS {

@@ -369,6 +369,9 @@ impl Inner {
 pub struct Node {
     inner: Arc<Inner>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The commit task: not aborted at shutdown but waited for, so that a
+    /// group under way is answered.
+    commits: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -605,13 +608,14 @@ impl Node {
             tokio::spawn(incoming_loop(inner.clone(), incoming)),
             tokio::spawn(driver::timer_loop(inner.clone())),
             tokio::spawn(driver::apply_loop(inner.clone(), apply_rx)),
-            tokio::spawn(commit::commit_loop(inner.clone(), commits_rx)),
             tokio::spawn(maintenance_loop(inner.clone())),
         ];
         tracing::info!(%addr, actor = %actor, "litemesh node started");
+        let commits = tokio::spawn(commit::commit_loop(inner.clone(), commits_rx));
         Ok(Node {
             inner,
             tasks: Arc::new(Mutex::new(tasks)),
+            commits: Arc::new(Mutex::new(Some(commits))),
         })
     }
 
@@ -990,6 +994,14 @@ impl Node {
         driver::drive(&self.inner, |c, now| c.leave(now));
         let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         self.inner.shutdown.send_replace(true);
+        let commits = self
+            .commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = commits {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+        }
         self.inner.transport.close().await;
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {

@@ -267,3 +267,51 @@ async fn concurrent_transactions_share_commits_and_each_keeps_its_own_version() 
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_answered_ok_at_shutdown_is_in_the_file() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let node = Node::start(settings(&dir, "n0", &ca, &[])).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            if i == 100 {
+                node.shutdown().await;
+            }
+            let res = node
+                .execute(vec![Statement::with_params(
+                    "INSERT INTO items VALUES (?1, 'n0', ?2)",
+                    vec![Value::Text(format!("k{i}")), Value::Integer(i)],
+                )])
+                .await;
+            (i, res.is_ok())
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        let (i, ok) = t.await.unwrap();
+        if ok {
+            acked.push(i);
+        }
+    }
+    node.shutdown().await;
+    let store = litemesh_storage::Store::open(dir.path().join("n0.db")).unwrap();
+    for i in &acked {
+        let n: i64 = store
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM items WHERE id = ?1",
+                [format!("k{i}")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "k{i} was acknowledged but is not in the file");
+    }
+    assert!(
+        acked.len() < 200,
+        "the writes after the shutdown were refused"
+    );
+}
