@@ -214,6 +214,13 @@ impl Transport {
             // Meshes usually run on LANs / within a region: a lower initial
             // RTT estimate makes handshake retransmissions (under loss) quicker.
             .initial_rtt(Duration::from_millis(100));
+        // Ask peers to acknowledge every 8th packet or within 10 ms rather
+        // than every 2nd: a broadcast is one small packet per peer, and the
+        // acknowledgements cost as much to send and process as the data.
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(VarInt::from_u32(8))
+            .max_ack_delay(Some(Duration::from_millis(10)));
+        transport.ack_frequency_config(Some(acks));
         let transport = Arc::new(transport);
 
         let server_crypto = QuicServerConfig::try_from(identity.server_config(&alpn)?)
