@@ -514,6 +514,19 @@ impl Store {
     ) -> Result<Vec<Result<Committed<T>>>> {
         self.merged_last = false;
         let guard = self.guard.clone();
+        // The store's own statements (savepoints, the commit) can be
+        // interrupted too (a node shutting down): typed like a client's.
+        self.client_group(limits, items, run)
+            .map_err(|e| guard.map_storage_err(e))
+    }
+
+    fn client_group<I, T>(
+        &mut self,
+        limits: &ClientLimits,
+        items: &[I],
+        run: impl Fn(&I, &ClientTx<'_>) -> Result<T>,
+    ) -> Result<Vec<Result<Committed<T>>>> {
+        let guard = self.guard.clone();
         let mut out: Vec<Option<Result<Committed<T>>>> = items.iter().map(|_| None).collect();
         // Optimistic first: no savepoints (a savepoint makes SQLite copy
         // every page a transaction then changes for its own rollback: a

@@ -270,13 +270,12 @@ impl Scheduler {
 
     /// A local transaction committed: send its encoded batch to the
     /// `direct_fanout` nearest peers (every peer of a mesh of up to
-    /// `direct_fanout + 1` nodes) and `fanout` random others. When the
-    /// direct sends reach every peer this node sees up, the message goes
-    /// with no hops left: nobody relays it (relays would only bring every
-    /// node copies of what it already has; a peer the writer cannot reach
-    /// gets the change by anti-entropy, pulled at once when it learns of
-    /// the writer's newer head). Otherwise receivers relay it, up to
-    /// `relay_hops` times.
+    /// `direct_fanout + 1` nodes) and `fanout` random others. When every
+    /// peer this node knows is up and among the direct targets, the message
+    /// goes with no hops left: nobody relays it (relays would only bring
+    /// every node copies of what it already has). Otherwise — a larger
+    /// mesh, or a peer down in this node's view that others may still
+    /// reach — receivers relay it, up to `relay_hops` times.
     pub fn on_local_commit(&mut self, batch: Vec<u8>) {
         // The nearest peers directly (every peer of a small mesh), plus a few
         // random ones to seed the relays across regions.
@@ -292,7 +291,10 @@ impl Scheduler {
         let mut targets: Vec<SocketAddr> = peers[..direct].iter().map(|p| p.0).collect();
         let mut rest: Vec<SocketAddr> = peers[direct..].iter().map(|p| p.0).collect();
         rest.shuffle(&mut self.rng);
-        let hops = if rest.is_empty() {
+        // Every known peer up and reached directly: nobody needs a relay.
+        // With a peer down in this node's view (a fault, a node gone but
+        // not yet forgotten), others that still reach it relay as before.
+        let hops = if rest.is_empty() && self.peers.values().all(|p| p.up) {
             0
         } else {
             self.config.relay_hops
@@ -551,6 +553,20 @@ mod tests {
             }
         }
         assert_eq!(to.len(), 20);
+        // A peer down in this node's view: others may still reach it, so
+        // they relay.
+        s.peer_down(addr(7));
+        s.on_local_commit(vec![2]);
+        let mut n = 0;
+        while let Some(t) = s.poll_transmit(ms(0)) {
+            assert_ne!(t.to, addr(7));
+            match decode(&t.bytes[1..], 1 << 20).unwrap() {
+                Message::Broadcast { hops, .. } => assert_eq!(hops, Config::default().relay_hops),
+                m => panic!("unexpected {m:?}"),
+            }
+            n += 1;
+        }
+        assert_eq!(n, 19);
     }
 
     #[test]

@@ -130,12 +130,10 @@ async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
     let out = match res {
         Ok(o) => o,
         Err(e) => {
-            let msg = e.to_string();
-            let mut e = Some(e);
+            // The group failed as a whole (nothing of it committed): every
+            // client gets the same error, as typed as the first.
             for reply in replies {
-                // The first client gets the typed error, the others its text.
-                let err = e.take().unwrap_or_else(|| Error::Protocol(msg.clone()));
-                let _ = reply.send(Err(err));
+                let _ = reply.send(Err(group_error(inner, &e)));
             }
             return;
         }
@@ -173,6 +171,35 @@ async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
         crate::driver::drive(inner, |c, _| {
             c.handle_encoded_local_commit(last, ms, encoded)
         });
+    }
+}
+
+/// What each client of a group that failed as a whole is told: the node
+/// shutting down, or the storage error (a full disk, an I/O error: the
+/// file's fault, not the request's, so an answer another node may serve).
+fn group_error(inner: &Inner, e: &Error) -> Error {
+    use litemesh_storage::{Interruption, StorageError};
+    if inner.closed() {
+        return Error::ShuttingDown;
+    }
+    match e {
+        Error::ShuttingDown
+        | Error::Storage(StorageError::Interrupted(Interruption::ShuttingDown)) => {
+            Error::ShuttingDown
+        }
+        Error::Storage(StorageError::Interrupted(i)) => {
+            Error::Storage(StorageError::Interrupted(*i))
+        }
+        Error::Storage(StorageError::Sqlite(rusqlite::Error::SqliteFailure(code, msg))) => {
+            Error::Storage(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                *code,
+                msg.clone(),
+            )))
+        }
+        other => Error::Storage(StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(other.to_string()),
+        ))),
     }
 }
 
