@@ -61,6 +61,7 @@ fn status() {
             r#""writers":[{{"actor":"{a}","name":"n1","addr":null,"reachable":true,"lag_secs":0.0,"head":12,"missing_versions":1}}],"#,
             r#""max_lag_secs":0.0,"quarantined":[{{"actor":"{a}","version":3,"rows":2,"error":"no such column: z","since_secs":4.25,"attempts":3}}],"#,
             r#""members_reachable":2,"members_known":3,"broadcast_queue":0,"broadcast_dropped":0,"changes_applied":40,"#,
+            r#""transactions_committed":7,"commit_groups":3,"apply_transactions":30,"broadcasts_known":2,"#,
             r#""syncs_completed":9,"syncs_failed":1,"apply_failures":0,"serve_failures":0,"write_error":null,"partial_versions":0}}"#
         ),
         a = ACTOR
@@ -71,9 +72,17 @@ fn status() {
     assert!(s.writers[0].reachable);
     assert_eq!(s.quarantined[0].rows, 2);
     assert_eq!(s.write_error, None);
+    assert_eq!((s.transactions_committed, s.commit_groups), (7, 3));
     // Fields added later are ignored.
     let more = json.replacen('{', r#"{"uptime_secs":5,"#, 1);
     assert_eq!(serde_json::from_str::<Status>(&more).unwrap(), s);
+    // An agent older than the group-commit counters: they read as 0.
+    let older = json.replace(
+        r#""transactions_committed":7,"commit_groups":3,"apply_transactions":30,"broadcasts_known":2,"#,
+        "",
+    );
+    let o: Status = serde_json::from_str(&older).unwrap();
+    assert_eq!((o.transactions_committed, o.commit_groups), (0, 0));
 }
 
 #[test]

@@ -589,8 +589,17 @@ impl Store {
                         ));
                     }
                     Err(e) => {
-                        out[i] = Some(Err(guard.map_storage_err(e)));
+                        let e = guard.map_storage_err(e);
                         self.state.reset();
+                        // An error met in the optimistic pass may come from
+                        // the changes of a member before it in the pass,
+                        // which may yet fail and vanish: it is kept only if
+                        // no member ran before it or it is the member's own
+                        // (a time limit, a refusal); otherwise the member
+                        // runs again, isolated, and fails or not there.
+                        if isolate || done.is_empty() || own_error(&e) {
+                            out[i] = Some(Err(e));
+                        }
                         if !isolate || tx.is_autocommit() {
                             // Roll the group back (SQLite may have done it
                             // already) and run the others again, isolated.
@@ -816,6 +825,20 @@ impl Store {
         self.actor_idx.insert(*actor, idx);
         Ok(idx)
     }
+}
+
+/// Whether a client transaction's error is its own whatever the other
+/// members of its group did (see [`Store::client_transactions`]).
+fn own_error(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::Interrupted(_)
+            | StorageError::Refused(_)
+            | StorageError::RowTooLarge { .. }
+            | StorageError::NullKey { .. }
+            | StorageError::InvalidText { .. }
+            | StorageError::InvalidStatement(_)
+    )
 }
 
 /// A member of the mesh as remembered in the file, so that a restarted node

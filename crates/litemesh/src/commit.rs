@@ -107,7 +107,17 @@ async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
                     return Err(e.into());
                 }
             };
-            node.wrote(&Ok(()));
+            // A client's transaction that met a disk error (a full disk, an
+            // I/O error) says the file cannot be written, even if the
+            // group's commit went through.
+            match results.iter().find_map(|r| match r {
+                Err(e) if e.is_environmental() => Some(e),
+                _ => None,
+            }) {
+                Some(e) => node.wrote(&Err(e)),
+                None if results.iter().any(|r| r.is_ok()) => node.wrote(&Ok(())),
+                None => {}
+            }
             // Committed: from here on nothing may turn into an error, or a
             // caller would take a durable write for a refused one.
             let versions: Vec<u64> = results
@@ -148,19 +158,10 @@ async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
         .iter()
         .filter_map(|r| r.as_ref().ok()?.version)
         .max();
-    // The clients first (the broadcast is not on their path), then the
-    // broadcast: after the knowledge is published (`with_writer`), so that
-    // peers answering it never look ahead of this node.
-    for (reply, res) in replies.into_iter().zip(out.results) {
-        let _ = reply.send(res.map(|c| Executed {
-            rows_affected: c.value,
-            version: c.version.unwrap_or(out.db_version),
-            token: match c.version {
-                Some(v) => Token::new(out.actor, v),
-                None => Token::default(),
-            },
-        }));
-    }
+    // The broadcast first, then the clients: a client that hears back
+    // (and, say, stops the node) finds its write already on its way. After
+    // the knowledge is published (`with_writer`), so that peers answering
+    // the broadcast never look ahead of this node.
     if let Some(last) = last {
         let _ = inner.changes.send(ChangeEvent {
             tables: out.tables,
@@ -171,6 +172,16 @@ async fn commit_group(inner: &Arc<Inner>, group: Vec<CommitRequest>) {
         crate::driver::drive(inner, |c, _| {
             c.handle_encoded_local_commit(last, ms, encoded)
         });
+    }
+    for (reply, res) in replies.into_iter().zip(out.results) {
+        let _ = reply.send(res.map(|c| Executed {
+            rows_affected: c.value,
+            version: c.version.unwrap_or(out.db_version),
+            token: match c.version {
+                Some(v) => Token::new(out.actor, v),
+                None => Token::default(),
+            },
+        }));
     }
 }
 
@@ -215,6 +226,9 @@ fn broadcast_of(
 ) -> (Vec<Vec<u8>>, BTreeSet<String>) {
     let mut tables = BTreeSet::new();
     let mut encoded: Vec<Vec<u8>> = Vec::new();
+    // A shared message never exceeds the broadcast cap (the estimate
+    // overcounts, so what fits by it fits encoded).
+    let shared_cap = BATCH_BYTES.min(max_broadcast);
     let mut shared = ChangeBatch::default();
     let mut shared_bytes = 0;
     let flush = |shared: &mut ChangeBatch, encoded: &mut Vec<Vec<u8>>| {
@@ -252,9 +266,9 @@ fn broadcast_of(
         if total > 2 * max_broadcast {
             continue;
         }
-        if batches.len() == 1 && total <= BATCH_BYTES {
+        if batches.len() == 1 && total <= shared_cap {
             // Small: shares a message with the versions next to it.
-            if shared_bytes + total > BATCH_BYTES {
+            if shared_bytes + total > shared_cap {
                 flush(&mut shared, &mut encoded);
                 shared_bytes = 0;
             }
@@ -263,7 +277,11 @@ fn broadcast_of(
             shared.versions.extend(b.versions);
             shared.cleared.extend(b.cleared);
         } else {
-            // Large: messages of its own (its chunks), all or none.
+            // Large: messages of its own (its chunks), all or none, after
+            // the versions before it (receivers see versions in order, so
+            // none looks like a gap to pull).
+            flush(&mut shared, &mut encoded);
+            shared_bytes = 0;
             encoded.extend(
                 litemesh_sync::encode_local_commit(&batches, max_broadcast)
                     .into_iter()

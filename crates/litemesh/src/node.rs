@@ -266,7 +266,11 @@ impl Inner {
                     .filter(|(_, b)| !b.is_empty())
                     .map(|(_, b)| b.as_slice())
                     .collect();
-                let reports = w.apply_groups(&groups).map_err(Error::from);
+                let reports = if groups.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    w.apply_groups(&groups).map_err(Error::from)
+                };
                 Ok((reports, w.merges_unsynced()))
             })
             .await;
@@ -967,6 +971,7 @@ impl Node {
             .with_writer(move |w| {
                 let r = w.retry_quarantined(unix_ms(), true)?;
                 inner.refresh_quarantine(w, true);
+                w.sync_merges()?;
                 Ok(r)
             })
             .await?;
@@ -1146,6 +1151,11 @@ async fn maintenance_loop(inner: Arc<Inner>) {
                 }
                 if save && let Err(e) = save_known(&i2, w, false) {
                     tracing::warn!("could not save the known members: {e}");
+                }
+                // Merges made outside the apply task (quarantine retries)
+                // are synced here, within a second.
+                if let Err(e) = w.sync_merges() {
+                    tracing::warn!("syncing merged changes to disk failed: {e}");
                 }
                 Ok(out)
             })
