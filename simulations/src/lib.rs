@@ -8,9 +8,12 @@
 //!   `litemesh::Node` drives) with real SQLite files — under simulated
 //!   network faults, crashes, pauses and clock, with a state checker running
 //!   as the simulation runs; reproducible from a seed.
+//! * [`regions`]: convergence against the number of regions on a WAN
+//!   latency matrix, region-aware dissemination against region-blind.
 //! * [`report`]: percentiles, the text/CSV report and a small SVG plotter.
 
 pub mod membership_scenario;
 pub mod mesh;
 pub mod network;
+pub mod regions;
 pub mod report;

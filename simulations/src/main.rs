@@ -7,6 +7,8 @@
 //! litemesh-simulations sweep [--sizes 10,100,1000] [--loss P] [--seed S] [--duration SECS]
 //!     [--large-duration SECS] [--csv FILE] [--plot FILE.svg]
 //! litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]
+//! litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W]
+//!     [--cut-secs S] [--cut-nodes 200] [--seed S] [--jobs J] [--md FILE]
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,7 +24,9 @@ fn usage() -> ExitCode {
          [--crashes K] [--update-every SECS] [--stall-nodes K] [--stall-every SECS] [--stall-for SECS] \
          [--csv FILE] [--plot FILE.svg]\n  litemesh-simulations sweep [--sizes 10,100,1000,5000] [--loss P] \
          [--seed S] [--duration SECS] [--large-duration SECS] [--csv FILE] [--plot FILE.svg]\n  \
-         litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]"
+         litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]\n  \
+         litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W] \
+         [--cut-secs S] [--cut-nodes N,…] [--seed S] [--jobs J] [--md FILE]"
     );
     ExitCode::from(2)
 }
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
             Ok(())
         })(),
         "mesh" => mesh(&flags),
+        "regions" => regions(&flags),
         _ => return usage(),
     };
     match result {
@@ -280,5 +285,152 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} seed(s) failed: {failed:?}", failed.len()))
+    }
+}
+
+fn list(flags: &BTreeMap<String, String>, k: &str, d: &str) -> Result<Vec<usize>, String> {
+    flags
+        .get(k)
+        .map(String::as_str)
+        .unwrap_or(d)
+        .split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| x.trim().parse().map_err(|_| format!("bad --{k} value {x}")))
+        .collect()
+}
+
+/// `regions`: convergence against the number of regions, region-aware
+/// dissemination side by side with region-blind.
+fn regions(flags: &BTreeMap<String, String>) -> Result<(), String> {
+    use litemesh_simulations::regions::{RegionParams, RegionReport, run};
+    let sizes = list(flags, "nodes", "200,1000")?;
+    let counts = list(flags, "regions", "1,2,4,8")?;
+    let cut_nodes = list(flags, "cut-nodes", "200")?;
+    let writes = get(flags, "writes", 20usize)?;
+    let cut = Duration::from_secs(get(flags, "cut-secs", 600u64)?);
+    let seed = get(flags, "seed", 1u64)?;
+    let loss = get(flags, "loss", 0.0f64)?;
+    let jobs = get(flags, "jobs", 1usize)?.max(1);
+    if counts.iter().any(|&r| r == 0 || r > 8) {
+        return Err("--regions: 1 to 8".into());
+    }
+    let mut todo = Vec::new();
+    for &n in &sizes {
+        for &r in &counts {
+            // One region: nothing to be aware of; run it once.
+            for aware in if r == 1 {
+                vec![true]
+            } else {
+                vec![true, false]
+            } {
+                let cut = (r > 1 && cut_nodes.contains(&n)).then_some(cut);
+                todo.push(RegionParams {
+                    nodes: n,
+                    regions: r,
+                    aware,
+                    seed,
+                    writes,
+                    cut,
+                    loss,
+                });
+            }
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<BTreeMap<usize, RegionReport>> = Default::default();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(p) = todo.get(i) else { break };
+                    let Ok(dir) = tempfile::tempdir() else { break };
+                    let r = run(p, dir.path());
+                    eprintln!(
+                        "{} nodes, {} regions, {}: done in {:.0} s{}",
+                        p.nodes,
+                        p.regions,
+                        if p.aware { "aware" } else { "blind" },
+                        r.wall.as_secs_f64(),
+                        if r.violations.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" — {:?}", r.violations)
+                        }
+                    );
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(i, r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "regions sweep: seed {seed}, {writes} writes measured per run, loss {:.0}%, cut of region 0: {} s\n\n",
+        loss * 100.0,
+        cut.as_secs()
+    ));
+    out.push_str(
+        "| nodes | regions | dissemination | write → every node p50 / p99 / max (ms) | \
+         cross-region broadcast bytes per write | cross-region sync bytes/s | \
+         all cross-region bytes per write | after a cut of region 0: healed in | run (s) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut failed = false;
+    for r in results.values() {
+        let mut v: Vec<Duration> = r.reach.iter().flatten().copied().collect();
+        v.sort();
+        let pick = |q: f64| (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize]);
+        let missed = r.reach.iter().filter(|x| x.is_none()).count();
+        let p = &r.params;
+        out.push_str(&format!(
+            "| {} | {} | {} | {} / {} / {}{} | {:.0} | {:.0} | {:.0} | {} | {:.0} |\n",
+            p.nodes,
+            p.regions,
+            if p.regions == 1 {
+                "(one region)"
+            } else if p.aware {
+                "region-aware"
+            } else {
+                "region-blind"
+            },
+            ms(pick(0.5)),
+            ms(pick(0.99)),
+            ms(pick(1.0)),
+            if missed > 0 {
+                format!(" ({missed} not everywhere in 30 s)")
+            } else {
+                String::new()
+            },
+            r.cross_broadcast_bytes,
+            r.cross_sync_bytes_per_s,
+            r.cross_total_bytes,
+            match r.healed_after {
+                None => "-".to_string(),
+                Some(None) => "NOT within 300 s".to_string(),
+                Some(Some(d)) => format!(
+                    "{:.2} s ({} writes during the cut)",
+                    d.as_secs_f64(),
+                    r.cut_writes
+                ),
+            },
+            r.wall.as_secs_f64()
+        ));
+        failed |= !r.violations.is_empty() || missed > 0;
+    }
+    print!("{out}");
+    if let Some(path) = flags.get("md") {
+        std::fs::write(path, &out).map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    if failed {
+        Err("some replicas did not converge (see above)".into())
+    } else {
+        Ok(())
     }
 }

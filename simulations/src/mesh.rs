@@ -95,6 +95,8 @@ pub struct MeshNode {
     next_write: Option<Duration>,
     write_interval: Duration,
     writes: u64,
+    /// What the file holds, as of the last write or apply.
+    held: Knowledge,
     /// Transactions acknowledged since the checker last looked.
     pub acked: Vec<Acked>,
     /// Storage errors (must stay empty: merges never fail on this schema).
@@ -151,6 +153,7 @@ impl MeshNode {
         store.apply_schema(SCHEMA).expect("schema");
         let actor = store.actor_id();
         let knowledge = store.knowledge().expect("knowledge");
+        let held = knowledge.clone();
         let name = format!("n{idx}");
         let meta =
             NodeMeta {
@@ -180,6 +183,7 @@ impl MeshNode {
         })
         .expect("core");
         let mut n = MeshNode {
+            held,
             idx,
             name,
             store,
@@ -208,6 +212,22 @@ impl MeshNode {
             self.write_interval = i;
             now + i
         });
+    }
+
+    /// Commits one transaction at `now`, outside the write schedule, and
+    /// returns the version it wrote.
+    pub fn write_now(&mut self, now: Duration) -> Option<(ActorId, u64)> {
+        self.now = now;
+        let before = self.acked.len();
+        self.write();
+        self.pump();
+        self.acked.get(before).map(|a| (a.actor, a.version))
+    }
+
+    /// Whether the node holds `version` of `actor` (as of its last write or
+    /// apply; no SQLite read).
+    pub fn holds(&self, actor: &ActorId, version: u64) -> bool {
+        self.held.contains(actor, version)
     }
 
     /// Transactions committed by this node since it (re)started.
@@ -353,6 +373,7 @@ impl MeshNode {
         match self.store.knowledge() {
             Ok(k) => {
                 let q = self.store.quarantined_versions();
+                self.held = k.clone();
                 self.core.set_knowledge(k, q);
             }
             Err(e) => self.errors.push(format!("reading knowledge: {e}")),
@@ -777,7 +798,7 @@ impl Checker {
     }
 }
 
-fn addr_of(i: usize) -> SocketAddr {
+pub(crate) fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 2, (i / 250) as u8, (i % 250) as u8 + 1], 7000))
 }
 

@@ -70,11 +70,68 @@ impl LinkConfig {
         }
     }
 
+    /// `regions` regions (at most 8) with realistic WAN round-trip times
+    /// between them (see [`WAN_RTT_MS`]), 1.5 ms one-way inside a region,
+    /// ±50 % jitter (so 1.5–4.5 ms round trips inside a region), and the
+    /// given loss rate.
+    pub fn wan(regions: usize, loss: f64) -> Self {
+        let r = regions.clamp(1, WAN_REGIONS.len());
+        let latency = (0..r)
+            .map(|a| {
+                (0..r)
+                    .map(|b| {
+                        if a == b {
+                            Duration::from_micros(1500)
+                        } else {
+                            Duration::from_micros(WAN_RTT_MS[a][b] as u64 * 500)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        LinkConfig {
+            loss,
+            latency,
+            jitter: 0.5,
+            reliable_bandwidth: 12.5e6,
+        }
+    }
+
     /// Number of regions in the latency matrix.
     pub fn regions(&self) -> usize {
         self.latency.len()
     }
 }
+
+/// The regions of [`LinkConfig::wan`], in the order they are added.
+pub const WAN_REGIONS: [&str; 8] = [
+    "us-east",
+    "eu-west",
+    "us-west",
+    "ap-northeast",
+    "eu-central",
+    "ap-southeast",
+    "sa-east",
+    "ap-south",
+];
+
+/// Round-trip times between [`WAN_REGIONS`], in milliseconds: round
+/// figures of the public inter-region latency medians cloud providers and
+/// measurement sites publish (e.g. AWS's inter-region latency tables as
+/// shown by cloudping.co) — Virginia, Ireland, Oregon, Tokyo, Frankfurt,
+/// Singapore, São Paulo, Mumbai. All lie in 30–250 ms, the range the
+/// simulation is asked to cover.
+pub const WAN_RTT_MS: [[u32; 8]; 8] = [
+    //  use  euw  usw  apne euc  apse sae  aps
+    [0, 70, 65, 150, 90, 220, 115, 190],    // us-east
+    [70, 0, 125, 210, 30, 170, 180, 120],   // eu-west
+    [65, 125, 0, 100, 150, 165, 175, 220],  // us-west
+    [150, 210, 100, 0, 225, 70, 250, 130],  // ap-northeast
+    [90, 30, 150, 225, 0, 160, 205, 110],   // eu-central
+    [220, 170, 165, 70, 160, 0, 250, 60],   // ap-southeast
+    [115, 180, 175, 250, 205, 250, 0, 250], // sa-east
+    [190, 120, 220, 130, 110, 60, 250, 0],  // ap-south
+];
 
 /// Traffic counters of one node.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,6 +144,11 @@ pub struct NodeStats {
     pub reliable_bytes_sent: u64,
     /// Messages delivered to this node.
     pub msgs_received: u64,
+    /// Payload bytes sent to nodes of other regions, by the payload's first
+    /// byte (the driver's message kind; 3 and above counted together) and
+    /// whether its second byte is 1 (for the whole-node driver: a sync
+    /// broadcast on a stream, rather than membership).
+    pub cross_region_bytes: [[u64; 2]; 4],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -432,6 +494,11 @@ impl<N: SimNode> Network<N> {
             return;
         }
         let (ra, rb) = (self.slots[from_idx].region, self.slots[to].region);
+        if ra != rb {
+            let kind = out.payload.first().map_or(0, |k| (*k as usize).min(3));
+            let sub = usize::from(out.payload.get(1) == Some(&1));
+            self.slots[from_idx].stats.cross_region_bytes[kind][sub] += len;
+        }
         let base = self.link.latency[ra][rb];
         let j = self.link.jitter;
         let mut delay = if j > 0.0 {

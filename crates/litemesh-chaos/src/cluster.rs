@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS large (
     v BLOB,
     note TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS probes (
+    id TEXT PRIMARY KEY,
+    note TEXT NOT NULL DEFAULT ''
+);
 ";
 
 /// A failure to start or drive an agent.
@@ -139,6 +143,8 @@ impl Cluster {
                     &s(&tls),
                     "--name",
                     &name,
+                    "--region",
+                    crate::history::region_of(ix),
                     "--out",
                     &s(&tls),
                 ],

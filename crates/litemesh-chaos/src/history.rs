@@ -17,6 +17,15 @@ pub fn node_name(ix: NodeIx) -> String {
     format!("n{}", ix + 1)
 }
 
+/// The regions a run's nodes are in, round-robin: node `ix` is in
+/// `REGIONS[ix % 3]` (certified in its certificate).
+pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+/// The region of node `ix`.
+pub fn region_of(ix: NodeIx) -> &'static str {
+    REGIONS[ix % REGIONS.len()]
+}
+
 /// Whether a membership view (`(name, state)` pairs) lists every node of
 /// `others` as alive.
 pub fn lists_alive(members: &[(String, String)], others: impl IntoIterator<Item = NodeIx>) -> bool {

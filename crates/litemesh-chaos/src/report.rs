@@ -26,7 +26,7 @@ fn secs(x: Option<f64>) -> String {
 
 fn goal_for(kind: &str) -> Option<f64> {
     match kind {
-        "partition" | "isolate" | "bridge" => Some(GOAL_PARTITION_HEAL),
+        "partition" | "isolate" | "bridge" | "region-cut" => Some(GOAL_PARTITION_HEAL),
         "loss" | "one-way-loss" => Some(GOAL_LOSS_STOP),
         _ => None,
     }

@@ -302,6 +302,18 @@ impl Runner {
         // A killed or terminated node has no process and a paused one does
         // not exit, so `watch` only ever sees real crashes.
         self.watch(phase.hold)?;
+        // Checked after the heal below, so that a failing probe does not
+        // leave the cut in place.
+        let mut probe = Ok(());
+        if let Fault::RegionCut {
+            region,
+            inside,
+            outside,
+        } = f
+        {
+            self.report_region_view(region, outside);
+            probe = self.region_cut_probe(inside, outside);
+        }
         match f {
             Fault::Kill { node } | Fault::Offline { node } => {
                 self.start_node(*node)?;
@@ -320,6 +332,7 @@ impl Runner {
             }
             _ => self.fw.heal()?,
         }
+        probe?;
         let heal = self.now();
         Ok(FaultRecord {
             label: f.label(),
@@ -328,6 +341,102 @@ impl Runner {
             heal,
             down,
         })
+    }
+
+    /// At the end of a region cut: what the nodes outside see of the region
+    /// (`/v1/status` `regions`): its members reachable and its lag in
+    /// seconds. Said in the run's log, as an operator would see it.
+    fn report_region_view(&self, region: &str, outside: &[NodeIx]) {
+        for &ix in outside {
+            let c = api::client(&self.cluster.specs[ix].api, Duration::from_secs(5));
+            let line = match c.status() {
+                Ok(st) => match st
+                    .regions
+                    .iter()
+                    .find(|r| r.region.as_deref() == Some(region))
+                {
+                    Some(r) => format!(
+                        "n{} sees region {region}: {}/{} members reachable, its writers' lag {:.1} s",
+                        ix + 1,
+                        r.reachable,
+                        r.members,
+                        r.max_lag_secs
+                    ),
+                    None => format!("n{} lists no region {region}", ix + 1),
+                },
+                Err(e) => format!("n{}: status failed: {e}", ix + 1),
+            };
+            say(&self.shared, format!("region view: {line}"));
+        }
+    }
+
+    /// During a region cut, an application whose own agent is inside the
+    /// cut region reads a write made outside it: its agent cannot serve
+    /// the token (503), so the client falls back on the next agent it was
+    /// given, outside, which can. The agent's own `fallback=nearest` has
+    /// nobody to forward to (its reachable peers lack the write too) and
+    /// must say so. Either failing fails the run.
+    fn region_cut_probe(&self, inside: &[NodeIx], outside: &[NodeIx]) -> Result<(), RunError> {
+        let (Some(&i), Some(&o)) = (inside.first(), outside.first()) else {
+            return Ok(());
+        };
+        let (api_i, api_o) = (
+            self.cluster.specs[i].api.clone(),
+            self.cluster.specs[o].api.clone(),
+        );
+        let fail = |what: String| RunError::Other(format!("region-cut probe: {what}"));
+        let id = format!("cut-{:.3}", self.now());
+        let done = api::client(&api_o, Duration::from_secs(10))
+            .execute(&[Statement::new("INSERT INTO probes (id) VALUES (?)").bind(id.as_str())])
+            .map_err(|e| fail(format!("write on n{}: {e}", o + 1)))?;
+        let read = Statement::new("SELECT count(*) FROM probes WHERE id = ?").bind(id.as_str());
+        let level = litemesh_client::QueryOptions::after(done.token.clone())
+            .wait(Duration::from_millis(500));
+        // The agent alone, with its own fallback: it cannot, and says why.
+        let alone = api::client(&api_i, Duration::from_secs(15))
+            .query(&read, &level.clone().fallback_nearest());
+        match alone {
+            Err(Error::Http {
+                status, message, ..
+            }) if status.as_u16() == 503 => say(
+                &self.shared,
+                format!("region-cut probe: n{} alone answers 503: {message}", i + 1),
+            ),
+            Err(e) => return Err(fail(format!("n{} alone: unexpected {e}", i + 1))),
+            Ok(_) => {
+                return Err(fail(format!(
+                    "n{} served a write made outside its cut-off region",
+                    i + 1
+                )));
+            }
+        }
+        // The application's client, given its agent and one outside.
+        let client = litemesh_client::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build_many(&[&api_i, &api_o]);
+        let mut rows = client
+            .query(&read, &level)
+            .map_err(|e| fail(format!("client with a fallback: {e}")))?;
+        let n = rows
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|r| r.first().and_then(Value::as_i64));
+        if n != Some(1) || !rows.url().contains(&api_o) {
+            return Err(fail(format!(
+                "client with a fallback read {n:?} from {}",
+                rows.url()
+            )));
+        }
+        say(
+            &self.shared,
+            format!(
+                "region-cut probe: a client of n{} read the write made on n{} through n{} (its fallback)",
+                i + 1,
+                o + 1,
+                o + 1
+            ),
+        );
+        Ok(())
     }
 
     fn final_state(&self, ix: NodeIx) -> Result<FinalState, RunError> {

@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::history::{NodeIx, node_name};
+use crate::history::{NodeIx, node_name, region_of};
 use crate::netns::DropRule;
 
 /// One fault.
@@ -25,6 +25,15 @@ pub enum Fault {
         right: Vec<NodeIx>,
         /// The node in the middle.
         bridge: NodeIx,
+    },
+    /// Every node of one region cut off from every node of the others.
+    RegionCut {
+        /// The region cut off.
+        region: &'static str,
+        /// Its nodes.
+        inside: Vec<NodeIx>,
+        /// The others.
+        outside: Vec<NodeIx>,
     },
     /// Random loss of every UDP packet with probability `p`.
     Loss {
@@ -75,6 +84,7 @@ impl Fault {
             Fault::Partition { sides } if sides.iter().any(|s| s.len() == 1) => "isolate",
             Fault::Partition { .. } => "partition",
             Fault::Bridge { .. } => "bridge",
+            Fault::RegionCut { .. } => "region-cut",
             Fault::Loss { .. } => "loss",
             Fault::OneWay { .. } => "one-way-loss",
             Fault::Kill { .. } => "kill-restart",
@@ -100,6 +110,15 @@ impl Fault {
                 names(left),
                 bridge + 1,
                 names(right)
+            ),
+            Fault::RegionCut {
+                region,
+                inside,
+                outside,
+            } => format!(
+                "region {region} cut off: {} / {}",
+                names(inside),
+                names(outside)
             ),
             Fault::Loss { p } => format!("loss {:.0}% all links", p * 100.0),
             Fault::OneWay { node, p } => {
@@ -140,6 +159,9 @@ impl Fault {
                 }
             }
             Fault::Bridge { left, right, .. } => cut(left, right, &mut out),
+            Fault::RegionCut {
+                inside, outside, ..
+            } => cut(inside, outside, &mut out),
             Fault::Loss { p } => out.push(DropRule {
                 from: None,
                 to: None,
@@ -209,6 +231,17 @@ fn isolate(n: usize, rng: &mut ChaCha8Rng) -> Fault {
     }
 }
 
+fn region_cut(n: usize, rng: &mut ChaCha8Rng) -> Fault {
+    let region = region_of(rng.random_range(0..n.min(3)));
+    let (inside, outside): (Vec<NodeIx>, Vec<NodeIx>) =
+        (0..n).partition(|&i| region_of(i) == region);
+    Fault::RegionCut {
+        region,
+        inside,
+        outside,
+    }
+}
+
 fn bridge(n: usize, rng: &mut ChaCha8Rng) -> Fault {
     let v = shuffled(n, rng);
     let bridge = v[0];
@@ -262,6 +295,11 @@ pub fn schedule(kind: ScheduleKind, n: usize, seed: u64, duration: f64) -> Vec<P
                     settle: 8.0,
                 },
                 Phase {
+                    fault: region_cut(n, &mut rng),
+                    hold: 12.0,
+                    settle: 6.0,
+                },
+                Phase {
                     fault: Fault::Kill {
                         node: node(&mut rng),
                     },
@@ -296,8 +334,9 @@ pub fn schedule(kind: ScheduleKind, n: usize, seed: u64, duration: f64) -> Vec<P
             let mut used = 0.0;
             while used < duration {
                 let x = rng.random_range(0..n);
-                let (fault, hold) = match rng.random_range(0..9) {
+                let (fault, hold) = match rng.random_range(0..10) {
                     0 | 1 => (halves(n, &mut rng), rng.random_range(5.0..60.0)),
+                    9 => (region_cut(n, &mut rng), rng.random_range(5.0..60.0)),
                     2 => (bridge(n, &mut rng), rng.random_range(5.0..40.0)),
                     3 => (isolate(n, &mut rng), rng.random_range(5.0..40.0)),
                     4 => (
@@ -362,6 +401,7 @@ mod tests {
             "kill-restart",
             "pause",
             "offline",
+            "region-cut",
         ] {
             assert!(kinds.contains(k), "{k} missing from {kinds:?}");
         }

@@ -24,7 +24,9 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use litemesh::{Error, HealthThresholds, Interruption, Node, QueryOptions, StorageError, Token};
+use litemesh::{
+    Ack, Error, Fallback, HealthThresholds, Interruption, Node, QueryOptions, StorageError, Token,
+};
 use litemesh_client::types as wire;
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -167,10 +169,16 @@ fn error_status(e: &Error) -> StatusCode {
         Error::Storage(s) if s.is_environmental() => StatusCode::SERVICE_UNAVAILABLE,
         // Bad SQL, a constraint, a type: the request's own fault.
         Error::Storage(_) => StatusCode::BAD_REQUEST,
-        Error::InvalidToken(_) | Error::Settings(_) | Error::TooManyRows(_) => {
-            StatusCode::BAD_REQUEST
+        Error::InvalidToken(_)
+        | Error::Settings(_)
+        | Error::TooManyRows(_)
+        | Error::BadLevel(_) => StatusCode::BAD_REQUEST,
+        Error::PeerRefused { status, .. } => {
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
         }
-        Error::Lagging { .. } | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Lagging { .. } | Error::Stale { .. } | Error::NoReplica(_) | Error::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Transport(_) | Error::InUse(_) | Error::Protocol(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -192,7 +200,31 @@ fn body_json(body: &Bytes) -> Result<Json, ApiError> {
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
 }
 
-async fn transactions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+#[derive(Deserialize)]
+struct TransactionParams {
+    ack: Option<String>,
+    ack_timeout_ms: Option<u64>,
+}
+
+async fn transactions(
+    State(st): State<Arc<AppState>>,
+    params: Result<Query<TransactionParams>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let ack = match params.ack.as_deref().unwrap_or("local").parse::<Ack>() {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ack_timeout = Duration::from_millis(
+        params
+            .ack_timeout_ms
+            .unwrap_or(DEFAULT_WAIT_MS)
+            .min(MAX_WAIT_MS),
+    );
     let j = match body_json(&body) {
         Ok(j) => j,
         Err(r) => return r.into_response(),
@@ -214,28 +246,55 @@ async fn transactions(State(st): State<Arc<AppState>>, body: Bytes) -> Response 
         }
     }
     let t = Instant::now();
-    match st.node.execute(statements).await {
-        Ok(done) => axum::Json(wire::TransactionResult {
-            results: done
-                .rows_affected
-                .iter()
-                .map(|&n| wire::StatementResult {
-                    rows_affected: n as u64,
-                })
+    let (done, report) = if ack == Ack::Local {
+        match st.node.execute(statements).await {
+            Ok(done) => (done, None),
+            Err(e) => return error(error_status(&e), e),
+        }
+    } else {
+        match st.node.execute_acked(statements, &ack, ack_timeout).await {
+            Ok((done, report)) => (done, Some(report)),
+            Err(e) => return error(error_status(&e), e),
+        }
+    };
+    // Committed here either way: 202 says the level was not reached in
+    // time (the write is not undone).
+    let status = match &report {
+        Some(r) if !r.reached => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    let body = wire::TransactionResult {
+        results: done
+            .rows_affected
+            .iter()
+            .map(|&n| wire::StatementResult {
+                rows_affected: n as u64,
+            })
+            .collect(),
+        time: t.elapsed().as_secs_f64(),
+        token: done.token.to_string().into(),
+        version: done.version,
+        ack: report.map(|r| wire::AckResult {
+            level: r.level.to_string(),
+            reached: r.reached,
+            confirmed: r
+                .confirmed
+                .into_iter()
+                .map(|(name, region)| wire::AckNode { name, region })
                 .collect(),
-            time: t.elapsed().as_secs_f64(),
-            token: done.token.to_string().into(),
-            version: done.version,
-        })
-        .into_response(),
-        Err(e) => error(error_status(&e), e),
-    }
+            missing: r.missing,
+            waited_ms: r.waited.as_secs_f64() * 1000.0,
+        }),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
 struct QueryParams {
     min_token: Option<String>,
     wait_ms: Option<u64>,
+    max_lag_ms: Option<u64>,
+    fallback: Option<String>,
 }
 
 /// One NDJSON line.
@@ -269,10 +328,22 @@ async fn queries(
         },
     };
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+    let fallback = match params.fallback.as_deref().map(str::trim) {
+        None | Some("") | Some("none") => Fallback::None,
+        Some("nearest") => Fallback::Nearest,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("fallback {other:?}: use none or nearest"),
+            );
+        }
+    };
     let t = Instant::now();
     let opts = QueryOptions {
         min_token: token,
         wait,
+        max_lag: params.max_lag_ms.map(Duration::from_millis),
+        fallback,
         ..QueryOptions::default()
     };
     // Errors known before the first byte (bad SQL, refused, the token not
@@ -287,10 +358,12 @@ async fn queries(
         &mut first,
         &wire::QueryEvent::Columns(rows.columns().to_vec()),
     );
+    let served_by = rows.served_by().map(str::to_string);
     struct S {
         rows: Option<litemesh::Rows>,
         n: u64,
         t: Instant,
+        served_by: Option<String>,
     }
     let head =
         futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
@@ -299,6 +372,7 @@ async fn queries(
             rows: Some(rows),
             n: 0,
             t,
+            served_by: served_by.clone(),
         },
         |mut s| async move {
             let rows = s.rows.as_mut()?;
@@ -322,7 +396,11 @@ async fn queries(
                     }
                     None => {
                         let time = s.t.elapsed().as_secs_f64();
-                        line(&mut out, &wire::QueryEvent::Eoq(wire::EndOfQuery { time }));
+                        let served_by = s.served_by.take();
+                        line(
+                            &mut out,
+                            &wire::QueryEvent::Eoq(wire::EndOfQuery { time, served_by }),
+                        );
                         s.rows = None;
                         break;
                     }
@@ -332,11 +410,15 @@ async fn queries(
         },
     );
     use futures_util::StreamExt as _;
-    (
+    let mut response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(head.chain(body)),
     )
-        .into_response()
+        .into_response();
+    if let Some(node) = served_by.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert("x-litemesh-served-by", node);
+    }
+    response
 }
 
 async fn members(State(st): State<Arc<AppState>>) -> Response {
@@ -467,6 +549,48 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "gauge",
         "The largest litemesh_lag_seconds over all writers (0 without writers).",
         &one(s.max_lag.as_secs_f64()),
+    );
+    let region_label =
+        |r: &Option<String>| format!("{{region=\"{}\"}}", label(r.as_deref().unwrap_or("")));
+    let by_region = |f: &dyn Fn(&litemesh::RegionStatus) -> f64| -> Vec<(String, f64)> {
+        s.regions
+            .iter()
+            .map(|r| (region_label(&r.region), f(r)))
+            .collect()
+    };
+    metric(
+        "litemesh_region_lag_seconds",
+        "gauge",
+        "Per region: the largest litemesh_lag_seconds of its reachable writers (what health \
+         checks); region=\"\" groups members with no region.",
+        &by_region(&|r| r.reachable_max_lag.as_secs_f64()),
+    );
+    metric(
+        "litemesh_region_max_lag_seconds",
+        "gauge",
+        "Per region: the largest litemesh_lag_seconds of all its writers, unreachable ones \
+         included (grows while the region is cut off from this node).",
+        &by_region(&|r| r.max_lag.as_secs_f64()),
+    );
+    metric(
+        "litemesh_region_sent_bytes_total",
+        "counter",
+        "Per destination region: bytes this node sent to its members since it started \
+         (membership, broadcasts, reconciliation, forwarded queries and acknowledgements).",
+        &by_region(&|r| r.bytes_sent as f64),
+    );
+    metric(
+        "litemesh_region_members",
+        "gauge",
+        "Per region: members known, this node included in its own region.",
+        &by_region(&|r| r.members as f64),
+    );
+    metric(
+        "litemesh_region_members_reachable",
+        "gauge",
+        "Per region: members alive (not suspect, not dead), this node included in its own \
+         region.",
+        &by_region(&|r| r.reachable as f64),
     );
     let missing: Vec<(String, f64)> = s
         .writers

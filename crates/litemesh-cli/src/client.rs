@@ -12,9 +12,16 @@ use crate::CliResult;
 /// The agent to talk to.
 #[derive(Args, Debug)]
 pub struct ApiArgs {
-    /// The agent's HTTP API address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8787")]
-    pub api: String,
+    /// The agent's HTTP API address. Repeatable (or comma-separated): the
+    /// first is used, the others, nearest first, when it cannot be reached
+    /// or cannot serve a query at its read level.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8787",
+        value_delimiter = ','
+    )]
+    pub api: Vec<String>,
 }
 
 /// `litemesh exec`
@@ -25,6 +32,14 @@ pub struct ExecArgs {
     /// Print the agent's JSON answer as it is.
     #[arg(long)]
     json: bool,
+    /// Acknowledgement level: local (default), N (other nodes that applied
+    /// it), region (another node of this region), regions (a node in every
+    /// other region).
+    #[arg(long, value_name = "LEVEL")]
+    ack: Option<String>,
+    /// How long to wait for the acknowledgement level, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    ack_timeout_ms: u64,
     /// SQL statements, run as one transaction.
     #[arg(required = true, value_name = "SQL")]
     sql: Vec<String>,
@@ -52,16 +67,35 @@ pub struct QueryArgs {
     /// Read no older than this version token (from `exec`).
     #[arg(long, value_name = "TOKEN")]
     min_token: Option<String>,
-    /// How long to wait for the token, in milliseconds.
+    /// How long to wait for the token (or the staleness bound), in
+    /// milliseconds.
     #[arg(long, value_name = "MS")]
     wait_ms: Option<u64>,
+    /// Bounded staleness: serve only from a copy known complete at most
+    /// this many milliseconds ago.
+    #[arg(long, value_name = "MS")]
+    max_lag_ms: Option<u64>,
+    /// `nearest`: when the agent cannot satisfy the level in time, it runs
+    /// the query on its nearest peer that can.
+    #[arg(long, value_name = "WHERE")]
+    fallback: Option<FallbackArg>,
     /// A read-only statement.
     #[arg(value_name = "SQL")]
     sql: String,
 }
 
+/// Where a query may go when the agent cannot serve it.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FallbackArg {
+    /// Nowhere: fail.
+    None,
+    /// The agent's nearest peer that can.
+    Nearest,
+}
+
 fn client(api: &ApiArgs) -> Client {
-    Client::new(&api.api)
+    let addrs: Vec<&str> = api.api.iter().map(String::as_str).collect();
+    Client::builder().build_many(&addrs)
 }
 
 /// An error of the client as the command's message.
@@ -73,12 +107,25 @@ fn err(e: litemesh_client::Error) -> String {
 pub fn exec(a: ExecArgs) -> CliResult {
     let statements: Vec<Statement> = a.sql.into_iter().map(Statement::from).collect();
     let c = client(&a.api);
+    let ack_timeout = Duration::from_millis(a.ack_timeout_ms);
     if a.json {
-        let j: Json = c.execute_as(&statements).map_err(err)?;
+        let j: Json = match &a.ack {
+            None => c.execute_as(&statements).map_err(err)?,
+            Some(level) => serde_json::to_value(
+                c.execute_acked(&statements, level, ack_timeout)
+                    .map_err(err)?,
+            )
+            .map_err(|e| e.to_string())?,
+        };
         println!("{j}");
         return Ok(ExitCode::SUCCESS);
     }
-    let done = c.execute(&statements).map_err(err)?;
+    let done = match &a.ack {
+        None => c.execute(&statements).map_err(err)?,
+        Some(level) => c
+            .execute_acked(&statements, level, ack_timeout)
+            .map_err(err)?,
+    };
     for (i, res) in done.results.iter().enumerate() {
         println!("statement {}: {} row(s) affected", i + 1, res.rows_affected);
     }
@@ -91,6 +138,39 @@ pub fn exec(a: ExecArgs) -> CliResult {
             done.token.as_str()
         }
     );
+    if let Some(ack) = &done.ack {
+        let who: Vec<String> = ack
+            .confirmed
+            .iter()
+            .map(|n| match &n.region {
+                Some(r) => format!("{} ({r})", n.name),
+                None => n.name.clone(),
+            })
+            .collect();
+        println!(
+            "ack {}: {} in {:.1} ms; confirmed by: {}",
+            ack.level,
+            if ack.reached {
+                "reached"
+            } else {
+                "NOT reached"
+            },
+            ack.waited_ms,
+            if who.is_empty() {
+                "-".to_string()
+            } else {
+                who.join(", ")
+            }
+        );
+        if !ack.reached {
+            eprintln!(
+                "litemesh: the transaction is committed, but not acknowledged as asked \
+                 (missing: {})",
+                ack.missing.join(", ")
+            );
+            return Ok(ExitCode::from(3));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -144,12 +224,20 @@ pub fn query(a: QueryArgs) -> CliResult {
     let options = QueryOptions {
         min_token: a.min_token.map(Token::from),
         wait: a.wait_ms.map(Duration::from_millis),
+        max_lag: a.max_lag_ms.map(Duration::from_millis),
+        fallback_nearest: matches!(a.fallback, Some(FallbackArg::Nearest)),
     };
-    let answer = client(&a.api)
-        .query(&Statement::from(a.sql), &options)
-        .map_err(err)?;
+    let c = client(&a.api);
+    let mut answer = c.query(&Statement::from(a.sql), &options).map_err(err)?;
     let columns = answer.columns().to_vec();
-    let rows: Vec<Vec<Value>> = answer.collect::<Result<_, _>>().map_err(err)?;
+    let rows: Vec<Vec<Value>> = answer.by_ref().collect::<Result<_, _>>().map_err(err)?;
+    // Say so when the rows did not come from the agent asked first.
+    if let Some(node) = answer.served_by() {
+        eprintln!("litemesh: served by {node} (the agent's nearest peer at the read level)");
+    }
+    if !answer.url().starts_with(&format!("{}/", c.base_url())) {
+        eprintln!("litemesh: answered by the agent at {}", answer.url());
+    }
     match a.format {
         Format::Json => {
             let objs: Vec<Json> = rows
@@ -252,6 +340,10 @@ pub fn status(a: ApiArgs) -> CliResult {
         s.members_reachable, s.members_known
     );
     println!("max lag:           {} s", secs(s.max_lag_secs));
+    println!(
+        "region:            {}",
+        s.region.as_deref().unwrap_or("(none)")
+    );
     println!("changes_applied:   {}", s.changes_applied);
     println!(
         "commits:           {} transactions in {} commits; peers' changes in {} transactions ({} known broadcasts skipped)",
@@ -276,6 +368,33 @@ pub fn status(a: ApiArgs) -> CliResult {
     for (actor, v) in &s.version_vector {
         println!("  {actor}  {v}");
     }
+    if s.regions.iter().any(|r| r.region.is_some()) {
+        println!("regions:");
+        let rows: Vec<Vec<String>> = s
+            .regions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.region.clone().unwrap_or_else(|| "(none)".into()),
+                    format!("{}/{}", r.reachable, r.members),
+                    secs(r.reachable_max_lag_secs),
+                    secs(r.max_lag_secs),
+                    opt(r.nearest_rtt_ms, secs),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "REGION",
+                "REACHABLE",
+                "LAG_S",
+                "LAG_ALL_S",
+                "NEAREST_RTT_MS",
+            ]
+            .map(String::from),
+            &rows,
+        );
+    }
     println!("writers (replication lag):");
     let rows: Vec<Vec<String>> = s
         .writers
@@ -288,11 +407,21 @@ pub fn status(a: ApiArgs) -> CliResult {
                 secs(w.lag_secs),
                 w.head.to_string(),
                 w.missing_versions.to_string(),
+                opt(w.region.clone(), |r| r),
             ]
         })
         .collect();
     print_table(
-        &["WRITER", "ACTOR", "REACHABLE", "LAG_S", "HEAD", "MISSING"].map(String::from),
+        &[
+            "WRITER",
+            "ACTOR",
+            "REACHABLE",
+            "LAG_S",
+            "HEAD",
+            "MISSING",
+            "REGION",
+        ]
+        .map(String::from),
         &rows,
     );
     println!("peers:");

@@ -165,9 +165,14 @@ async fn demo(a: DemoArgs) -> CliResult {
         dir.path().display()
     );
     let mut nodes: Vec<DemoNode> = Vec::new();
-    for name in &NAMES[..n] {
-        let (cert, key) = litemesh_transport::generate_node_cert(&ca, &ca_key, name)
-            .map_err(|e| e.to_string())?;
+    // Two regions, certified in the certificates: the partition of phase 2
+    // cuts them apart.
+    let split = n - n / 2;
+    let region = |i: usize| if i < split { "eu" } else { "us" };
+    for (i, name) in NAMES[..n].iter().enumerate() {
+        let (cert, key) =
+            litemesh_transport::generate_node_cert_in(&ca, &ca_key, name, Some(region(i)))
+                .map_err(|e| e.to_string())?;
         let mut s = Settings::new(
             dir.path().join(format!("{name}.db")),
             "127.0.0.1:0".parse().expect("address"),
@@ -189,7 +194,11 @@ async fn demo(a: DemoArgs) -> CliResult {
         let node = Node::start(s)
             .await
             .map_err(|e| format!("starting {name}: {e}"))?;
-        println!("  started {name} on {}", node.local_addr());
+        println!(
+            "  started {name} on {} (region {})",
+            node.local_addr(),
+            region(i)
+        );
         nodes.push(DemoNode {
             node,
             faults,
@@ -224,8 +233,7 @@ async fn demo(a: DemoArgs) -> CliResult {
         return finish(&nodes, Err(e)).await;
     }
 
-    // Split: the last ⌊n/2⌋ nodes form the minority side.
-    let split = n - n / 2;
+    // Split: the last ⌊n/2⌋ nodes (region us) form the minority side.
     let addrs: Vec<_> = nodes.iter().map(|d| d.node.local_addr()).collect();
     for (i, d) in nodes.iter().enumerate() {
         let other_side: Vec<_> = if i < split {
@@ -243,12 +251,30 @@ async fn demo(a: DemoArgs) -> CliResult {
             .join(", ")
     };
     println!(
-        "phase 2: partition {{{}}} | {{{}}}; both sides keep writing for {half:.1} s",
+        "phase 2: partition {{{}}} | {{{}}} (region eu cut from region us); both sides keep \
+         writing for {half:.1} s",
         side(0..split),
         side(split..n)
     );
     if let Err(e) = write_for(t0, "partitioned", &mut nodes, half, a.rate).await {
         return finish(&nodes, Err(e)).await;
+    }
+    // What an operator sees, by region, just before the heal.
+    for (d, other) in [(&nodes[0], "us"), (&nodes[n - 1], "eu")] {
+        if let Ok(st) = d.node.status().await
+            && let Some(r) = st
+                .regions
+                .iter()
+                .find(|r| r.region.as_deref() == Some(other))
+        {
+            println!(
+                "  {} sees region {other}: {}/{} members reachable, its writers' lag {:.1} s",
+                d.node.name(),
+                r.reachable,
+                r.members,
+                r.max_lag.as_secs_f64()
+            );
+        }
     }
     let writes: i64 = nodes.iter().map(|d| d.seq).sum();
 

@@ -162,6 +162,8 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         serve_failures,
         write_error,
         partial_versions,
+        region,
+        regions,
     } = s;
     let actors = |m: std::collections::BTreeMap<litemesh::ActorId, u64>| {
         m.into_iter().map(|(a, v)| (a.to_hex().into(), v)).collect()
@@ -183,6 +185,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     last_sync_ago,
                     sync_age,
                     rtt,
+                    region,
                 } = p;
                 wire::PeerStatus {
                     addr,
@@ -192,6 +195,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     last_sync_secs_ago: last_sync_ago.map(|d| d.as_secs_f64()),
                     sync_age_secs: sync_age.as_secs_f64(),
                     rtt_ms: rtt.map(millis),
+                    region,
                 }
             })
             .collect(),
@@ -206,6 +210,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     lag,
                     head,
                     missing_versions,
+                    region,
                 } = w;
                 wire::WriterStatus {
                     actor: actor.to_hex().into(),
@@ -215,6 +220,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
                     lag_secs: lag.as_secs_f64(),
                     head,
                     missing_versions,
+                    region,
                 }
             })
             .collect(),
@@ -255,6 +261,19 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         serve_failures,
         write_error,
         partial_versions: partial_versions as u64,
+        region,
+        regions: regions
+            .into_iter()
+            .map(|r| wire::RegionStatus {
+                region: r.region,
+                members: r.members as u64,
+                reachable: r.reachable as u64,
+                max_lag_secs: r.max_lag.as_secs_f64(),
+                reachable_max_lag_secs: r.reachable_max_lag.as_secs_f64(),
+                nearest_rtt_ms: r.nearest_rtt.map(millis),
+                bytes_sent: r.bytes_sent,
+            })
+            .collect(),
     }
 }
 

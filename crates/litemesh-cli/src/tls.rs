@@ -43,6 +43,11 @@ enum TlsCommand {
         /// Folder for NAME.pem and NAME.key (created if missing).
         #[arg(long, value_name = "DIR2")]
         out: PathBuf,
+        /// The node's region, certified in the certificate: peers take the
+        /// node's region from there, and the agent refuses a `--region`
+        /// that contradicts it.
+        #[arg(long, value_name = "R")]
+        region: Option<String>,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -100,6 +105,7 @@ pub fn run(args: TlsArgs) -> CliResult {
             ca_dir,
             name,
             out,
+            region,
             force,
         } => {
             if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
@@ -107,8 +113,9 @@ pub fn run(args: TlsArgs) -> CliResult {
             }
             let ca = read(&ca_dir.join("ca.pem"))?;
             let ca_key = read(&ca_dir.join("ca.key"))?;
-            let (cert, key) = litemesh_transport::generate_node_cert(&ca, &ca_key, &name)
-                .map_err(|e| e.to_string())?;
+            let (cert, key) =
+                litemesh_transport::generate_node_cert_in(&ca, &ca_key, &name, region.as_deref())
+                    .map_err(|e| e.to_string())?;
             mkdir(&out)?;
             let (cp, kp) = (
                 out.join(format!("{name}.pem")),
@@ -116,7 +123,10 @@ pub fn run(args: TlsArgs) -> CliResult {
             );
             write_file(&kp, &key, 0o600, force)?;
             write_file(&cp, &cert, 0o644, force)?;
-            println!("wrote {} and {}", cp.display(), kp.display());
+            match region {
+                Some(r) => println!("wrote {} and {} (region {r})", cp.display(), kp.display()),
+                None => println!("wrote {} and {}", cp.display(), kp.display()),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

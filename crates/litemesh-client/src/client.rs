@@ -1,6 +1,8 @@
 //! The blocking client.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,12 +16,16 @@ use crate::value::Statement;
 /// take, unless [`ClientBuilder::timeout`] says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long measuring the round trip to a fallback agent may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Largest answer read whole (everything but a query's rows, which stream).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
 
 type Response = ureq::http::Response<ureq::Body>;
 
-/// A blocking client of one agent's HTTP API.
+/// A blocking client of one agent's HTTP API — or of several, the first
+/// preferred ([`ClientBuilder::build_many`]).
 ///
 /// Connections are kept alive and reused. Cloning is cheap and shares them;
 /// so does [`Client::at`], which addresses another agent.
@@ -27,6 +33,10 @@ type Response = ureq::http::Response<ureq::Body>;
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// Other agents to fall back on, nearest first once measured.
+    others: Vec<String>,
+    /// Round-trip times measured to the other agents.
+    rtts: Arc<Mutex<HashMap<String, Duration>>>,
 }
 
 /// Settings of a [`Client`].
@@ -77,7 +87,21 @@ impl ClientBuilder {
         Client {
             agent: config.build().into(),
             base: base_url(addr),
+            others: Vec::new(),
+            rtts: Arc::default(),
         }
+    }
+
+    /// A client of several agents: it talks to the first (the local one)
+    /// and, when that one cannot be reached or cannot serve a query at its
+    /// read level (503), to the others, nearest first by measured
+    /// round-trip time. Transactions go elsewhere only when the first agent
+    /// could not be connected to at all (nothing was sent, so nothing can
+    /// be applied twice). `addrs` must not be empty.
+    pub fn build_many(self, addrs: &[&str]) -> Client {
+        let mut c = self.build(addrs.first().copied().unwrap_or("127.0.0.1:8787"));
+        c.others = addrs.iter().skip(1).map(|a| base_url(a)).collect();
+        c
     }
 }
 
@@ -133,7 +157,87 @@ impl Client {
         Client {
             agent: self.agent.clone(),
             base: base_url(addr),
+            others: Vec::new(),
+            rtts: Arc::default(),
         }
+    }
+
+    /// The other agents this client falls back on, nearest first (those
+    /// not measured yet are measured now, with `GET /v1/health`).
+    pub fn fallbacks(&self) -> Vec<String> {
+        let mut with_rtt: Vec<(Duration, String)> = self
+            .others
+            .iter()
+            .map(|b| {
+                let known = self
+                    .rtts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(b)
+                    .copied();
+                let rtt = known.unwrap_or_else(|| {
+                    let t = Instant::now();
+                    // A short probe: an agent that does not answer at once
+                    // goes last.
+                    let ok = self
+                        .agent
+                        .get(format!("{b}/v1/health"))
+                        .config()
+                        .timeout_global(Some(PROBE_TIMEOUT))
+                        .build()
+                        .call()
+                        .is_ok();
+                    let rtt = if ok { t.elapsed() } else { Duration::MAX };
+                    self.rtts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(b.clone(), rtt);
+                    rtt
+                });
+                (rtt, b.clone())
+            })
+            .collect();
+        with_rtt.sort();
+        with_rtt.into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// Runs `f` on this agent, then, while `again` says another agent may
+    /// do better, on the fallbacks, nearest first. The first error is kept
+    /// if every agent fails.
+    fn with_fallback<T>(
+        &self,
+        again: impl Fn(&Error) -> bool,
+        f: impl Fn(&Client) -> Result<T>,
+    ) -> Result<T> {
+        let first = match f(self) {
+            Ok(v) => return Ok(v),
+            Err(e) if self.others.is_empty() || !again(&e) => return Err(e),
+            Err(e) => e,
+        };
+        for b in self.fallbacks() {
+            let other = self.at(&b);
+            let t = Instant::now();
+            match f(&other) {
+                Ok(v) => {
+                    self.rtts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(b, t.elapsed());
+                    return Ok(v);
+                }
+                Err(e) if again(&e) => {
+                    if matches!(e, Error::Transport { .. }) {
+                        // Down: measured again next time.
+                        self.rtts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&b);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first)
     }
 
     /// The API's base URL, e.g. `http://127.0.0.1:8787`.
@@ -153,9 +257,38 @@ impl Client {
     /// Like [`Client::execute`], with the answer decoded as `T` (e.g. a
     /// `serde_json::Value`, to see the answer as it is).
     pub fn execute_as<T: DeserializeOwned>(&self, statements: &[Statement]) -> Result<T> {
-        let (url, r) = self.post("/v1/transactions", statements)?;
-        let r = success(&url, r)?;
-        decode(&url, read_text(&url, r)?)
+        self.execute_at("/v1/transactions", statements)
+    }
+
+    /// Like [`Client::execute`], answered once other nodes hold the
+    /// transaction as `ack` asks (`"2"`, `"region"`, `"regions"`), or after
+    /// `timeout` with what was reached ([`TransactionResult::ack`]; the
+    /// write stays committed either way).
+    pub fn execute_acked(
+        &self,
+        statements: &[Statement],
+        ack: &str,
+        timeout: Duration,
+    ) -> Result<TransactionResult> {
+        let path = format!(
+            "/v1/transactions?ack={}&ack_timeout_ms={}",
+            urlencode(ack),
+            timeout.as_millis()
+        );
+        self.execute_at(&path, statements)
+    }
+
+    fn execute_at<T: DeserializeOwned>(&self, path: &str, statements: &[Statement]) -> Result<T> {
+        self.with_fallback(not_sent, |c| {
+            let (url, r) = c.post(path, statements)?;
+            // 202: committed, the acknowledgement level not reached in time.
+            let r = if r.status() == StatusCode::ACCEPTED {
+                r
+            } else {
+                success(&url, r)?
+            };
+            decode(&url, read_text(&url, r)?)
+        })
     }
 
     /// `POST /v1/queries`: runs one read-only statement; its rows stream
@@ -171,6 +304,10 @@ impl Client {
 
     /// Like [`Client::query`], as the answer's events, one per line.
     pub fn query_events(&self, statement: &Statement, options: &QueryOptions) -> Result<Events> {
+        self.with_fallback(cannot_serve, |c| c.query_events_here(statement, options))
+    }
+
+    fn query_events_here(&self, statement: &Statement, options: &QueryOptions) -> Result<Events> {
         let mut path = String::from("/v1/queries");
         let mut sep = '?';
         if let Some(t) = &options.min_token {
@@ -179,6 +316,14 @@ impl Client {
         }
         if let Some(w) = options.wait {
             path.push_str(&format!("{sep}wait_ms={}", w.as_millis()));
+            sep = '&';
+        }
+        if let Some(m) = options.max_lag {
+            path.push_str(&format!("{sep}max_lag_ms={}", m.as_millis()));
+            sep = '&';
+        }
+        if options.fallback_nearest {
+            path.push_str(&format!("{sep}fallback=nearest"));
         }
         let (url, r) = self.post(&path, statement)?;
         let r = success(&url, r)?;
@@ -278,6 +423,33 @@ impl Client {
         let (url, r) = self.get(path)?;
         let r = success(&url, r)?;
         decode(&url, read_text(&url, r)?)
+    }
+}
+
+/// The request never reached the agent (no connection): safe to send
+/// elsewhere, even a transaction.
+fn not_sent(e: &Error) -> bool {
+    let Error::Transport { source, .. } = e else {
+        return false;
+    };
+    match source {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    }
+}
+
+/// The agent is unreachable or cannot serve a read at its level now: a
+/// query may go to another agent.
+fn cannot_serve(e: &Error) -> bool {
+    match e {
+        Error::Transport { .. } => true,
+        Error::Http { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
+        _ => false,
     }
 }
 

@@ -42,9 +42,9 @@ pub use client::{Client, ClientBuilder, DEFAULT_TIMEOUT, RawAnswer};
 pub use error::{Error, Result, StatusCode};
 pub use query::{Events, QueryOptions, Rows};
 pub use types::{
-    ActorId, EndOfQuery, ErrorBody, Health, HealthIssue, HealthIssueKind, HealthStatus, Member,
-    MemberState, PeerStatus, QuarantinedChange, QueryEvent, RetryResult, StatementResult, Status,
-    Token, TransactionResult, WriterStatus,
+    AckNode, AckResult, ActorId, EndOfQuery, ErrorBody, Health, HealthIssue, HealthIssueKind,
+    HealthStatus, Member, MemberState, PeerStatus, QuarantinedChange, QueryEvent, RegionStatus,
+    RetryResult, StatementResult, Status, Token, TransactionResult, WriterStatus,
 };
 pub use value::{Statement, Value};
 

@@ -13,9 +13,16 @@ pub struct QueryOptions {
     /// Read-your-writes: the node waits until it has applied everything this
     /// token names before it runs the query (`min_token`).
     pub min_token: Option<Token>,
-    /// How long the node waits for `min_token` before it answers 503
-    /// (`wait_ms`; the agent's default is 5 s, its maximum 60 s).
+    /// How long the node waits for `min_token` (or `max_lag`) before it
+    /// answers 503 (`wait_ms`; the agent's default is 5 s, its maximum 60 s).
     pub wait: Option<Duration>,
+    /// Bounded staleness (`max_lag_ms`): the node serves only if its copy
+    /// of every writer was known complete at most this long ago.
+    pub max_lag: Option<Duration>,
+    /// `fallback=nearest`: when the node cannot satisfy the level in time,
+    /// it runs the query on its nearest peer that can
+    /// ([`crate::EndOfQuery::served_by`] names it).
+    pub fallback_nearest: bool,
 }
 
 impl QueryOptions {
@@ -23,8 +30,21 @@ impl QueryOptions {
     pub fn after(token: impl Into<Token>) -> QueryOptions {
         QueryOptions {
             min_token: Some(token.into()),
-            wait: None,
+            ..QueryOptions::default()
         }
+    }
+
+    /// Reads from a copy at most `max_lag` stale.
+    pub fn max_lag(mut self, max_lag: Duration) -> QueryOptions {
+        self.max_lag = Some(max_lag);
+        self
+    }
+
+    /// Lets the agent run the query on its nearest peer when it cannot
+    /// satisfy the level itself.
+    pub fn fallback_nearest(mut self) -> QueryOptions {
+        self.fallback_nearest = true;
+        self
     }
 
     /// Waits up to `wait` for the token.
@@ -119,6 +139,7 @@ pub struct Rows {
     pending: Option<Vec<Value>>,
     rows: u64,
     time: Option<f64>,
+    served_by: Option<String>,
     done: bool,
 }
 
@@ -131,6 +152,7 @@ impl Rows {
             pending: None,
             rows: 0,
             time: None,
+            served_by: None,
             done: false,
         };
         loop {
@@ -145,7 +167,7 @@ impl Rows {
                 }
                 Some(Ok(QueryEvent::Unknown)) => {}
                 Some(Ok(QueryEvent::Eoq(e))) => {
-                    rows.finish(e.time);
+                    rows.finish(e);
                     return Ok(rows);
                 }
                 Some(Ok(QueryEvent::Error(message))) => {
@@ -172,8 +194,22 @@ impl Rows {
         self.time
     }
 
-    fn finish(&mut self, time: f64) {
-        self.time = Some(time);
+    /// The peer that ran the query when the agent forwarded it
+    /// (`fallback=nearest`), once every row was received; `None` when the
+    /// agent ran it itself.
+    pub fn served_by(&self) -> Option<&str> {
+        self.served_by.as_deref()
+    }
+
+    /// The URL of the query at the agent that answered (with several agents,
+    /// the one the client fell back on).
+    pub fn url(&self) -> &str {
+        &self.events.url
+    }
+
+    fn finish(&mut self, end: crate::types::EndOfQuery) {
+        self.time = Some(end.time);
+        self.served_by = end.served_by;
         self.done = true;
         self.events.drain();
     }
@@ -199,7 +235,7 @@ impl Iterator for Rows {
                 }
                 Some(Ok(QueryEvent::Columns(c))) => self.columns = c,
                 Some(Ok(QueryEvent::Unknown)) => {}
-                Some(Ok(QueryEvent::Eoq(e))) => self.finish(e.time),
+                Some(Ok(QueryEvent::Eoq(e))) => self.finish(e),
                 Some(Ok(QueryEvent::Error(message))) => {
                     let rows = self.rows;
                     return failed(self, Error::Query { rows, message });
@@ -311,7 +347,10 @@ mod tests {
             vec![
                 QueryEvent::Columns(vec!["a".into()]),
                 QueryEvent::Row(1, vec![Value::Real(1.5)]),
-                QueryEvent::Eoq(crate::types::EndOfQuery { time: 0.5 }),
+                QueryEvent::Eoq(crate::types::EndOfQuery {
+                    time: 0.5,
+                    served_by: None
+                }),
             ]
         );
     }

@@ -21,6 +21,13 @@ fn transaction_result() {
     let t: TransactionResult = round_trip(&format!(
         r#"{{"results":[{{"rows_affected":1}},{{"rows_affected":0}}],"time":0.0021,"token":"{ACTOR}:7","version":7}}"#
     ));
+    assert_eq!(t.ack, None);
+    let acked: TransactionResult = round_trip(&format!(
+        r#"{{"results":[{{"rows_affected":1}}],"time":0.003,"token":"{ACTOR}:8","version":8,"ack":{{"level":"regions","reached":false,"confirmed":[{{"name":"n2","region":"us"}}],"missing":["region ap"],"waited_ms":500.0}}}}"#
+    ));
+    let ack = acked.ack.unwrap();
+    assert!(!ack.reached);
+    assert_eq!(ack.confirmed[0].region.as_deref(), Some("us"));
     assert_eq!(t.results[0].rows_affected, 1);
     assert_eq!(t.version, 7);
     assert_eq!(t.token.as_str(), format!("{ACTOR}:7"));
@@ -56,17 +63,29 @@ fn status() {
     let json = format!(
         concat!(
             r#"{{"name":"n1","actor":"{a}","db_version":12,"version_vector":{{"{a}":12}},"complete_through":{{"{a}":11}},"#,
-            r#""peers":[{{"addr":"10.0.0.2:7400","name":"n2","state":"alive","behind_versions":0,"last_sync_secs_ago":1.5,"sync_age_secs":1.5,"rtt_ms":0.3}},"#,
-            r#"{{"addr":"10.0.0.3:7400","name":null,"state":"unreachable","behind_versions":4,"last_sync_secs_ago":null,"sync_age_secs":30.0,"rtt_ms":null}}],"#,
-            r#""writers":[{{"actor":"{a}","name":"n1","addr":null,"reachable":true,"lag_secs":0.0,"head":12,"missing_versions":1}}],"#,
+            r#""peers":[{{"addr":"10.0.0.2:7400","name":"n2","state":"alive","behind_versions":0,"last_sync_secs_ago":1.5,"sync_age_secs":1.5,"rtt_ms":0.3,"region":"eu"}},"#,
+            r#"{{"addr":"10.0.0.3:7400","name":null,"state":"unreachable","behind_versions":4,"last_sync_secs_ago":null,"sync_age_secs":30.0,"rtt_ms":null,"region":null}}],"#,
+            r#""writers":[{{"actor":"{a}","name":"n1","addr":null,"reachable":true,"lag_secs":0.0,"head":12,"missing_versions":1,"region":"us"}}],"#,
             r#""max_lag_secs":0.0,"quarantined":[{{"actor":"{a}","version":3,"rows":2,"error":"no such column: z","since_secs":4.25,"attempts":3}}],"#,
             r#""members_reachable":2,"members_known":3,"broadcast_queue":0,"broadcast_dropped":0,"changes_applied":40,"#,
             r#""transactions_committed":7,"commit_groups":3,"apply_transactions":30,"broadcasts_known":2,"#,
-            r#""syncs_completed":9,"syncs_failed":1,"apply_failures":0,"serve_failures":0,"write_error":null,"partial_versions":0}}"#
+            r#""syncs_completed":9,"syncs_failed":1,"apply_failures":0,"serve_failures":0,"write_error":null,"partial_versions":0,"#,
+            r#""region":"us","regions":[{{"region":"eu","members":1,"reachable":1,"max_lag_secs":0.5,"reachable_max_lag_secs":0.5,"nearest_rtt_ms":0.3,"bytes_sent":5120}},"#,
+            r#"{{"region":"us","members":1,"reachable":1,"max_lag_secs":0.0,"reachable_max_lag_secs":0.0,"nearest_rtt_ms":null,"bytes_sent":0}}]}}"#
         ),
         a = ACTOR
     );
     let s: Status = round_trip(&json);
+    assert_eq!(s.regions[0].region.as_deref(), Some("eu"));
+    assert_eq!(s.peers[0].region.as_deref(), Some("eu"));
+    // An agent from before regions: the fields default.
+    let old = json
+        .replace(r#","region":"eu""#, "")
+        .replace(r#","region":null"#, "")
+        .replace(r#","region":"us""#, "");
+    let old = &old[..old.find(r#","regions""#).unwrap()];
+    let o: Status = serde_json::from_str(&format!("{old}}}")).unwrap();
+    assert!(o.regions.is_empty() && o.region.is_none() && o.peers[0].region.is_none());
     assert_eq!(s.complete_through.get(ACTOR), Some(&11));
     assert_eq!(s.peers[1].state, MemberState::Unreachable);
     assert!(s.writers[0].reachable);
@@ -155,7 +174,13 @@ fn query_events() {
         )
     );
     let end: QueryEvent = round_trip(r#"{"eoq":{"time":0.003}}"#);
-    assert_eq!(end, QueryEvent::Eoq(EndOfQuery { time: 0.003 }));
+    assert_eq!(
+        end,
+        QueryEvent::Eoq(EndOfQuery {
+            time: 0.003,
+            served_by: None
+        })
+    );
     let err: QueryEvent = round_trip(r#"{"error":"interrupted: more than 10 rows"}"#);
     assert_eq!(
         err,

@@ -245,6 +245,37 @@ pub struct TransactionResult {
     pub token: Token,
     /// The node's db version after the transaction.
     pub version: u64,
+    /// With an acknowledgement level (`ack=…`): which other nodes confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckResult>,
+}
+
+/// Which nodes confirmed a transaction, for `ack=N|region|regions` (in
+/// [`TransactionResult::ack`]). HTTP 200 when `reached`, 202 when the
+/// timeout came first (the write stays committed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckResult {
+    /// The level asked for: `local`, a number, `region` or `regions`.
+    pub level: String,
+    /// Whether it was reached within the timeout.
+    pub reached: bool,
+    /// The nodes that confirmed they hold the transaction.
+    pub confirmed: Vec<AckNode>,
+    /// What was still missing at the answer (empty if reached).
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// Milliseconds the confirmations took.
+    #[serde(default)]
+    pub waited_ms: f64,
+}
+
+/// A node that confirmed a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckNode {
+    /// Its name.
+    pub name: String,
+    /// Its region (certified under mutual TLS), if it has one.
+    pub region: Option<String>,
 }
 
 /// End of a query's answer.
@@ -253,6 +284,10 @@ pub struct EndOfQuery {
     /// Seconds the query took on the agent.
     #[serde(default)]
     pub time: f64,
+    /// The peer that ran the query when the agent forwarded it
+    /// (`fallback=nearest`); absent when the agent ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// One line of `POST /v1/queries`'s newline-delimited answer.
@@ -341,6 +376,9 @@ pub struct PeerStatus {
     pub sync_age_secs: f64,
     /// Round-trip time in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Its region, if known.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// Replication lag of one writer (in [`Status::writers`]).
@@ -360,6 +398,30 @@ pub struct WriterStatus {
     pub head: u64,
     /// Versions up to `head` this node lacks.
     pub missing_versions: u64,
+    /// The member's region, if known.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// One region of the mesh as the node sees it (in [`Status::regions`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionStatus {
+    /// The region (`null`: members with no region).
+    pub region: Option<String>,
+    /// Known members in it, the node itself included if it is in it.
+    pub members: u64,
+    /// Those alive in membership (not suspect, not dead), the node itself
+    /// included.
+    pub reachable: u64,
+    /// The largest lag of its writers, in seconds.
+    pub max_lag_secs: f64,
+    /// The largest lag of its reachable writers, in seconds.
+    pub reachable_max_lag_secs: f64,
+    /// Round-trip time to its nearest reachable member, in milliseconds.
+    pub nearest_rtt_ms: Option<f64>,
+    /// Bytes the node sent to members of the region since it started.
+    #[serde(default)]
+    pub bytes_sent: u64,
 }
 
 /// A change from a peer that cannot be applied on the node (in
@@ -438,6 +500,12 @@ pub struct Status {
     pub write_error: Option<String>,
     /// Versions received in part.
     pub partial_versions: u64,
+    /// The node's region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Members and lag per region.
+    #[serde(default)]
+    pub regions: Vec<RegionStatus>,
 }
 
 /// One reason a node is unhealthy.

@@ -281,13 +281,14 @@ impl NodeCore {
         }
         // With no one to join this starts a new mesh.
         membership.join(mb::Instant::ZERO, &joining);
-        let repl = Replication::new(
+        let mut repl = Replication::new(
             config.sync.clone(),
             seed,
             actor,
             knowledge.clone(),
             probation,
         );
+        repl.set_region(meta.region.clone());
         lag.observe(&knowledge);
         let mut core = NodeCore {
             next_rejoin: config.rejoin_every,
@@ -710,7 +711,19 @@ impl NodeCore {
             };
             self.on_member_event(now, &ev, superseded);
             match ev {
-                mb::Event::Joined(x) | mb::Event::Alive(x) => self.repl.peer_up(x.addr, x.rtt),
+                mb::Event::Joined(x) | mb::Event::Alive(x) => {
+                    self.repl.peer_up(x.addr, x.rtt);
+                    let region = NodeMeta::decode(x.metadata.as_bytes())
+                        .ok()
+                        .and_then(|m| m.region);
+                    self.repl.set_peer_region(x.addr, region);
+                }
+                mb::Event::MetadataChanged(x) => {
+                    let region = NodeMeta::decode(x.metadata.as_bytes())
+                        .ok()
+                        .and_then(|m| m.region);
+                    self.repl.set_peer_region(x.addr, region);
+                }
                 mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
                     self.repl.peer_down(x.addr);
                 }

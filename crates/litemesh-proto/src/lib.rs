@@ -28,6 +28,10 @@ pub mod channel {
     pub const MEMBERSHIP: u8 = 0;
     /// Sync broadcasts ([`crate::Message::Broadcast`]).
     pub const SYNC: u8 = 1;
+    /// First byte of a request on a bidirectional stream that is not a sync
+    /// request (a forwarded query, a write acknowledgement): sync requests
+    /// start with their encoding's version byte, which is never this.
+    pub const NODE: u8 = 0x80;
 }
 
 pub use actor::ActorId;

@@ -418,6 +418,17 @@ impl Replication {
         self.sched.set_rtt(addr, rtt);
     }
 
+    /// This node's region (region-aware dissemination).
+    pub fn set_region(&mut self, region: Option<String>) {
+        self.sched.set_region(region);
+    }
+
+    /// A peer's region, from its membership metadata (call after
+    /// [`Replication::peer_up`]).
+    pub fn set_peer_region(&mut self, addr: SocketAddr, region: Option<String>) {
+        self.sched.set_peer_region(addr, region);
+    }
+
     /// The member at `from` published `head` as the latest version of its
     /// `actor`. If this node lacks any version up to it (a version too large
     /// to broadcast, a lost broadcast), it pulls from that member now rather

@@ -52,6 +52,19 @@ pub struct Config {
     pub rotate_at_most_every: Duration,
     /// Largest sync message accepted or sent.
     pub max_message: usize,
+    /// Region-aware dissemination: a fresh commit goes to the
+    /// `direct_fanout` nearest peers of this node's region (plus `fanout`
+    /// random others of it) and to `entries_per_region` peers of each
+    /// other region, which fan it out inside theirs; relays stay inside the
+    /// relaying node's region; anti-entropy picks a peer of another region
+    /// once in `cross_region_sync_every` rounds. Off: every peer is treated
+    /// alike, whatever its region.
+    pub region_aware: bool,
+    /// Entry nodes a fresh commit is sent to in each other region.
+    pub entries_per_region: usize,
+    /// One anti-entropy round in this many goes to a peer of another region
+    /// (when there are both kinds); the others stay in this node's region.
+    pub cross_region_sync_every: u32,
 }
 
 impl Default for Config {
@@ -72,6 +85,9 @@ impl Default for Config {
             session_timeout: Duration::from_secs(30),
             rotate_at_most_every: Duration::from_secs(60),
             max_message: DEFAULT_MAX_MESSAGE,
+            region_aware: true,
+            entries_per_region: 2,
+            cross_region_sync_every: 4,
         }
     }
 }
@@ -120,6 +136,8 @@ pub struct PeerStatus {
 
 #[derive(Debug, Clone)]
 struct Peer {
+    /// Its region, as its membership metadata says.
+    region: Option<String>,
     up: bool,
     knowledge: Option<(Knowledge, Duration)>,
     rtt: Option<Duration>,
@@ -141,6 +159,11 @@ pub struct Scheduler {
     tokens: f64,
     last_refill: Duration,
     dropped: u64,
+    /// This node's region.
+    region: Option<String>,
+    /// Anti-entropy rounds chosen so far (every `cross_region_sync_every`th
+    /// goes across regions).
+    rounds: u32,
 }
 
 impl Scheduler {
@@ -156,13 +179,43 @@ impl Scheduler {
             tokens,
             last_refill: Duration::ZERO,
             dropped: 0,
+            region: None,
+            rounds: 0,
         }
+    }
+
+    /// Sets this node's region.
+    pub fn set_region(&mut self, region: Option<String>) {
+        self.region = region;
+    }
+
+    /// Sets a peer's region (from its membership metadata).
+    pub fn set_peer_region(&mut self, addr: SocketAddr, region: Option<String>) {
+        if let Some(p) = self.peers.get_mut(&addr) {
+            p.region = region;
+        }
+    }
+
+    /// Whether dissemination goes by region: it is on, and some peer is in
+    /// another region than this node.
+    fn by_region(&self) -> bool {
+        self.config.region_aware && self.peers.values().any(|p| p.region != self.region)
+    }
+
+    /// Whether `addr` is in another region than this node. A sender this
+    /// node does not know (it just joined, or sends from another address
+    /// than the one it advertises) counts as remote: its broadcast is fanned
+    /// out here rather than dropped (fan-out stays bounded: only a node
+    /// that learns something passes it on).
+    fn is_remote(&self, addr: &SocketAddr) -> bool {
+        self.peers.get(addr).is_none_or(|p| p.region != self.region)
     }
 
     /// A peer is alive (joined, or came back after a failure or a partition):
     /// reconcile with it at once.
     pub fn peer_up(&mut self, addr: SocketAddr, rtt: Option<Duration>) {
         let p = self.peers.entry(addr).or_insert(Peer {
+            region: None,
             up: true,
             knowledge: None,
             rtt,
@@ -277,6 +330,11 @@ impl Scheduler {
     /// mesh, or a peer down in this node's view that others may still
     /// reach — receivers relay it, up to `relay_hops` times.
     pub fn on_local_commit(&mut self, batch: Vec<u8>) {
+        if self.by_region() {
+            let (targets, hops) = self.region_targets(None);
+            self.enqueue(targets, hops, batch);
+            return;
+        }
         // The nearest peers directly (every peer of a small mesh), plus a few
         // random ones to seed the relays across regions.
         let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
@@ -303,6 +361,63 @@ impl Scheduler {
         self.enqueue(targets, hops, batch);
     }
 
+    /// Region-aware targets of a fresh commit (`from` = `None`) or of a
+    /// broadcast that entered this node's region from `from`: the
+    /// `direct_fanout` nearest peers of this node's region (plus `fanout`
+    /// random others of it beyond those), and, for a fresh commit only,
+    /// `entries_per_region` peers of every other region, nearest first. The
+    /// hops: 0 when every peer of the region is up and reached directly,
+    /// else `relay_hops` (relays stay in the region).
+    fn region_targets(&mut self, from: Option<SocketAddr>) -> (Vec<SocketAddr>, u8) {
+        let own = self.region.clone();
+        let mut local: Vec<(SocketAddr, Option<Duration>)> = Vec::new();
+        let mut remote: BTreeMap<Option<String>, Vec<(SocketAddr, Option<Duration>)>> =
+            BTreeMap::new();
+        for (a, p) in &self.peers {
+            if !p.up || Some(*a) == from {
+                continue;
+            }
+            if p.region == own {
+                local.push((*a, p.rtt));
+            } else {
+                remote
+                    .entry(p.region.clone())
+                    .or_default()
+                    .push((*a, p.rtt));
+            }
+        }
+        local.shuffle(&mut self.rng);
+        local.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
+        let direct = self.config.direct_fanout.min(local.len());
+        let mut targets: Vec<SocketAddr> = local[..direct].iter().map(|p| p.0).collect();
+        let mut rest: Vec<SocketAddr> = local[direct..].iter().map(|p| p.0).collect();
+        rest.shuffle(&mut self.rng);
+        let all_local_up = self
+            .peers
+            .iter()
+            .filter(|(a, p)| p.region == own && Some(**a) != from)
+            .all(|(_, p)| p.up);
+        let hops = if rest.is_empty() && all_local_up {
+            0
+        } else {
+            self.config.relay_hops
+        };
+        targets.extend(rest.into_iter().take(self.config.fanout));
+        if from.is_none() {
+            for (_, mut peers) in remote {
+                peers.shuffle(&mut self.rng);
+                peers.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
+                targets.extend(
+                    peers
+                        .iter()
+                        .take(self.config.entries_per_region)
+                        .map(|p| p.0),
+                );
+            }
+        }
+        (targets, hops)
+    }
+
     /// A broadcast arrived from `from`. When it taught this node something
     /// (`newly_applied`) and may travel further, relay it to other peers.
     pub fn on_broadcast(
@@ -312,26 +427,55 @@ impl Scheduler {
         batch: Vec<u8>,
         newly_applied: bool,
     ) {
-        if !newly_applied || hops == 0 {
+        if !newly_applied {
             return;
         }
-        let targets = self.targets(Some(from));
+        if self.by_region() {
+            if self.is_remote(&from) {
+                // It entered this node's region here: fan out inside it, as
+                // its writer would.
+                let (targets, hops) = self.region_targets(Some(from));
+                self.enqueue(targets, hops, batch);
+                return;
+            }
+            if hops == 0 {
+                return;
+            }
+            // Relays stay inside the region.
+            let targets = self.targets(Some(from), true);
+            self.enqueue(targets, hops - 1, batch);
+            return;
+        }
+        if hops == 0 {
+            return;
+        }
+        let targets = self.targets(Some(from), false);
         self.enqueue(targets, hops - 1, batch);
     }
 
     /// Relay targets: half the fan-out to the nearest peers, the rest at random.
-    fn targets(&mut self, exclude: Option<SocketAddr>) -> Vec<SocketAddr> {
+    fn targets(&mut self, exclude: Option<SocketAddr>, in_region: bool) -> Vec<SocketAddr> {
+        let own = self.region.clone();
         let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
             .peers
             .iter()
-            .filter(|(a, p)| p.up && Some(**a) != exclude)
+            .filter(|(a, p)| p.up && Some(**a) != exclude && (!in_region || p.region == own))
             .map(|(a, p)| (*a, p.rtt))
             .collect();
         peers.shuffle(&mut self.rng);
-        let n = self.config.fanout.min(peers.len());
+        // At least ln(candidates) + 2 targets: a relay that reaches a node
+        // for the first time is the only one that sends on, so with a fan-out
+        // of k about e^-k of the candidates are missed and left to
+        // anti-entropy (5% with 3); ln(n) + 2 leaves well under one node.
+        let adaptive = (peers.len().max(1) as f64).ln().ceil() as usize + 2;
+        let n = self.config.fanout.max(adaptive).min(peers.len());
         // Half the fan-out to the nearest peers (fast local spread), the rest at
-        // random (reach across regions).
-        let nearest = n.div_ceil(2);
+        // random (reach across regions). Inside a region all at random: the
+        // round-trip times differ little there, and the nearest are the
+        // peers every sender picks (they were the writer's direct targets
+        // already), so a bias towards them leaves the others to
+        // anti-entropy.
+        let nearest = if in_region { 0 } else { n.div_ceil(2) };
         peers.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
         let mut out: Vec<SocketAddr> = peers.iter().take(nearest).map(|p| p.0).collect();
         let mut rest: Vec<SocketAddr> = peers.iter().skip(nearest).map(|p| p.0).collect();
@@ -418,10 +562,30 @@ impl Scheduler {
 
     /// Weighted choice: peers not synced for long weigh more, distant ones less.
     fn pick_by_need(&mut self, now: Duration) -> Option<SocketAddr> {
+        // Region-aware: most rounds stay in this node's region, one in
+        // `cross_region_sync_every` goes to another (so a region cut off from
+        // a writer still converges through any path). Without a candidate of
+        // the preferred kind, any peer will do.
+        self.rounds = self.rounds.wrapping_add(1);
+        let prefer = if self.by_region() {
+            let cross = self
+                .rounds
+                .is_multiple_of(self.config.cross_region_sync_every.max(1));
+            Some(cross)
+        } else {
+            None
+        };
+        let ready = |p: &Peer| p.up && !p.syncing && p.retry_at <= now;
+        let own = self.region.clone();
+        let kind_ok = |p: &Peer| match prefer {
+            Some(cross) => (p.region != own) == cross,
+            None => true,
+        };
+        let any_of_kind = self.peers.values().any(|p| ready(p) && kind_ok(p));
         let candidates: Vec<(SocketAddr, f64)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.up && !p.syncing && p.retry_at <= now)
+            .filter(|(_, p)| ready(p) && (!any_of_kind || kind_ok(p)))
             .map(|(a, p)| {
                 let age = p
                     .last_sync
@@ -592,7 +756,8 @@ mod tests {
             ));
             n += 1;
         }
-        assert_eq!(n, 3);
+        // ln(4) + 2 rounds up to 4: every candidate.
+        assert_eq!(n, 4);
     }
 
     #[test]
@@ -736,5 +901,124 @@ mod tests {
         }
         assert_eq!(counts.len(), 4);
         assert!(counts.values().all(|&c| c > 50), "{counts:?}");
+    }
+
+    /// A scheduler in region `own` with `n` peers in each of `regions`
+    /// (peer addresses numbered from 100 per region).
+    fn regional(own: &str, regions: &[(&str, u16)], aware: bool) -> Scheduler {
+        let mut s = Scheduler::new(
+            Config {
+                region_aware: aware,
+                ..Config::default()
+            },
+            7,
+        );
+        s.set_region(Some(own.into()));
+        for (k, (r, n)) in regions.iter().enumerate() {
+            for i in 0..*n {
+                let a = addr(100 * (k as u16 + 1) + i);
+                // Remote regions are the nearer ones by RTT here: the
+                // region-blind choice would favour them.
+                let rtt = if *r == own { ms(20) } else { ms(5) };
+                s.peer_up(a, Some(rtt));
+                s.set_peer_region(a, Some(r.to_string()));
+            }
+        }
+        s
+    }
+
+    fn sent(s: &mut Scheduler) -> Vec<(SocketAddr, u8)> {
+        let mut out = Vec::new();
+        while let Some(t) = s.poll_transmit(ms(0)) {
+            match decode(&t.bytes[1..], 1 << 20).unwrap() {
+                Message::Broadcast { hops, .. } => out.push((t.to, hops)),
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        out
+    }
+
+    /// The position (from 1) in `regional`'s list of the region of `a`.
+    fn region_of(a: SocketAddr) -> u16 {
+        a.port() / 100 - 70
+    }
+
+    #[test]
+    fn a_fresh_commit_crosses_each_region_boundary_a_bounded_number_of_times() {
+        let mut s = regional("a", &[("a", 5), ("b", 40), ("c", 40)], true);
+        s.on_local_commit(vec![1]);
+        let to = sent(&mut s);
+        let per = |r: u16| to.iter().filter(|(a, _)| region_of(*a) == r).count();
+        // Every peer of its own region, two entries in each other one.
+        assert_eq!((per(1), per(2), per(3)), (5, 2, 2), "{to:?}");
+        // Its region is covered directly: no relays there.
+        assert!(to.iter().all(|(_, h)| *h == 0), "{to:?}");
+
+        // Region-blind, the nearest 32 peers (here all remote) and 3 more.
+        let mut s = regional("a", &[("a", 5), ("b", 40), ("c", 40)], false);
+        s.on_local_commit(vec![1]);
+        let to = sent(&mut s);
+        assert_eq!(to.len(), 35);
+        assert!(to.iter().filter(|(a, _)| region_of(*a) != 1).count() >= 30);
+    }
+
+    #[test]
+    fn an_entry_node_fans_out_inside_its_region_and_relays_stay_there() {
+        let mut s = regional("b", &[("a", 5), ("b", 10), ("c", 10)], true);
+        let from_a = addr(100);
+        // From another region: fan out to the whole region, nothing back out.
+        s.on_broadcast(from_a, 0, vec![1], true);
+        let to = sent(&mut s);
+        assert_eq!(to.len(), 10, "{to:?}");
+        assert!(
+            to.iter().all(|(a, h)| region_of(*a) == 2 && *h == 0),
+            "{to:?}"
+        );
+        // Known already: nothing.
+        s.on_broadcast(from_a, 3, vec![1], false);
+        assert!(sent(&mut s).is_empty());
+        // A relay from inside the region goes on inside it only.
+        s.on_broadcast(addr(200), 2, vec![2], true);
+        let to = sent(&mut s);
+        assert!(!to.is_empty());
+        assert!(
+            to.iter()
+                .all(|(a, h)| region_of(*a) == 2 && *a != addr(200) && *h == 1),
+            "{to:?}"
+        );
+        // A region bigger than the direct fan-out: relays cover the rest.
+        let mut s = regional("b", &[("a", 5), ("b", 60)], true);
+        s.on_broadcast(from_a, 0, vec![1], true);
+        let to = sent(&mut s);
+        assert_eq!(to.len(), 35, "{to:?}");
+        assert!(to.iter().all(|(a, h)| region_of(*a) == 2 && *h > 0));
+    }
+
+    #[test]
+    fn anti_entropy_stays_in_the_region_but_crosses_regularly() {
+        let mut s = regional("a", &[("a", 3), ("b", 3)], true);
+        let mut cross = 0;
+        let mut t = ms(0);
+        for _ in 0..400 {
+            t += ms(5_000);
+            while let Some(p) = s.poll_sync(t) {
+                if region_of(p) != 1 {
+                    cross += 1;
+                }
+                s.sync_done(
+                    t,
+                    p,
+                    SyncOutcome::Completed {
+                        peer_has_more: false,
+                    },
+                );
+            }
+        }
+        // One round in four goes across (the first rounds of new peers are
+        // the urgent ones, on any side).
+        assert!((80..=140).contains(&cross), "{cross}");
+        // A node alone in its region still syncs, across.
+        let mut s = regional("a", &[("b", 3)], true);
+        assert!(s.poll_sync(ms(0)).is_some());
     }
 }

@@ -38,6 +38,7 @@ pub use config::{DEFAULT_MAX_FRAME, TransportConfig};
 pub use error::{Error, Result, codes};
 pub use fault::{FaultConfig, FaultHandle, FaultySocket};
 pub use tls::{
-    MeshIdentity, PROTOCOL_VERSION, SERVER_NAME, alpn_for, generate_ca, generate_node_cert,
+    MeshIdentity, PROTOCOL_VERSION, REGION_URI_PREFIX, SERVER_NAME, alpn_for, generate_ca,
+    generate_node_cert, generate_node_cert_in, validate_region,
 };
 pub use transport::{Event, Incoming, Responder, ResponseStream, Transport};

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -78,6 +78,43 @@ pub fn generate_node_cert(
     ca_key_pem: &str,
     name: &str,
 ) -> Result<(String, String)> {
+    generate_node_cert_in(ca_cert_pem, ca_key_pem, name, None)
+}
+
+/// Prefix of the URI SAN that certifies a node's region:
+/// `urn:litemesh:region:<region>`.
+pub const REGION_URI_PREFIX: &str = "urn:litemesh:region:";
+
+/// Checks a region name: 1..=64 bytes of ASCII letters, digits, `-`, `_`
+/// and `.`.
+pub fn validate_region(region: &str) -> Result<()> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "region {region:?}: use 1 to 64 ASCII letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// Like [`generate_node_cert`], and with `region` certified in the
+/// certificate (a URI SAN `urn:litemesh:region:<region>`): peers take the
+/// node's region from there, so a node cannot claim a region its CA did not
+/// put it in.
+pub fn generate_node_cert_in(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    name: &str,
+    region: Option<&str>,
+) -> Result<(String, String)> {
+    if let Some(r) = region {
+        validate_region(r)?;
+    }
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(tls_err)?;
     let ca_params = CertificateParams::from_ca_cert_pem(ca_cert_pem).map_err(tls_err)?;
     // Re-create an issuer with the CA's subject, key identifier and key: the
@@ -90,6 +127,12 @@ pub fn generate_node_cert(
         sans.push(name.to_string());
     }
     let mut params = CertificateParams::new(sans).map_err(tls_err)?;
+    if let Some(r) = region {
+        let uri = format!("{REGION_URI_PREFIX}{r}");
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().map_err(tls_err)?));
+    }
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
@@ -182,6 +225,15 @@ impl MeshIdentity {
         })
     }
 
+    /// The region certified in this node's certificate (see
+    /// [`generate_node_cert_in`]); `None` if it has none or in insecure mode.
+    pub fn region(&self) -> Result<Option<String>> {
+        if self.is_insecure() {
+            return Ok(None);
+        }
+        cert_region(&self.chain[0])
+    }
+
     /// True for an identity made by [`insecure`](Self::insecure).
     pub fn is_insecure(&self) -> bool {
         self.roots.is_none()
@@ -262,19 +314,78 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore> {
 /// The subject name of the peer's certificate (its CN, or failing that its
 /// first SAN other than [`SERVER_NAME`]); `None` in insecure mode.
 pub(crate) fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    let params = CertificateParams::from_ca_cert_der(certs.first()?).ok()?;
-    if let Some(DnValue::Utf8String(cn)) = params.distinguished_name.get(&DnType::CommonName) {
-        return Some(cn.clone());
+    let (_, parsed) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    if let Some(cn) = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_string());
     }
-    params.subject_alt_names.iter().find_map(|san| match san {
-        SanType::DnsName(name) if name.as_str() != SERVER_NAME => Some(name.to_string()),
-        SanType::IpAddress(ip) => Some(ip.to_string()),
+    let sans = parsed.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(name) if *name != SERVER_NAME => Some(name.to_string()),
+        GeneralName::IPAddress(b) if b.len() == 4 => {
+            Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string())
+        }
+        GeneralName::IPAddress(b) if b.len() == 16 => {
+            Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?).to_string())
+        }
         _ => None,
     })
+}
+
+/// The region a certificate certifies (its `urn:litemesh:region:` URI SAN).
+/// A certificate naming two different regions is refused. Only the
+/// subject-alternative-name extension is read: anything else in the
+/// certificate, however unusual, is no concern of this.
+pub(crate) fn cert_region(cert: &CertificateDer<'_>) -> Result<Option<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| Error::Tls(format!("certificate: {e}")))?;
+    let sans = parsed
+        .subject_alternative_name()
+        .map_err(|e| Error::Tls(format!("certificate SANs: {e}")))?;
+    let mut region: Option<String> = None;
+    for name in sans.iter().flat_map(|s| s.value.general_names.iter()) {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(r) = uri.strip_prefix(REGION_URI_PREFIX) else {
+            continue;
+        };
+        validate_region(r)?;
+        match &region {
+            Some(prev) if prev != r => {
+                return Err(Error::Tls(format!(
+                    "certificate names two regions: {prev} and {r}"
+                )));
+            }
+            _ => region = Some(r.to_string()),
+        }
+    }
+    Ok(region)
+}
+
+/// The peer's certified region; `Err` if its certificate is malformed in
+/// that respect, `Ok(None)` if it has none (or in insecure mode).
+pub(crate) fn peer_region(conn: &quinn::Connection) -> Result<Option<String>> {
+    let Some(certs) = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+    else {
+        return Ok(None);
+    };
+    match certs.first() {
+        Some(c) => cert_region(c),
+        None => Ok(None),
+    }
 }
 
 /// Server certificate "verifier" of the insecure mode: accepts any

@@ -94,8 +94,8 @@ struct Shared {
     conns: Mutex<HashMap<SocketAddr, Connection>>,
     /// Per-address dial locks, so concurrent sends share one handshake.
     dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
-    /// Certificate names of connected peers.
-    names: Mutex<HashMap<SocketAddr, String>>,
+    /// What the certificates of connected peers say (mutual TLS only).
+    names: Mutex<HashMap<SocketAddr, PeerCert>>,
     /// Event queue; taken on close so the receiver ends.
     events: Mutex<Option<mpsc::Sender<Event>>>,
 }
@@ -128,15 +128,19 @@ impl Shared {
 
     fn register(&self, addr: SocketAddr, conn: &Connection) {
         lock(&self.conns).insert(addr, conn.clone());
-        let name = if self.insecure {
+        if self.insecure {
+            lock(&self.names).remove(&addr);
+            return;
+        }
+        let region = tls::peer_region(conn).unwrap_or_else(|e| {
+            tracing::warn!(peer = %addr, "peer certificate: {e}; no region taken from it");
             None
-        } else {
-            tls::peer_name(conn)
+        });
+        let cert = PeerCert {
+            name: tls::peer_name(conn),
+            region,
         };
-        match name {
-            Some(name) => lock(&self.names).insert(addr, name),
-            None => lock(&self.names).remove(&addr),
-        };
+        lock(&self.names).insert(addr, cert);
     }
 
     /// Drop `conn` from the cache if it is the cached connection for `addr`.
@@ -154,6 +158,13 @@ impl Shared {
     fn sender(&self) -> Option<mpsc::Sender<Event>> {
         lock(&self.events).clone()
     }
+}
+
+/// What a connected peer's certificate says about it.
+#[derive(Debug, Clone)]
+struct PeerCert {
+    name: Option<String>,
+    region: Option<String>,
 }
 
 #[derive(Debug)]
@@ -291,7 +302,16 @@ impl Transport {
     pub fn peer_name(&self, addr: SocketAddr) -> Option<String> {
         lock(&self.inner.shared.names)
             .get(&canonical(addr))
-            .cloned()
+            .and_then(|c| c.name.clone())
+    }
+
+    /// The region certified by the certificate of the peer at `addr`:
+    /// `None` if no connection to it is open or the node runs insecure,
+    /// `Some(None)` if its certificate names no region.
+    pub fn peer_region(&self, addr: SocketAddr) -> Option<Option<String>> {
+        lock(&self.inner.shared.names)
+            .get(&canonical(addr))
+            .map(|c| c.region.clone())
     }
 
     /// Addresses with an open connection.

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Ca, MESH, Node, Seen, assert_echo, config, init_tracing};
-use litemesh_transport::{Bytes, Error, MeshIdentity, generate_node_cert};
+use litemesh_transport::{Bytes, Error, MeshIdentity, generate_node_cert, generate_node_cert_in};
 
 #[tokio::test]
 async fn datagram_uni_and_streamed_response() {
@@ -95,6 +95,37 @@ async fn many_concurrent_requests_share_one_connection() {
         assert_eq!(frames, vec![Bytes::from(format!("req {i}"))]);
     }
     assert_eq!(a.transport.connected_peers().len(), 1);
+}
+
+#[tokio::test]
+async fn a_peers_region_is_the_one_its_certificate_certifies() {
+    init_tracing();
+    let ca = Ca::new("region CA");
+    let identity = |name: &str, region: Option<&str>| {
+        let (cert, key) = generate_node_cert_in(&ca.cert, &ca.key, name, region).unwrap();
+        MeshIdentity::from_pem(ca.cert.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
+    };
+    let eu = identity("in-eu", Some("eu-west"));
+    assert_eq!(eu.region().unwrap().as_deref(), Some("eu-west"));
+    let none = identity("nowhere", None);
+    assert_eq!(none.region().unwrap(), None);
+    let a = Node::start(config(MESH), &eu, None);
+    let b = Node::start(config(MESH), &none, None);
+    // Not connected yet: nothing known.
+    assert_eq!(b.transport.peer_region(a.addr()), None);
+    assert_echo(&b.transport, a.addr()).await;
+    assert_eq!(
+        b.transport.peer_region(a.addr()),
+        Some(Some("eu-west".to_string()))
+    );
+    assert_eq!(a.transport.peer_region(b.addr()), Some(None));
+    // Region names are checked where certificates are made.
+    for bad in ["", "a b", "eu/west", &"x".repeat(65)] {
+        assert!(
+            generate_node_cert_in(&ca.cert, &ca.key, "n", Some(bad)).is_err(),
+            "{bad:?}"
+        );
+    }
 }
 
 #[tokio::test]

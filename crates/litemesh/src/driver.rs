@@ -131,6 +131,12 @@ pub(crate) enum Out {
 /// flight.)
 fn send(inner: &Arc<Inner>, to: SocketAddr, out: Out) {
     let tr = inner.transport.clone();
+    inner.count_sent(
+        to,
+        match &out {
+            Out::Datagram(b) | Out::Uni(b) => b.len(),
+        },
+    );
     tokio::spawn(async move {
         match out {
             Out::Datagram(b) => {
@@ -331,6 +337,7 @@ async fn run_session(
     // Every wait also ends at shutdown: no task outlives the node.
     let mut shutdown = inner.shutdown.subscribe();
     let stopping = || "the node is shutting down".to_string();
+    inner.count_sent(to, request.len());
     let opened = tokio::select! {
         r = inner.transport.request(to, Bytes::from(request)) => r.map_err(|e| e.to_string()),
         _ = shutdown.wait_for(|s| *s) => Err(stopping()),
@@ -407,6 +414,20 @@ pub(crate) fn on_uni(inner: &Arc<Inner>, from: SocketAddr, bytes: &[u8]) {
 
 /// A peer opened a reconciliation: hand it to the core and answer it.
 pub(crate) fn on_request(inner: &Arc<Inner>, from: SocketAddr, bytes: Bytes, respond: Responder) {
+    if bytes.first() == Some(&litemesh_proto::channel::NODE) {
+        // A forwarded query or an acknowledgement wait: not the core's. It
+        // ends at shutdown like every task that holds the node.
+        let inner = inner.clone();
+        let mut stop = inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let body = bytes.slice(1..);
+            tokio::select! {
+                _ = crate::remote::serve(inner.clone(), from, body, respond) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+        return;
+    }
     let (tx, rx) = mpsc::channel(4);
     let request = {
         let mut s = streams(inner);
@@ -429,12 +450,16 @@ async fn answer(
     mut rx: mpsc::Receiver<Serve>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
+    let peer = respond.peer();
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
             _ = shutdown.wait_for(|s| *s) => None,
         };
         let Some(msg) = msg else { break };
+        if let Serve::Frame(f) | Serve::Last(f) = &msg {
+            inner.count_sent(peer, f.len());
+        }
         match msg {
             Serve::Frame(f) => {
                 if let Err(e) = respond.send(Bytes::from(f)).await {

@@ -22,6 +22,40 @@ pub enum Error {
         /// How long the query waited.
         waited: Duration,
     },
+    /// This node's copy is staler than a query's `max_lag` allows.
+    #[error(
+        "this node's copy is {lag:?} behind ({writer}), more than the {max:?} the query \
+         allows, after waiting {waited:?}"
+    )]
+    Stale {
+        /// The largest lag of a writer.
+        lag: Duration,
+        /// The writer, by name or actor id.
+        writer: String,
+        /// What the query allowed.
+        max: Duration,
+        /// How long the query waited.
+        waited: Duration,
+    },
+    /// No node could serve a query at its read level (this one and the
+    /// peers tried with `fallback=nearest`).
+    #[error("{0}")]
+    NoReplica(String),
+    /// A query forwarded to a peer failed there because of the query itself
+    /// (`status`: 400 bad SQL, 403 refused, 408 time limit, 413 too large).
+    #[error("{peer}: {message}")]
+    PeerRefused {
+        /// The peer.
+        peer: String,
+        /// The HTTP status the failure has.
+        status: u16,
+        /// What it said.
+        message: String,
+    },
+    /// A read or write level that cannot apply here (e.g. `ack=region` on a
+    /// node with no region).
+    #[error("{0}")]
+    BadLevel(String),
     /// Bad settings.
     #[error("invalid settings: {0}")]
     Settings(String),

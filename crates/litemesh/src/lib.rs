@@ -28,8 +28,10 @@ mod commit;
 mod driver;
 mod error;
 mod health;
+mod levels;
 mod node;
 mod query;
+mod remote;
 mod session;
 mod settings;
 mod sql;
@@ -38,14 +40,16 @@ mod token;
 
 pub use error::Error;
 pub use health::{Health, HealthIssue, HealthThresholds};
+pub use levels::{Ack, AckReport};
 pub use litemesh_proto::{ActorId, Knowledge};
 pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
 pub use node::{ChangeEvent, Executed, Node, Subscription};
-pub use query::{QueryOptions, Rows};
+pub use query::{Fallback, QueryOptions, Rows};
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{
-    MemberInfo, MemberState, PeerState, PeerStatus, QuarantineStatus, Status, WriterStatus,
+    MemberInfo, MemberState, PeerState, PeerStatus, QuarantineStatus, RegionStatus, Status,
+    WriterStatus,
 };
 pub use token::Token;

@@ -18,7 +18,7 @@
 //! transactions and merges), one reader for serving peers, and a pool of
 //! sandboxed read-only connections for client queries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,11 +37,14 @@ use crate::commit::{self, CommitRequest};
 use crate::driver::{self, Streams};
 use crate::error::Error;
 use crate::health::{self, Failures, Health, HealthIssue, HealthThresholds};
-use crate::query::{self, QueryOptions, QueryPool, Rows};
+use crate::levels::{Ack, AckReport};
+use crate::query::{self, Fallback, QueryOptions, QueryPool, Rows};
 use crate::session::{self, FileLock};
 use crate::settings::{Settings, Tls};
 use crate::sql::{QueryResult, Statement};
-use crate::status::{MemberInfo, PeerState, PeerStatus, QuarantineStatus, Status, WriterStatus};
+use crate::status::{
+    MemberInfo, PeerState, PeerStatus, QuarantineStatus, RegionStatus, Status, WriterStatus,
+};
 use crate::token::Token;
 
 /// Period of the maintenance task.
@@ -101,11 +104,21 @@ impl Subscription {
 pub(crate) struct Inner {
     pub(crate) writer: Mutex<Store>,
     pub(crate) reader: Mutex<Store>,
-    queries: Arc<QueryPool>,
-    name: String,
+    pub(crate) queries: Arc<QueryPool>,
+    pub(crate) name: String,
+    /// This node's region (certified by its certificate under mutual TLS).
+    pub(crate) region: Option<String>,
+    /// Peers whose gossiped region contradicts their certificate (warned
+    /// once each).
+    region_liars: Mutex<HashSet<SocketAddr>>,
+    /// Bytes sent per destination address (all channels), for the bytes
+    /// per region in status and metrics.
+    sent_bytes: Mutex<HashMap<SocketAddr, u64>>,
+    /// The region each of those addresses was last seen in.
+    sent_regions: Mutex<HashMap<SocketAddr, Option<String>>>,
     db_path: PathBuf,
     /// The QUIC address peers are told to use.
-    advertised: SocketAddr,
+    pub(crate) advertised: SocketAddr,
     pub(crate) transport: Transport,
     pub(crate) knowledge: watch::Sender<Knowledge>,
     pub(crate) changes: broadcast::Sender<ChangeEvent>,
@@ -143,9 +156,9 @@ pub(crate) struct Inner {
     pub(crate) commit_groups: AtomicU64,
     /// Apply transactions run.
     apply_transactions: AtomicU64,
-    query_timeout: Duration,
+    pub(crate) query_timeout: Duration,
     pub(crate) transaction_timeout: Duration,
-    max_query_rows: u64,
+    pub(crate) max_query_rows: u64,
     lock: Mutex<Option<FileLock>>,
 }
 
@@ -165,6 +178,44 @@ impl Inner {
     /// The replication core (held briefly: never across an await or I/O).
     pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, NodeCore> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A member's region: the one its certificate certifies when a
+    /// connection to it is open (mutual TLS), else the one it gossips. A
+    /// gossiped region that contradicts the certificate is ignored, with a
+    /// warning.
+    pub(crate) fn member_region(&self, addr: SocketAddr, claimed: Option<&str>) -> Option<String> {
+        if addr == self.advertised {
+            return self.region.clone();
+        }
+        match self.transport.peer_region(addr) {
+            Some(certified) => {
+                if claimed.is_some() && claimed != certified.as_deref() {
+                    let mut liars = self.region_liars.lock().unwrap_or_else(|e| e.into_inner());
+                    if liars.insert(addr) {
+                        tracing::warn!(
+                            peer = %addr,
+                            claimed = claimed.unwrap_or(""),
+                            certified = certified.as_deref().unwrap_or("none"),
+                            "a member claims a region its certificate does not certify: \
+                             its certificate is believed"
+                        );
+                    }
+                }
+                certified
+            }
+            None => claimed.map(str::to_string),
+        }
+    }
+
+    /// Counts `len` bytes sent to `to` (any channel).
+    pub(crate) fn count_sent(&self, to: SocketAddr, len: usize) {
+        *self
+            .sent_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(to)
+            .or_default() += len as u64;
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
@@ -457,6 +508,84 @@ fn identity(tls: &Tls) -> Result<MeshIdentity, Error> {
     })
 }
 
+/// Members and lag grouped by region (this node counted in its own).
+fn regions(own: Option<&str>, peers: &[PeerStatus], writers: &[WriterStatus]) -> Vec<RegionStatus> {
+    let mut by: BTreeMap<Option<String>, RegionStatus> = BTreeMap::new();
+    let mut entry = |r: &Option<String>| {
+        by.entry(r.clone()).or_insert_with(|| RegionStatus {
+            region: r.clone(),
+            members: 0,
+            reachable: 0,
+            max_lag: Duration::ZERO,
+            reachable_max_lag: Duration::ZERO,
+            nearest_rtt: None,
+            bytes_sent: 0,
+        });
+    };
+    entry(&own.map(str::to_string));
+    for p in peers {
+        entry(&p.region);
+    }
+    for w in writers {
+        entry(&w.region);
+    }
+    if let Some(r) = by.get_mut(&own.map(str::to_string)) {
+        r.members += 1;
+        r.reachable += 1;
+    }
+    for p in peers {
+        let r = by.get_mut(&p.region).expect("entry made above");
+        r.members += 1;
+        // Alive only, as for the lag of writers: a suspect member's writes
+        // are already counted as not known complete.
+        if p.state == PeerState::Alive {
+            r.reachable += 1;
+            if let Some(rtt) = p.rtt {
+                r.nearest_rtt = Some(r.nearest_rtt.map_or(rtt, |n| n.min(rtt)));
+            }
+        }
+    }
+    for w in writers {
+        let r = by.get_mut(&w.region).expect("entry made above");
+        r.max_lag = r.max_lag.max(w.lag);
+        if w.reachable {
+            r.reachable_max_lag = r.reachable_max_lag.max(w.lag);
+        }
+    }
+    by.into_values().collect()
+}
+
+/// The node's region: the one its certificate certifies. A `--region` that
+/// contradicts the certificate is refused; one given without a certified
+/// region is refused too, unless the node runs insecure (where nothing is
+/// certified and the region is only what the node says).
+fn node_region(ident: &MeshIdentity, claimed: Option<&str>) -> Result<Option<String>, Error> {
+    if let Some(r) = claimed {
+        litemesh_transport::validate_region(r).map_err(|e| Error::Settings(e.to_string()))?;
+    }
+    if ident.is_insecure() {
+        return Ok(claimed.map(str::to_string));
+    }
+    let certified = match (ident.region(), claimed) {
+        (Ok(r), _) => r,
+        (Err(e), Some(_)) => return Err(Error::Settings(format!("node certificate: {e}"))),
+        (Err(e), None) => {
+            tracing::warn!("node certificate: {e}; this node has no region");
+            None
+        }
+    };
+    match (claimed, certified) {
+        (Some(c), Some(r)) if c != r => Err(Error::Settings(format!(
+            "region {c:?} contradicts the node certificate, which certifies region {r:?}"
+        ))),
+        (Some(c), None) => Err(Error::Settings(format!(
+            "region {c:?} is not certified: the node certificate names no region \
+             (make one with `litemesh tls node --region {c}`)"
+        ))),
+        (_, r) => Ok(r),
+    }
+}
+
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -470,6 +599,8 @@ impl Node {
     /// the members remembered from earlier runs (retrying until one answers)
     /// and starts replicating. Must be called inside a tokio runtime.
     pub async fn start(settings: Settings) -> Result<Node, Error> {
+        let ident = identity(&settings.tls)?;
+        let region = node_region(&ident, settings.region.as_deref())?;
         let s2 = settings.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -487,7 +618,6 @@ impl Node {
         let actor = writer.actor_id();
         let knowledge0 = writer.knowledge()?;
         let head0 = knowledge0.have.get(&actor).and_then(|r| r.max());
-        let ident = identity(&settings.tls)?;
         let mut tcfg = TransportConfig::new(settings.listen, settings.mesh_id.clone());
         tcfg.keep_alive = settings.keep_alive;
         tcfg.idle_timeout = settings.idle_timeout;
@@ -535,7 +665,7 @@ impl Node {
         };
         let meta = NodeMeta {
             name: name.clone(),
-            region: settings.region.clone(),
+            region: region.clone(),
             api: settings.api_addr.clone(),
             actor,
             head: head0.map(|version| Head {
@@ -572,6 +702,10 @@ impl Node {
             reader: Mutex::new(reader),
             queries: Arc::new(QueryPool::new(queries)),
             name,
+            region,
+            region_liars: Mutex::new(HashSet::new()),
+            sent_bytes: Mutex::new(HashMap::new()),
+            sent_regions: Mutex::new(HashMap::new()),
             db_path: settings.db_path.clone(),
             advertised: addr,
             transport: transport.clone(),
@@ -665,6 +799,29 @@ impl Node {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
+    /// Like [`Node::execute`], then waits (up to `timeout`) until other
+    /// nodes hold the transaction, as `ack` asks. The write is committed
+    /// here whatever happens next and is never undone: the report says which
+    /// nodes confirmed and whether the level was reached in time.
+    pub async fn execute_acked(
+        &self,
+        statements: Vec<Statement>,
+        ack: &Ack,
+        timeout: Duration,
+    ) -> Result<(Executed, AckReport), Error> {
+        if *ack == Ack::Region && self.inner.region.is_none() {
+            // Refused before anything is written.
+            return Err(Error::BadLevel(
+                "ack=region: this node has no region (give it a certificate made with \
+                 `litemesh tls node --region R`)"
+                    .into(),
+            ));
+        }
+        let done = self.execute(statements).await?;
+        let report = self.inner.acknowledge(&done.token, ack, timeout).await?;
+        Ok((done, report))
+    }
+
     /// Runs a read-only statement and returns all its rows. With
     /// `min_token`, first waits (up to `wait`) until this node has applied
     /// everything the token names. The node's query time limit and row limit
@@ -708,8 +865,22 @@ impl Node {
         if self.inner.closed() {
             return Err(Error::ShuttingDown);
         }
-        if let Some(token) = &opts.min_token {
-            self.wait_for(token, opts.wait).await?;
+        // With a fallback, this node waits half the time and leaves the rest
+        // to the peers.
+        let local_wait = match opts.fallback {
+            Fallback::None => opts.wait,
+            Fallback::Nearest => opts.wait / 2,
+        };
+        if let Err(e) = self.inner.wait_level(&opts, local_wait).await {
+            if opts.fallback == Fallback::Nearest
+                && matches!(e, Error::Lagging { .. } | Error::Stale { .. })
+            {
+                return self
+                    .inner
+                    .forward_query(statement, &opts, opts.wait - local_wait, e)
+                    .await;
+            }
+            return Err(e);
         }
         query::start(
             &self.inner.queries,
@@ -722,21 +893,7 @@ impl Node {
 
     /// Waits until this node holds every version `token` names.
     pub async fn wait_for(&self, token: &Token, wait: Duration) -> Result<(), Error> {
-        let mut rx = self.inner.knowledge.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let missing = token.missing_in(&rx.borrow_and_update());
-            let Some((actor, version)) = missing else {
-                return Ok(());
-            };
-            let changed = tokio::time::timeout_at(deadline, rx.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) {
-                return Err(Error::Lagging {
-                    missing: format!("actor {actor}: version {version}"),
-                    waited: wait,
-                });
-            }
-        }
+        self.inner.wait_token(token, wait).await
     }
 
     /// Changes committed to `tables` (all replicated tables if empty), local or
@@ -757,7 +914,7 @@ impl Node {
             .map(|m| MemberInfo {
                 name: m.name.clone(),
                 addr: m.addr,
-                region: m.region.clone(),
+                region: self.inner.member_region(m.addr, m.region.as_deref()),
                 state: m.state,
                 incarnation: m.incarnation,
                 rtt: m.rtt,
@@ -818,6 +975,7 @@ impl Node {
                     .find(|p| p.addr == *addr)
                     .and_then(|p| p.rtt)
                     .or(m.and_then(|m| m.rtt)),
+                region: m.and_then(|m| m.region.clone()),
             });
         }
         let names: BTreeMap<ActorId, (Option<String>, SocketAddr)> = known
@@ -834,8 +992,44 @@ impl Node {
                 lag: l.lag,
                 head: l.head,
                 missing_versions: l.missing_versions,
+                region: names
+                    .get(&l.actor)
+                    .and_then(|(_, a)| members.iter().find(|m| m.addr == *a))
+                    .and_then(|m| m.region.clone()),
             })
             .collect();
+        let mut regions = regions(inner.region.as_deref(), &peers, &writers);
+        let sent: Vec<(SocketAddr, u64)> = inner
+            .sent_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(a, n)| (*a, *n))
+            .collect();
+        let mut last_region = inner.sent_regions.lock().unwrap_or_else(|e| e.into_inner());
+        for (addr, n) in sent {
+            // The region an address was last seen in: bytes stay counted
+            // there after its member is forgotten (the counter never goes
+            // down).
+            if let Some(m) = members.iter().find(|m| m.addr == addr) {
+                last_region.insert(addr, m.region.clone());
+            }
+            let region = last_region.get(&addr).cloned().flatten();
+            match regions.iter_mut().find(|r| r.region == region) {
+                Some(r) => r.bytes_sent += n,
+                None => regions.push(RegionStatus {
+                    region,
+                    members: 0,
+                    reachable: 0,
+                    max_lag: Duration::ZERO,
+                    reachable_max_lag: Duration::ZERO,
+                    nearest_rtt: None,
+                    bytes_sent: n,
+                }),
+            }
+        }
+        drop(last_region);
+        regions.sort_by(|a, b| a.region.cmp(&b.region));
         // From memory: status (and health) never wait on SQLite.
         let quarantine = inner
             .quarantine
@@ -879,6 +1073,8 @@ impl Node {
             serve_failures: stats.serve_failures,
             write_error: f.write_error,
             partial_versions: k.partial.values().map(|m| m.len()).sum(),
+            region: inner.region.clone(),
+            regions,
         })
     }
 

@@ -41,6 +41,26 @@ pub struct QueryOptions {
     /// for no limit). A result past it ends with [`Error::TooManyRows`],
     /// never silently cut.
     pub max_rows: Option<u64>,
+    /// Bounded staleness: serve only if this node's copy of every writer it
+    /// knows was known complete at most this long ago (its replication lag,
+    /// see docs/consistency.md); waits up to `wait` for that, then
+    /// [`Error::Stale`].
+    pub max_lag: Option<Duration>,
+    /// What to do when this node cannot satisfy `min_token` / `max_lag`
+    /// in time.
+    pub fallback: Fallback,
+}
+
+/// Where a query goes when this node cannot satisfy its read level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Nowhere: the query fails ([`Error::Lagging`], [`Error::Stale`]).
+    #[default]
+    None,
+    /// To the nearest reachable peer (by round-trip time) that satisfies the
+    /// level, over the mesh's QUIC connections; [`Rows::served_by`] names it.
+    /// This node waits up to half of `wait` itself first.
+    Nearest,
 }
 
 pub(crate) struct QueryPool {
@@ -71,6 +91,8 @@ pub struct Rows {
     cancel: Arc<AtomicBool>,
     timeout: Duration,
     done: bool,
+    /// The peer that ran the query, if it was not this node.
+    served_by: Option<String>,
 }
 
 impl std::fmt::Debug for Rows {
@@ -85,6 +107,30 @@ impl Rows {
     /// The result's column names.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The name of the peer that ran the query (`fallback=nearest`), or
+    /// `None` if this node did.
+    pub fn served_by(&self) -> Option<&str> {
+        self.served_by.as_deref()
+    }
+
+    /// A result run on a peer, received whole.
+    pub(crate) fn forwarded(
+        served_by: String,
+        columns: Vec<String>,
+        rows: Vec<Vec<Value>>,
+    ) -> Rows {
+        let (_, rx) = mpsc::channel(1);
+        Rows {
+            columns,
+            rx,
+            buf: rows.into(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            timeout: Duration::ZERO,
+            done: true,
+            served_by: Some(served_by),
+        }
     }
 
     /// The next row; `None` at the end; an error ends the stream (time limit,
@@ -267,6 +313,7 @@ pub(crate) async fn start(
         cancel,
         timeout,
         done: false,
+        served_by: None,
     };
     match crx.await {
         Ok(columns) => rows.columns = columns,

@@ -97,6 +97,8 @@ pub struct PeerStatus {
     pub sync_age: Duration,
     /// Round-trip time.
     pub rtt: Option<Duration>,
+    /// Its region, if known.
+    pub region: Option<String>,
 }
 
 /// Replication lag of one writer (a member's current actor).
@@ -116,6 +118,30 @@ pub struct WriterStatus {
     pub head: u64,
     /// Versions up to `head` this node lacks.
     pub missing_versions: u64,
+    /// The member's region, if known.
+    pub region: Option<String>,
+}
+
+/// One region of the mesh, as this node sees it: its members and how far
+/// behind this node's copy of their writes is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStatus {
+    /// The region (`None`: members with no region).
+    pub region: Option<String>,
+    /// Known members in it, this node included if it is in it.
+    pub members: usize,
+    /// Those alive in membership (not suspect, not dead), this node
+    /// included.
+    pub reachable: usize,
+    /// The largest lag of its writers (reachable or not).
+    pub max_lag: Duration,
+    /// The largest lag of its reachable writers (what health checks).
+    pub reachable_max_lag: Duration,
+    /// The round-trip time to its nearest reachable member, if measured.
+    pub nearest_rtt: Option<Duration>,
+    /// Bytes this node sent to members of the region since it started
+    /// (membership, broadcasts, reconciliation, node requests).
+    pub bytes_sent: u64,
 }
 
 /// A change from a peer that cannot be applied on this node.
@@ -189,4 +215,8 @@ pub struct Status {
     pub write_error: Option<String>,
     /// Versions received in part.
     pub partial_versions: usize,
+    /// This node's region.
+    pub region: Option<String>,
+    /// Per region: members and lag (sorted by region; no region first).
+    pub regions: Vec<RegionStatus>,
 }

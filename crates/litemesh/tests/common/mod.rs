@@ -21,8 +21,13 @@ impl Ca {
     }
 
     pub fn tls(&self, name: &str) -> Tls {
+        self.tls_in(name, None)
+    }
+
+    /// A certificate that certifies `region`.
+    pub fn tls_in(&self, name: &str, region: Option<&str>) -> Tls {
         let (cert, key) =
-            litemesh_transport::generate_node_cert(&self.cert, &self.key, name).unwrap();
+            litemesh_transport::generate_node_cert_in(&self.cert, &self.key, name, region).unwrap();
         Tls::Pem {
             ca: self.cert.clone(),
             cert,

@@ -1,0 +1,203 @@
+//! Regions, read levels and write acknowledgement levels through the CLI
+//! and the HTTP API, with real `litemesh` processes.
+
+mod common;
+
+use common::*;
+use serde_json::{Value as Json, json};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn regions_from_certificates_acks_levels_and_client_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_dir = s(&d.join("ca"));
+    let certs = s(&d.join("certs"));
+    assert!(run(&["tls", "ca", "--out", &ca_dir]).status.success());
+    for (n, r) in [("n1", "eu"), ("n2", "eu"), ("n3", "us")] {
+        let o = run(&[
+            "tls", "node", "--ca-dir", &ca_dir, "--name", n, "--region", r, "--out", &certs,
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(text(&o.stdout).contains(&format!("(region {r})")));
+    }
+    let o = run(&[
+        "tls",
+        "node",
+        "--ca-dir",
+        &ca_dir,
+        "--name",
+        "x",
+        "--region",
+        "no spaces",
+        "--out",
+        &certs,
+    ]);
+    assert!(!o.status.success());
+
+    let sc = schema(d);
+    let ca_pem = s(&d.join("ca/ca.pem"));
+    let args = |n: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--db",
+            &s(&d.join(format!("{n}.db"))),
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--schema",
+            &sc,
+            "--name",
+            n,
+            "--tls-ca",
+            &ca_pem,
+            "--tls-cert",
+            &s(&d.join(format!("certs/{n}.pem"))),
+            "--tls-key",
+            &s(&d.join(format!("certs/{n}.key"))),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+
+    // A --region the certificate contradicts: refused, and said why.
+    let bad = args("n1", &["--region", "us"]);
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    match Agent::try_start(d, "bad", &bad) {
+        Ok(_) => panic!("an agent claiming a region its certificate does not certify started"),
+        Err((_, err)) => assert!(err.contains("contradicts"), "{err}"),
+    }
+
+    let a1v = args("n1", &["--region", "eu"]);
+    let a1 = Agent::start(d, "n1", &a1v.iter().map(String::as_str).collect::<Vec<_>>());
+    let a2v = args("n2", &["--seed", &a1.listen]);
+    let a2 = Agent::start(d, "n2", &a2v.iter().map(String::as_str).collect::<Vec<_>>());
+    let a3v = args("n3", &["--seed", &a1.listen]);
+    let mut a3 = Agent::start(d, "n3", &a3v.iter().map(String::as_str).collect::<Vec<_>>());
+    eventually(20, "3 alive members with their regions", || {
+        let (st, body) = get(&a1.api, "/v1/members");
+        let m: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+        st == 200
+            && m.as_array().is_some_and(|m| {
+                m.iter().filter(|x| x["state"] == "alive").count() == 3
+                    && m.iter().any(|x| x["name"] == "n3" && x["region"] == "us")
+                    && m.iter().any(|x| x["name"] == "n2" && x["region"] == "eu")
+            })
+    });
+    // Status and metrics, by region.
+    let (_, body) = get(&a1.api, "/v1/status");
+    let st: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["region"], "eu", "{body}");
+    let regions = st["regions"].as_array().unwrap();
+    assert!(
+        regions
+            .iter()
+            .any(|r| r["region"] == "us" && r["members"] == 1),
+        "{body}"
+    );
+    let (_, metrics) = get(&a1.api, "/metrics");
+    assert!(
+        metrics.contains("litemesh_region_lag_seconds{region=\"us\"} ")
+            && metrics.contains("litemesh_region_members{region=\"eu\"} 2"),
+        "{metrics}"
+    );
+    let sent_to_us: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("litemesh_region_sent_bytes_total{region=\"us\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(sent_to_us > 0.0, "{metrics}");
+    let o = run(&["status", "--api", &a1.api]);
+    let out = text(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("regions:") && out.contains("us"),
+        "{out}"
+    );
+
+    // Write acknowledgement levels, through the CLI…
+    let o = run(&[
+        "exec",
+        "--api",
+        &a1.api,
+        "--ack",
+        "regions",
+        "INSERT INTO items (id, qty) VALUES ('r1', 1)",
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        out.contains("ack regions: reached") && out.contains("n3 (us)"),
+        "{out}"
+    );
+    // … and the API: a level that cannot be reached answers 202 with what
+    // was reached, the write committed.
+    let (code, body) = post(
+        &a1.api,
+        "/v1/transactions?ack=5&ack_timeout_ms=300",
+        json!([["INSERT INTO items (id, qty) VALUES ('r2', 2)"]]).to_string(),
+    );
+    assert_eq!(code, 202, "{body}");
+    let j: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["ack"]["reached"], false, "{body}");
+    assert_eq!(j["ack"]["confirmed"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(j["ack"]["missing"][0], "3 more nodes", "{body}");
+    assert_eq!(
+        scalar(&a1.api, "SELECT count(*) FROM items WHERE id = 'r2'"),
+        1
+    );
+    let (code, body) = post(
+        &a1.api,
+        "/v1/transactions?ack=most",
+        json!([["INSERT INTO items (id, qty) VALUES ('r3', 3)"]]).to_string(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        scalar(&a1.api, "SELECT count(*) FROM items WHERE id = 'r3'"),
+        0
+    );
+
+    // Read levels on the API.
+    let (code, _, body) = query(
+        &a2.api,
+        json!("SELECT count(*) FROM items"),
+        "?max_lag_ms=60000&fallback=nearest",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = query(&a2.api, json!("SELECT 1"), "?fallback=anywhere");
+    assert_eq!(code, 400, "{body}");
+
+    // The client falls back on the next agent when its own is down: reads,
+    // and writes that could not be sent at all.
+    a3.terminate();
+    let o = run(&[
+        "query",
+        "--api",
+        &a3.api,
+        "--api",
+        &a2.api,
+        "SELECT count(*) FROM items",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("answered by the agent at"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(&[
+        "exec",
+        "--api",
+        &format!("{},{}", a3.api, a2.api),
+        "INSERT INTO items (id, qty) VALUES ('r4', 4)",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        scalar(&a2.api, "SELECT count(*) FROM items WHERE id = 'r4'"),
+        1
+    );
+}
