@@ -64,7 +64,9 @@ pub struct AgentArgs {
     /// Node name [default: host name and QUIC port].
     #[arg(long)]
     pub name: Option<String>,
-    /// Region (used for peer selection, shown in membership).
+    /// Region. Taken from the node certificate (`litemesh tls node
+    /// --region`); if given, it must be the certified one (under --insecure
+    /// it is only a label).
     #[arg(long)]
     pub region: Option<String>,
     /// Mesh CA certificate (PEM).

@@ -52,7 +52,10 @@ pub struct Settings {
     pub tls: Tls,
     /// Name shown in membership (default: derived from the listen address).
     pub name: Option<String>,
-    /// Region, used for peer selection and shown in membership.
+    /// Region. Under mutual TLS the node's region is the one its
+    /// certificate certifies; this must be `None` or that same region (a
+    /// different one is refused at start). Under [`Tls::Insecure`] it is
+    /// only a label.
     pub region: Option<String>,
     /// The HTTP API address to advertise in membership, if any.
     pub api_addr: Option<String>,
