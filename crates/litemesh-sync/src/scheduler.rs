@@ -337,28 +337,41 @@ impl Scheduler {
         }
         // The nearest peers directly (every peer of a small mesh), plus a few
         // random ones to seed the relays across regions.
-        let mut peers: Vec<(SocketAddr, Option<Duration>)> = self
+        let peers: Vec<(SocketAddr, Option<Duration>)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.up)
             .map(|(a, p)| (*a, p.rtt))
             .collect();
+        let all_up = self.peers.values().all(|p| p.up);
+        let (targets, hops) = self.fan_out(peers, all_up);
+        self.enqueue(targets, hops, batch);
+    }
+
+    /// The `direct_fanout` nearest of `peers`, plus `fanout` random others,
+    /// and the hops the message carries: 0 when that reaches every one of
+    /// them and every peer they stand for is up (`all_up`: nobody needs a
+    /// relay), else `relay_hops` (with a peer down in this node's view — a
+    /// fault, a node gone but not yet forgotten — others that still reach
+    /// it relay).
+    fn fan_out(
+        &mut self,
+        mut peers: Vec<(SocketAddr, Option<Duration>)>,
+        all_up: bool,
+    ) -> (Vec<SocketAddr>, u8) {
         peers.shuffle(&mut self.rng);
         peers.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
         let direct = self.config.direct_fanout.min(peers.len());
         let mut targets: Vec<SocketAddr> = peers[..direct].iter().map(|p| p.0).collect();
         let mut rest: Vec<SocketAddr> = peers[direct..].iter().map(|p| p.0).collect();
         rest.shuffle(&mut self.rng);
-        // Every known peer up and reached directly: nobody needs a relay.
-        // With a peer down in this node's view (a fault, a node gone but
-        // not yet forgotten), others that still reach it relay as before.
-        let hops = if rest.is_empty() && self.peers.values().all(|p| p.up) {
+        let hops = if rest.is_empty() && all_up {
             0
         } else {
             self.config.relay_hops
         };
         targets.extend(rest.into_iter().take(self.config.fanout));
-        self.enqueue(targets, hops, batch);
+        (targets, hops)
     }
 
     /// Region-aware targets of a fresh commit (`from` = `None`) or of a
@@ -386,23 +399,12 @@ impl Scheduler {
                     .push((*a, p.rtt));
             }
         }
-        local.shuffle(&mut self.rng);
-        local.sort_by_key(|(_, rtt)| rtt.unwrap_or(Duration::MAX));
-        let direct = self.config.direct_fanout.min(local.len());
-        let mut targets: Vec<SocketAddr> = local[..direct].iter().map(|p| p.0).collect();
-        let mut rest: Vec<SocketAddr> = local[direct..].iter().map(|p| p.0).collect();
-        rest.shuffle(&mut self.rng);
         let all_local_up = self
             .peers
             .iter()
             .filter(|(a, p)| p.region == own && Some(**a) != from)
             .all(|(_, p)| p.up);
-        let hops = if rest.is_empty() && all_local_up {
-            0
-        } else {
-            self.config.relay_hops
-        };
-        targets.extend(rest.into_iter().take(self.config.fanout));
+        let (mut targets, hops) = self.fan_out(local, all_local_up);
         if from.is_none() {
             for (_, mut peers) in remote {
                 peers.shuffle(&mut self.rng);

@@ -818,7 +818,7 @@ impl Node {
             ));
         }
         let done = self.execute(statements).await?;
-        let report = self.inner.acknowledge(&done.token, ack, timeout).await?;
+        let report = self.inner.acknowledge(&done.token, ack, timeout).await;
         Ok((done, report))
     }
 
