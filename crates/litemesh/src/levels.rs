@@ -223,7 +223,9 @@ impl Inner {
                     });
                 }
                 Ok(Response::Refused { message, .. }) => tried.push(format!("{peer}: {message}")),
-                Ok(Response::Applied { .. }) => tried.push(format!("{peer}: unexpected answer")),
+                Ok(Response::Applied { .. } | Response::Accepted) => {
+                    tried.push(format!("{peer}: unexpected answer"))
+                }
                 Err(e) => tried.push(format!("{peer}: {e}")),
             }
         }

@@ -70,7 +70,16 @@ pub(crate) enum Response {
     Applied { node: String },
     /// It did not serve.
     Refused { why: Refusal, message: String },
+    /// The request arrived and is being worked on (sent at once, before
+    /// the answer): a peer that cannot be reached is told from one that is
+    /// slow to answer within [`ACCEPT_WITHIN`].
+    Accepted,
 }
+
+/// How long a peer has to acknowledge a request (a round trip, a handshake
+/// if no connection is open). A peer that does not is given up at once
+/// rather than after the whole wait and query time.
+pub(crate) const ACCEPT_WITHIN: Duration = Duration::from_secs(2);
 
 /// Longest wait a peer grants a request (a client's wait is capped lower).
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -93,26 +102,42 @@ pub(crate) async fn call(
 ) -> Result<Response, String> {
     let frame = encode(Some(litemesh_proto::channel::NODE), req);
     inner.count_sent(peer, frame.len());
+    let started = tokio::time::Instant::now();
     let exchange = async {
-        let mut stream = inner
-            .transport
-            .request(peer, frame)
+        let next = async |stream: &mut litemesh_transport::ResponseStream| {
+            let bytes = stream
+                .next()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the peer closed the stream without answering".to_string())?;
+            rmp_serde::from_slice::<Response>(&bytes).map_err(|e| format!("bad answer: {e}"))
+        };
+        // First the peer says it has the request, within a round trip or
+        // two: an unreachable peer costs ACCEPT_WITHIN, not the whole wait.
+        let accepted = async {
+            let mut stream = inner
+                .transport
+                .request(peer, frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let first = next(&mut stream).await?;
+            Ok::<_, String>((stream, first))
+        };
+        let (mut stream, first) = tokio::time::timeout(ACCEPT_WITHIN, accepted)
             .await
-            .map_err(|e| e.to_string())?;
-        let bytes = stream
-            .next()
+            .map_err(|_| format!("no answer within {ACCEPT_WITHIN:?}"))??;
+        if !matches!(first, Response::Accepted) {
+            return Ok(first);
+        }
+        let left = timeout.saturating_sub(started.elapsed());
+        tokio::time::timeout(left, next(&mut stream))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the peer closed the stream without answering".to_string())?;
-        rmp_serde::from_slice::<Response>(&bytes).map_err(|e| format!("bad answer: {e}"))
+            .map_err(|_| format!("no answer within {timeout:?}"))?
     };
     // Ends at shutdown too: nothing that holds the node outlives it.
     let mut stop = inner.shutdown.subscribe();
     tokio::select! {
-        r = tokio::time::timeout(timeout, exchange) => match r {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        },
+        r = exchange => r,
         _ = stop.wait_for(|s| *s) => Err("this node is shutting down".into()),
     }
 }
@@ -141,7 +166,15 @@ pub(crate) async fn serve(
     mut respond: Responder,
 ) {
     let answer = match rmp_serde::from_slice::<Request>(&body) {
-        Ok(req) => answer(&inner, req).await,
+        Ok(req) => {
+            // Acknowledged at once; the answer follows.
+            let accepted = encode(None, &Response::Accepted);
+            inner.count_sent(from, accepted.len());
+            if respond.send(accepted).await.is_err() {
+                return;
+            }
+            answer(&inner, req).await
+        }
         Err(e) => {
             tracing::warn!(%from, "bad node request refused: {e}");
             Response::Refused {
