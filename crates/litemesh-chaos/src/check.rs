@@ -66,8 +66,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::history::{
-    History, LargeFinal, MembersView, NodeIx, Op, OpKind, Outcome, Sample, Stmt, large_final,
-    lists_alive, node_name,
+    FinalState, History, LargeFinal, MembersView, NodeIx, Op, OpKind, Outcome, Pinned, Sample,
+    Stmt, large_final, lists_alive, node_name,
 };
 
 /// At most this many op ids per anomaly.
@@ -123,7 +123,9 @@ pub enum AnomalyKind {
     /// An acknowledged write's event row is missing from (or different in) a
     /// node's final contents. Acknowledged writes must reach every node, and
     /// event rows are never updated or deleted. One anomaly per (node, txn).
-    /// Also an acknowledged large value missing from a node's final contents.
+    /// Also an acknowledged large value missing from a node's final contents,
+    /// and an acknowledged row of a pinned table missing from the final
+    /// contents of a node of its regions.
     LostWrite,
     /// A large value in a node's final contents is not what its write wrote
     /// (type, length or digest differ). Large rows are never updated, and a
@@ -148,13 +150,27 @@ pub enum AnomalyKind {
     /// not refused: answered 2xx, or with a status other than 413 (or 503),
     /// or its row is in a final state.
     OversizedAccepted,
+    /// A row of a pinned table where it may not be: the SQLite file of a node
+    /// outside the table's regions, read after its agent stopped, holds
+    /// anything of it (rows, clock rows, parked, quarantined or partial
+    /// changes naming it), or could not be read; a node counted rows of it
+    /// sent by peers (`placement_rows_refused` above 0: senders must filter
+    /// by the receiver's region); a node's status does not list the table
+    /// as pinned to its regions; or a read or write of the table on a node
+    /// outside its regions was not refused with 403 naming where it may be
+    /// held (no answer, or 503, tells nothing).
+    PlacementBreach,
     /// A transaction was seen partially: a `TxnCheck` reported a partial
     /// transaction, a final state holds some but not all rows of a
     /// transaction (also for writes of unknown outcome: they apply whole or
     /// not at all), or a token read counted a number of rows other than 0 and
     /// the size. Transactions are applied atomically, locally and remotely.
+    /// Also, on a node of a pinned table's regions, a transaction across the
+    /// pinned table and `events` held in part (elsewhere only its event rows
+    /// may be held, whole).
     HalfTransaction,
-    /// The final contents of the nodes differ after the final healing.
+    /// The final contents of the nodes differ after the final healing (a
+    /// pinned table: among the nodes of its regions).
     Divergence,
     /// A read with a version token did not see the write named by the token:
     /// `ReadTxn` counted 0 rows, or `ReadRegister` returned a value stale with
@@ -192,13 +208,14 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in order.
-    pub const ALL: [AnomalyKind; 17] = [
+    pub const ALL: [AnomalyKind; 18] = [
         AnomalyKind::LostWrite,
         AnomalyKind::CorruptValue,
         AnomalyKind::FailedWriteVisible,
         AnomalyKind::SandboxBreach,
         AnomalyKind::LargeWriteRefused,
         AnomalyKind::OversizedAccepted,
+        AnomalyKind::PlacementBreach,
         AnomalyKind::HalfTransaction,
         AnomalyKind::Divergence,
         AnomalyKind::StaleTokenRead,
@@ -221,6 +238,7 @@ impl AnomalyKind {
             AnomalyKind::SandboxBreach => "sandbox-breach",
             AnomalyKind::LargeWriteRefused => "large-write-refused",
             AnomalyKind::OversizedAccepted => "oversized-accepted",
+            AnomalyKind::PlacementBreach => "placement-breach",
             AnomalyKind::HalfTransaction => "half-transaction",
             AnomalyKind::Divergence => "divergence",
             AnomalyKind::StaleTokenRead => "stale-token-read",
@@ -274,6 +292,42 @@ pub struct Metrics {
     pub lag: LagMetrics,
     /// The join measurement, if the run had one.
     pub join: Option<JoinMetrics>,
+    /// The pinned table: where it was found, and the refusals (histories
+    /// with one).
+    pub placement: Option<PlacementMetrics>,
+}
+
+/// What the run showed of the pinned table's placement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlacementMetrics {
+    /// The table.
+    pub table: String,
+    /// The regions it may be held in.
+    pub regions: Vec<String>,
+    /// Nodes of those regions, and the rows of it each held at the end
+    /// (read through the API).
+    pub inside: Vec<(NodeIx, u64)>,
+    /// Nodes outside them.
+    pub outside: Vec<NodeIx>,
+    /// Rows of it written by acknowledged writes.
+    pub rows_acked: u64,
+    /// Of those, rows written in one transaction with event rows (a
+    /// transaction across a global and a pinned table).
+    pub rows_acked_with_events: u64,
+    /// Nodes outside whose files were read.
+    pub files_checked: u64,
+    /// Everything of it found in those files (rows, clock rows, parked,
+    /// quarantined and partial changes naming it): must be 0.
+    pub found_outside: u64,
+    /// Reads and writes of it on nodes outside its regions refused with 403
+    /// naming where it may be held.
+    pub probes_refused: u64,
+    /// The same without a definite answer (agent down, or 503).
+    pub probes_unknown: u64,
+    /// The same answered otherwise (each an anomaly).
+    pub probes_other: u64,
+    /// The largest `placement_rows_refused` any node reported.
+    pub rows_refused_max: u64,
 }
 
 /// How many requests of one kind ended each way.
@@ -376,6 +430,7 @@ pub fn check(h: &History) -> CheckResult {
     check_membership(&ix, &mut out);
     check_large_values(&ix, &mut out);
     check_hostile(&ix, &mut out);
+    check_placement(&ix, &mut out);
     check_end(&ix, &mut out);
     check_crashes(&ix, &mut out);
     // Stable: keeps the (deterministic) order within a kind.
@@ -442,6 +497,21 @@ struct LargeRef {
     all_failed: bool,
     /// Its value as a final state must show it.
     expect: LargeFinal,
+}
+
+/// Who wrote a row of the pinned table.
+struct PinnedRef<'a> {
+    /// The first op writing it.
+    op: u64,
+    /// That op's outcome.
+    st: St,
+    /// Every op writing it failed.
+    all_failed: bool,
+    /// Its transaction id.
+    txn: &'a str,
+    /// Ids of the event rows the same op inserted (a transaction across a
+    /// global and a pinned table).
+    events: Vec<&'a str>,
 }
 
 /// The deletes of one key sent to one node (failed ones excluded: they
@@ -542,6 +612,8 @@ struct Index<'a> {
     events: HashMap<&'a str, EventRef>,
     /// Large rows, by id.
     large: HashMap<&'a str, LargeRef>,
+    /// Rows of the pinned table, by id.
+    pinned: BTreeMap<&'a str, PinnedRef<'a>>,
     /// Rows that hostile requests would have written, and the request.
     hostile_rows: HashMap<&'a str, &'a Op>,
     /// Write ops of each transaction id.
@@ -569,6 +641,7 @@ impl<'a> Index<'a> {
             keys: BTreeMap::new(),
             events: HashMap::new(),
             large: HashMap::new(),
+            pinned: BTreeMap::new(),
             hostile_rows: HashMap::new(),
             txn_ops: HashMap::new(),
             samples: Vec::new(),
@@ -639,6 +712,30 @@ impl<'a> Index<'a> {
                                 all_failed: failed,
                                 expect: large_final(*seed, *len, *text),
                             });
+                    }
+                    Stmt::InsertPinned { id, txn } => {
+                        let failed = st == St::Failed;
+                        let events = stmts
+                            .iter()
+                            .filter_map(|e| match e {
+                                Stmt::InsertEvent { id, .. } => Some(id.as_str()),
+                                _ => None,
+                            })
+                            .collect();
+                        ix.pinned
+                            .entry(id.as_str())
+                            .and_modify(|e| e.all_failed &= failed)
+                            .or_insert(PinnedRef {
+                                op: op.id,
+                                st,
+                                all_failed: failed,
+                                txn,
+                                events,
+                            });
+                        let ops = ix.txn_ops.entry(txn.as_str()).or_default();
+                        if ops.last() != Some(&op.id) {
+                            ops.push(op.id);
+                        }
                     }
                     Stmt::Invalid => {}
                 }
@@ -1974,6 +2071,7 @@ fn describe_hostile(op: &Op) -> String {
 fn check_hostile(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
     let kind_of = |op: &Op| match &op.kind {
         OpKind::Hostile { expect: 413, .. } => AnomalyKind::OversizedAccepted,
+        _ if is_placement_probe(op) => AnomalyKind::PlacementBreach,
         _ => AnomalyKind::SandboxBreach,
     };
     for op in &ix.h.ops {
@@ -1986,6 +2084,28 @@ fn check_hostile(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
         else {
             continue;
         };
+        // A placement refusal says where the table may be held: a 403 for
+        // anything else means the placement check let it through.
+        if status == expect
+            && is_placement_probe(op)
+            && !answer
+                .as_deref()
+                .is_some_and(|a| a.contains(PLACEMENT_REFUSAL))
+        {
+            push(
+                out,
+                AnomalyKind::PlacementBreach,
+                format!(
+                    "{} ({}): {} was refused with 403, but not for placement (no \"{PLACEMENT_REFUSAL}\"): {}",
+                    name(op.node),
+                    ix.h.region(op.node),
+                    describe_hostile(op),
+                    answer.as_deref().unwrap_or("")
+                ),
+                vec![op.id],
+            );
+            continue;
+        }
         if status == expect || *status == 503 {
             continue;
         }
@@ -2008,7 +2128,7 @@ fn check_hostile(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
     }
     for f in &ix.h.finals {
         let mut found: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
-        for id in f.events.keys().chain(f.large.keys()) {
+        for id in f.events.keys().chain(f.large.keys()).chain(f.pinned.keys()) {
             if let Some(op) = ix.hostile_rows.get(id.as_str()) {
                 found.entry(op.id).or_default().push(id);
             }
@@ -2041,6 +2161,286 @@ fn check_hostile(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
                 op.map_or("a hostile ATTACH".to_string(), describe_hostile)
             ),
             op.map(|o| vec![o.id]).unwrap_or_default(),
+        );
+    }
+}
+
+/// What a refusal of access to a pinned table on a node outside its regions
+/// says.
+const PLACEMENT_REFUSAL: &str = "may only be held in region(s)";
+
+/// Whether `op` is a read or write of the pinned table sent to a node
+/// outside its regions (recorded as a hostile request expecting 403).
+fn is_placement_probe(op: &Op) -> bool {
+    matches!(&op.kind, OpKind::Hostile { attack, .. } if attack.starts_with("placement-"))
+}
+
+/// The pinned table (histories with one, [`History::pinned`]). On each node
+/// of its regions, from the contents read through the API:
+///
+/// - **LostWrite**: a row of an acknowledged write missing (or with another
+///   `txn`); one anomaly per (node, write).
+/// - **FailedWriteVisible**: a row only failed writes inserted.
+/// - **InventedValue**: a row no request inserted (or with a `txn` none
+///   wrote; hostile requests' rows are left to `check_hostile`).
+/// - **HalfTransaction**: a transaction across the pinned table and
+///   `events`, acknowledged or of unknown outcome, seen in part: its pinned
+///   row without all its event rows, or event rows without its pinned row. A
+///   node of the regions gets it whole.
+/// - **Divergence**: the nodes of the regions hold different rows of it.
+///
+/// **PlacementBreach**, on every node outside its regions: its file (read
+/// after the agents stopped) holds anything of the table, could not be
+/// read, or was not read; or its API returned rows of it. On every node: a
+/// progress sample or the end status with `placement_rows_refused` above 0
+/// (a peer sent rows it must have withheld), or an end status that does not
+/// list the table as pinned to its regions.
+fn check_placement(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    let Some(p) = &ix.h.pinned else {
+        return;
+    };
+    let table = p.table.as_str();
+    let regions = p.regions.join(", ");
+    let allowed = |node: NodeIx| p.allows(ix.h.region(node));
+    for f in &ix.h.finals {
+        let node = name(f.node);
+        let region = ix.h.region(f.node);
+        if allowed(f.node) {
+            check_pinned_inside(ix, p, f, out);
+        } else {
+            if !f.pinned.is_empty() {
+                let ids: Vec<String> = f.pinned.keys().cloned().collect();
+                push(
+                    out,
+                    AnomalyKind::PlacementBreach,
+                    format!(
+                        "{node} (region {region}) answered rows of {table}, which may only be held in {regions}: {}",
+                        examples(&ids, ids.len())
+                    ),
+                    op_list(
+                        ids.iter()
+                            .filter_map(|i| ix.pinned.get(i.as_str()).map(|r| r.op)),
+                    ),
+                );
+            }
+            let why = match &f.file {
+                None => Some(format!(
+                    "its file was not read: nothing shows it holds no row of {table}"
+                )),
+                Some(s) => match &s.error {
+                    Some(e) => Some(format!(
+                        "its file {} could not be read ({e}): nothing shows it holds no row of {table}",
+                        s.path
+                    )),
+                    None if s.total() > 0 => {
+                        Some(format!("its file {} holds {}", s.path, s.describe(table)))
+                    }
+                    None => None,
+                },
+            };
+            if let Some(why) = why {
+                let ops = f.file.iter().flat_map(|s| &s.ids).filter_map(|i| {
+                    ix.pinned
+                        .get(i.as_str())
+                        .map(|r| r.op)
+                        .or_else(|| ix.hostile_rows.get(i.as_str()).map(|o| o.id))
+                });
+                push(
+                    out,
+                    AnomalyKind::PlacementBreach,
+                    format!(
+                        "{node} (region {region}), outside the regions of {table} ({regions}): {why}"
+                    ),
+                    op_list(ops),
+                );
+            }
+        }
+        if let Some(e) = &f.end
+            && e.status_error.is_none()
+        {
+            let listed: BTreeSet<&str> = e
+                .placement
+                .get(table)
+                .map(|r| r.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            let want: BTreeSet<&str> = p.regions.iter().map(String::as_str).collect();
+            if listed != want {
+                push(
+                    out,
+                    AnomalyKind::PlacementBreach,
+                    format!(
+                        "{node}: its status lists the placement {:?}, without {table} in exactly {regions}",
+                        e.placement
+                    ),
+                    Vec::new(),
+                );
+            }
+        }
+    }
+    // Rows peers sent that the node may not hold: none may be sent. The
+    // counter restarts with the agent, so every sample counts.
+    let mut refused: BTreeMap<NodeIx, (u64, f64)> = BTreeMap::new();
+    for s in &ix.h.samples {
+        if s.placement_rows_refused > 0 {
+            let e = refused.entry(s.node).or_insert((0, s.at));
+            e.0 = e.0.max(s.placement_rows_refused);
+        }
+    }
+    for f in &ix.h.finals {
+        if let Some(e) = &f.end
+            && e.placement_rows_refused > 0
+        {
+            let r = refused.entry(f.node).or_insert((0, e.at));
+            r.0 = r.0.max(e.placement_rows_refused);
+        }
+    }
+    for (node, (n, first)) in refused {
+        push(
+            out,
+            AnomalyKind::PlacementBreach,
+            format!(
+                "{} (region {}): peers sent it rows of tables its region may not hold (placement_rows_refused up to {n}, first seen at {first:.3}): senders must leave them out",
+                name(node),
+                ix.h.region(node)
+            ),
+            Vec::new(),
+        );
+    }
+    // The nodes of the regions agree on the table.
+    let inside: Vec<&FinalState> = ix.h.finals.iter().filter(|f| allowed(f.node)).collect();
+    let mut classes: Vec<Vec<&FinalState>> = Vec::new();
+    for f in inside {
+        match classes.iter_mut().find(|c| c[0].pinned == f.pinned) {
+            Some(c) => c.push(f),
+            None => classes.push(vec![f]),
+        }
+    }
+    let Some(reference) =
+        (0..classes.len()).max_by_key(|&c| (classes[c].len(), std::cmp::Reverse(c)))
+    else {
+        return;
+    };
+    let names = |c: &[&FinalState]| {
+        c.iter()
+            .map(|f| name(f.node))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let r = classes[reference][0];
+    for (ci, class) in classes.iter().enumerate() {
+        if ci == reference {
+            continue;
+        }
+        let o = class[0];
+        let d = diff_maps(&r.pinned, &o.pinned);
+        let mut detail = format!(
+            "rows of {table} on {{{}}} differ from {{{}}}:",
+            names(class),
+            names(&classes[reference])
+        );
+        let mut ops = Vec::new();
+        for (label, (keys, total)) in [
+            (format!("only on {}", name(r.node)), &d.only_a),
+            (format!("only on {}", name(o.node)), &d.only_b),
+            ("with a different txn".to_string(), &d.differ),
+        ] {
+            if *total == 0 {
+                continue;
+            }
+            let list: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            ops.extend(
+                keys.iter()
+                    .filter_map(|k| ix.pinned.get(k.as_str()).map(|p| p.op)),
+            );
+            let _ = write!(detail, " {label}: {};", examples(&list, *total));
+        }
+        detail.pop();
+        push(out, AnomalyKind::Divergence, detail, op_list(ops));
+    }
+}
+
+/// The pinned table on node `f`, one of its regions (see
+/// [`check_placement`]).
+fn check_pinned_inside(ix: &Index<'_>, p: &Pinned, f: &FinalState, out: &mut Vec<Anomaly>) {
+    let node = name(f.node);
+    let table = p.table.as_str();
+    for (id, r) in &ix.pinned {
+        let held = f.pinned.get(*id);
+        if r.st == St::Ok && held.map(String::as_str) != Some(r.txn) {
+            push(
+                out,
+                AnomalyKind::LostWrite,
+                format!(
+                    "{node}: acknowledged write op {} (txn {}): row {id} of {table} {}",
+                    r.op,
+                    r.txn,
+                    match held {
+                        Some(t) => format!("holds txn {t:?}"),
+                        None => "missing from its final state".into(),
+                    }
+                ),
+                vec![r.op],
+            );
+        }
+        if r.all_failed || r.events.is_empty() {
+            continue;
+        }
+        // A transaction across placements: whole here, or not at all.
+        let events_held = r
+            .events
+            .iter()
+            .filter(|e| f.events.contains_key(**e))
+            .count();
+        let whole = if held.is_some() {
+            events_held == r.events.len()
+        } else {
+            events_held == 0
+        };
+        if !whole {
+            push(
+                out,
+                AnomalyKind::HalfTransaction,
+                format!(
+                    "{node}: final state holds {} row {id} of {table} and {events_held} of the {} event rows of txn {} (a transaction across a global and a pinned table, whole on a node of {})",
+                    if held.is_some() { "the" } else { "not the" },
+                    r.events.len(),
+                    r.txn,
+                    p.regions.join(", ")
+                ),
+                vec![r.op],
+            );
+        }
+    }
+    let mut invented = Vec::new();
+    for (id, txn) in &f.pinned {
+        match ix.pinned.get(id.as_str()) {
+            Some(r) if r.all_failed => push(
+                out,
+                AnomalyKind::FailedWriteVisible,
+                format!(
+                    "{node}: final state holds row {id} of {table} of failed write op {}",
+                    r.op
+                ),
+                vec![r.op],
+            ),
+            Some(r) if r.txn != txn.as_str() => {
+                invented.push(format!("{id} (txn {txn:?}, written as {:?})", r.txn))
+            }
+            Some(_) => {}
+            // Reported by `check_hostile`.
+            None if ix.hostile_rows.contains_key(id.as_str()) => {}
+            None => invented.push(id.clone()),
+        }
+    }
+    if !invented.is_empty() {
+        push(
+            out,
+            AnomalyKind::InventedValue,
+            format!(
+                "{node}: final state holds rows of {table} no request inserted: {}",
+                examples(&invented, invented.len())
+            ),
+            Vec::new(),
         );
     }
 }
@@ -2140,6 +2540,7 @@ fn kind_name(k: &OpKind) -> &'static str {
     match k {
         OpKind::Write { .. } => "write",
         OpKind::Hostile { expect: 413, .. } => "oversized",
+        OpKind::Hostile { attack, .. } if attack.starts_with("placement-") => "placement",
         OpKind::Hostile { .. } => "hostile",
         OpKind::CountEvents { .. } => "count",
         OpKind::TxnCheck { .. } => "txn-check",
@@ -2231,7 +2632,7 @@ fn metrics(ix: &Index<'_>) -> Metrics {
                         m.large_acked += 1;
                         m.large_bytes_acked += u64::from(*len);
                     }
-                    Stmt::Invalid => {}
+                    Stmt::InsertPinned { .. } | Stmt::Invalid => {}
                 }
             }
         }
@@ -2303,6 +2704,54 @@ fn metrics(ix: &Index<'_>) -> Metrics {
         caught_up_after: j.caught_up.map(|c| c - j.spawned),
         catch_up: j.caught_up.map(|c| c - j.ready),
     });
+    m.placement = h.pinned.as_ref().map(|p| placement_metrics(ix, p));
+    m
+}
+
+fn placement_metrics(ix: &Index<'_>, p: &Pinned) -> PlacementMetrics {
+    let h = ix.h;
+    let mut m = PlacementMetrics {
+        table: p.table.clone(),
+        regions: p.regions.clone(),
+        ..PlacementMetrics::default()
+    };
+    for f in &h.finals {
+        if p.allows(h.region(f.node)) {
+            m.inside.push((f.node, f.pinned.len() as u64));
+        } else {
+            m.outside.push(f.node);
+            if let Some(s) = f.file.as_ref().filter(|s| s.error.is_none()) {
+                m.files_checked += 1;
+                m.found_outside += s.total();
+            }
+        }
+        if let Some(e) = &f.end {
+            m.rows_refused_max = m.rows_refused_max.max(e.placement_rows_refused);
+        }
+    }
+    for s in &h.samples {
+        m.rows_refused_max = m.rows_refused_max.max(s.placement_rows_refused);
+    }
+    for r in ix.pinned.values().filter(|r| r.st == St::Ok) {
+        m.rows_acked += 1;
+        if !r.events.is_empty() {
+            m.rows_acked_with_events += 1;
+        }
+    }
+    for op in h.ops.iter().filter(|op| is_placement_probe(op)) {
+        match &op.kind {
+            OpKind::Hostile {
+                status: Some(403),
+                answer: Some(a),
+                ..
+            } if a.contains(PLACEMENT_REFUSAL) => m.probes_refused += 1,
+            OpKind::Hostile {
+                status: None | Some(503),
+                ..
+            } => m.probes_unknown += 1,
+            _ => m.probes_other += 1,
+        }
+    }
     m
 }
 
@@ -2409,7 +2858,7 @@ fn lag(ix: &Index<'_>, versioned: &[(&Op, &str, u64)]) -> LagMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{FaultRecord, FinalState, JoinRecord, NodeEnd, NodeRecord, Quarantined};
+    use crate::history::{FaultRecord, FileScan, JoinRecord, NodeEnd, NodeRecord, Quarantined};
 
     fn actor(node: NodeIx) -> String {
         format!("a{}", node + 1)
@@ -2461,6 +2910,7 @@ mod tests {
                 node_records: (0..nodes)
                     .map(|i| NodeRecord {
                         name: name(i),
+                        region: String::new(),
                         actor: actor(i),
                         actors: vec![actor(i)],
                         started: vec![0.0],
@@ -2568,6 +3018,7 @@ mod tests {
                 at,
                 node,
                 complete_through: ct.iter().map(|(n, v)| (actor(*n), *v)).collect(),
+                placement_rows_refused: 0,
             });
         }
 
@@ -2578,6 +3029,7 @@ mod tests {
                     at,
                     node: n,
                     complete_through: self.versions.clone(),
+                    placement_rows_refused: 0,
                 });
             }
         }
@@ -2649,13 +3101,34 @@ mod tests {
                         } => {
                             f.large.insert(id.clone(), large_final(*seed, *len, *text));
                         }
+                        Stmt::InsertPinned { id, txn } => {
+                            f.pinned.insert(id.clone(), txn.clone());
+                        }
                         Stmt::Invalid => {}
                     }
                 }
             }
-            self.h.finals = (0..self.h.nodes)
-                .map(|node| FinalState { node, ..f.clone() })
+            // With a pinned table: its rows only on nodes of its regions,
+            // and a clean file everywhere.
+            let finals = (0..self.h.nodes)
+                .map(|node| {
+                    let mut fs = FinalState { node, ..f.clone() };
+                    if let Some(p) = &self.h.pinned {
+                        if !p.allows(self.h.region(node)) {
+                            fs.pinned.clear();
+                        }
+                        let n = fs.pinned.len() as u64;
+                        fs.file = Some(FileScan {
+                            path: format!("/x/{}.db", name(node)),
+                            rows: n,
+                            clock_rows: n,
+                            ..FileScan::default()
+                        });
+                    }
+                    fs
+                })
                 .collect();
+            self.h.finals = finals;
         }
 
         /// Sets a register in every final state.
@@ -3565,6 +4038,7 @@ mod tests {
             at: 3.5,
             node: 2,
             complete_through: BTreeMap::from([("a1".into(), 2)]),
+            placement_rows_refused: 0,
         });
         let a = only(&b.check(), AnomalyKind::NotConverged, 1);
         assert!(
@@ -3573,6 +4047,304 @@ mod tests {
             a[0].detail
         );
         assert_eq!(a[0].ops, vec![w3]);
+    }
+
+    fn pinned(id: &str, txn: &str) -> Stmt {
+        Stmt::InsertPinned {
+            id: id.into(),
+            txn: txn.into(),
+        }
+    }
+
+    /// A read or write of the pinned table on `node` (outside its region)
+    /// that got `status` with `answer` (`None`: no answer).
+    fn probe(b: &mut B, node: NodeIx, t: f64, status: Option<u16>, answer: &str) -> u64 {
+        let outcome = match status {
+            Some(200) => Outcome::Ok,
+            Some(s) if (400..500).contains(&s) => Outcome::Failed(format!("{s}: {answer}")),
+            Some(s) => Outcome::Unknown(format!("{s}: {answer}")),
+            None => unknown(),
+        };
+        let kind = OpKind::Hostile {
+            attack: "placement-write".into(),
+            endpoint: "/v1/transactions".into(),
+            sql: vec!["INSERT INTO pinned_eu(id, txn, client) VALUES ('P1', 'P1', 1)".into()],
+            expect: 403,
+            status,
+            rows: vec![format!("P{node}-{t}")],
+            file: None,
+            answer: status.map(|_| answer.to_string()),
+        };
+        b.op(node, t, t + 0.01, kind, outcome)
+    }
+
+    const REFUSED: &str = "{\"error\":\"table \\\"pinned_eu\\\" may only be held in region(s) eu; \
+                           this node is in region \\\"us\\\"\"}";
+
+    /// Five nodes (`n1`, `n4` in eu), a table pinned to eu written on both,
+    /// alone and with event rows, acknowledged, unknown and failed; reads
+    /// and writes of it refused outside eu; clean files everywhere.
+    fn placed() -> (B, [u64; 4]) {
+        let mut b = B::new(5);
+        b.h.pinned = Some(Pinned::chaos());
+        let w1 = b.ok(0, 0.0, 0.1, vec![ev("e1", "t1", 1), pinned("t1-p", "t1")]);
+        let w2 = b.ok(3, 0.0, 0.1, vec![pinned("t2-p", "t2")]);
+        let u = b.write(
+            0,
+            0.2,
+            0.3,
+            vec![ev("e3", "t3", 2), ev("e3b", "t3", 2), pinned("t3-p", "t3")],
+            unknown(),
+        );
+        let f = b.write(
+            3,
+            0.2,
+            0.3,
+            vec![ev("e4", "t4", 1), pinned("t4-p", "t4"), Stmt::Invalid],
+            failed(),
+        );
+        probe(&mut b, 1, 0.5, Some(403), REFUSED);
+        probe(&mut b, 2, 0.5, None, "");
+        probe(&mut b, 4, 0.5, Some(503), "shutting down");
+        b.settle(4.0);
+        for f in &mut b.h.finals {
+            f.end = Some(NodeEnd {
+                placement: BTreeMap::from([("pinned_eu".into(), vec!["eu".into()])]),
+                ..healthy_end()
+            });
+        }
+        (b, [w1, w2, u, f])
+    }
+
+    #[test]
+    fn placement_clean_run_and_its_report() {
+        let (b, _) = placed();
+        let r = b.check();
+        assert_clean(&r);
+        let p = r.metrics.placement.clone().unwrap();
+        assert_eq!(p.inside, vec![(0, 2), (3, 2)]);
+        assert_eq!(p.outside, vec![1, 2, 4]);
+        assert_eq!((p.files_checked, p.found_outside), (3, 0));
+        assert_eq!((p.rows_acked, p.rows_acked_with_events), (2, 1));
+        assert_eq!(
+            (p.probes_refused, p.probes_unknown, p.probes_other),
+            (1, 2, 0)
+        );
+        assert_eq!(r.metrics.by_kind["placement"].failed, 1);
+        let line = crate::report::placement_line(&p);
+        assert!(
+            line.starts_with(
+                "placement: pinned_eu on 2 eu nodes (n1, n4: 2 rows each), 0 rows outside eu \
+                 (files of n2, n3, n5 checked"
+            ),
+            "{line}"
+        );
+        let summary = crate::report::summary(&b.h, &r, None);
+        assert!(summary.contains(&line), "{summary}");
+        // Histories without a pinned table are not judged on placement.
+        let mut old = b.h.clone();
+        old.pinned = None;
+        for f in &mut old.finals {
+            f.file = None;
+        }
+        let r = check(&old);
+        assert_clean(&r);
+        assert!(r.metrics.placement.is_none());
+    }
+
+    #[test]
+    fn a_pinned_row_in_the_file_of_a_node_outside_its_region_is_an_anomaly() {
+        let (b, [w1, ..]) = placed();
+        // n2 (us) holds the row of w1 and its clock row: found in its file
+        // (its API refuses the table, so only the file shows it).
+        let mut h = b.h.clone();
+        let s = h.finals[1].file.as_mut().unwrap();
+        s.rows = 1;
+        s.ids = vec!["t1-p".into()];
+        s.clock_rows = 1;
+        let a = only(&check(&h), AnomalyKind::PlacementBreach, 1);
+        assert_eq!(a[0].ops, vec![w1]);
+        assert!(
+            a[0].detail.starts_with(
+                "n2 (region us), outside the regions of pinned_eu (eu): its file /x/n2.db holds \
+                 1 rows of pinned_eu (ids t1-p), 1 rows of __lm_clk_pinned_eu"
+            ),
+            "{}",
+            a[0].detail
+        );
+
+        // Only a trace of it: a quarantined version naming the table (n5),
+        // or a clock row (n3).
+        let mut h = b.h.clone();
+        h.finals[4].file.as_mut().unwrap().quarantined = 1;
+        h.finals[2].file.as_mut().unwrap().clock_rows = 2;
+        let a = only(&check(&h), AnomalyKind::PlacementBreach, 2);
+        assert!(
+            a[0].detail.contains("2 rows of __lm_clk_pinned_eu"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[1].detail.contains("1 quarantined versions"),
+            "{}",
+            a[1].detail
+        );
+
+        // A file that could not be read, or was not, proves nothing.
+        let mut h = b.h.clone();
+        h.finals[2].file.as_mut().unwrap().error = Some("opening: locked".into());
+        h.finals[4].file = None;
+        let a = only(&check(&h), AnomalyKind::PlacementBreach, 2);
+        assert!(
+            a[0].detail.contains("could not be read (opening: locked)"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[1].detail.contains("its file was not read"),
+            "{}",
+            a[1].detail
+        );
+
+        // The API of a node outside answered rows of it.
+        let mut h = b.h.clone();
+        h.finals[1].pinned.insert("t2-p".into(), "t2".into());
+        let a = only(&check(&h), AnomalyKind::PlacementBreach, 1);
+        assert!(
+            a[0].detail.contains("answered rows of pinned_eu"),
+            "{}",
+            a[0].detail
+        );
+    }
+
+    #[test]
+    fn placement_refused_rows_status_and_probes() {
+        let (b, _) = placed();
+        // Peers sent rows a node may not hold: in a sample (n3), at the end
+        // (n2).
+        let mut h = b.h.clone();
+        h.samples.push(Sample {
+            at: 2.0,
+            node: 2,
+            complete_through: BTreeMap::new(),
+            placement_rows_refused: 4,
+        });
+        h.finals[1].end.as_mut().unwrap().placement_rows_refused = 2;
+        let r = check(&h);
+        let a = only(&r, AnomalyKind::PlacementBreach, 2);
+        assert!(
+            a[0].detail
+                .starts_with("n2 (region us): peers sent it rows")
+                && a[0].detail.contains("up to 2"),
+            "{}",
+            a[0].detail
+        );
+        assert!(a[1].detail.contains("n3 (region ap)"), "{}", a[1].detail);
+        assert_eq!(r.metrics.placement.unwrap().rows_refused_max, 4);
+
+        // A node that does not know the table is pinned.
+        let mut h = b.h.clone();
+        h.finals[4].end.as_mut().unwrap().placement.clear();
+        let a = only(&check(&h), AnomalyKind::PlacementBreach, 1);
+        assert!(
+            a[0].detail.starts_with("n5: its status lists"),
+            "{}",
+            a[0].detail
+        );
+
+        // Outside eu, a write of the table carried out, refused for another
+        // reason, or refused with 403 for something else.
+        let mut b1 = B {
+            h: b.h.clone(),
+            ..B::new(5)
+        };
+        b1.next = 100;
+        let ok = probe(&mut b1, 1, 1.0, Some(200), "{\"token\":\"a2:1\"}");
+        let other = probe(&mut b1, 2, 1.0, Some(400), "no such table");
+        let sandbox = probe(&mut b1, 4, 1.0, Some(403), "{\"error\":\"not authorized\"}");
+        let r = b1.check();
+        let a = only(&r, AnomalyKind::PlacementBreach, 3);
+        assert_eq!(
+            a.iter().map(|a| a.ops[0]).collect::<Vec<_>>(),
+            vec![ok, other, sandbox]
+        );
+        assert!(
+            a[0].detail.contains("was carried out (HTTP 200)"),
+            "{}",
+            a[0].detail
+        );
+        assert!(
+            a[2].detail.contains("but not for placement"),
+            "{}",
+            a[2].detail
+        );
+        assert_eq!(r.metrics.placement.unwrap().probes_other, 3);
+    }
+
+    #[test]
+    fn pinned_rows_lost_half_failed_and_divergent_in_the_region() {
+        let (b, [w1, _, u, f]) = placed();
+        // n4 lacks w1's pinned row but holds its event row: lost, half a
+        // transaction, and n4 differs from n1.
+        let mut h = b.h.clone();
+        h.finals[3].pinned.remove("t1-p");
+        let r = check(&h);
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([
+                (AnomalyKind::LostWrite, 1),
+                (AnomalyKind::HalfTransaction, 1),
+                (AnomalyKind::Divergence, 1)
+            ]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(r.anomalies.iter().all(|a| a.ops == vec![w1]));
+        // Outside eu the same transaction holds only its event row: fine
+        // (the part the node may hold).
+
+        // The write of unknown outcome applied: its event rows everywhere,
+        // its pinned row on neither eu node: half on both.
+        let mut h = b.h.clone();
+        for fs in &mut h.finals {
+            fs.events.insert("e3".into(), ("t3".into(), 2));
+            fs.events.insert("e3b".into(), ("t3".into(), 2));
+        }
+        let a = only(&check(&h), AnomalyKind::HalfTransaction, 2);
+        assert!(a.iter().all(|a| a.ops == vec![u]));
+        assert!(
+            a[0].detail
+                .contains("not the row t3-p of pinned_eu and 2 of the 2 event rows"),
+            "{}",
+            a[0].detail
+        );
+        // Applied whole on the eu nodes: fine.
+        for fs in &mut h.finals {
+            if fs.node == 0 || fs.node == 3 {
+                fs.pinned.insert("t3-p".into(), "t3".into());
+            }
+        }
+        assert_clean(&check(&h));
+
+        // The failed write's pinned row, and one nobody wrote, in eu.
+        let mut h = b.h.clone();
+        for fs in &mut h.finals {
+            if fs.node == 0 || fs.node == 3 {
+                fs.pinned.insert("t4-p".into(), "t4".into());
+                fs.pinned.insert("ghost".into(), "g".into());
+            }
+        }
+        let r = check(&h);
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([
+                (AnomalyKind::FailedWriteVisible, 2),
+                (AnomalyKind::InventedValue, 2)
+            ]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(r.anomalies[0].ops == vec![f]);
     }
 
     #[test]

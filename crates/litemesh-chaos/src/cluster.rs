@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::history::NodeIx;
 
-/// The replicated schema every agent starts with.
+/// The replicated schema every agent starts with. `pinned_eu`
+/// ([`crate::history::PINNED_TABLE`]) is pinned to region `eu`
+/// ([`crate::history::PINNED_REGION`]): only `n1` and `n4` may hold it.
 pub const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -37,6 +39,12 @@ CREATE TABLE IF NOT EXISTS probes (
     id TEXT PRIMARY KEY,
     note TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS pinned_eu (
+    id TEXT PRIMARY KEY,
+    txn TEXT NOT NULL DEFAULT '',
+    client INTEGER NOT NULL DEFAULT 0
+) -- litemesh: regions = eu
+;
 ";
 
 /// A failure to start or drive an agent.
@@ -394,4 +402,22 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let _ = f.read_to_string(&mut buf);
     let all: Vec<&str> = buf.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{PINNED_REGION, PINNED_TABLE};
+
+    #[test]
+    fn the_schema_pins_the_pinned_table_to_its_region() {
+        let start = SCHEMA
+            .find(&format!("CREATE TABLE IF NOT EXISTS {PINNED_TABLE} ("))
+            .expect("the pinned table is in the schema");
+        let stmt = &SCHEMA[start..start + SCHEMA[start..].find(';').unwrap()];
+        assert!(
+            stmt.contains(&format!("-- litemesh: regions = {PINNED_REGION}\n")),
+            "{stmt}"
+        );
+    }
 }

@@ -26,6 +26,39 @@ pub fn region_of(ix: NodeIx) -> &'static str {
     REGIONS[ix % REGIONS.len()]
 }
 
+/// The table of the chaos schema pinned to one region (`-- litemesh:
+/// regions = eu` in its `CREATE TABLE`): its rows must never reach a node
+/// of another region.
+pub const PINNED_TABLE: &str = "pinned_eu";
+
+/// The one region [`PINNED_TABLE`] may be held in (two nodes of five,
+/// `n1` and `n4`; one node with three).
+pub const PINNED_REGION: &str = "eu";
+
+/// A pinned table and the regions it may be held in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pinned {
+    /// Table name.
+    pub table: String,
+    /// The regions its rows may be held in.
+    pub regions: Vec<String>,
+}
+
+impl Pinned {
+    /// The chaos schema's pinned table.
+    pub fn chaos() -> Pinned {
+        Pinned {
+            table: PINNED_TABLE.into(),
+            regions: vec![PINNED_REGION.into()],
+        }
+    }
+
+    /// Whether a node of `region` may hold its rows.
+    pub fn allows(&self, region: &str) -> bool {
+        self.regions.iter().any(|r| r == region)
+    }
+}
+
 /// Whether a membership view (`(name, state)` pairs) lists every node of
 /// `others` as alive.
 pub fn lists_alive(members: &[(String, String)], others: impl IntoIterator<Item = NodeIx>) -> bool {
@@ -101,6 +134,18 @@ pub enum Stmt {
     },
     /// A statement that fails (bad SQL), making the whole transaction fail.
     Invalid,
+    /// `INSERT INTO pinned_eu(id, txn, client)`: a row of the pinned table
+    /// ([`PINNED_TABLE`]), never updated or deleted, written through a node
+    /// of its region. In a transaction with event rows it shares their
+    /// `txn`: such a transaction spans a global and a pinned table, and
+    /// every node of the region must see it whole (the others see its
+    /// event rows only).
+    InsertPinned {
+        /// Row id, unique over the run.
+        id: String,
+        /// The transaction's id (that of its event rows, if any).
+        txn: String,
+    },
     /// `INSERT INTO large(id, len, v)`: a row that is never updated or
     /// deleted, whose value `v` is [`large_value`]`(seed, len, text)` (a blob,
     /// sent as a `{"blob": base64}` parameter, or a text). Only the seed is
@@ -226,6 +271,14 @@ pub struct Sample {
     pub node: NodeIx,
     /// `complete_through`: per actor (hex), every version up to this held.
     pub complete_through: BTreeMap<String, u64>,
+    /// `placement_rows_refused`: rows of tables its region may not hold
+    /// that peers sent anyway, since the agent's start (must stay 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub placement_rows_refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One node's membership view at one moment (`GET /v1/members`).
@@ -251,10 +304,89 @@ pub struct FinalState {
     /// Every row of `large`: `id →` what its value is.
     #[serde(default)]
     pub large: BTreeMap<String, LargeFinal>,
+    /// Every row of the pinned table, `id → txn`, read through the API on
+    /// nodes of its regions (elsewhere the API refuses it: what the node's
+    /// file holds is in `file`).
+    #[serde(default)]
+    pub pinned: BTreeMap<String, String>,
+    /// What the node's SQLite file holds of the pinned table, read after
+    /// its agent stopped (`None`: not read, or a history without placement).
+    #[serde(default)]
+    pub file: Option<FileScan>,
     /// The node's health at the end, after the final convergence (`None` in
     /// histories of older runs).
     #[serde(default)]
     pub end: Option<NodeEnd>,
+}
+
+/// What a node's SQLite file holds of the pinned table, read directly
+/// (read-only) once its agent has stopped: the table itself, its clock
+/// table (`__lm_clk_<table>`), and changes waiting in `__lm_parked`,
+/// `__lm_quarantine` or `__lm_partial` whose encoded rows name the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileScan {
+    /// The file read.
+    pub path: String,
+    /// Why the file could not be read, if it could not (nothing below is
+    /// then known).
+    pub error: Option<String>,
+    /// Rows of the table.
+    pub rows: u64,
+    /// Up to 10 of their ids.
+    pub ids: Vec<String>,
+    /// Rows of its clock table.
+    pub clock_rows: u64,
+    /// Rows of `__lm_parked` whose change names the table.
+    pub parked: u64,
+    /// Rows of `__lm_quarantine` whose rows name the table.
+    pub quarantined: u64,
+    /// Rows of `__lm_partial` whose rows name the table.
+    pub partial: u64,
+}
+
+impl FileScan {
+    /// Everything found of the table, all places together.
+    pub fn total(&self) -> u64 {
+        self.rows + self.clock_rows + self.parked + self.quarantined + self.partial
+    }
+
+    /// What was found where, e.g. `3 rows of pinned_eu (ids …), 3 clock rows`.
+    pub fn describe(&self, table: &str) -> String {
+        let mut parts = Vec::new();
+        if self.rows > 0 {
+            parts.push(format!(
+                "{} rows of {table} (ids {}{})",
+                self.rows,
+                self.ids.join(", "),
+                if self.rows > self.ids.len() as u64 {
+                    " …"
+                } else {
+                    ""
+                }
+            ));
+        }
+        for (n, what) in [
+            (self.clock_rows, format!("rows of __lm_clk_{table}")),
+            (self.parked, format!("parked changes of {table}")),
+            (
+                self.quarantined,
+                format!("quarantined versions with rows of {table}"),
+            ),
+            (
+                self.partial,
+                format!("partial versions with rows of {table}"),
+            ),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if parts.is_empty() {
+            "nothing".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// A large value as found in a final state: its type, length and digest
@@ -305,6 +437,13 @@ pub struct NodeEnd {
     pub write_error: Option<String>,
     /// Largest lag over every writer (seconds).
     pub max_lag_secs: f64,
+    /// `placement_rows_refused`: rows of tables its region may not hold
+    /// that peers sent anyway (since its last start).
+    #[serde(default)]
+    pub placement_rows_refused: u64,
+    /// `placement`: the pinned tables it knows, and their regions.
+    #[serde(default)]
+    pub placement: BTreeMap<String, Vec<String>>,
     /// `/v1/health`'s status code; `None` without an answer.
     pub health: Option<u16>,
     /// Its issues when unhealthy: `(kind, message)`.
@@ -330,6 +469,10 @@ impl NodeEnd {
 pub struct NodeRecord {
     /// Node name (`n1`, …).
     pub name: String,
+    /// Its certified region (empty in histories of older runs:
+    /// [`region_of`] then).
+    #[serde(default)]
+    pub region: String,
     /// Actor id (hex), from `/v1/status`: the last one seen.
     pub actor: String,
     /// Every actor id it had, in order: a node restarted after SIGKILL
@@ -367,10 +510,24 @@ pub struct History {
     /// (there must be none).
     #[serde(default)]
     pub files_created: Vec<String>,
+    /// The schema's pinned table (`None` in histories of older runs: no
+    /// placement checks then).
+    #[serde(default)]
+    pub pinned: Option<Pinned>,
     /// The join measurement: when the late node was started, when its API
     /// answered, and when it held everything the mesh held at its start
     /// (`None` if it never did).
     pub join: Option<JoinRecord>,
+}
+
+impl History {
+    /// Node `ix`'s region: as recorded, else as [`region_of`] places it.
+    pub fn region(&self, ix: NodeIx) -> &str {
+        match self.node_records.get(ix) {
+            Some(r) if !r.region.is_empty() => &r.region,
+            _ => region_of(ix),
+        }
+    }
 }
 
 /// A node joining an existing mesh.

@@ -7,7 +7,9 @@
 //! every request and answer in a [`history::History`], and checks it
 //! ([`check`]): no acknowledged write lost, identical replicas after healing,
 //! no transaction seen half applied, no stale token read, no read going
-//! backwards, membership converged.
+//! backwards, membership converged, and no row of the region-pinned table
+//! on a node outside its region (its files are read after the run:
+//! [`placement`]).
 
 pub mod api;
 pub mod check;
@@ -15,6 +17,7 @@ pub mod cluster;
 pub mod history;
 pub mod netns;
 pub mod observe;
+pub mod placement;
 pub mod report;
 pub mod run;
 pub mod schedule;

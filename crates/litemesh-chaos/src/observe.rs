@@ -1,4 +1,5 @@
-//! Samples every node's replication progress (`/v1/status`, every 100 ms)
+//! Samples every node's replication progress (`/v1/status`, every 100 ms;
+//! with it, the rows of pinned tables peers sent it that it may not hold)
 //! and membership view (`/v1/members`, every 500 ms) for the whole run.
 
 use std::collections::BTreeMap;
@@ -89,6 +90,7 @@ pub fn run(
                         at,
                         node,
                         complete_through: ct,
+                        placement_rows_refused: status.placement_rows_refused,
                     });
                 }
                 // An answer that is not a status: no membership sample of

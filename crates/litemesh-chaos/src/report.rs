@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::check::CheckResult;
-use crate::history::History;
+use crate::check::{CheckResult, PlacementMetrics};
+use crate::history::{History, node_name};
 use crate::run::RunConfig;
 
 /// Goal: all replicas hold the pre-heal writes this soon after a partition
@@ -38,6 +38,53 @@ fn verdict(x: Option<f64>, goal: Option<f64>) -> &'static str {
         (Some(v), Some(g)) if v <= g => " ✓",
         _ => " ✗",
     }
+}
+
+fn node_list(nodes: impl IntoIterator<Item = usize>) -> String {
+    nodes
+        .into_iter()
+        .map(node_name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The placement result in one line, e.g. `placement: pinned_eu on 2 eu
+/// nodes (n1, n4: 812 rows each), 0 rows outside eu (files of n2, n3, n5
+/// checked) …`.
+pub fn placement_line(p: &PlacementMetrics) -> String {
+    let regions = p.regions.join(", ");
+    let counts: std::collections::BTreeSet<u64> = p.inside.iter().map(|(_, n)| *n).collect();
+    let held = match (counts.first(), counts.last()) {
+        (Some(a), Some(b)) if a == b => format!("{a} rows each"),
+        (Some(a), Some(b)) => format!("{a}–{b} rows"),
+        _ => "no node".into(),
+    };
+    let files = if p.files_checked as usize == p.outside.len() {
+        format!("files of {} checked", node_list(p.outside.iter().copied()))
+    } else {
+        format!(
+            "only {} of the files of {} could be read",
+            p.files_checked,
+            node_list(p.outside.iter().copied())
+        )
+    };
+    format!(
+        "placement: {} on {} {regions} nodes ({}: {held}), {} rows outside {regions} ({files}: \
+         the table, its clock table, parked, quarantined and partial changes); {} rows \
+         acknowledged, {} of them in one transaction with event rows; reads and writes of it \
+         on nodes outside {regions}: {} refused with 403, {} without a definite answer, {} \
+         otherwise; placement_rows_refused at most {}",
+        p.table,
+        p.inside.len(),
+        node_list(p.inside.iter().map(|(n, _)| *n)),
+        p.found_outside,
+        p.rows_acked,
+        p.rows_acked_with_events,
+        p.probes_refused,
+        p.probes_unknown,
+        p.probes_other,
+        p.rows_refused_max,
+    )
 }
 
 /// A Markdown summary of a run. `cfg` adds the run's settings when known
@@ -151,6 +198,9 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
             m.large_acked,
             m.large_bytes_acked as f64 / 1e6,
         );
+    }
+    if let Some(p) = &m.placement {
+        let _ = writeln!(s, "\n{}", placement_line(p));
     }
     let ends: Vec<_> = h.finals.iter().filter_map(|f| f.end.as_ref()).collect();
     if !ends.is_empty() {

@@ -15,7 +15,7 @@ use crate::check::{CheckResult, check};
 use crate::cluster::{Cluster, ClusterError, ProcState};
 use crate::history::{
     FaultRecord, FinalState, History, JoinRecord, LargeFinal, NodeEnd, NodeIx, NodeRecord, Op,
-    OpKind, Outcome, Quarantined, Stmt, digest,
+    OpKind, Outcome, Pinned, Quarantined, Stmt, digest, region_of,
 };
 use crate::netns::{Firewall, NetError};
 use crate::observe::{self, Observed};
@@ -456,6 +456,14 @@ impl Runner {
         for r in read("SELECT k, v FROM registers")? {
             st.registers.insert(text(&r, 0), text(&r, 1));
         }
+        // The pinned table, where the node may hold it (elsewhere the API
+        // refuses; its file is read once the agent has stopped).
+        let pinned = Pinned::chaos();
+        if pinned.allows(region_of(ix)) {
+            for r in read(&format!("SELECT id, txn FROM {}", pinned.table))? {
+                st.pinned.insert(text(&r, 0), text(&r, 1));
+            }
+        }
         // Large values one at a time, reduced to type, length and digest.
         for r in read("SELECT id FROM large ORDER BY id")? {
             let id = text(&r, 0);
@@ -499,6 +507,8 @@ impl Runner {
                 end.serve_failures = s.serve_failures;
                 end.max_lag_secs = s.max_lag_secs;
                 end.write_error = s.write_error;
+                end.placement_rows_refused = s.placement_rows_refused;
+                end.placement = s.placement;
                 end.quarantined = s
                     .quarantined
                     .into_iter()
@@ -576,6 +586,32 @@ fn cut(s: &str) -> String {
     s.chars().take(2000).collect()
 }
 
+/// What the files hold of the pinned table, in a line of the run's log
+/// (the checker judges it; the summary says its verdict).
+fn placement_line(pinned: &Pinned, finals: &[FinalState]) -> String {
+    let (mut inside, mut outside) = (Vec::new(), Vec::new());
+    for f in finals {
+        let name = crate::history::node_name(f.node);
+        let allowed = pinned.allows(region_of(f.node));
+        let what = match &f.file {
+            Some(s) if s.error.is_none() && allowed => format!("{name} {} rows", s.rows),
+            Some(s) if s.error.is_none() => format!("{name} {}", s.describe(&pinned.table)),
+            _ => format!("{name} unreadable"),
+        };
+        if allowed {
+            inside.push(what)
+        } else {
+            outside.push(what)
+        }
+    }
+    format!(
+        "placement, read in the files: {} in its region: {}; outside: {}",
+        pinned.table,
+        inside.join(", "),
+        outside.join(", ")
+    )
+}
+
 /// Per actor, the highest acknowledged version among `ops`.
 fn acked_target(ops: &[Op]) -> BTreeMap<String, u64> {
     let mut t: BTreeMap<String, u64> = BTreeMap::new();
@@ -622,6 +658,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
             .iter()
             .map(|s| NodeRecord {
                 name: s.name.clone(),
+                region: region_of(s.ix).into(),
                 ..Default::default()
             })
             .collect(),
@@ -840,6 +877,17 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         let tail = crate::cluster::log_tail(&r.cluster.specs[ix].log, 30);
         r.records[ix].crashes.push((t, why, tail));
     }
+    // What each file holds of the pinned table, read now that no agent
+    // runs: on a node outside its region, nothing at all.
+    let pinned = Pinned::chaos();
+    for f in finals.iter_mut() {
+        f.file = Some(crate::placement::scan(
+            &r.cluster.specs[f.node].db,
+            &pinned.table,
+        ));
+    }
+    let line = placement_line(&pinned, &finals);
+    say(&shared, line);
     let observed = std::mem::take(&mut *r.observed.lock().unwrap());
     for (ix, actors) in &observed.actors {
         r.records[*ix].actor = actors.last().cloned().unwrap_or_default();
@@ -868,6 +916,7 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         quiet_from,
         finals,
         files_created,
+        pinned: Some(pinned),
         join: Some(join),
     };
     let result = check(&history);

@@ -3,7 +3,10 @@
 //! with the token of one of its own writes. Beside them, a [`LargeClient`]
 //! writes values of megabytes (and rows over the agent's size limit, which
 //! must be refused), and a [`HostileClient`] sends statements the API's
-//! sandbox must refuse. Every request and answer is recorded as an [`Op`].
+//! sandbox must refuse. Clients beside a node of the pinned table's region
+//! write rows of it (some in the same transaction as event rows); clients
+//! beside a node outside it now and then try to read or write it, which
+//! must be refused (403). Every request and answer is recorded as an [`Op`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -16,12 +19,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::api::{self, classify, describe, outcome_of, rows, show_rows, truncate};
-use crate::history::{NodeIx, Op, OpKind, Outcome, Stmt, large_value};
+use crate::history::{
+    NodeIx, Op, OpKind, Outcome, PINNED_REGION, PINNED_TABLE, Stmt, large_value, region_of,
+};
 
 /// Rows of a large transaction, and bytes of padding per row: 24 × 12,000
 /// bytes, more than one sync batch.
 const LARGE_TXN_ROWS: u32 = 24;
 const LARGE_TXN_PAD: u32 = 12_000;
+
+/// Probability that a request of a client beside a node outside the pinned
+/// table's region is an attempt to read or write that table (refused: 403).
+const PLACEMENT_PROBE_P: f64 = 0.008;
 
 /// Number of shared register keys: few, so that nodes write the same cells
 /// concurrently.
@@ -81,6 +90,10 @@ pub struct Client {
     seq: u64,
     /// Recent acknowledged writes: (op id, statements, token).
     recent: VecDeque<(u64, Vec<Stmt>, String)>,
+    /// Its node may hold the pinned table (it is in [`PINNED_REGION`]).
+    pinned_home: bool,
+    /// Attempts on the pinned table so far (its node outside the region).
+    probes: u64,
     ops: Vec<Op>,
 }
 
@@ -97,6 +110,8 @@ impl Client {
             api,
             seq: 0,
             recent: VecDeque::new(),
+            pinned_home: region_of(home) == PINNED_REGION,
+            probes: 0,
             ops: Vec::new(),
         }
     }
@@ -131,6 +146,31 @@ impl Client {
             .collect()
     }
 
+    /// Adds a row of the pinned table to the transaction of the event rows
+    /// `s` insert: one transaction across a global and a pinned table.
+    fn pin(s: &mut Vec<Stmt>) {
+        let txn = s.iter().find_map(|st| match st {
+            Stmt::InsertEvent { txn, .. } => Some(txn.clone()),
+            _ => None,
+        });
+        if let Some(txn) = txn {
+            s.push(Stmt::InsertPinned {
+                id: format!("{txn}-p"),
+                txn,
+            });
+        }
+    }
+
+    /// A row of the pinned table alone, as its own transaction.
+    fn pinned_only(&mut self) -> Stmt {
+        let seq = self.next_seq();
+        let txn = format!("c{}-{seq}", self.id);
+        Stmt::InsertPinned {
+            id: format!("{txn}-p"),
+            txn,
+        }
+    }
+
     fn key(&mut self) -> String {
         format!("k{}", self.rng.random_range(0..REGISTER_KEYS))
     }
@@ -144,6 +184,11 @@ impl Client {
     }
 
     fn step(&mut self) {
+        // Beside a node outside the pinned table's region: now and then an
+        // attempt to read or write that table, which must be refused.
+        if !self.pinned_home && self.rng.random_bool(PLACEMENT_PROBE_P) {
+            return self.placement_probe();
+        }
         let roll = self.rng.random_range(0..100);
         match roll {
             // Now and then a transaction larger than a sync batch (256 KiB):
@@ -152,13 +197,25 @@ impl Client {
                 let s = self.events(LARGE_TXN_ROWS, LARGE_TXN_PAD);
                 self.write(s);
             }
+            // Beside a node of the pinned table's region: a row of it alone
+            // (5%), or with the event row in one transaction (15%).
+            0..30 if self.pinned_home && self.rng.random_bool(0.05) => {
+                let s = vec![self.pinned_only()];
+                self.write(s);
+            }
             0..30 => {
-                let s = self.events(1, 0);
+                let mut s = self.events(1, 0);
+                if self.pinned_home && self.rng.random_bool(0.15) {
+                    Self::pin(&mut s);
+                }
                 self.write(s);
             }
             30..42 => {
                 let n = self.rng.random_range(2..=6);
                 let mut s = self.events(n, 0);
+                if self.pinned_home && self.rng.random_bool(0.5) {
+                    Self::pin(&mut s);
+                }
                 if self.rng.random_bool(0.5) {
                     let r = self.set_register();
                     s.push(r);
@@ -176,6 +233,9 @@ impl Client {
             65..67 => {
                 let n = self.rng.random_range(1..=3);
                 let mut s = self.events(n, 0);
+                if self.pinned_home && self.rng.random_bool(0.5) {
+                    Self::pin(&mut s);
+                }
                 s.push(Stmt::Invalid);
                 self.write(s);
             }
@@ -318,6 +378,73 @@ impl Client {
         );
     }
 
+    /// On its node, outside the pinned table's region: reads or writes the
+    /// table, in one of several forms. Each must be refused with 403 (the
+    /// table may only be held in its region) and change nothing, not even
+    /// the valid event row a transaction across placements also inserts.
+    fn placement_probe(&mut self) {
+        self.probes += 1;
+        let id = format!("P{}-{}", self.id, self.probes);
+        let t = PINNED_TABLE;
+        let insert = format!(
+            "INSERT INTO {t}(id, txn, client) VALUES ('{id}', '{id}', {})",
+            self.id
+        );
+        let mut a = Attack {
+            name: "",
+            request: Request::Transaction(Vec::new()),
+            sql: Vec::new(),
+            expect: 403,
+            rows: Vec::new(),
+            file: None,
+        };
+        let query = match self.rng.random_range(0..5) {
+            0 => {
+                a.name = "placement-write";
+                a.sql = vec![insert];
+                a.rows = vec![id];
+                false
+            }
+            1 => {
+                let ev = format!("{id}-ev");
+                a.name = "placement-write-with-event";
+                a.sql = vec![poison_insert(&ev, self.id), insert];
+                a.rows = vec![ev, id];
+                false
+            }
+            2 => {
+                a.name = "placement-delete";
+                a.sql = vec![format!("DELETE FROM {t} WHERE txn <> ''")];
+                false
+            }
+            3 => {
+                a.name = "placement-read";
+                a.sql = vec![format!("SELECT id, txn FROM {t} ORDER BY id LIMIT 5")];
+                true
+            }
+            _ => {
+                a.name = "placement-read-join";
+                a.sql = vec![format!(
+                    "SELECT count(*) FROM events e JOIN {t} p ON p.txn = e.txn"
+                )];
+                true
+            }
+        };
+        a.request = if query {
+            Request::Query(Statement::new(a.sql[0].as_str()))
+        } else {
+            Request::Transaction(a.sql.iter().map(|s| Statement::new(s.as_str())).collect())
+        };
+        send_hostile(
+            &self.shared,
+            &self.api[self.home],
+            &mut self.ops,
+            self.id,
+            self.home,
+            a,
+        );
+    }
+
     /// Reads one of its own recent writes on a random node, with that write's
     /// token: the write (or a later one) must be visible.
     fn token_read(&mut self) {
@@ -442,6 +569,12 @@ pub fn statement(s: &Stmt, client: u32) -> Statement {
         Stmt::DeleteRegister { key } => {
             Statement::new("DELETE FROM registers WHERE k = ?").bind(key.as_str())
         }
+        Stmt::InsertPinned { id, txn } => Statement::new(format!(
+            "INSERT INTO {PINNED_TABLE}(id, txn, client) VALUES (?, ?, ?)"
+        ))
+        .bind(id.as_str())
+        .bind(txn.as_str())
+        .bind(client),
         Stmt::Invalid => Statement::new("INSERT INTO no_such_table VALUES (1)"),
         Stmt::InsertLarge {
             id,
