@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use litemesh_core::{Config as CoreConfig, Event, NodeCore, Start, SyncEvent, Transmit};
 use litemesh_membership::MemberState;
-use litemesh_proto::{ActorId, ChangeBatch, Knowledge, NodeMeta};
+use litemesh_proto::{ActorId, ChangeBatch, Entitlement, Knowledge, NodeMeta, Placement};
 use litemesh_storage::{Store, StoreOptions};
 use litemesh_sync::{Extracted, RequestId, SessionId, StorageOp, encode_sync_batch};
 use rand::{Rng, SeedableRng};
@@ -40,7 +40,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::network::{LinkConfig, Network, Outgoing, SimNode};
 
 const SCHEMA: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER, writer TEXT);\n\
-                      CREATE TABLE events (id TEXT PRIMARY KEY, tx TEXT, n INTEGER)";
+                      CREATE TABLE events (id TEXT PRIMARY KEY, tx TEXT, n INTEGER);\n\
+                      CREATE TABLE pinned (tx TEXT PRIMARY KEY, writer TEXT) -- litemesh: regions = r0";
+
+/// The region the `pinned` table lives in.
+pub const PINNED_REGION: usize = 0;
 
 /// Unix time of the simulation's origin (any fixed value: runs are
 /// reproducible).
@@ -71,11 +75,15 @@ pub struct Acked {
     pub node: usize,
     /// When.
     pub at: Duration,
+    /// It also wrote a row of the `pinned` table (nodes of its region
+    /// write one in every transaction).
+    pub pinned: bool,
 }
 
 /// A simulated litemesh node: the node core and a SQLite file.
 pub struct MeshNode {
     idx: usize,
+    region: usize,
     name: String,
     store: Store,
     core: NodeCore,
@@ -151,6 +159,13 @@ impl MeshNode {
         };
         let mut store = Store::open_with(path, &opts).expect("open store");
         store.apply_schema(SCHEMA).expect("schema");
+        // Refused when the file holds rows its region may not (a node that
+        // ignored the placement before its restart): reported, and the node
+        // runs on refusing every pinned row.
+        let mut errors = Vec::new();
+        if let Err(e) = store.set_entitlement(Entitlement::region(Some(format!("r{region}")))) {
+            errors.push(format!("opening: {e}"));
+        }
         let actor = store.actor_id();
         let knowledge = store.knowledge().expect("knowledge");
         let held = knowledge.clone();
@@ -182,9 +197,13 @@ impl MeshNode {
             seed: seed ^ now.as_nanos() as u64,
         })
         .expect("core");
+        let mut core = core;
+        // No certificates in the simulator: regions are what nodes gossip.
+        core.set_placement(store.placement().clone(), None);
         let mut n = MeshNode {
             held,
             idx,
+            region,
             name,
             store,
             core,
@@ -200,10 +219,53 @@ impl MeshNode {
             write_interval: Duration::from_millis(300),
             writes: 0,
             acked: Vec::new(),
-            errors: Vec::new(),
+            errors,
         };
         n.pump();
         n
+    }
+
+    /// Sabotage: this node ignores table placement — it sends pinned rows
+    /// to anyone and keeps them whatever its region. The checker must
+    /// catch it.
+    pub fn ignore_placement(&mut self) {
+        self.core.set_placement(Placement::new(), None);
+        self.store
+            .set_entitlement(Entitlement::region(Some(format!("r{PINNED_REGION}"))))
+            .expect("entitlement");
+    }
+
+    /// The node's region index.
+    pub fn region(&self) -> usize {
+        self.region
+    }
+
+    /// Transactions whose `pinned` row this node's file holds.
+    pub fn pinned_rows(&self) -> BTreeSet<String> {
+        let mut st = self
+            .store
+            .connection()
+            .prepare_cached("SELECT tx FROM pinned")
+            .expect("query");
+        st.query_map([], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    /// Everything of the `pinned` table this node's file holds, metadata
+    /// included: rows, their clocks, parked, quarantined and buffered
+    /// changes. A node outside the table's region must hold none of it.
+    pub fn pinned_traces(&self) -> i64 {
+        let c = self.store.connection();
+        let n = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).expect("count") };
+        n("SELECT count(*) FROM pinned")
+            + n("SELECT count(*) FROM __lm_clk_pinned")
+            + n("SELECT count(*) FROM __lm_parked WHERE instr(CAST(change AS TEXT), 'pinned') > 0")
+            + n(
+                "SELECT count(*) FROM __lm_quarantine WHERE instr(CAST(rows AS TEXT), 'pinned') > 0",
+            )
+            + n("SELECT count(*) FROM __lm_partial WHERE instr(CAST(rows AS TEXT), 'pinned') > 0")
     }
 
     /// Starts (or stops) writing a transaction every `interval` on average.
@@ -323,7 +385,11 @@ impl MeshNode {
         let key = self.rng.random_range(0..40u32);
         let v: i64 = self.rng.random_range(0..1_000_000);
         let name = self.name.clone();
+        let pinned = self.store.may_hold("pinned");
         let committed = self.store.transaction(|t| {
+            if pinned {
+                t.execute("INSERT INTO pinned VALUES (?1, ?2)", (&tx, &name))?;
+            }
             t.execute(
                 "INSERT INTO kv VALUES (?1, ?2, ?3) ON CONFLICT(k) DO UPDATE SET v = excluded.v, \
                  writer = excluded.writer",
@@ -355,6 +421,7 @@ impl MeshNode {
             n,
             node: self.idx,
             at: self.now,
+            pinned,
         });
         let mut batches: Vec<ChangeBatch> = Vec::new();
         if let Err(e) = self.store.version_changes(version, 256 * 1024, |b| {
@@ -467,17 +534,20 @@ impl MeshNode {
                 op,
                 request,
                 theirs,
+                requester,
                 batch_bytes,
             } => {
                 let mut frames = Vec::new();
                 let mut skipped = 0;
-                let res = self.store.changes_since(&theirs, batch_bytes, |b| {
-                    match encode_sync_batch(&b, litemesh_proto::DEFAULT_MAX_MESSAGE) {
-                        Ok(f) => frames.push(f),
-                        Err(_) => skipped += 1,
-                    }
-                    Ok(true)
-                });
+                let res = self
+                    .store
+                    .changes_for(&theirs, requester.as_ref(), batch_bytes, |b| {
+                        match encode_sync_batch(&b, litemesh_proto::DEFAULT_MAX_MESSAGE) {
+                            Ok(f) => frames.push(f),
+                            Err(_) => skipped += 1,
+                        }
+                        Ok(true)
+                    });
                 if let Some(a) = self.answering.get_mut(&request) {
                     a.2 = frames;
                 }
@@ -646,6 +716,9 @@ pub struct MeshParams {
     /// acknowledged writes that no peer has yet are lost, and its actor id
     /// is reused). The checker must catch it.
     pub lose_files: bool,
+    /// Sabotage: every node ignores table placement (see
+    /// [`MeshNode::ignore_placement`]). The checker must catch it.
+    pub ignore_placement: bool,
 }
 
 impl Default for MeshParams {
@@ -658,6 +731,7 @@ impl Default for MeshParams {
             write_interval: Duration::from_millis(400),
             settle: Duration::from_secs(60),
             lose_files: false,
+            ignore_placement: false,
         }
     }
 }
@@ -735,9 +809,31 @@ impl Checker {
                 self.violate(format!("{now:?} {}: knowledge shrank", n.name()));
             }
             let visible = n.tx_rows();
+            let in_place = n.region() == PINNED_REGION;
+            let pinned = if in_place {
+                n.pinned_rows()
+            } else {
+                let traces = n.pinned_traces();
+                if traces > 0 {
+                    self.violations.push(format!(
+                        "{now:?} {}: holds {traces} row(s) or clock(s) of a table pinned to r{PINNED_REGION} \
+                         outside its region",
+                        n.name()
+                    ));
+                }
+                BTreeSet::new()
+            };
             for a in &self.acked {
                 let rows = visible.get(&a.tx).copied().unwrap_or(0);
                 let held = k.contains(&a.actor, a.version);
+                // The part of a transaction a node may hold arrives whole.
+                if in_place && a.pinned && (rows != 0 || held) && !pinned.contains(&a.tx) {
+                    self.violations.push(format!(
+                        "{now:?} {}: transaction {} arrived without its pinned row",
+                        n.name(),
+                        a.tx
+                    ));
+                }
                 // A version is visible whole or not at all; once the node
                 // holds it (a token naming it is satisfied here), all of it.
                 if rows != 0 && rows != a.n {
@@ -779,7 +875,16 @@ impl Checker {
         for i in 0..net.len() {
             let n = net.node(i);
             let visible = n.tx_rows();
+            let pinned = n.pinned_rows();
             for a in &self.acked {
+                if n.region() == PINNED_REGION && a.pinned && !pinned.contains(&a.tx) {
+                    self.violations.push(format!(
+                        "end {}: pinned row of {} (by n{}) missing",
+                        n.name(),
+                        a.tx,
+                        a.node
+                    ));
+                }
                 if visible.get(&a.tx).copied().unwrap_or(0) != a.n {
                     self.violations.push(format!(
                         "end {}: acknowledged write {} (by n{}) missing",
@@ -828,6 +933,10 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             node_seed(i),
             net.now(),
         );
+        let mut n = n;
+        if p.ignore_placement {
+            n.ignore_placement();
+        }
         net.add_node(addr_of(i), i % 3, n);
     }
     let mut checker = Checker::default();
@@ -893,6 +1002,10 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
                     node_seed(*v),
                     net.now(),
                 );
+                let mut n = n;
+                if p.ignore_placement {
+                    n.ignore_placement();
+                }
                 net.restart(*v, addr_of(*v), n);
                 let w = p.write_interval;
                 net.with_node(*v, |n, now| n.set_writing(now, Some(w)));

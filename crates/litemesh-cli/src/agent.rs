@@ -69,6 +69,11 @@ pub struct AgentArgs {
     /// it is only a label).
     #[arg(long)]
     pub region: Option<String>,
+    /// A partial replica: carry only these tables (comma-separated or
+    /// repeated); rows of the others never enter this node's file.
+    /// Default: every table its region may hold.
+    #[arg(long, value_name = "TABLE", value_delimiter = ',')]
+    pub tables: Vec<String>,
     /// Mesh CA certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -142,6 +147,7 @@ struct FileConfig {
     schema: Option<OneOrMany<PathBuf>>,
     name: Option<String>,
     region: Option<String>,
+    tables: Option<OneOrMany<String>>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -167,6 +173,7 @@ struct Resolved {
     schema: Vec<String>,
     name: Option<String>,
     region: Option<String>,
+    tables: Option<Vec<String>>,
     tls: Tls,
     thresholds: HealthThresholds,
     query_timeout: Duration,
@@ -349,6 +356,11 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
         schema,
         name: args.name.or(file.name),
         region: args.region.or(file.region),
+        tables: if args.tables.is_empty() {
+            file.tables.map(OneOrMany::into_vec)
+        } else {
+            Some(args.tables)
+        },
         tls,
         thresholds: HealthThresholds {
             max_lag: dur(
@@ -460,6 +472,7 @@ async fn serve(r: Resolved) -> CliResult {
             .unwrap_or_else(|| format!("{}-{}", host_name(), listen.port())),
     );
     settings.region = r.region;
+    settings.tables = r.tables;
     settings.api_addr = Some(api_addr.to_string());
     settings.query_timeout = r.query_timeout;
     settings.transaction_timeout = r.transaction_timeout;

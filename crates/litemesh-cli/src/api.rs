@@ -707,6 +707,18 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         &one(s.broadcasts_known as f64),
     );
     metric(
+        "litemesh_broadcasts_withheld_total",
+        "counter",
+        "Broadcast messages not sent to a peer that may hold rows the version reached this node without (table placement).",
+        &one(s.broadcasts_withheld as f64),
+    );
+    metric(
+        "litemesh_placement_rows_refused_total",
+        "counter",
+        "Rows of tables this node's region may not hold that peers sent anyway (left out, never written).",
+        &one(s.placement_rows_refused as f64),
+    );
+    metric(
         "litemesh_syncs_completed_total",
         "counter",
         "Completed anti-entropy reconciliations.",

@@ -201,3 +201,147 @@ fn regions_from_certificates_acks_levels_and_client_fallback() {
         1
     );
 }
+
+#[test]
+fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_dir = s(&d.join("ca"));
+    let certs = s(&d.join("certs"));
+    assert!(run(&["tls", "ca", "--out", &ca_dir]).status.success());
+    for (n, r) in [("eu1", "eu"), ("eu2", "eu"), ("us1", "us")] {
+        let o = run(&[
+            "tls", "node", "--ca-dir", &ca_dir, "--name", n, "--region", r, "--out", &certs,
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let sc = d.join("schema.sql");
+    std::fs::write(
+        &sc,
+        "CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER);\n\
+         CREATE TABLE eu_users (id TEXT PRIMARY KEY, email TEXT) -- litemesh: regions = eu\n;\n",
+    )
+    .unwrap();
+    let sc = s(&sc);
+    let ca_pem = s(&d.join("ca/ca.pem"));
+    let args = |n: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--db",
+            &s(&d.join(format!("{n}.db"))),
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--schema",
+            &sc,
+            "--name",
+            n,
+            "--tls-ca",
+            &ca_pem,
+            "--tls-cert",
+            &s(&d.join(format!("certs/{n}.pem"))),
+            "--tls-key",
+            &s(&d.join(format!("certs/{n}.key"))),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let start = |n: &str, extra: &[&str]| {
+        let v = args(n, extra);
+        Agent::start(d, n, &v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // A partial replica naming a table the schema does not have: refused.
+    let bad = args("eu1", &["--tables", "nope"]);
+    match Agent::try_start(
+        d,
+        "bad",
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+    ) {
+        Ok(_) => panic!("an agent carrying an unknown table started"),
+        Err((_, err)) => assert!(err.contains("nope"), "{err}"),
+    }
+
+    let eu1 = start("eu1", &[]);
+    let mut us1 = start("us1", &["--seed", &eu1.listen]);
+    let eu2 = start("eu2", &["--seed", &eu1.listen]);
+    eventually(20, "3 alive members", || {
+        let (st, body) = get(&eu1.api, "/v1/members");
+        let m: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+        st == 200
+            && m.as_array()
+                .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 3)
+    });
+
+    // One transaction across placements.
+    exec(
+        &eu1.api,
+        json!([
+            ["INSERT INTO items VALUES ('g1', 1)"],
+            ["INSERT INTO eu_users VALUES ('u1', 'a@example.eu')"]
+        ]),
+    );
+    eventually(20, "the eu row on eu2, the global row everywhere", || {
+        scalar(&eu2.api, "SELECT count(*) FROM eu_users") == 1
+            && scalar(&eu2.api, "SELECT count(*) FROM items") == 1
+            && scalar(&us1.api, "SELECT count(*) FROM items") == 1
+    });
+    // Writes confirmed by every region that may hold them: an eu-only
+    // write needs no us node.
+    let (code, body) = post(
+        &eu1.api,
+        "/v1/transactions?ack=regions&ack_timeout_ms=2000",
+        json!([["INSERT INTO eu_users VALUES ('u2', 'b@example.eu')"]]).to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let j: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["ack"]["reached"], true, "{body}");
+
+    // On the us node the table cannot be read or written: a clear refusal
+    // naming where it lives, also with fallback (never forwarded).
+    for params in ["", "?fallback=nearest"] {
+        let (code, _, body) = query(&us1.api, json!("SELECT * FROM eu_users"), params);
+        assert_eq!(code, 403, "{body}");
+        assert!(body.contains("region(s) eu"), "{body}");
+    }
+    let (code, body) = post(
+        &us1.api,
+        "/v1/transactions",
+        json!([["INSERT INTO eu_users VALUES ('u3', 'c')"]]).to_string(),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may only be held in region(s) eu"), "{body}");
+    // Status and metrics say what is pinned, and that no peer sent eu rows.
+    let (_, body) = get(&us1.api, "/v1/status");
+    let st: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["placement"]["eu_users"], json!(["eu"]), "{body}");
+    assert_eq!(st["placement_rows_refused"], 0, "{body}");
+    let (_, metrics) = get(&us1.api, "/metrics");
+    assert!(
+        metrics.contains("litemesh_placement_rows_refused_total 0"),
+        "{metrics}"
+    );
+    // The us node holds both versions (nothing left to ask for) …
+    eventually(20, "us1 caught up", || {
+        let (_, body) = get(&us1.api, "/v1/status");
+        let st: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+        st["writers"]
+            .as_array()
+            .is_some_and(|w| w.iter().all(|w| w["missing_versions"] == 0))
+    });
+    // … and its file holds nothing of the eu table, metadata included.
+    us1.terminate();
+    let c = rusqlite::Connection::open(d.join("us1.db")).unwrap();
+    for t in ["eu_users", "__lm_clk_eu_users"] {
+        let n: i64 = c
+            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{t} on the us node");
+    }
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -488,6 +488,17 @@ pub struct Status {
     /// relayed).
     #[serde(default)]
     pub broadcasts_known: u64,
+    /// Broadcast messages not sent to a peer that may hold rows the
+    /// version reached this node without (table placement).
+    #[serde(default)]
+    pub broadcasts_withheld: u64,
+    /// Rows of tables this node's region may not hold that peers sent
+    /// anyway, left out.
+    #[serde(default)]
+    pub placement_rows_refused: u64,
+    /// Pinned tables and the regions they may live in.
+    #[serde(default)]
+    pub placement: std::collections::BTreeMap<String, Vec<String>>,
     /// Completed reconciliations.
     pub syncs_completed: u64,
     /// Failed reconciliations.

@@ -357,6 +357,21 @@ impl NodeCore {
         self.repl.stats()
     }
 
+    /// A peer's region, as it gossips it.
+    pub fn peer_region(&self, addr: SocketAddr) -> Option<String> {
+        self.repl.peer_region(addr)
+    }
+
+    /// Sets the table placement replication enforces (see
+    /// [`Replication::set_placement`]).
+    pub fn set_placement(
+        &mut self,
+        placement: litemesh_proto::Placement,
+        resolver: Option<litemesh_sync::RegionResolver>,
+    ) {
+        self.repl.set_placement(placement, resolver);
+    }
+
     /// Lag per writer, given what the node holds.
     pub fn lag(&self, now: Duration, knowledge: &Knowledge) -> Vec<WriterLag> {
         self.lag.lag(now, knowledge, &self.repl.actor())

@@ -68,6 +68,14 @@ pub struct VersionChanges {
     pub chunk: Option<SeqRange>,
     /// The row writes, by entry number.
     pub rows: Vec<RowChange>,
+    /// Tables whose rows were left out of this version on their way here
+    /// (table placement: the node that sent it, or one before it, may not
+    /// hold them, or the receiver may not). Empty for a version sent whole.
+    /// A node never serves a version as complete to a node entitled to one
+    /// of these tables. (A trailing field: batches without it encode as
+    /// before.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 /// A contiguous range of an actor's versions that has no data left to send:
@@ -164,6 +172,9 @@ pub fn validate(batch: &ChangeBatch) -> Result<(), WireError> {
             if r.cl % 2 == 0 && !r.cells.is_empty() {
                 return Err(WireError::Malformed("cells on a deleted row".into()));
             }
+        }
+        if v.withheld.len() > crate::placement::MAX_WITHHELD {
+            return Err(WireError::Malformed("too many withheld tables".into()));
         }
     }
     for c in &batch.cleared {

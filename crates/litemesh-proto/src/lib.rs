@@ -18,6 +18,7 @@ mod error;
 mod knowledge;
 mod message;
 mod meta;
+mod placement;
 mod ranges;
 mod value;
 
@@ -43,5 +44,6 @@ pub use error::WireError;
 pub use knowledge::Knowledge;
 pub use message::{DEFAULT_MAX_MESSAGE, Message, decode, encode};
 pub use meta::{Head, NodeMeta};
+pub use placement::{Entitlement, MAX_WITHHELD, Placement};
 pub use ranges::RangeSet;
 pub use value::Value;

@@ -54,6 +54,11 @@ pub enum StorageError {
     )]
     UnmanagedTable(String),
 
+    /// Table placement forbids it: a write to a table this node may not
+    /// hold, or a file that holds rows its node may not.
+    #[error("placement: {0}")]
+    Placement(String),
+
     /// An unknown table name was given.
     #[error("unknown replicated table {0:?}")]
     UnknownTable(String),

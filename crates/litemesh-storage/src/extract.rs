@@ -13,7 +13,8 @@ use crate::value::decode_pk;
 use litemesh_proto::RangeSet;
 use litemesh_proto::Value;
 use litemesh_proto::{
-    ActorId, CellChange, ChangeBatch, Cleared, Knowledge, RowChange, SeqRange, VersionChanges,
+    ActorId, CellChange, ChangeBatch, Cleared, Entitlement, Knowledge, Placement, RowChange,
+    SeqRange, VersionChanges,
 };
 
 /// What one call to [`Store::changes_since`] produced.
@@ -35,9 +36,23 @@ pub struct ExtractStats {
     /// metadata, or a key an earlier version wrote that cannot be decoded):
     /// neither sent nor reported cleared, so the peer's gap stays visible.
     pub unreadable_versions: u64,
+    /// Versions left out because this node holds them without rows of a
+    /// table the requester may hold (placement): sending them would pass
+    /// for complete what is not; the requester gets them from a node that
+    /// holds them whole.
+    pub incomplete_versions: u64,
 }
 
+/// What the requester holds of a version in part (entry ranges), and the
+/// tables withheld from versions this node holds.
+type Held<'a> = (
+    Option<&'a BTreeMap<u64, RangeSet>>,
+    &'a BTreeMap<u64, Vec<String>>,
+);
+
 struct Out<'s> {
+    /// Placement and the requester's entitlement, when rows are filtered.
+    filter: Option<(&'s Placement, &'s Entitlement)>,
     max_bytes: usize,
     cur: ChangeBatch,
     size: usize,
@@ -73,6 +88,7 @@ impl Out<'_> {
         version: u64,
         rows: Vec<RowChange>,
         segments: &[(u64, u64)],
+        withheld: Vec<String>,
     ) -> Result<()> {
         let sizes: Vec<usize> = rows.iter().map(RowChange::encoded_size).collect();
         let total: usize = sizes.iter().sum();
@@ -87,6 +103,7 @@ impl Out<'_> {
                     version,
                     chunk: None,
                     rows,
+                    withheld,
                 },
                 total,
             );
@@ -117,6 +134,7 @@ impl Out<'_> {
                             version,
                             chunk: Some(SeqRange { start, end: last }),
                             rows: full,
+                            withheld: withheld.clone(),
                         },
                         chunk_size,
                     );
@@ -139,6 +157,7 @@ impl Out<'_> {
                     version,
                     chunk: Some(SeqRange { start, end: e }),
                     rows: chunk,
+                    withheld: withheld.clone(),
                 },
                 chunk_size,
             );
@@ -158,11 +177,27 @@ impl Store {
         &self,
         theirs: &Knowledge,
         max_bytes: usize,
+        sink: impl FnMut(ChangeBatch) -> Result<bool>,
+    ) -> Result<ExtractStats> {
+        self.changes_for(theirs, None, max_bytes, sink)
+    }
+
+    /// [`Store::changes_since`] for a requester entitled to `requester`
+    /// (its certified region, the tables it carries; `None`: everything):
+    /// rows of tables it may not hold are left out and named in each
+    /// version's `withheld`, and versions this node holds without rows the
+    /// requester may hold are neither sent nor reported cleared.
+    pub fn changes_for(
+        &self,
+        theirs: &Knowledge,
+        requester: Option<&Entitlement>,
+        max_bytes: usize,
         mut sink: impl FnMut(ChangeBatch) -> Result<bool>,
     ) -> Result<ExtractStats> {
         let tx = self.conn.unchecked_transaction()?;
         let ours = read_knowledge(&self.conn, &self.actors, self.local)?;
         let mut out = Out {
+            filter: requester.map(|e| (&self.placement, e)),
             max_bytes: max_bytes.max(1024),
             cur: ChangeBatch::default(),
             size: 0,
@@ -198,6 +233,7 @@ impl Store {
     ) -> Result<ExtractStats> {
         let tx = self.conn.unchecked_transaction()?;
         let mut out = Out {
+            filter: None,
             max_bytes: max_bytes.max(1024),
             cur: ChangeBatch::default(),
             size: 0,
@@ -227,6 +263,7 @@ impl Store {
             self.tables.values().map(|t| (t.id, t.as_ref())).collect();
         let mut with_data = RangeSet::new();
         for &(s, e) in need.ranges() {
+            let withheld = crate::placement::withheld_in(&self.conn, a, s, e)?;
             let mut parked: BTreeMap<u64, Vec<RowChange>> = BTreeMap::new();
             {
                 let mut stmt = self.conn.prepare_cached(
@@ -262,7 +299,7 @@ impl Store {
                             std::mem::take(&mut cur_rows),
                             &bad,
                             &mut parked,
-                            their_partial,
+                            (their_partial, &withheld),
                             &mut with_data,
                             out,
                         )?;
@@ -315,7 +352,7 @@ impl Store {
                     cur_rows,
                     &bad,
                     &mut parked,
-                    their_partial,
+                    (their_partial, &withheld),
                     &mut with_data,
                     out,
                 )?;
@@ -330,7 +367,28 @@ impl Store {
                     v,
                     rows,
                     &mut none,
-                    their_partial,
+                    (their_partial, &withheld),
+                    &mut with_data,
+                    out,
+                )?;
+            }
+            // Versions held without some tables' rows and with nothing else
+            // left: never folded into a cleared range (the requester must
+            // learn what they lack).
+            for &v in withheld.keys() {
+                if out.stats.stopped {
+                    return Ok(());
+                }
+                if with_data.contains(v) {
+                    continue;
+                }
+                let mut none = BTreeMap::new();
+                self.finish_version(
+                    actor,
+                    v,
+                    Vec::new(),
+                    &mut none,
+                    (their_partial, &withheld),
                     &mut with_data,
                     out,
                 )?;
@@ -362,7 +420,7 @@ impl Store {
         rows: Vec<RowChange>,
         bad: &RangeSet,
         parked: &mut BTreeMap<u64, Vec<RowChange>>,
-        their_partial: Option<&BTreeMap<u64, RangeSet>>,
+        held: Held<'_>,
         with_data: &mut RangeSet,
         out: &mut Out<'_>,
     ) -> Result<()> {
@@ -372,7 +430,7 @@ impl Store {
             out.stats.unreadable_versions += 1;
             return Ok(());
         }
-        self.finish_version(actor, version, rows, parked, their_partial, with_data, out)
+        self.finish_version(actor, version, rows, parked, held, with_data, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -382,7 +440,7 @@ impl Store {
         version: u64,
         mut rows: Vec<RowChange>,
         parked: &mut BTreeMap<u64, Vec<RowChange>>,
-        their_partial: Option<&BTreeMap<u64, RangeSet>>,
+        (their_partial, held_without): Held<'_>,
         with_data: &mut RangeSet,
         out: &mut Out<'_>,
     ) -> Result<()> {
@@ -390,9 +448,31 @@ impl Store {
             rows.extend(p);
             rows.sort_by_key(|r| r.seq);
         }
-        if rows.is_empty() {
+        let mut withheld: std::collections::BTreeSet<String> = held_without
+            .get(&version)
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Some((placement, ent)) = out.filter {
+            if withheld.iter().any(|t| placement.may_hold(ent, t)) {
+                // Held here without rows the requester may hold.
+                with_data.insert(version);
+                out.stats.incomplete_versions += 1;
+                return Ok(());
+            }
+            if placement.restricts(ent) {
+                rows.retain(|r| {
+                    let ok = placement.may_hold(ent, &r.table);
+                    if !ok && !withheld.contains(&r.table) {
+                        withheld.insert(r.table.clone());
+                    }
+                    ok
+                });
+            }
+        }
+        if rows.is_empty() && withheld.is_empty() {
             return Ok(());
         }
+        let withheld: Vec<String> = withheld.into_iter().collect();
         with_data.insert(version);
         let mut segments = vec![(0, u64::MAX)];
         if let Some(held) = their_partial.and_then(|p| p.get(&version)) {
@@ -403,7 +483,7 @@ impl Store {
                 return Ok(());
             }
         }
-        out.emit_version(actor, version, rows, &segments)
+        out.emit_version(actor, version, rows, &segments, withheld)
     }
 
     /// Deletes change-log entries whose cells were all overwritten (their

@@ -35,6 +35,7 @@ mod error;
 mod extract;
 mod log;
 mod merge;
+mod placement;
 mod sandbox;
 mod schema;
 mod store;
@@ -47,11 +48,12 @@ pub use error::{Interruption, Result, StorageError};
 pub use extract::ExtractStats;
 /// The shared vocabulary, re-exported: the engine reads and writes these types.
 pub use litemesh_proto::{
-    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Knowledge, RangeSet,
-    RowChange, SeqRange, Value, VersionChanges, WIRE_VERSION, WireError, decode_batch,
-    encode_batch, validate,
+    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Entitlement, Knowledge,
+    Placement, RangeSet, RowChange, SeqRange, Value, VersionChanges, WIRE_VERSION, WireError,
+    decode_batch, encode_batch, validate,
 };
 pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
+pub use placement::EntitlementReport;
 pub use sandbox::{ClientLimits, ClientTx, ReadConnection, RowSink};
 pub use schema::SchemaReport;
 pub use store::{Committed, RememberedPeer, Store, StoreOptions};

@@ -25,6 +25,7 @@ use crate::value::encode_pk;
 use litemesh_proto::RangeSet;
 use litemesh_proto::Value;
 use litemesh_proto::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
+use std::borrow::Cow;
 
 /// What [`Store::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +55,14 @@ pub struct ApplyReport {
     pub versions_in_quarantine: usize,
     /// Parked row changes that still failed to merge (left parked).
     pub parked_failed: usize,
+    /// Versions (or chunks) skipped because they arrived without rows of a
+    /// table this node may hold (a sender that holds them only in part):
+    /// not recorded as held, so a node that holds them whole supplies them.
+    pub versions_incomplete: usize,
+    /// Rows of tables this node's region may not hold that a sender sent
+    /// anyway (a sender that does not know the placement, or lies): left
+    /// out, never written to the file.
+    pub rows_refused: usize,
 }
 
 impl ApplyReport {
@@ -69,6 +78,8 @@ impl ApplyReport {
         self.quarantined.extend(o.quarantined);
         self.versions_in_quarantine += o.versions_in_quarantine;
         self.parked_failed += o.parked_failed;
+        self.versions_incomplete += o.versions_incomplete;
+        self.rows_refused += o.rows_refused;
     }
 }
 
@@ -191,6 +202,15 @@ impl Drop for Merging<'_> {
     }
 }
 
+/// The tables withheld from any chunk of a version.
+fn union_withheld(parts: &[&VersionChanges]) -> Vec<String> {
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    for p in parts {
+        all.extend(p.withheld.iter().cloned());
+    }
+    all.into_iter().collect()
+}
+
 impl Store {
     /// Merges a batch of remote changes. All or nothing: on error, neither data
     /// nor bookkeeping change. Versions already held are skipped, so applying a
@@ -278,10 +298,23 @@ impl Store {
         isolate: bool,
     ) -> Result<()> {
         let own = self.actor;
+        // Each batch's versions as this node may hold them (placement).
+        let mut admitted: Vec<Vec<Cow<'_, VersionChanges>>> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut keep = Vec::with_capacity(batch.versions.len());
+            for v in &batch.versions {
+                if v.actor == own {
+                    report.versions_duplicate += 1;
+                } else if let Some(v) = self.admit(v, report) {
+                    keep.push(v);
+                }
+            }
+            admitted.push(keep);
+        }
         // Chunks of large versions, gathered over all batches of this call: a
         // version whose chunks all arrive together is applied straight away.
         let mut chunked: BTreeMap<(ActorId, u64), Vec<&VersionChanges>> = BTreeMap::new();
-        for batch in batches {
+        for (batch, versions) in batches.iter().zip(&admitted) {
             for c in &batch.cleared {
                 if c.actor == own {
                     continue;
@@ -316,11 +349,8 @@ impl Store {
                 }
                 report.versions_cleared += c.end - c.start + 1;
             }
-            for v in &batch.versions {
-                if v.actor == own {
-                    report.versions_duplicate += 1;
-                    continue;
-                }
+            for v in versions {
+                let v: &VersionChanges = v;
                 match v.chunk {
                     None
                     | Some(SeqRange {
@@ -328,7 +358,7 @@ impl Store {
                         end: u64::MAX,
                     }) => {
                         let rows: Vec<&RowChange> = v.rows.iter().collect();
-                        self.apply_version(v.actor, v.version, rows, report, isolate)?;
+                        self.apply_version(v.actor, v.version, rows, &v.withheld, report, isolate)?;
                     }
                     Some(_) => chunked.entry((v.actor, v.version)).or_default().push(v),
                 }
@@ -356,14 +386,22 @@ impl Store {
                 // Overlapping chunks may repeat a row; merging is idempotent.
                 let mut rows: Vec<&RowChange> = parts.iter().flat_map(|p| &p.rows).collect();
                 rows.sort_by_key(|r| r.seq);
-                self.apply_version(actor, version, rows, report, isolate)?;
+                let withheld = union_withheld(&parts);
+                self.apply_version(actor, version, rows, &withheld, report, isolate)?;
                 continue;
             }
+            let withheld = union_withheld(&parts);
             for p in parts {
                 let chunk = p.chunk.expect("chunked");
+                crate::placement::add_withheld(
+                    &self.conn,
+                    a,
+                    version,
+                    &withheld.iter().cloned().collect(),
+                )?;
                 if let Some(rows) = self.buffer_chunk(a, version, chunk, &p.rows)? {
                     let rows: Vec<&RowChange> = rows.iter().collect();
-                    self.apply_version(actor, version, rows, report, isolate)?;
+                    self.apply_version(actor, version, rows, &withheld, report, isolate)?;
                     break;
                 }
                 report.chunks_buffered += 1;
@@ -375,11 +413,13 @@ impl Store {
     /// Applies one version, unless held or in quarantine. With `isolate`, in
     /// its own savepoint: a data error puts it in quarantine instead of
     /// failing the call.
+    #[allow(clippy::too_many_arguments)]
     fn apply_version(
         &mut self,
         actor: ActorId,
         version: u64,
         rows: Vec<&RowChange>,
+        withheld: &[String],
         report: &mut ApplyReport,
         isolate: bool,
     ) -> Result<()> {
@@ -391,6 +431,15 @@ impl Store {
         if self.quarantined.contains(&(a, version)) {
             report.versions_in_quarantine += 1;
             return Ok(());
+        }
+        if !withheld.is_empty() {
+            // Outside the version's savepoint: kept if it is quarantined.
+            crate::placement::add_withheld(
+                &self.conn,
+                a,
+                version,
+                &withheld.iter().cloned().collect(),
+            )?;
         }
         if !isolate {
             return self.merge_version(a, actor, version, &rows, report);
@@ -436,6 +485,38 @@ impl Store {
         add_have(&self.conn, a, version, version)?;
         report.versions_applied += 1;
         Ok(())
+    }
+
+    /// A remote version as this node may hold it: without rows of tables
+    /// it may not hold (named in `withheld`), or `None` when it lacks rows
+    /// this node may hold (it came from a node holding it only in part).
+    fn admit<'v>(
+        &self,
+        v: &'v VersionChanges,
+        report: &mut ApplyReport,
+    ) -> Option<Cow<'v, VersionChanges>> {
+        let (p, e) = (&self.placement, &self.entitlement);
+        if v.withheld.is_empty() && !p.restricts(e) {
+            return Some(Cow::Borrowed(v));
+        }
+        if v.withheld.iter().any(|t| p.may_hold(e, t)) {
+            report.versions_incomplete += 1;
+            return None;
+        }
+        if v.rows.iter().all(|r| p.may_hold(e, &r.table)) {
+            return Some(Cow::Borrowed(v));
+        }
+        let refused = v.rows.iter().filter(|r| !p.allows(e, &r.table)).count();
+        if refused > 0 {
+            report.rows_refused += refused;
+            tracing::warn!(
+                actor = %v.actor,
+                version = v.version,
+                rows = refused,
+                "a peer sent rows of a table this node's region may not hold: left out"
+            );
+        }
+        p.filter_version(v, e).map(Cow::Owned)
     }
 
     /// Keeps a version that failed on its data, with its rows and the error.

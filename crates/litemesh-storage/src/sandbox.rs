@@ -95,18 +95,25 @@ pub struct ClientLimits {
     pub started: Option<Instant>,
     /// Set to stop the statement (e.g. its client went away).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The statement runs for another node (a forwarded query): it may
+    /// only read tables that node may hold too.
+    pub on_behalf_of: Option<litemesh_proto::Entitlement>,
 }
 
 #[derive(Debug, Default)]
 struct Policy {
     /// Lower-cased names of the replicated tables.
     writable: HashSet<String>,
+    /// Pinned tables, and what this node may hold.
+    placement: litemesh_proto::Placement,
+    own: litemesh_proto::Entitlement,
 }
 
 #[derive(Debug)]
 struct Running {
     deadline: Option<(Instant, Duration)>,
     cancel: Option<Arc<AtomicBool>>,
+    on_behalf_of: Option<litemesh_proto::Entitlement>,
 }
 
 /// Per-connection state of the authorizer and the progress handler.
@@ -146,6 +153,18 @@ impl ConnGuard {
         tables: &HashMap<String, Arc<TableMeta>>,
     ) -> Result<()> {
         self.set_schema_names(conn, tables.keys().map(String::as_str))
+    }
+
+    /// Sets the placement the policy enforces: tables this node may not
+    /// hold can be neither read nor written by clients.
+    pub(crate) fn set_placement(
+        &self,
+        placement: litemesh_proto::Placement,
+        own: litemesh_proto::Entitlement,
+    ) {
+        let mut p = self.policy.write().unwrap_or_else(|e| e.into_inner());
+        p.placement = placement;
+        p.own = own;
     }
 
     fn set_schema_names<'a>(
@@ -204,6 +223,7 @@ impl ConnGuard {
                 .timeout
                 .map(|t| (l.started.unwrap_or_else(Instant::now) + t, t)),
             cancel: l.cancel.clone(),
+            on_behalf_of: l.on_behalf_of.clone(),
         });
         LimitsOn(self)
     }
@@ -275,7 +295,14 @@ impl ConnGuard {
             return Authorization::Allow;
         }
         let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
-        match decide(mode, &policy, &ctx) {
+        let placed = match ctx.action {
+            AuthAction::Read { table_name, .. }
+            | AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name } => self.placed(&policy, table_name),
+            _ => Ok(()),
+        };
+        match placed.and_then(|()| decide(mode, &policy, &ctx)) {
             Ok(()) => Authorization::Allow,
             Err(why) => {
                 // The first refusal names what the client asked for (SQLite
@@ -287,6 +314,29 @@ impl ConnGuard {
                 Authorization::Deny
             }
         }
+    }
+}
+
+impl ConnGuard {
+    /// Refuses access to a table this node (or the node a statement runs
+    /// for) may not hold.
+    fn placed(&self, p: &Policy, table: &str) -> std::result::Result<(), String> {
+        if p.placement.is_empty() && p.own.carried.is_none() {
+            return Ok(());
+        }
+        if !p.placement.may_hold(&p.own, table) {
+            return Err(crate::placement::not_here(&p.placement, &p.own, table));
+        }
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ent) = running.as_ref().and_then(|r| r.on_behalf_of.as_ref())
+            && !p.placement.allows(ent, table)
+        {
+            return Err(format!(
+                "the requesting node may not read {}",
+                crate::placement::not_here(&p.placement, ent, table)
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -569,6 +619,17 @@ impl ReadConnection {
         let writable: Vec<String> = Vec::new();
         self.guard
             .set_schema_names(&self.conn, writable.iter().map(String::as_str))
+    }
+
+    /// Sets the placement this connection enforces (see
+    /// [`Store::set_entitlement`](crate::Store::set_entitlement)): queries
+    /// of tables this node may not hold are refused, naming where they live.
+    pub fn set_placement(
+        &self,
+        placement: litemesh_proto::Placement,
+        own: litemesh_proto::Entitlement,
+    ) {
+        self.guard.set_placement(placement, own);
     }
 
     /// Sets the flag that stops any query of this connection (node shutdown).

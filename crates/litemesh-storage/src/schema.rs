@@ -145,6 +145,8 @@ struct DeclaredTable {
     name: String,
     sql: String,
     cols: Vec<ColInfo>,
+    /// The regions its placement directive names (`None`: everywhere).
+    regions: Option<std::collections::BTreeSet<String>>,
 }
 
 impl DeclaredTable {
@@ -182,6 +184,7 @@ fn declare(
     sql: &str,
     report: &mut SchemaReport,
 ) -> Result<(Vec<DeclaredTable>, Vec<DeclaredIndex>)> {
+    let placed = crate::placement::directives(sql)?;
     let scratch = Connection::open_in_memory()?;
     use rusqlite::fallible_iterator::FallibleIterator;
     let mut batch = rusqlite::Batch::new(&scratch, sql);
@@ -223,10 +226,12 @@ fn declare(
             return Err(StorageError::ReservedName(name));
         }
         let cols = table_info(&scratch, &name)?;
+        let regions = placed.get(&name.to_ascii_lowercase()).cloned();
         let t = DeclaredTable {
             name: name.clone(),
             sql: sql.clone(),
             cols,
+            regions,
         };
         let pk = t.pk();
         if pk.is_empty() {
@@ -732,6 +737,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, sql: &str) -> Result<SchemaReport> {
             None => create_table(tx, t, &mut report)?,
             Some(meta) => migrate_table(tx, t, meta, &mut report)?,
         }
+        crate::placement::declare(
+            tx,
+            &t.name,
+            t.regions.as_ref(),
+            !known.contains_key(&t.name),
+        )?;
     }
     for name in known.keys() {
         if !declared.iter().any(|t| &t.name == name) {

@@ -28,9 +28,12 @@ pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(s.next_version, \
 /// the local actor fixed at index 0 and no quarantine, peer list or session
 /// marker; format 2 wrote every key in the change log in the first key
 /// encoding (format 3 adds shorter forms of integers, hexadecimal text and
-/// UUIDs, see `value.rs`). Older formats are upgraded in place when opened;
-/// a binary older than the file's format refuses to open it.
-const FORMAT: i64 = 3;
+/// UUIDs, see `value.rs`); format 4 adds table placement (`__lm_placement`,
+/// `__lm_withheld`: a binary that does not know them would serve versions
+/// held without some tables' rows as complete). Older formats are upgraded
+/// in place when opened; a binary older than the file's format refuses to
+/// open it.
+const FORMAT: i64 = 4;
 
 const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS __lm_site(
@@ -70,6 +73,10 @@ CREATE TABLE IF NOT EXISTS __lm_quarantine(
     PRIMARY KEY (actor, version)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __lm_peers(
     addr TEXT PRIMARY KEY, name TEXT, actor BLOB, last_seen INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_placement(name TEXT PRIMARY KEY, regions TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_withheld(
+    actor INTEGER NOT NULL, version INTEGER NOT NULL, tables TEXT NOT NULL,
+    PRIMARY KEY (actor, version)) WITHOUT ROWID;
 ";
 
 /// Columns format 2 added to `__lm_site`.
@@ -155,6 +162,10 @@ pub struct Store {
     /// merge's commit).
     pub(crate) merged_last: bool,
     pub(crate) opts: StoreOptions,
+    /// Pinned tables (from `__lm_placement`).
+    pub(crate) placement: litemesh_proto::Placement,
+    /// What this node may hold (see [`Store::set_entitlement`]).
+    pub(crate) entitlement: litemesh_proto::Entitlement,
 }
 
 impl std::fmt::Debug for Store {
@@ -206,8 +217,9 @@ impl Store {
                     )?;
                 }
                 Some((_, 1)) => upgrade_from_format_1(&tx)?,
-                // Format 3 only adds key encodings; the old ones still read.
-                Some((_, 2)) => {
+                // Format 3 only adds key encodings (the old ones still
+                // read); format 4 only adds tables (created above).
+                Some((_, 2 | 3)) => {
                     tx.execute("UPDATE __lm_site SET format = ?1 WHERE id = 0", [FORMAT])?;
                 }
                 Some((_, f)) if f != FORMAT => {
@@ -246,6 +258,8 @@ impl Store {
             merges_unsynced: false,
             merged_last: false,
             opts: opts.clone(),
+            placement: Default::default(),
+            entitlement: Default::default(),
         };
         store.reload()?;
         Ok(store)
@@ -345,6 +359,7 @@ impl Store {
             ));
         }
         self.tables = schema::load_tables(&self.conn)?;
+        self.placement = crate::placement::load(&self.conn)?;
         self.tables_ci = self
             .tables
             .keys()
@@ -420,6 +435,7 @@ impl Store {
         })();
         self.reload()?;
         let report = res?;
+        self.reconcile_placement()?;
         if !report.is_unchanged() {
             self.retry_parked()?;
             // A schema change may be what quarantined versions waited for.
@@ -986,6 +1002,30 @@ pub(crate) fn add_have(conn: &Connection, actor: u64, start: u64, end: u64) -> R
     }
     conn.prepare_cached("INSERT INTO __lm_have(actor, start, end) VALUES (?1, ?2, ?3)")?
         .execute((a, s as i64, e as i64))?;
+    Ok(())
+}
+
+/// Forgets that `actor` index holds `version` (it will be fetched again).
+pub(crate) fn remove_have(conn: &Connection, actor: u64, version: u64) -> Result<()> {
+    let a = actor as i64;
+    let v = version as i64;
+    let range: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT start, end FROM __lm_have WHERE actor = ?1 AND start <= ?2 AND end >= ?2",
+        )?
+        .query_row((a, v), |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((s, e)) = range else {
+        return Ok(());
+    };
+    conn.prepare_cached("DELETE FROM __lm_have WHERE actor = ?1 AND start = ?2")?
+        .execute((a, s))?;
+    if s < v {
+        add_have(conn, actor, s as u64, version - 1)?;
+    }
+    if v < e {
+        add_have(conn, actor, version + 1, e as u64)?;
+    }
     Ok(())
 }
 

@@ -236,6 +236,7 @@ fn bad_batch(actor: ActorId, version: u64, key: &str) -> ChangeBatch {
                     cv: 1,
                 }],
             }],
+            withheld: vec![],
         }],
         cleared: vec![],
     }
@@ -640,7 +641,7 @@ fn a_format_1_file_is_upgraded_in_place() {
 }
 
 #[test]
-fn a_format_2_file_opens_and_a_newer_format_is_refused() {
+fn format_2_and_3_files_open_and_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.db");
     {
@@ -670,10 +671,14 @@ fn a_format_2_file_opens_and_a_newer_format_is_refused() {
         s.execute_batch("INSERT INTO items VALUES ('b', 2, 'y')")
             .unwrap();
     }
-    assert_eq!(format(), 3);
-    set(4);
+    assert_eq!(format(), 4);
+    // Format 3 (before table placement) too.
+    set(3);
+    drop(Store::open(&path).unwrap());
+    assert_eq!(format(), 4);
+    set(5);
     let err = Store::open(&path).unwrap_err();
-    assert!(err.to_string().contains("format 4"), "{err}");
+    assert!(err.to_string().contains("format 5"), "{err}");
 }
 
 #[test]

@@ -22,10 +22,12 @@
 //! [`Message::SyncDone`]: litemesh_proto::Message::SyncDone
 
 mod lag;
+mod placement;
 mod replication;
 mod scheduler;
 
 pub use lag::{LagTracker, WriterLag};
+pub use placement::RegionResolver;
 pub use replication::{
     Broadcast, Event, Extracted, Frame, OpId, Replication, RequestId, SessionId, Stats, StorageOp,
     Transmit, decode_broadcast, decode_frame, encode_local_commit, encode_sync_batch,

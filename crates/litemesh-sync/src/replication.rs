@@ -119,6 +119,10 @@ pub enum StorageOp {
         request: RequestId,
         /// What the requester holds.
         theirs: Knowledge,
+        /// What the requester may hold, when tables are pinned: extract
+        /// with `Store::changes_for` (its rows filtered, versions held
+        /// here in part left out). `None`: everything.
+        requester: Option<litemesh_proto::Entitlement>,
         /// Bytes of changes per batch.
         batch_bytes: usize,
     },
@@ -188,6 +192,10 @@ pub struct Stats {
     /// Broadcasts received that held nothing new (relays of what this node
     /// already had): neither applied nor relayed further.
     pub broadcasts_known: u64,
+    /// Broadcast messages not sent to a peer because it may hold rows the
+    /// version reached this node without (table placement): it gets them
+    /// from a node that holds them whole.
+    pub broadcasts_withheld: u64,
 }
 
 /// A reconciliation this node opened.
@@ -246,6 +254,8 @@ pub struct Replication {
     storage: VecDeque<StorageOp>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Table placement (inactive while no table is pinned).
+    filter: crate::placement::Filter,
 }
 
 /// A broadcast, decoded (see [`decode_broadcast`]).
@@ -255,6 +265,18 @@ pub struct Broadcast {
     /// The encoded batch, relayed as it came.
     encoded: Vec<u8>,
     batch: ChangeBatch,
+}
+
+impl Broadcast {
+    /// How many more times it may be relayed.
+    pub fn hops(&self) -> u8 {
+        self.hops
+    }
+
+    /// Its changes.
+    pub fn batch(&self) -> &ChangeBatch {
+        &self.batch
+    }
 }
 
 /// A response frame of a reconciliation, decoded (see [`decode_frame`]).
@@ -354,7 +376,20 @@ impl Replication {
             storage: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            filter: crate::placement::Filter::new(Default::default(), None),
         }
+    }
+
+    /// Sets the table placement to enforce: broadcasts are filtered per
+    /// receiver and reconciliations extracted per requester, by the region
+    /// `resolver` certifies for the peer (with no resolver — an insecure
+    /// mesh, the simulator — by the region it gossips).
+    pub fn set_placement(
+        &mut self,
+        placement: litemesh_proto::Placement,
+        resolver: Option<crate::RegionResolver>,
+    ) {
+        self.filter = crate::placement::Filter::new(placement, resolver);
     }
 
     fn next(&mut self) -> u64 {
@@ -392,11 +427,17 @@ impl Replication {
         self.sched.peers()
     }
 
+    /// A peer's region, as its membership metadata gives it.
+    pub fn peer_region(&self, addr: SocketAddr) -> Option<String> {
+        self.sched.peer_region(addr)
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats {
             broadcast_queue: self.sched.queue_len(),
             broadcast_dropped: self.sched.dropped(),
+            broadcasts_withheld: self.filter.skipped,
             ..self.stats.clone()
         }
     }
@@ -706,10 +747,15 @@ impl Replication {
         }
         let op = OpId(self.next());
         self.ops.insert(op, Purpose::Serve(request));
+        let requester = self
+            .filter
+            .is_active()
+            .then(|| self.filter.entitlement(from, self.sched.peer_region(from)));
         self.storage.push_back(StorageOp::Extract {
             op,
             request,
             theirs,
+            requester,
             batch_bytes: self.config.batch_bytes,
         });
         Ok(())
@@ -866,10 +912,22 @@ impl Replication {
                 }
             }
         }
-        self.sched.poll_transmit(now).map(|o| Transmit::Uni {
-            to: o.to,
-            bytes: o.bytes,
-        })
+        while let Some(o) = self.sched.poll_transmit(now) {
+            if !self.filter.is_active() {
+                return Some(Transmit::Uni {
+                    to: o.to,
+                    bytes: o.bytes,
+                });
+            }
+            let claimed = self.sched.peer_region(o.to);
+            if let Some(bytes) =
+                self.filter
+                    .broadcast_for(o.to, claimed, o.bytes, self.config.max_message)
+            {
+                return Some(Transmit::Uni { to: o.to, bytes });
+            }
+        }
+        None
     }
 
     /// The next storage operation to run, if any.

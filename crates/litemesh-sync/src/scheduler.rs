@@ -189,6 +189,11 @@ impl Scheduler {
         self.region = region;
     }
 
+    /// A peer's region, as its membership metadata gives it.
+    pub fn peer_region(&self, addr: SocketAddr) -> Option<String> {
+        self.peers.get(&addr).and_then(|p| p.region.clone())
+    }
+
     /// Sets a peer's region (from its membership metadata).
     pub fn set_peer_region(&mut self, addr: SocketAddr, region: Option<String>) {
         if let Some(p) = self.peers.get_mut(&addr) {

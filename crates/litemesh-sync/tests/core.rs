@@ -42,6 +42,7 @@ fn batch(actor: ActorId, version: u64, bytes: usize) -> ChangeBatch {
                     cv: 1,
                 }],
             }],
+            withheld: vec![],
         }],
         cleared: vec![],
     }

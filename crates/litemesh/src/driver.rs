@@ -183,6 +183,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
             op,
             request,
             theirs,
+            requester,
             batch_bytes,
         } => {
             let tx = streams(inner).serving.get(&request).cloned();
@@ -191,7 +192,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
             tokio::task::spawn_blocking(move || {
                 let outcome = match tx {
                     None => Extracted::Interrupted,
-                    Some(tx) => extract(&inner, &tx, &theirs, batch_bytes, max),
+                    Some(tx) => extract(&inner, &tx, &theirs, requester.as_ref(), batch_bytes, max),
                 };
                 if let Extracted::Failed(e) = &outcome {
                     tracing::warn!("serving a sync failed: {e}");
@@ -207,6 +208,7 @@ fn extract(
     inner: &Inner,
     tx: &mpsc::Sender<Serve>,
     theirs: &litemesh_proto::Knowledge,
+    requester: Option<&litemesh_proto::Entitlement>,
     batch_bytes: usize,
     max: usize,
 ) -> Extracted {
@@ -224,7 +226,7 @@ fn extract(
         if let Err(e) = r.refresh() {
             return Extracted::Failed(e.to_string());
         }
-        r.changes_since(theirs, batch_bytes, |b| {
+        r.changes_for(theirs, requester, batch_bytes, |b| {
             match encode_sync_batch(&b, max) {
                 Ok(frame) => {
                     bytes += frame.len();

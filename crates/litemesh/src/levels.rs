@@ -243,6 +243,7 @@ impl Inner {
         token: &Token,
         level: &Ack,
         timeout: Duration,
+        written: Option<&BTreeSet<String>>,
     ) -> AckReport {
         let started = tokio::time::Instant::now();
         let peers = self.peers_by_distance();
@@ -260,6 +261,13 @@ impl Inner {
                 .map(|m| self.member_region(m.addr, m.region.as_deref()))
                 // Members with no region are in none: nothing to confirm.
                 .filter(|r| r.is_some() && *r != own)
+                // Only regions that may hold what was written (placement).
+                .filter(|r| {
+                    written.is_none_or(|tables| {
+                        let ent = litemesh_proto::Entitlement::region(r.clone());
+                        tables.iter().any(|t| self.placement.allows(&ent, t))
+                    })
+                })
                 .collect(),
             _ => BTreeSet::new(),
         };

@@ -151,6 +151,12 @@ pub(crate) struct Inner {
     stop: Arc<AtomicBool>,
     pub(crate) epoch: tokio::time::Instant,
     changes_applied: AtomicU64,
+    /// Rows of tables this node may not hold that peers sent anyway.
+    pub(crate) placement_rows_refused: AtomicU64,
+    /// Pinned tables (from the schema).
+    pub(crate) placement: litemesh_proto::Placement,
+    /// The mesh runs without TLS: peers' regions are what they gossip.
+    pub(crate) insecure: bool,
     /// Group commit counters: transactions, and the commits they took.
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_groups: AtomicU64,
@@ -206,6 +212,34 @@ impl Inner {
             }
             None => claimed.map(str::to_string),
         }
+    }
+
+    /// The tables this node's own `version` wrote (`None` if it cannot be
+    /// read).
+    pub(crate) fn tables_written(&self, version: u64) -> Option<BTreeSet<String>> {
+        let mut r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        r.refresh().ok()?;
+        let mut tables = BTreeSet::new();
+        r.version_changes(version, usize::MAX / 2, |b| {
+            for v in &b.versions {
+                tables.extend(v.rows.iter().map(|row| row.table.clone()));
+            }
+            Ok(true)
+        })
+        .ok()?;
+        Some(tables)
+    }
+
+    /// What the peer at `addr` may hold, for table placement: by the region
+    /// its certificate certifies (none while that cannot be told), or, in
+    /// an insecure mesh, by the region it gossips.
+    pub(crate) fn placement_entitlement(&self, addr: SocketAddr) -> litemesh_proto::Entitlement {
+        let region = match self.transport.peer_region(addr) {
+            Some(r) => r,
+            None if self.insecure => self.core().peer_region(addr),
+            None => None,
+        };
+        litemesh_proto::Entitlement::region(region)
     }
 
     /// Counts `len` bytes sent to `to` (any channel).
@@ -409,6 +443,10 @@ impl Inner {
             report.cells_written as u64 + report.rows_deleted as u64,
             Ordering::Relaxed,
         );
+        if report.rows_refused > 0 {
+            self.placement_rows_refused
+                .fetch_add(report.rows_refused as u64, Ordering::Relaxed);
+        }
         if !report.tables_changed.is_empty() {
             let _ = self.changes.send(ChangeEvent {
                 tables: report.tables_changed,
@@ -459,6 +497,7 @@ fn check_advertise(
 }
 
 struct Opened {
+    placement: litemesh_proto::Placement,
     writer: Store,
     reader: Store,
     queries: Vec<ReadConnection>,
@@ -468,13 +507,36 @@ struct Opened {
     kept: bool,
 }
 
-fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Error> {
+fn open_stores(
+    settings: &Settings,
+    region: Option<String>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Opened, Error> {
     let lock = session::lock(&settings.db_path)?;
     let mut writer = Store::open(&settings.db_path)?;
     for sql in &settings.schema {
         let report = writer.apply_schema(sql)?;
         for w in report.warnings {
             tracing::warn!("{w}");
+        }
+    }
+    let entitlement = litemesh_proto::Entitlement {
+        region,
+        carried: settings
+            .tables
+            .as_ref()
+            .map(|t| t.iter().map(|t| t.to_ascii_lowercase()).collect()),
+    };
+    writer.set_entitlement(entitlement)?;
+    let placement = writer.placement().clone();
+    if !placement.is_empty() {
+        for (t, r) in placement.pinned() {
+            tracing::info!(
+                table = t,
+                regions = ?r,
+                here = writer.may_hold(t),
+                "pinned table"
+            );
         }
     }
     let begun = session::begin(&mut writer, &settings.db_path)?;
@@ -485,10 +547,12 @@ fn open_stores(settings: &Settings, stop: &Arc<AtomicBool>) -> Result<Opened, Er
     for _ in 0..settings.query_connections.max(1) {
         let q = ReadConnection::open(&settings.db_path)?;
         q.set_stop_flag(stop.clone());
+        q.set_placement(placement.clone(), writer.entitlement().clone());
         queries.push(q);
     }
     let remembered = writer.remembered_peers()?;
     Ok(Opened {
+        placement,
         writer,
         reader,
         queries,
@@ -604,10 +668,12 @@ impl Node {
         let s2 = settings.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let opened = tokio::task::spawn_blocking(move || open_stores(&s2, &stop2))
+        let region2 = region.clone();
+        let opened = tokio::task::spawn_blocking(move || open_stores(&s2, region2, &stop2))
             .await
             .map_err(|_| Error::ShuttingDown)??;
         let Opened {
+            placement,
             writer,
             reader,
             queries,
@@ -697,6 +763,18 @@ impl Node {
         if !unreadable.is_empty() {
             core.save_failed(unreadable);
         }
+        if !placement.is_empty() {
+            // Under mutual TLS a peer's region is its certificate's, never
+            // what it gossips.
+            let resolver: Option<litemesh_sync::RegionResolver> =
+                if matches!(settings.tls, Tls::Insecure) {
+                    None
+                } else {
+                    let t = transport.clone();
+                    Some(Arc::new(move |a| t.peer_region(a)))
+                };
+            core.set_placement(placement.clone(), resolver);
+        }
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
@@ -731,6 +809,9 @@ impl Node {
             stop,
             epoch,
             changes_applied: AtomicU64::new(0),
+            placement_rows_refused: AtomicU64::new(0),
+            placement: placement.clone(),
+            insecure: matches!(settings.tls, Tls::Insecure),
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             apply_transactions: AtomicU64::new(0),
@@ -818,7 +899,23 @@ impl Node {
             ));
         }
         let done = self.execute(statements).await?;
-        let report = self.inner.acknowledge(&done.token, ack, timeout).await;
+        // With pinned tables, `regions` means the regions that may hold
+        // what the transaction wrote.
+        let written = match (ack, self.inner.placement.is_empty()) {
+            (Ack::Regions, false) if done.version > 0 => {
+                let inner = self.inner.clone();
+                let version = done.version;
+                tokio::task::spawn_blocking(move || inner.tables_written(version))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        };
+        let report = self
+            .inner
+            .acknowledge(&done.token, ack, timeout, written.as_ref())
+            .await;
         Ok((done, report))
     }
 
@@ -1067,6 +1164,13 @@ impl Node {
             commit_groups: inner.commit_groups.load(Ordering::Relaxed),
             apply_transactions: inner.apply_transactions.load(Ordering::Relaxed),
             broadcasts_known: stats.broadcasts_known,
+            broadcasts_withheld: stats.broadcasts_withheld,
+            placement_rows_refused: inner.placement_rows_refused.load(Ordering::Relaxed),
+            placement: inner
+                .placement
+                .pinned()
+                .map(|(t, r)| (t.to_string(), r.iter().cloned().collect()))
+                .collect(),
             syncs_completed: stats.syncs_completed,
             syncs_failed: stats.syncs_failed,
             apply_failures: f.apply,

@@ -244,6 +244,18 @@ pub(crate) async fn start(
     timeout: Duration,
     max_rows: u64,
 ) -> Result<Rows, Error> {
+    start_for(pool, statement, timeout, max_rows, None).await
+}
+
+/// [`start`] for another node (a forwarded query): it may only read tables
+/// `on_behalf_of` may hold (table placement).
+pub(crate) async fn start_for(
+    pool: &Arc<QueryPool>,
+    statement: Statement,
+    timeout: Duration,
+    max_rows: u64,
+    on_behalf_of: Option<litemesh_proto::Entitlement>,
+) -> Result<Rows, Error> {
     let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let permit = match tokio::time::timeout_at(deadline, pool.permits.clone().acquire_owned()).await
@@ -286,6 +298,7 @@ pub(crate) async fn start(
             timeout: Some(timeout),
             started: Some(started),
             cancel: Some(cancel2),
+            on_behalf_of,
         };
         let res = lease.conn.as_mut().expect("leased").query(
             &statement.sql,

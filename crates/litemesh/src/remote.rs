@@ -173,7 +173,7 @@ pub(crate) async fn serve(
             if respond.send(accepted).await.is_err() {
                 return;
             }
-            answer(&inner, req).await
+            answer(&inner, from, req).await
         }
         Err(e) => {
             tracing::warn!(%from, "bad node request refused: {e}");
@@ -204,7 +204,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn answer(inner: &Arc<Inner>, req: Request) -> Response {
+async fn answer(inner: &Arc<Inner>, from: SocketAddr, req: Request) -> Response {
     let refused = |e: Error| Response::Refused {
         why: refusal(&e),
         message: e.to_string(),
@@ -252,11 +252,18 @@ async fn answer(inner: &Arc<Inner>, req: Request) -> Response {
                 (asked, mine) => asked.min(mine),
             };
             let statement = Statement::with_params(sql, params);
-            let mut rows =
-                match query::start(&inner.queries, statement, inner.query_timeout, limit).await {
-                    Ok(r) => r,
-                    Err(e) => return refused(e),
-                };
+            let mut rows = match query::start_for(
+                &inner.queries,
+                statement,
+                inner.query_timeout,
+                limit,
+                Some(inner.placement_entitlement(from)),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => return refused(e),
+            };
             let columns = rows.columns().to_vec();
             let mut out = Vec::new();
             let mut bytes = 0usize;

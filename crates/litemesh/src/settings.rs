@@ -47,7 +47,12 @@ pub struct Settings {
     /// Nodes of the mesh to join by; none: first node of a new mesh.
     pub seeds: Vec<SocketAddr>,
     /// Schema SQL texts (`CREATE TABLE` / `CREATE INDEX`), applied at start.
+    /// A table is pinned to regions with a comment in its `CREATE TABLE`
+    /// (`-- litemesh: regions = eu-west, eu-central`; docs/regions.md).
     pub schema: Vec<String>,
+    /// A partial replica: the only tables this node carries (`None`: all
+    /// that its region may hold). Rows of the others never enter its file.
+    pub tables: Option<Vec<String>>,
     /// Peer authentication.
     pub tls: Tls,
     /// Name shown in membership (default: derived from the listen address).
@@ -98,6 +103,7 @@ impl Settings {
             advertise: None,
             seeds: Vec::new(),
             schema: Vec::new(),
+            tables: None,
             tls: Tls::Insecure,
             name: None,
             region: None,

@@ -203,6 +203,14 @@ pub struct Status {
     pub apply_transactions: u64,
     /// Broadcasts received that held nothing new (no apply, no relay).
     pub broadcasts_known: u64,
+    /// Broadcast messages not sent to a peer that may hold rows the
+    /// version reached this node without (table placement).
+    pub broadcasts_withheld: u64,
+    /// Rows of tables this node's region may not hold that peers sent
+    /// anyway: left out (a peer ignoring the placement; see the log).
+    pub placement_rows_refused: u64,
+    /// Pinned tables and the regions they may live in.
+    pub placement: std::collections::BTreeMap<String, Vec<String>>,
     /// Completed reconciliations.
     pub syncs_completed: u64,
     /// Failed reconciliations.

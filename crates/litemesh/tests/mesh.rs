@@ -309,6 +309,17 @@ async fn every_write_answered_ok_at_shutdown_is_in_the_file() {
         }
     }
     node.shutdown().await;
+    // A write after the shutdown is refused as such.
+    let late = node
+        .execute(vec![Statement::with_params(
+            "INSERT INTO items VALUES ('late', 'n0', 0)",
+            vec![],
+        )])
+        .await;
+    assert!(
+        matches!(late, Err(litemesh::Error::ShuttingDown)),
+        "{late:?}"
+    );
     let store = litemesh_storage::Store::open(dir.path().join("n0.db")).unwrap();
     for i in &acked {
         let n: i64 = store
@@ -321,8 +332,10 @@ async fn every_write_answered_ok_at_shutdown_is_in_the_file() {
             .unwrap();
         assert_eq!(n, 1, "k{i} was acknowledged but is not in the file");
     }
+    // Tasks run concurrently: how many of those spawned after the one that
+    // shut the node down got in first depends on scheduling, but not all.
     assert!(
-        acked.len() < 200,
+        acked.len() < 400,
         "the writes after the shutdown were refused"
     );
 }

@@ -1,0 +1,401 @@
+//! Table placement: rows of a pinned table never enter the file of a node
+//! outside its regions, by any path, and nobody is left with a gap or a
+//! version passed off as complete.
+
+use litemesh_storage::{ChangeBatch, Entitlement, StorageError, Store, Value};
+
+const SCHEMA: &str = "
+CREATE TABLE posts (id TEXT PRIMARY KEY, body TEXT);
+CREATE TABLE eu_users ( -- litemesh: regions = eu
+    id TEXT PRIMARY KEY, email TEXT);
+";
+
+fn node(dir: &tempfile::TempDir, name: &str, region: &str) -> Store {
+    let mut s = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
+    s.apply_schema(SCHEMA).unwrap();
+    s.set_entitlement(Entitlement::region(Some(region.into())))
+        .unwrap();
+    s
+}
+
+/// What `from` sends `to` in a reconciliation, filtered for `to`'s
+/// entitlement as a node does.
+fn batches_for(from: &Store, to: &Store) -> Vec<ChangeBatch> {
+    let mut out = Vec::new();
+    from.changes_for(
+        &to.knowledge().unwrap(),
+        Some(to.entitlement()),
+        64 * 1024,
+        |b| {
+            out.push(b);
+            Ok(true)
+        },
+    )
+    .unwrap();
+    out
+}
+
+fn sync(from: &Store, to: &mut Store) -> litemesh_storage::ApplyReport {
+    let bs = batches_for(from, to);
+    to.apply_all(&bs).unwrap()
+}
+
+fn count(s: &Store, sql: &str) -> i64 {
+    s.connection().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Every trace of `eu_users` rows in a file: the table, its clocks, parked,
+/// quarantined and buffered (chunks of large versions) changes. (The
+/// change log refers to rows by key and table id, and keeps entries only
+/// for rows the file holds.)
+fn eu_traces(s: &Store) -> i64 {
+    count(s, "SELECT count(*) FROM eu_users")
+        + count(s, "SELECT count(*) FROM __lm_clk_eu_users")
+        + count(
+            s,
+            "SELECT count(*) FROM __lm_parked WHERE instr(CAST(change AS TEXT), 'eu_users') > 0",
+        )
+        + count(
+            s,
+            "SELECT count(*) FROM __lm_quarantine WHERE instr(CAST(rows AS TEXT), 'eu_users') > 0",
+        )
+        + count(
+            s,
+            "SELECT count(*) FROM __lm_partial WHERE instr(CAST(rows AS TEXT), 'eu_users') > 0",
+        )
+}
+
+#[test]
+fn a_pinned_table_stays_in_its_regions_and_nobody_is_left_with_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut us = node(&dir, "us", "us");
+    let mut eu2 = node(&dir, "eu2", "eu");
+    // One transaction across placements, one only in the pinned table.
+    eu.execute_batch(
+        "INSERT INTO posts VALUES ('p1', 'hello'); INSERT INTO eu_users VALUES ('u1', 'a@eu');",
+    )
+    .unwrap();
+    eu.execute_batch("INSERT INTO eu_users VALUES ('u2', 'b@eu')")
+        .unwrap();
+
+    let r = sync(&eu, &mut us);
+    assert_eq!(r.rows_refused, 0, "the sender filtered");
+    assert_eq!(count(&us, "SELECT count(*) FROM posts"), 1);
+    assert_eq!(eu_traces(&us), 0);
+    // Both versions are held: the us node asks for nothing more.
+    assert!(us.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+    assert!(batches_for(&eu, &us).is_empty());
+
+    // The us node never passes those versions off as complete to an eu
+    // node: neither sent nor reported cleared.
+    let from_us = batches_for(&us, &eu2);
+    assert!(from_us.iter().all(|b| b.is_empty()), "{from_us:?}");
+    sync(&us, &mut eu2);
+    assert!(eu2.knowledge().unwrap().have.is_empty());
+    // The eu node supplies them whole.
+    sync(&eu, &mut eu2);
+    assert_eq!(count(&eu2, "SELECT count(*) FROM eu_users"), 2);
+    assert!(eu2.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+
+    // Another us node learns the versions from the us node, stripped alike.
+    let mut us2 = node(&dir, "us2", "us");
+    sync(&us, &mut us2);
+    assert!(us2.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+    assert_eq!(eu_traces(&us2), 0);
+    assert_eq!(count(&us2, "SELECT count(*) FROM posts"), 1);
+}
+
+#[test]
+fn a_version_held_in_part_is_never_reported_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut us = node(&dir, "us", "us");
+    let mut eu2 = node(&dir, "eu2", "eu");
+    eu.execute_batch(
+        "INSERT INTO posts VALUES ('p1', 'v1'); INSERT INTO eu_users VALUES ('u1', 'a@eu');",
+    )
+    .unwrap();
+    // Version 2 overwrites every cell of version 1 that the us node holds.
+    eu.execute_batch("UPDATE posts SET body = 'v2' WHERE id = 'p1'")
+        .unwrap();
+    sync(&eu, &mut us);
+    us.compact().unwrap();
+    let from_us = batches_for(&us, &eu2);
+    for b in &from_us {
+        assert!(
+            b.cleared.iter().all(|c| c.start > 1),
+            "version 1 reported cleared: {b:?}"
+        );
+        assert!(b.versions.iter().all(|v| v.version != 1));
+    }
+    sync(&us, &mut eu2);
+    assert!(!eu2.knowledge().unwrap().contains(&eu.actor_id(), 1));
+    sync(&eu, &mut eu2);
+    assert_eq!(count(&eu2, "SELECT count(*) FROM eu_users"), 1);
+}
+
+#[test]
+fn rows_a_sender_should_not_have_sent_never_enter_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut us = node(&dir, "us", "us");
+    eu.execute_batch(
+        "INSERT INTO posts VALUES ('p1', 'x'); INSERT INTO eu_users VALUES ('u1', 'a@eu');",
+    )
+    .unwrap();
+    // Unfiltered, as a sender that ignores placement would send.
+    let mut all = Vec::new();
+    eu.changes_since(&us.knowledge().unwrap(), 64 * 1024, |b| {
+        all.push(b);
+        Ok(true)
+    })
+    .unwrap();
+    let r = us.apply_all(&all).unwrap();
+    assert_eq!(r.rows_refused, 1);
+    assert_eq!(eu_traces(&us), 0);
+    assert_eq!(count(&us, "SELECT count(*) FROM posts"), 1);
+    // The version is held — and known to lack the eu rows.
+    let mut eu2 = node(&dir, "eu2", "eu");
+    assert!(batches_for(&us, &eu2).iter().all(|b| b.is_empty()));
+    sync(&eu, &mut eu2);
+    assert_eq!(count(&eu2, "SELECT count(*) FROM eu_users"), 1);
+}
+
+#[test]
+fn a_write_to_a_table_pinned_elsewhere_is_refused_naming_its_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut us = node(&dir, "us", "us");
+    let err = us
+        .execute_batch("INSERT INTO eu_users VALUES ('u1', 'x')")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("eu_users") && msg.contains("eu"), "{msg}");
+    // Through a connection of the application's own, too.
+    let path = dir.path().join("us.db");
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    litemesh_storage::attach(&mut conn).unwrap();
+    let e = conn
+        .execute("INSERT INTO eu_users VALUES ('u2', 'y')", [])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("may only be held in region(s) eu"),
+        "{e}"
+    );
+    // Unpinned tables are written as usual.
+    us.execute_batch("INSERT INTO posts VALUES ('p', 'ok')")
+        .unwrap();
+    assert_eq!(eu_traces(&us), 0);
+}
+
+#[test]
+fn widening_a_placement_works_and_narrowing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut us = node(&dir, "us", "us");
+    eu.execute_batch(
+        "INSERT INTO posts VALUES ('p1', 'x'); INSERT INTO eu_users VALUES ('u1', 'a@eu');",
+    )
+    .unwrap();
+    sync(&eu, &mut us);
+    assert_eq!(eu_traces(&us), 0);
+
+    let wider = SCHEMA.replace("regions = eu", "regions = eu, us");
+    eu.apply_schema(&wider).unwrap();
+    let report = us.apply_schema(&wider).unwrap();
+    assert!(report.is_unchanged());
+    // The us node forgot the version it held without eu_users rows, and
+    // fetches it again whole.
+    assert!(!us.knowledge().unwrap().contains(&eu.actor_id(), 1));
+    sync(&eu, &mut us);
+    assert_eq!(count(&us, "SELECT count(*) FROM eu_users"), 1);
+    us.execute_batch("INSERT INTO eu_users VALUES ('u2', 'us ok now')")
+        .unwrap();
+
+    // Narrowing back, or pinning a table replicated everywhere: refused.
+    let err = eu.apply_schema(SCHEMA).unwrap_err();
+    assert!(matches!(err, StorageError::Destructive(_)), "{err}");
+    let pin_posts = wider.replace(
+        "CREATE TABLE posts (",
+        "CREATE TABLE posts ( -- litemesh: regions = eu\n",
+    );
+    let err = eu.apply_schema(&pin_posts).unwrap_err();
+    assert!(err.to_string().contains("cannot be pinned"), "{err}");
+    // A mistyped directive is refused too.
+    let typo = SCHEMA.replace("regions = eu", "region = eu");
+    let fresh = Store::open(dir.path().join("fresh.db")).unwrap();
+    drop(fresh);
+    let mut fresh = Store::open(dir.path().join("fresh.db")).unwrap();
+    assert!(fresh.apply_schema(&typo).is_err());
+}
+
+#[test]
+fn a_node_whose_file_holds_rows_it_may_not_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    eu.execute_batch("INSERT INTO eu_users VALUES ('u1', 'a@eu')")
+        .unwrap();
+    let err = eu
+        .set_entitlement(Entitlement::region(Some("us".into())))
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Placement(_)), "{err}");
+    // Still the eu node it was.
+    eu.execute_batch("INSERT INTO eu_users VALUES ('u2', 'b@eu')")
+        .unwrap();
+}
+
+#[test]
+fn a_partial_replica_holds_only_the_tables_it_carries_and_can_add_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut part = Store::open(dir.path().join("part.db")).unwrap();
+    part.apply_schema(SCHEMA).unwrap();
+    part.set_entitlement(Entitlement {
+        region: Some("eu".into()),
+        carried: Some(["eu_users".to_string()].into()),
+    })
+    .unwrap();
+    eu.execute_batch(
+        "INSERT INTO posts VALUES ('p1', 'x'); INSERT INTO eu_users VALUES ('u1', 'a@eu');",
+    )
+    .unwrap();
+    // Even sent everything, it keeps only what it carries.
+    let mut all = Vec::new();
+    eu.changes_since(&part.knowledge().unwrap(), 64 * 1024, |b| {
+        all.push(b);
+        Ok(true)
+    })
+    .unwrap();
+    let r = part.apply_all(&all).unwrap();
+    assert_eq!(r.rows_refused, 0, "not carried is not forbidden");
+    assert_eq!(count(&part, "SELECT count(*) FROM posts"), 0);
+    assert_eq!(count(&part, "SELECT count(*) FROM eu_users"), 1);
+    assert!(part.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+    // Carrying posts too: the version is fetched again, whole.
+    part.set_entitlement(Entitlement::region(Some("eu".into())))
+        .unwrap();
+    sync(&eu, &mut part);
+    assert_eq!(count(&part, "SELECT count(*) FROM posts"), 1);
+    assert_eq!(
+        part.connection()
+            .query_row("SELECT body FROM posts", [], |r| r.get::<_, Value>(0))
+            .unwrap(),
+        Value::Text("x".into())
+    );
+}
+
+struct Count(usize);
+
+impl litemesh_storage::RowSink for Count {
+    fn columns(&mut self, _: Vec<String>) -> litemesh_storage::Result<bool> {
+        Ok(true)
+    }
+    fn row(&mut self, _: Vec<Value>) -> litemesh_storage::Result<bool> {
+        self.0 += 1;
+        Ok(true)
+    }
+}
+
+#[test]
+fn queries_read_only_what_this_node_and_the_node_they_run_for_may_hold() {
+    use litemesh_storage::{ClientLimits, ReadConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    eu.execute_batch("INSERT INTO eu_users VALUES ('u1', 'a@eu')")
+        .unwrap();
+    let mut us = node(&dir, "us", "us");
+    let run = |store: &Store, path: &str, sql: &str, limits: &ClientLimits| {
+        let mut rc = ReadConnection::open(dir.path().join(path)).unwrap();
+        rc.set_placement(store.placement().clone(), store.entitlement().clone());
+        let mut c = Count(0);
+        rc.query(sql, &[], limits, &mut c).map(|()| c.0)
+    };
+    let plain = ClientLimits::default();
+    assert_eq!(
+        run(&eu, "eu.db", "SELECT * FROM eu_users", &plain).unwrap(),
+        1
+    );
+    // Forwarded for a node of another region: refused, whatever the path
+    // to the table (a join, a subquery).
+    let for_us = ClientLimits {
+        on_behalf_of: Some(Entitlement::region(Some("us".into()))),
+        ..ClientLimits::default()
+    };
+    for sql in [
+        "SELECT * FROM eu_users",
+        "SELECT p.id FROM posts p JOIN eu_users u ON u.id = p.id",
+        "SELECT (SELECT count(*) FROM eu_users)",
+    ] {
+        let err = run(&eu, "eu.db", sql, &for_us).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Refused(m) if m.contains("requesting node")),
+            "{sql}: {err}"
+        );
+    }
+    assert_eq!(
+        run(&eu, "eu.db", "SELECT * FROM posts", &for_us).unwrap(),
+        0
+    );
+    // On the us node itself.
+    let err = run(&us, "us.db", "SELECT * FROM eu_users", &plain).unwrap_err();
+    assert!(err.to_string().contains("region(s) eu"), "{err}");
+    us.execute_batch("INSERT INTO posts VALUES ('p', 'x')")
+        .unwrap();
+}
+
+#[test]
+fn a_large_version_in_chunks_is_filtered_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut us = node(&dir, "us", "us");
+    let mut eu2 = node(&dir, "eu2", "eu");
+    eu.transaction(|t| {
+        for i in 0..300 {
+            t.execute(
+                "INSERT INTO posts VALUES (?1, ?2)",
+                (format!("p{i}"), "x".repeat(200)),
+            )?;
+            t.execute(
+                "INSERT INTO eu_users VALUES (?1, ?2)",
+                (format!("u{i}"), "y".repeat(200)),
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let small = |from: &Store, to: &Store| {
+        let mut out = Vec::new();
+        from.changes_for(
+            &to.knowledge().unwrap(),
+            Some(to.entitlement()),
+            8 * 1024,
+            |b| {
+                out.push(b);
+                Ok(true)
+            },
+        )
+        .unwrap();
+        out
+    };
+    let bs = small(&eu, &us);
+    assert!(bs.len() > 5, "chunked: {} batches", bs.len());
+    assert!(
+        bs.iter()
+            .flat_map(|b| &b.versions)
+            .all(|v| v.chunk.is_some()
+                && v.withheld == ["eu_users"]
+                && v.rows.iter().all(|r| r.table == "posts"))
+    );
+    // Chunks arriving one by one, as a slow sync delivers them.
+    for b in &bs {
+        us.apply(b).unwrap();
+    }
+    assert_eq!(count(&us, "SELECT count(*) FROM posts"), 300);
+    assert_eq!(eu_traces(&us), 0);
+    assert!(us.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+    assert!(small(&us, &eu2).iter().all(|b| b.is_empty()));
+    for b in small(&eu, &eu2) {
+        eu2.apply(&b).unwrap();
+    }
+    assert_eq!(count(&eu2, "SELECT count(*) FROM eu_users"), 300);
+}
