@@ -182,6 +182,7 @@ impl MeshNode {
                         unix_ms: WALL_ORIGIN_MS + now.as_millis() as u64,
                     }
                 }),
+                tables: None,
             };
         // The core's origin is the simulation's: times are the network's.
         let core = NodeCore::new(Start {

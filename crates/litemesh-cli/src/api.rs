@@ -719,6 +719,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         &one(s.placement_rows_refused as f64),
     );
     metric(
+        "litemesh_rows_not_carried_total",
+        "counter",
+        "A partial replica: rows of tables it does not carry that peers sent (they did not know), left out.",
+        &one(s.rows_not_carried as f64),
+    );
+    metric(
         "litemesh_syncs_completed_total",
         "counter",
         "Completed anti-entropy reconciliations.",

@@ -209,7 +209,7 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     let ca_dir = s(&d.join("ca"));
     let certs = s(&d.join("certs"));
     assert!(run(&["tls", "ca", "--out", &ca_dir]).status.success());
-    for (n, r) in [("eu1", "eu"), ("eu2", "eu"), ("us1", "us")] {
+    for (n, r) in [("eu1", "eu"), ("eu2", "eu"), ("us1", "us"), ("eu3", "eu")] {
         let o = run(&[
             "tls", "node", "--ca-dir", &ca_dir, "--name", n, "--region", r, "--out", &certs,
         ]);
@@ -267,12 +267,14 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     let eu1 = start("eu1", &[]);
     let mut us1 = start("us1", &["--seed", &eu1.listen]);
     let eu2 = start("eu2", &["--seed", &eu1.listen]);
-    eventually(20, "3 alive members", || {
+    // A partial replica in eu that carries only the global table.
+    let mut eu3 = start("eu3", &["--seed", &eu1.listen, "--tables", "ITEMS"]);
+    eventually(20, "4 alive members", || {
         let (st, body) = get(&eu1.api, "/v1/members");
         let m: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
         st == 200
             && m.as_array()
-                .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 3)
+                .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 4)
     });
 
     // One transaction across placements.
@@ -331,7 +333,25 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
             .as_array()
             .is_some_and(|w| w.iter().all(|w| w["missing_versions"] == 0))
     });
-    // … and its file holds nothing of the eu table, metadata included.
+    // The partial replica has the global rows, not the eu ones, and its
+    // peers knew to leave those out (it had none to drop).
+    eventually(20, "eu3 caught up", || {
+        scalar(&eu3.api, "SELECT count(*) FROM items") == 1
+    });
+    let (code, _, body) = query(&eu3.api, json!("SELECT * FROM eu_users"), "");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("not carried"), "{body}");
+    let (_, body) = get(&eu3.api, "/v1/status");
+    let st: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(st["rows_not_carried"], 0, "{body}");
+    eu3.terminate();
+    let c = rusqlite::Connection::open(d.join("eu3.db")).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM __lm_clk_eu_users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "eu_users clocks on the partial replica");
+    // … and the us node's file holds nothing of the eu table, metadata
+    // included.
     us1.terminate();
     let c = rusqlite::Connection::open(d.join("us1.db")).unwrap();
     for t in ["eu_users", "__lm_clk_eu_users"] {

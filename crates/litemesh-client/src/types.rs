@@ -496,6 +496,10 @@ pub struct Status {
     /// anyway, left out.
     #[serde(default)]
     pub placement_rows_refused: u64,
+    /// A partial replica: rows of tables it does not carry that peers sent
+    /// (they did not know), left out.
+    #[serde(default)]
+    pub rows_not_carried: u64,
     /// Pinned tables and the regions they may live in.
     #[serde(default)]
     pub placement: std::collections::BTreeMap<String, Vec<String>>,

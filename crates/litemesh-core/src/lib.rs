@@ -728,16 +728,10 @@ impl NodeCore {
             match ev {
                 mb::Event::Joined(x) | mb::Event::Alive(x) => {
                     self.repl.peer_up(x.addr, x.rtt);
-                    let region = NodeMeta::decode(x.metadata.as_bytes())
-                        .ok()
-                        .and_then(|m| m.region);
-                    self.repl.set_peer_region(x.addr, region);
+                    self.peer_meta(x.addr, x.metadata.as_bytes());
                 }
                 mb::Event::MetadataChanged(x) => {
-                    let region = NodeMeta::decode(x.metadata.as_bytes())
-                        .ok()
-                        .and_then(|m| m.region);
-                    self.repl.set_peer_region(x.addr, region);
+                    self.peer_meta(x.addr, x.metadata.as_bytes());
                 }
                 mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
                     self.repl.peer_down(x.addr);
@@ -748,6 +742,15 @@ impl NodeCore {
         if changed {
             self.refresh_members(now, false);
         }
+    }
+
+    /// What replication takes from a peer's metadata: its region (region-
+    /// aware dissemination) and, for a partial replica, its tables.
+    fn peer_meta(&mut self, addr: SocketAddr, bytes: &[u8]) {
+        let meta = NodeMeta::decode(bytes).ok();
+        self.repl
+            .set_peer_region(addr, meta.as_ref().and_then(|m| m.region.clone()));
+        self.repl.set_peer_tables(addr, meta.and_then(|m| m.tables));
     }
 
     /// Keeps the known members and the lag tracker in step with membership.

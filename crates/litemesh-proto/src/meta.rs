@@ -23,6 +23,9 @@ pub struct NodeMeta {
     /// Its latest version and when it was committed (Unix milliseconds):
     /// every node measures its lag behind this writer from it.
     pub head: Option<Head>,
+    /// A partial replica: the tables it carries (lower-cased), so that
+    /// senders leave the others out; `None` for a full replica.
+    pub tables: Option<Vec<String>>,
 }
 
 /// A writer's latest version and its commit time.
@@ -46,6 +49,8 @@ struct Wire {
     head: Option<u64>,
     #[serde(default)]
     head_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tables: Option<Vec<String>>,
 }
 
 impl NodeMeta {
@@ -58,6 +63,7 @@ impl NodeMeta {
             actor: self.actor.to_hex(),
             head: self.head.map(|h| h.version),
             head_ms: self.head.map(|h| h.unix_ms),
+            tables: self.tables.clone(),
         };
         rmp_serde::to_vec_named(&w).map_err(WireError::malformed)
     }
@@ -77,6 +83,7 @@ impl NodeMeta {
             api: w.api,
             actor,
             head,
+            tables: w.tables,
         })
     }
 }
@@ -111,6 +118,16 @@ mod tests {
             ..m
         };
         assert_eq!(NodeMeta::decode(&new.encode().unwrap()).unwrap(), new);
+        let partial = NodeMeta {
+            tables: Some(vec!["posts".into()]),
+            ..new.clone()
+        };
+        assert_eq!(
+            NodeMeta::decode(&partial.encode().unwrap()).unwrap(),
+            partial
+        );
+        // A full replica's metadata is as before.
+        assert!(new.encode().unwrap().len() < partial.encode().unwrap().len());
         assert!(NodeMeta::decode(&[0xc1, 1, 2]).is_err());
         let bad = Old {
             actor: "zz".into(),

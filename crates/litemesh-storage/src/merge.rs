@@ -63,6 +63,9 @@ pub struct ApplyReport {
     /// anyway (a sender that does not know the placement, or lies): left
     /// out, never written to the file.
     pub rows_refused: usize,
+    /// Rows of tables this node (a partial replica) does not carry, that
+    /// a sender sent because it did not know: left out.
+    pub rows_not_carried: usize,
 }
 
 impl ApplyReport {
@@ -80,6 +83,7 @@ impl ApplyReport {
         self.parked_failed += o.parked_failed;
         self.versions_incomplete += o.versions_incomplete;
         self.rows_refused += o.rows_refused;
+        self.rows_not_carried += o.rows_not_carried;
     }
 }
 
@@ -507,6 +511,11 @@ impl Store {
             return Some(Cow::Borrowed(v));
         }
         let refused = v.rows.iter().filter(|r| !p.allows(e, &r.table)).count();
+        report.rows_not_carried += v
+            .rows
+            .iter()
+            .filter(|r| p.allows(e, &r.table) && !p.may_hold(e, &r.table))
+            .count();
         if refused > 0 {
             report.rows_refused += refused;
             tracing::warn!(

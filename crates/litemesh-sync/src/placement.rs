@@ -25,8 +25,9 @@ struct Cached {
     bytes: Arc<[u8]>,
     /// The hops and the batch, when the batch needs filtering at all.
     parsed: Option<(u8, ChangeBatch)>,
-    /// Its form for a receiver region (`None`: nothing to send there).
-    per_region: HashMap<Option<String>, Option<Arc<[u8]>>>,
+    /// Its form for a receiver's entitlement (`None`: nothing to send
+    /// there).
+    per_region: HashMap<Entitlement, Option<Arc<[u8]>>>,
 }
 
 /// The placement the core enforces, and how it learns peers' regions.
@@ -34,6 +35,8 @@ pub(crate) struct Filter {
     placement: Placement,
     resolver: Option<RegionResolver>,
     cache: VecDeque<Cached>,
+    /// Partial replicas: the tables each carries (from its metadata).
+    pub(crate) carried: HashMap<SocketAddr, std::collections::BTreeSet<String>>,
     /// Broadcast messages not sent because the receiver may hold rows the
     /// version reached this node without.
     pub(crate) skipped: u64,
@@ -54,12 +57,26 @@ impl Filter {
             placement,
             resolver,
             cache: VecDeque::new(),
+            carried: HashMap::new(),
             skipped: 0,
         }
     }
 
+    /// Records the tables a peer carries (`None`: all).
+    pub(crate) fn set_carried(&mut self, addr: SocketAddr, tables: Option<Vec<String>>) {
+        match tables {
+            Some(t) => {
+                self.carried
+                    .insert(addr, t.iter().map(|t| t.to_ascii_lowercase()).collect());
+            }
+            None => {
+                self.carried.remove(&addr);
+            }
+        }
+    }
+
     pub(crate) fn is_active(&self) -> bool {
-        !self.placement.is_empty()
+        !self.placement.is_empty() || !self.carried.is_empty()
     }
 
     /// What the peer at `addr` may hold: by its certified region when a
@@ -71,7 +88,10 @@ impl Filter {
             Some(r) => r(addr).flatten(),
             None => claimed,
         };
-        Entitlement::region(region)
+        Entitlement {
+            region,
+            carried: self.carried.get(&addr).cloned(),
+        }
     }
 
     /// The broadcast message `bytes` as the peer at `addr` may receive it,
@@ -91,7 +111,8 @@ impl Filter {
         {
             Some(i) => i,
             None => {
-                let parsed = parse(&bytes).filter(|(_, b)| self.placement.touches(b));
+                let partial = !self.carried.is_empty();
+                let parsed = parse(&bytes).filter(|(_, b)| partial || self.placement.touches(b));
                 if self.cache.len() >= CACHED {
                     self.cache.pop_front();
                 }
@@ -109,7 +130,7 @@ impl Filter {
         };
         let form = c
             .per_region
-            .entry(ent.region.clone())
+            .entry(ent.clone())
             .or_insert_with(|| {
                 let f = self.placement.filter_batch(batch, &ent);
                 if f.is_empty() {

@@ -389,7 +389,9 @@ impl Replication {
         placement: litemesh_proto::Placement,
         resolver: Option<crate::RegionResolver>,
     ) {
+        let carried = std::mem::take(&mut self.filter.carried);
         self.filter = crate::placement::Filter::new(placement, resolver);
+        self.filter.carried = carried;
     }
 
     fn next(&mut self) -> u64 {
@@ -425,6 +427,12 @@ impl Replication {
     /// Every peer ever seen up (down ones included), with what is known of it.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.sched.peers()
+    }
+
+    /// The tables a peer carries, if it is a partial replica (from its
+    /// membership metadata): senders leave the others out.
+    pub fn set_peer_tables(&mut self, addr: SocketAddr, tables: Option<Vec<String>>) {
+        self.filter.set_carried(addr, tables);
     }
 
     /// A peer's region, as its membership metadata gives it.

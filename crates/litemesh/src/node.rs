@@ -153,6 +153,8 @@ pub(crate) struct Inner {
     changes_applied: AtomicU64,
     /// Rows of tables this node may not hold that peers sent anyway.
     pub(crate) placement_rows_refused: AtomicU64,
+    /// Rows of tables this partial replica does not carry, sent anyway.
+    pub(crate) rows_not_carried: AtomicU64,
     /// Pinned tables (from the schema).
     pub(crate) placement: litemesh_proto::Placement,
     /// The mesh runs without TLS: peers' regions are what they gossip.
@@ -447,6 +449,10 @@ impl Inner {
             self.placement_rows_refused
                 .fetch_add(report.rows_refused as u64, Ordering::Relaxed);
         }
+        if report.rows_not_carried > 0 {
+            self.rows_not_carried
+                .fetch_add(report.rows_not_carried as u64, Ordering::Relaxed);
+        }
         if !report.tables_changed.is_empty() {
             let _ = self.changes.send(ChangeEvent {
                 tables: report.tables_changed,
@@ -560,6 +566,46 @@ fn open_stores(
         remembered,
         kept: begun.kept,
     })
+}
+
+/// A partial replica's tables, as its metadata tells peers (so that they
+/// leave the others out), unless the list would not fit in the metadata:
+/// then peers send everything and the node leaves out what it does not
+/// carry on arrival.
+fn gossiped_tables(
+    settings: &Settings,
+    name: &str,
+    region: Option<&str>,
+    actor: ActorId,
+) -> Option<Vec<String>> {
+    let tables: Vec<String> = settings
+        .tables
+        .as_ref()?
+        .iter()
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
+    // The largest the metadata gets (the head grows).
+    let widest = NodeMeta {
+        name: name.to_string(),
+        region: region.map(str::to_string),
+        api: settings.api_addr.clone(),
+        actor,
+        head: Some(Head {
+            version: u64::MAX,
+            unix_ms: u64::MAX,
+        }),
+        tables: Some(tables.clone()),
+    };
+    match widest.encode() {
+        Ok(b) if b.len() <= litemesh_membership::MAX_METADATA_LEN => Some(tables),
+        _ => {
+            tracing::warn!(
+                "the list of tables this partial replica carries is too long to gossip: \
+                 peers will send every table, and this node leaves out the others on arrival"
+            );
+            None
+        }
+    }
 }
 
 fn identity(tls: &Tls) -> Result<MeshIdentity, Error> {
@@ -738,6 +784,7 @@ impl Node {
                 version,
                 unix_ms: wall0,
             }),
+            tables: gossiped_tables(&settings, &name, region.as_deref(), actor),
         };
         // Seeds, and the members of earlier runs: a restarted node finds the
         // mesh again with or without --seed.
@@ -810,6 +857,7 @@ impl Node {
             epoch,
             changes_applied: AtomicU64::new(0),
             placement_rows_refused: AtomicU64::new(0),
+            rows_not_carried: AtomicU64::new(0),
             placement: placement.clone(),
             insecure: matches!(settings.tls, Tls::Insecure),
             transactions_committed: AtomicU64::new(0),
@@ -1166,6 +1214,7 @@ impl Node {
             broadcasts_known: stats.broadcasts_known,
             broadcasts_withheld: stats.broadcasts_withheld,
             placement_rows_refused: inner.placement_rows_refused.load(Ordering::Relaxed),
+            rows_not_carried: inner.rows_not_carried.load(Ordering::Relaxed),
             placement: inner
                 .placement
                 .pinned()

@@ -209,6 +209,9 @@ pub struct Status {
     /// Rows of tables this node's region may not hold that peers sent
     /// anyway: left out (a peer ignoring the placement; see the log).
     pub placement_rows_refused: u64,
+    /// A partial replica: rows of tables it does not carry that peers sent
+    /// (they did not know), left out.
+    pub rows_not_carried: u64,
     /// Pinned tables and the regions they may live in.
     pub placement: std::collections::BTreeMap<String, Vec<String>>,
     /// Completed reconciliations.
