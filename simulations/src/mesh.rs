@@ -183,6 +183,7 @@ impl MeshNode {
                     }
                 }),
                 tables: None,
+                placement: store.placement().digest(),
             };
         // The core's origin is the simulation's: times are the network's.
         let core = NodeCore::new(Start {

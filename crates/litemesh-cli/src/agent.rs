@@ -360,7 +360,13 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
             file.tables.map(OneOrMany::into_vec)
         } else {
             Some(args.tables)
-        },
+        }
+        .map(|t| {
+            t.iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect()
+        }),
         tls,
         thresholds: HealthThresholds {
             max_lag: dur(
@@ -491,6 +497,7 @@ async fn serve(r: Resolved) -> CliResult {
         thresholds: r.thresholds,
         body_timeout: r.http_timeout * 3,
         http: http.clone(),
+        backup: Arc::new(tokio::sync::Mutex::new(())),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = HttpLimits {

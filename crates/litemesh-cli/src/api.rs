@@ -68,6 +68,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The server's counters.
     pub http: Arc<HttpStats>,
+    /// Held while a backup is taken (one at a time).
+    pub backup: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The API's routes.
@@ -79,6 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/health", get(health))
         .route("/v1/quarantine/retry", post(quarantine_retry))
+        .route("/v1/backup", get(backup))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         // `read_body` is the one limit (8 MiB): without this, axum's `Bytes`
@@ -484,6 +487,79 @@ async fn quarantine_retry(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// `GET /v1/backup`: a consistent copy of the node's file, taken now
+/// (`VACUUM INTO` a temporary file beside it, streamed, then deleted). One
+/// at a time: 503 while another is taken.
+async fn backup(State(st): State<Arc<AppState>>) -> Response {
+    let Ok(running) = st.backup.clone().try_lock_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a backup is already being taken on this node; try again when it is done",
+        );
+    };
+    let dir = st
+        .node
+        .db_path()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| ".".into());
+    let tmp = match tempfile::Builder::new()
+        .prefix(".litemesh-backup-")
+        .tempdir_in(&dir)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot make a temporary folder in {}: {e}", dir.display()),
+            );
+        }
+    };
+    let path = tmp.path().join("backup.db");
+    let bytes = match st.node.backup(&path).await {
+        Ok(b) => b,
+        Err(e) => return error(error_status(&e), e),
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the backup: {e}"),
+            );
+        }
+    };
+    // The folder (and the copy) go when the stream ends, however it ends.
+    let stream = futures_util::stream::unfold(
+        (file, tmp, running),
+        |(mut file, tmp, running)| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((
+                        Ok::<_, std::io::Error>(Bytes::from(buf)),
+                        (file, tmp, running),
+                    ))
+                }
+                Err(e) => Some((Err(e), (file, tmp, running))),
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/vnd.sqlite3")
+        .header(header::CONTENT_LENGTH, bytes)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}.db\"", st.node.name()),
+        )
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 /// Escapes a Prometheus label value.
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -717,6 +793,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "counter",
         "Rows of tables this node's region may not hold that peers sent anyway (left out, never written).",
         &one(s.placement_rows_refused as f64),
+    );
+    metric(
+        "litemesh_placement_mismatch_members",
+        "gauge",
+        "Members whose schema pins tables differently from this node's (apply the same schema everywhere).",
+        &one(s.placement_mismatch.len() as f64),
     );
     metric(
         "litemesh_rows_not_carried_total",

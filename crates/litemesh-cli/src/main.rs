@@ -3,10 +3,13 @@
 //! - `litemesh agent` runs one node and its HTTP API;
 //! - `litemesh tls ca|node` makes the mesh's certificates;
 //! - `litemesh exec|query|members|status` talk to an agent's HTTP API;
-//! - `litemesh demo` runs a small mesh in one process, partitions and heals it.
+//! - `litemesh demo` runs a small mesh in one process, partitions and heals it;
+//! - `litemesh backup|restore` copy a running node's file, and make a new
+//!   node from a copy.
 
 mod agent;
 mod api;
+mod backup;
 mod client;
 mod demo;
 mod json;
@@ -41,6 +44,10 @@ enum Command {
     Status(client::ApiArgs),
     /// Run a small mesh in this process: writes, a partition, its healing.
     Demo(demo::DemoArgs),
+    /// Take a consistent copy of an agent's node file, while it runs.
+    Backup(backup::BackupArgs),
+    /// Make a node file from a backup: a new node (new identity, data kept).
+    Restore(backup::RestoreArgs),
 }
 
 /// Client commands behave like other Unix tools when their output is cut
@@ -59,7 +66,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Exec(_) | Command::Query(_) | Command::Members(_) | Command::Status(_)
+        Command::Exec(_)
+            | Command::Query(_)
+            | Command::Members(_)
+            | Command::Status(_)
+            | Command::Backup(_)
     ) {
         default_sigpipe();
     }
@@ -71,6 +82,8 @@ fn main() -> ExitCode {
         Command::Members(a) => client::members(a),
         Command::Status(a) => client::status(a),
         Command::Demo(a) => demo::run(a),
+        Command::Backup(a) => backup::backup(a),
+        Command::Restore(a) => backup::restore(a),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value as Json, json};
+use std::path::Path;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -300,6 +301,19 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     assert_eq!(code, 200, "{body}");
     let j: Json = serde_json::from_str(&body).unwrap();
     assert_eq!(j["ack"]["reached"], true, "{body}");
+    // A node holding the write without its eu rows (the us node, the
+    // partial replica) does not count as holding it: of three peers, one
+    // can confirm.
+    let (code, body) = post(
+        &eu1.api,
+        "/v1/transactions?ack=2&ack_timeout_ms=1500",
+        json!([["INSERT INTO eu_users VALUES ('u4', 'd@example.eu')"]]).to_string(),
+    );
+    assert_eq!(code, 202, "{body}");
+    let j: Json = serde_json::from_str(&body).unwrap();
+    let confirmed = j["ack"]["confirmed"].as_array().unwrap();
+    assert_eq!(confirmed.len(), 1, "{body}");
+    assert_eq!(confirmed[0]["name"], "eu2", "{body}");
 
     // On the us node the table cannot be read or written: a clear refusal
     // naming where it lives, also with fallback (never forwarded).
@@ -364,4 +378,72 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
         .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
+}
+
+#[test]
+fn a_member_whose_schema_pins_differently_is_seen_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pinned = d.join("pinned.sql");
+    std::fs::write(
+        &pinned,
+        "CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER);\n\
+         CREATE TABLE eu_users (id TEXT PRIMARY KEY, email TEXT) -- litemesh: regions = eu\n;",
+    )
+    .unwrap();
+    let plain = d.join("plain.sql");
+    std::fs::write(
+        &plain,
+        "CREATE TABLE items (id TEXT PRIMARY KEY, qty INTEGER);\n\
+         CREATE TABLE eu_users (id TEXT PRIMARY KEY, email TEXT);",
+    )
+    .unwrap();
+    let start = |n: &str, schema: &Path, extra: &[&str]| {
+        let db = s(&d.join(format!("{n}.db")));
+        let sc = s(schema);
+        let mut a = vec![
+            "--db",
+            &db,
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--schema",
+            &sc,
+            "--name",
+            n,
+            "--insecure",
+            "--region",
+            "eu",
+        ];
+        a.extend_from_slice(extra);
+        Agent::start(d, n, &a)
+    };
+    let a = start("a", &pinned, &[]);
+    let b = start("b", &plain, &["--seed", &a.listen]);
+    eventually(20, "each sees the other's placement differ", || {
+        [&a, &b].iter().all(|x| {
+            let (_, body) = get(&x.api, "/v1/status");
+            let st: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+            st["placement_mismatch"]
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+        })
+    });
+    let (code, body) = get(&a.api, "/v1/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("placement_mismatch") && body.contains("pins tables differently"),
+        "{body}"
+    );
+    let (_, metrics) = get(&b.api, "/metrics");
+    assert!(
+        metrics.contains("litemesh_placement_mismatch_members 1"),
+        "{metrics}"
+    );
+    eventually(10, "the mismatch logged", || {
+        std::fs::read_to_string(&a.stderr_path)
+            .unwrap_or_default()
+            .contains("pins tables differently")
+    });
 }

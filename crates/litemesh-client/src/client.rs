@@ -383,6 +383,19 @@ impl Client {
         read_text(&url, r)
     }
 
+    /// `GET /v1/backup`: a consistent copy of the agent's node file, written
+    /// to `out` as it arrives. Returns the bytes written. (Build the client
+    /// with [`ClientBuilder::no_timeout`] for a large file.)
+    pub fn backup(&self, out: &mut impl std::io::Write) -> Result<u64> {
+        let (url, r) = self.get("/v1/backup")?;
+        let mut r = success(&url, r)?;
+        let mut reader = r.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut reader, out).map_err(|e| Error::Read {
+            url: url.clone(),
+            source: ureq::Error::Io(e),
+        })
+    }
+
     /// `POST path` with `body` as JSON, and the answer as it came, whatever
     /// its status: for probing the API itself (what a malformed or
     /// forbidden request gets). Only a request without an answer is an error.

@@ -500,6 +500,9 @@ pub struct Status {
     /// (they did not know), left out.
     #[serde(default)]
     pub rows_not_carried: u64,
+    /// Members whose schema pins tables differently from this node's.
+    #[serde(default)]
+    pub placement_mismatch: Vec<String>,
     /// Pinned tables and the regions they may live in.
     #[serde(default)]
     pub placement: std::collections::BTreeMap<String, Vec<String>>,

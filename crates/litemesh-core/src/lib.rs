@@ -195,6 +195,9 @@ pub struct NodeCore {
     /// The deadline of a graceful leave in progress, and whether it is done.
     leaving: Option<(Duration, bool)>,
     events: VecDeque<Event>,
+    /// Members whose published table placement differs from this node's
+    /// (by address).
+    placement_mismatch: BTreeSet<SocketAddr>,
 }
 
 /// Saved members are written at most this often when only their last-seen
@@ -310,6 +313,7 @@ impl NodeCore {
             next_housekeeping: HOUSEKEEPING_EVERY,
             leaving: None,
             events: VecDeque::new(),
+            placement_mismatch: BTreeSet::new(),
         };
         core.refresh_members(Duration::ZERO, false);
         Ok(core)
@@ -355,6 +359,23 @@ impl NodeCore {
     /// Replication counters.
     pub fn stats(&self) -> Stats {
         self.repl.stats()
+    }
+
+    /// The tables a peer carries, if it is a partial replica.
+    pub fn peer_tables(&self, addr: SocketAddr) -> Option<std::collections::BTreeSet<String>> {
+        self.repl.peer_tables(addr)
+    }
+
+    /// Members (alive or suspect) whose schema pins tables differently from
+    /// this node's: rows they send or relay may not be filtered as this
+    /// node's placement says.
+    pub fn placement_mismatches(&self) -> Vec<SocketAddr> {
+        self.placement_mismatch.iter().copied().collect()
+    }
+
+    /// Whether some peer is a partial replica.
+    pub fn has_partial_peers(&self) -> bool {
+        self.repl.has_partial_peers()
     }
 
     /// A peer's region, as it gossips it.
@@ -735,6 +756,7 @@ impl NodeCore {
                 }
                 mb::Event::Dead(x) | mb::Event::Left(x) if !superseded => {
                     self.repl.peer_down(x.addr);
+                    self.placement_mismatch.remove(&x.addr);
                 }
                 _ => {}
             }
@@ -748,6 +770,13 @@ impl NodeCore {
     /// aware dissemination) and, for a partial replica, its tables.
     fn peer_meta(&mut self, addr: SocketAddr, bytes: &[u8]) {
         let meta = NodeMeta::decode(bytes).ok();
+        if let Some(m) = &meta {
+            if m.placement != self.meta.placement {
+                self.placement_mismatch.insert(addr);
+            } else {
+                self.placement_mismatch.remove(&addr);
+            }
+        }
         self.repl
             .set_peer_region(addr, meta.as_ref().and_then(|m| m.region.clone()));
         self.repl.set_peer_tables(addr, meta.and_then(|m| m.tables));

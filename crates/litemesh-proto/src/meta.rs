@@ -26,6 +26,9 @@ pub struct NodeMeta {
     /// A partial replica: the tables it carries (lower-cased), so that
     /// senders leave the others out; `None` for a full replica.
     pub tables: Option<Vec<String>>,
+    /// The digest of its table placement ([`crate::Placement::digest`]):
+    /// nodes whose schemas pin tables differently see it.
+    pub placement: Option<u64>,
 }
 
 /// A writer's latest version and its commit time.
@@ -51,6 +54,8 @@ struct Wire {
     head_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tables: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    placement: Option<u64>,
 }
 
 impl NodeMeta {
@@ -64,6 +69,7 @@ impl NodeMeta {
             head: self.head.map(|h| h.version),
             head_ms: self.head.map(|h| h.unix_ms),
             tables: self.tables.clone(),
+            placement: self.placement,
         };
         rmp_serde::to_vec_named(&w).map_err(WireError::malformed)
     }
@@ -84,6 +90,7 @@ impl NodeMeta {
             actor,
             head,
             tables: w.tables,
+            placement: w.placement,
         })
     }
 }

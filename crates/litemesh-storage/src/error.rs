@@ -59,6 +59,10 @@ pub enum StorageError {
     #[error("placement: {0}")]
     Placement(String),
 
+    /// A backup could not be taken or restored.
+    #[error("backup: {0}")]
+    Backup(String),
+
     /// An unknown table name was given.
     #[error("unknown replicated table {0:?}")]
     UnknownTable(String),

@@ -29,6 +29,7 @@
 //!
 //! See `docs/storage.md` for the data model and the merge rule.
 
+mod backup;
 mod capture;
 mod clock;
 mod error;
@@ -42,6 +43,7 @@ mod store;
 mod value;
 mod varint;
 
+pub use backup::{BackupInfo, Restored, backup, inspect, restore};
 pub use capture::MAX_ROW_WRITE_BYTES;
 pub use capture::attach;
 pub use error::{Interruption, Result, StorageError};

@@ -839,6 +839,18 @@ impl Store {
         row: &RowChange,
         report: &mut ApplyReport,
     ) -> Result<Option<LogEntry>> {
+        // The last line of placement, whatever path the row came by (a
+        // buffered chunk, a quarantined or parked change kept from before
+        // the node's entitlement changed): never written.
+        if !self.placement.may_hold(&self.entitlement, &row.table) {
+            crate::placement::add_withheld(
+                &self.conn,
+                a,
+                version,
+                &BTreeSet::from([row.table.clone()]),
+            )?;
+            return Ok(None);
+        }
         let Some(t) = self.table(&row.table).cloned() else {
             self.park(a, version, row, report)?;
             return Ok(None);

@@ -43,9 +43,10 @@ pub(crate) fn directives(schema: &str) -> Result<BTreeMap<String, BTreeSet<Strin
     let mut out = BTreeMap::new();
     for seg in statements(schema) {
         let has = comments(seg).iter().any(|c| {
-            c.trim_start()
-                .get(..9)
+            let c = c.trim().trim_start_matches(['*', '!']).trim();
+            c.get(..9)
                 .is_some_and(|p| p.eq_ignore_ascii_case("litemesh:"))
+                || mentions_directive(c)
         });
         if !has {
             continue;
@@ -76,6 +77,22 @@ pub(crate) fn directives(schema: &str) -> Result<BTreeMap<String, BTreeSet<Strin
         }
     }
     Ok(out)
+}
+
+/// `sql` with its comments replaced by spaces.
+pub(crate) fn without_comments(sql: &str) -> String {
+    let mut out = sql.to_string();
+    for c in comments(sql) {
+        // `c` is a slice of `sql`: blank it, with its delimiters, in `out`.
+        let start = c.as_ptr() as usize - sql.as_ptr() as usize;
+        let (from, to) = if sql[..start].ends_with("--") {
+            (start - 2, start + c.len())
+        } else {
+            (start - 2, (start + c.len() + 2).min(sql.len()))
+        };
+        out.replace_range(from..to, &" ".repeat(to - from));
+    }
+    out
 }
 
 /// The statements of an SQL text, split at `;` outside literals and
@@ -133,12 +150,18 @@ pub(crate) fn parse_directive(table: &str, sql: &str) -> Result<Option<BTreeSet<
     };
     let mut found: Option<BTreeSet<String>> = None;
     for comment in comments(sql) {
-        let c = comment.trim();
+        let c = comment.trim().trim_start_matches(['*', '!']).trim();
         let Some(rest) = c
             .get(..9)
             .filter(|p| p.eq_ignore_ascii_case("litemesh:"))
             .map(|_| c[9..].trim())
         else {
+            if mentions_directive(c) {
+                return Err(bad(format!(
+                    "comment {c:?} looks like a placement directive but is not one: write \
+                     `litemesh: regions = REGION[, REGION…]`"
+                )));
+            }
             continue;
         };
         let Some(list) = rest
@@ -223,6 +246,17 @@ fn comments(sql: &str) -> Vec<&str> {
         }
     }
     out
+}
+
+/// Whether a comment mentions `litemesh` followed by `region`: a directive
+/// mistyped (a typo must not leave a table replicated everywhere).
+fn mentions_directive(c: &str) -> bool {
+    let l = c.to_ascii_lowercase();
+    l.find("litemesh").is_some_and(|i| {
+        l[i + 8..]
+            .trim_start_matches(|ch: char| !ch.is_ascii_alphanumeric())
+            .starts_with("region")
+    })
 }
 
 /// Reads the registry of pinned tables.
@@ -469,6 +503,45 @@ impl Store {
                 ))?;
             }
         }
+        // What this node may no longer hold is erased from the disk, not
+        // only unlinked (freed pages are overwritten).
+        tx.execute_batch("PRAGMA secure_delete = ON")?;
+        // Buffered chunks and quarantined versions kept from before (a node
+        // moved to another region, a partial replica dropping a table):
+        // their rows of tables it may not hold go, the versions are marked
+        // as held without them.
+        let buffered: Vec<(i64, i64, Option<i64>, Vec<u8>)> = tx
+            .prepare("SELECT actor, version, start, rows FROM __lm_partial")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let quarantined: Vec<(i64, i64, Option<i64>, Vec<u8>)> = tx
+            .prepare("SELECT actor, version, NULL, rows FROM __lm_quarantine")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (a, v, start, blob) in buffered.into_iter().chain(quarantined) {
+            let Ok(changes) = rmp_serde::from_slice::<Vec<litemesh_proto::RowChange>>(&blob) else {
+                continue;
+            };
+            let (keep, gone): (Vec<_>, Vec<_>) = changes
+                .into_iter()
+                .partition(|r| self.placement.may_hold(&self.entitlement, &r.table));
+            if gone.is_empty() {
+                continue;
+            }
+            let blob = rmp_serde::to_vec(&keep).map_err(|e| StorageError::Decode(e.to_string()))?;
+            match start {
+                Some(s) => tx.execute(
+                    "UPDATE __lm_partial SET rows = ?4 WHERE actor = ?1 AND version = ?2 AND start = ?3",
+                    (a, v, s, blob),
+                )?,
+                None => tx.execute(
+                    "UPDATE __lm_quarantine SET rows = ?3 WHERE actor = ?1 AND version = ?2",
+                    (a, v, blob),
+                )?,
+            };
+            let tables: BTreeSet<String> = gone.into_iter().map(|r| r.table).collect();
+            add_withheld(&tx, a as u64, v as u64, &tables)?;
+        }
         // Parked rows (for tables this node did not know when they came) of
         // tables it may not hold: dropped, their versions marked as held
         // without them.
@@ -508,6 +581,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.conn.execute_batch("PRAGMA secure_delete = OFF")?;
         self.guard
             .set_placement(self.placement.clone(), self.entitlement.clone());
         if report.versions_refetched > 0 {
@@ -533,6 +607,10 @@ mod tests {
         assert_eq!(r.into_iter().collect::<Vec<_>>(), ["eu-central", "eu-west"]);
         let block = "CREATE TABLE t /* LiteMesh: Regions=us */ (id TEXT PRIMARY KEY)";
         assert_eq!(parse_directive("t", block).unwrap().unwrap().len(), 1);
+        let doc = "CREATE TABLE t /** litemesh: regions = us */ (id TEXT PRIMARY KEY)";
+        assert_eq!(parse_directive("t", doc).unwrap().unwrap().len(), 1);
+        let other = "CREATE TABLE t (id TEXT PRIMARY KEY) -- replicated by litemesh";
+        assert_eq!(parse_directive("t", other).unwrap(), None);
         let in_string =
             "CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT DEFAULT '-- litemesh: regions = eu')";
         assert_eq!(parse_directive("t", in_string).unwrap(), None);
@@ -549,6 +627,15 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d["b;b"].contains("eu"));
         assert!(d["c"].contains("us"));
+        // Above the statement it places, with other comments around.
+        let above = "-- users of the EU\n-- litemesh: regions = eu\nCREATE /* x */ TABLE a (id TEXT PRIMARY KEY);";
+        assert!(directives(above).unwrap()["a"].contains("eu"));
+        assert_eq!(
+            without_comments("CREATE /* x */ TABLE a -- y\n(id)")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["CREATE", "TABLE", "a", "(id)"]
+        );
         // After the `;`, it belongs to no CREATE TABLE.
         assert!(
             directives("CREATE TABLE a (id TEXT PRIMARY KEY); -- litemesh: regions = eu").is_err()
@@ -562,6 +649,10 @@ mod tests {
     #[test]
     fn a_mistyped_directive_is_an_error() {
         for sql in [
+            "CREATE TABLE t (id TEXT PRIMARY KEY) -- litemesh : regions = eu",
+            "CREATE TABLE t (id TEXT PRIMARY KEY) -- litemesh regions = eu",
+            "CREATE TABLE t (id TEXT PRIMARY KEY) -- placement: litemesh: regions = eu",
+            "CREATE TABLE t (id TEXT PRIMARY KEY) -- LiteMesh-Region: eu",
             "CREATE TABLE t (id TEXT PRIMARY KEY) -- litemesh: region = eu",
             "CREATE TABLE t (id TEXT PRIMARY KEY) -- litemesh: regions eu",
             "CREATE TABLE t (id TEXT PRIMARY KEY) -- litemesh: regions =",

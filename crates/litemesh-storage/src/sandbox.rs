@@ -291,7 +291,7 @@ impl ConnGuard {
 
     fn authorize(&self, ctx: AuthContext<'_>) -> Authorization {
         let mode = self.mode.load(Ordering::SeqCst);
-        if mode == TRUSTED || ctx.accessor.is_some() {
+        if mode == TRUSTED {
             return Authorization::Allow;
         }
         let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
@@ -302,7 +302,20 @@ impl ConnGuard {
             | AuthAction::Delete { table_name } => self.placed(&policy, table_name),
             _ => Ok(()),
         };
-        match placed.and_then(|()| decide(mode, &policy, &ctx)) {
+        // Inside litemesh's own triggers (the capture of a client's write):
+        // their statements are litemesh's. SQLite names the trigger as the
+        // accessor — but also a subquery's alias or a CTE's name, which the
+        // client chooses: a client statement naming anything `__lm_*` is
+        // refused before it is compiled (`check_names`), so an accessor
+        // with that prefix is one of litemesh's triggers.
+        let ours = ctx.accessor.is_some_and(internal);
+        match placed.and_then(|()| {
+            if ours {
+                Ok(())
+            } else {
+                decide(mode, &policy, &ctx)
+            }
+        }) {
             Ok(()) => Authorization::Allow,
             Err(why) => {
                 // The first refusal names what the client asked for (SQLite
@@ -519,6 +532,7 @@ impl ClientTx<'_> {
             // compiled outside the sandbox. A cached client statement was
             // authorized when compiled, and is compiled again, under the
             // client policy, if the schema changes.
+            check_names(sql)?;
             let key = format!("{CLIENT_KEY}{sql}");
             let mut stmt = self
                 .tx
@@ -649,7 +663,7 @@ impl ReadConnection {
         *self.guard.refusal.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let res = {
             let _limits = self.guard.limits(limits);
-            let res = run_query(&self.conn, sql, params, sink);
+            let res = run_query(&self.conn, sql, params, sink, limits.on_behalf_of.is_some());
             res.map_err(|e| self.guard.map_storage_err(e))
         };
         if !self.conn.is_autocommit() {
@@ -661,6 +675,53 @@ impl ReadConnection {
         }
         res
     }
+}
+
+/// Refuses a client statement that names anything `__lm_*` (litemesh's own
+/// tables, functions and triggers): outside string literals, whatever the
+/// quoting. Clients never need those names, and refusing them up front
+/// keeps the authorizer's view of "inside a litemesh trigger" trustworthy.
+pub(crate) fn check_names(sql: &str) -> Result<()> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                // A string literal ('' inside is a quote).
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+            }
+            _ => {
+                if b[i..].len() >= 5 && b[i..i + 5].eq_ignore_ascii_case(b"__lm_") {
+                    return Err(StorageError::Refused(
+                        "names starting with __lm_ are litemesh's own tables, functions and \
+                         triggers: clients can neither use nor define them"
+                            .into(),
+                    ));
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A statement's parameters must match what it takes, with a message that
@@ -676,10 +737,28 @@ fn check_params(stmt: &rusqlite::Statement<'_>, params: &[Value]) -> Result<()> 
     Ok(())
 }
 
-fn run_query(conn: &Connection, sql: &str, params: &[Value], sink: &mut dyn RowSink) -> Result<()> {
-    // Every statement of this connection is a client's: caching is safe.
-    let mut stmt = conn.prepare_cached(sql)?;
-    check_params(&stmt, params)?;
+fn run_query(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    sink: &mut dyn RowSink,
+    fresh: bool,
+) -> Result<()> {
+    check_names(sql)?;
+    // Every statement of this connection is a client's: caching is safe —
+    // except for a statement run for another node (`fresh`), which must be
+    // authorized again under that node's placement (a cached statement was
+    // authorized once, when compiled for whoever ran it first).
+    let mut plain;
+    let mut cached;
+    let stmt: &mut rusqlite::Statement<'_> = if fresh {
+        plain = conn.prepare(sql)?;
+        &mut plain
+    } else {
+        cached = conn.prepare_cached(sql)?;
+        &mut cached
+    };
+    check_params(stmt, params)?;
     if !stmt.readonly() {
         return Err(StorageError::Refused(
             "a query is read-only: send writes as a transaction".into(),

@@ -193,7 +193,8 @@ fn declare(
         .map_err(|e| StorageError::SchemaSql(e.to_string()))?
     {
         let text = stmt.expanded_sql().unwrap_or_default();
-        let words: Vec<String> = text
+        // Comments (a placement directive, documentation) are not words.
+        let words: Vec<String> = crate::placement::without_comments(&text)
             .split_whitespace()
             .take(3)
             .map(|w| w.to_ascii_uppercase())

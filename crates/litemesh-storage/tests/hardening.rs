@@ -371,7 +371,7 @@ fn client_transactions_may_only_write_replicated_tables() {
     );
     let before = s.db_version().unwrap();
     for (sql, needle) in [
-        ("DROP TRIGGER \"__lm_ins_items\"", "schema changes"),
+        ("DROP TRIGGER \"__lm_ins_items\"", "__lm_"),
         ("DROP TABLE items", "schema changes"),
         ("CREATE TABLE x (a)", "schema changes"),
         ("ALTER TABLE items ADD COLUMN z", "schema changes"),
@@ -393,7 +393,7 @@ fn client_transactions_may_only_write_replicated_tables() {
             "INSERT INTO local_only VALUES ('x')",
             "not a replicated table",
         ),
-        ("SELECT __lm_seq()", "not allowed"),
+        ("SELECT __lm_seq()", "__lm_"),
         // The very text of statements the store caches for itself.
         (
             "DELETE FROM __lm_partial WHERE actor = ?1 AND version = ?2",
@@ -539,7 +539,7 @@ fn queries_only_read_and_leave_the_connection_as_it_was() {
         ("SELECT * FROM __lm_log", "__lm_"),
         ("SELECT * FROM dbstat", "cannot be read"),
         ("DELETE FROM items", "read-only"),
-        ("SELECT __lm_version()", "not allowed"),
+        ("SELECT __lm_version()", "__lm_"),
     ] {
         let err = read(&mut rc, sql).err().expect(sql).to_string();
         assert!(err.contains(needle), "{sql}: {err}");

@@ -399,3 +399,158 @@ fn a_large_version_in_chunks_is_filtered_chunk_by_chunk() {
     }
     assert_eq!(count(&eu2, "SELECT count(*) FROM eu_users"), 300);
 }
+
+#[test]
+fn no_spelling_of_a_query_reads_a_table_pinned_elsewhere() {
+    use litemesh_storage::{ClientLimits, ReadConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    eu.execute_batch("INSERT INTO eu_users VALUES ('u1', 'a@eu')")
+        .unwrap();
+    let us = node(&dir, "us", "us");
+    let open = |store: &Store, path: &str| {
+        let rc = ReadConnection::open(dir.path().join(path)).unwrap();
+        rc.set_placement(store.placement().clone(), store.entitlement().clone());
+        rc
+    };
+    let forms = [
+        "SELECT * FROM eu_users",
+        "WITH x AS (SELECT * FROM eu_users) SELECT * FROM x",
+        "SELECT * FROM (SELECT * FROM eu_users) AS y",
+        "SELECT * FROM (SELECT * FROM eu_users LIMIT 5) AS y, posts",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r, eu_users WHERE n < 3) SELECT * FROM r",
+    ];
+    let plain = ClientLimits::default();
+    let for_us = ClientLimits {
+        on_behalf_of: Some(Entitlement::region(Some("us".into()))),
+        ..ClientLimits::default()
+    };
+    let mut on_us = open(&us, "us.db");
+    let mut on_eu = open(&eu, "eu.db");
+    for sql in forms {
+        let err = on_us.query(sql, &[], &plain, &mut Count(0)).unwrap_err();
+        assert!(matches!(&err, StorageError::Refused(_)), "{sql}: {err}");
+        // On the eu node for itself (compiled and cached) …
+        on_eu.query(sql, &[], &plain, &mut Count(0)).unwrap();
+        // … and then for a us node: authorized again, refused.
+        let err = on_eu.query(sql, &[], &for_us, &mut Count(0)).unwrap_err();
+        assert!(matches!(&err, StorageError::Refused(_)), "{sql}: {err}");
+    }
+}
+
+#[test]
+fn litemesh_names_are_refused_in_client_statements_whatever_the_spelling() {
+    use litemesh_storage::{ClientLimits, ReadConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut rc = ReadConnection::open(dir.path().join("eu.db")).unwrap();
+    for sql in [
+        "WITH x AS (SELECT * FROM __lm_site) SELECT * FROM x",
+        "SELECT * FROM (SELECT * FROM \"__LM_LOG\") AS y",
+        "WITH __lm_trick AS (SELECT 1) SELECT * FROM __lm_trick",
+        "SELECT __lm_local()",
+    ] {
+        let err = rc
+            .query(sql, &[], &ClientLimits::default(), &mut Count(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("__lm_"), "{sql}: {err}");
+    }
+    // In a string, the name is only text.
+    rc.query(
+        "SELECT '__lm_site', 'it''s __lm_'",
+        &[],
+        &ClientLimits::default(),
+        &mut Count(0),
+    )
+    .unwrap();
+    let err = eu
+        .client_transaction(&ClientLimits::default(), |tx| {
+            tx.execute(
+                "WITH x AS (SELECT count(*) AS n FROM __lm_log) INSERT INTO posts SELECT 'c', n FROM x",
+                &[],
+            )
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("__lm_"), "{err}");
+    eu.client_transaction(&ClientLimits::default(), |tx| {
+        tx.execute(
+            "INSERT INTO posts VALUES ('__lm_x', 'text may say __lm_')",
+            &[],
+        )
+    })
+    .unwrap();
+}
+
+#[test]
+fn buffered_and_quarantined_rows_go_when_the_node_may_no_longer_hold_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut other = node(&dir, "other", "eu");
+    eu.transaction(|t| {
+        for i in 0..200 {
+            t.execute(
+                "INSERT INTO posts VALUES (?1, ?2)",
+                (format!("p{i}"), "x".repeat(200)),
+            )?;
+            t.execute(
+                "INSERT INTO eu_users VALUES (?1, ?2)",
+                (format!("u{i}"), "SECRET".repeat(40)),
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut bs = Vec::new();
+    eu.changes_for(
+        &other.knowledge().unwrap(),
+        Some(other.entitlement()),
+        8 * 1024,
+        |b| {
+            bs.push(b);
+            Ok(true)
+        },
+    )
+    .unwrap();
+    assert!(bs.len() > 4);
+    // Half the chunks arrive while the node is in eu; then it restarts in
+    // us (it holds no eu row yet, so that is allowed).
+    let half = bs.len() / 2;
+    for b in &bs[..half] {
+        other.apply(b).unwrap();
+    }
+    assert!(eu_traces(&other) > 0, "chunks buffered");
+    other
+        .set_entitlement(Entitlement::region(Some("us".into())))
+        .unwrap();
+    assert_eq!(eu_traces(&other), 0, "buffered eu rows purged");
+    for b in &bs[half..] {
+        other.apply(b).unwrap();
+    }
+    assert_eq!(eu_traces(&other), 0);
+    assert_eq!(count(&other, "SELECT count(*) FROM posts"), 200);
+    assert!(other.knowledge().unwrap().covers(&eu.knowledge().unwrap()));
+    // Erased, not only unlinked: the secret is nowhere in the file.
+    drop(other);
+    let bytes = std::fs::read(dir.path().join("other.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("other.db-wal")).unwrap_or_default();
+    for b in [&bytes, &wal] {
+        assert!(
+            !b.windows(12).any(|w| w == b"SECRETSECRET"),
+            "plaintext of a purged row left in the file"
+        );
+    }
+}
+
+#[test]
+fn a_directive_may_sit_above_its_table_among_other_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path().join("s.db")).unwrap();
+    s.apply_schema(
+        "-- the posts\nCREATE TABLE posts (id TEXT PRIMARY KEY, body TEXT);\n\
+         -- customers of the EU\n-- litemesh: regions = eu\n\
+         CREATE /* note */ TABLE eu_users (id TEXT PRIMARY KEY, email TEXT);",
+    )
+    .unwrap();
+    assert!(s.placement().regions("eu_users").unwrap().contains("eu"));
+    assert!(s.placement().regions("posts").is_none());
+}

@@ -435,6 +435,16 @@ impl Replication {
         self.filter.set_carried(addr, tables);
     }
 
+    /// The tables a peer carries, if it is a partial replica.
+    pub fn peer_tables(&self, addr: SocketAddr) -> Option<std::collections::BTreeSet<String>> {
+        self.filter.carried.get(&addr).cloned()
+    }
+
+    /// Whether some peer is a partial replica.
+    pub fn has_partial_peers(&self) -> bool {
+        !self.filter.carried.is_empty()
+    }
+
     /// A peer's region, as its membership metadata gives it.
     pub fn peer_region(&self, addr: SocketAddr) -> Option<String> {
         self.sched.peer_region(addr)

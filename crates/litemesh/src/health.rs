@@ -102,6 +102,13 @@ pub enum HealthIssue {
         /// The path.
         path: String,
     },
+    /// Members whose schema pins tables differently from this node's: the
+    /// rows they send or relay are not filtered as this node's placement
+    /// says.
+    PlacementMismatch {
+        /// The members, by name.
+        peers: Vec<String>,
+    },
     /// The node is shutting down.
     ShuttingDown,
 }
@@ -118,6 +125,7 @@ impl HealthIssue {
             HealthIssue::ServeFailing { .. } => "serve_failing",
             HealthIssue::CannotWrite { .. } => "cannot_write",
             HealthIssue::FileGone { .. } => "file_gone",
+            HealthIssue::PlacementMismatch { .. } => "placement_mismatch",
             HealthIssue::ShuttingDown => "shutting_down",
         }
     }
@@ -161,6 +169,12 @@ impl fmt::Display for HealthIssue {
                 f,
                 "its database file {path} was removed or replaced while it runs: it writes to a \
                  file no one else can open; restart it"
+            ),
+            HealthIssue::PlacementMismatch { peers } => write!(
+                f,
+                "the schema of {} pins tables differently from this node's: apply the same \
+                 schema on every node",
+                peers.join(", ")
             ),
             HealthIssue::ShuttingDown => f.write_str("shutting down"),
         }

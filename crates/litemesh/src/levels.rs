@@ -271,6 +271,22 @@ impl Inner {
                 .collect(),
             _ => BTreeSet::new(),
         };
+        // With table placement or partial replicas, only a node that may hold
+        // everything the transaction wrote confirms it (one holding it
+        // without some tables' rows does not count).
+        let peers: Vec<_> = match written {
+            None => peers,
+            Some(tables) => peers
+                .into_iter()
+                .filter(|(addr, _, region)| {
+                    let ent = litemesh_proto::Entitlement {
+                        region: region.clone(),
+                        carried: self.core().peer_tables(*addr),
+                    };
+                    tables.iter().all(|t| self.placement.may_hold(&ent, t))
+                })
+                .collect(),
+        };
         let targets: Vec<_> = match level {
             Ack::Local => Vec::new(),
             Ack::Region => peers.into_iter().filter(|p| p.2 == own).collect(),

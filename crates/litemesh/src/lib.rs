@@ -42,10 +42,12 @@ pub use error::Error;
 pub use health::{Health, HealthIssue, HealthThresholds};
 pub use levels::{Ack, AckReport};
 pub use litemesh_proto::{ActorId, Knowledge};
+pub use litemesh_storage::{BackupInfo, Restored, inspect as inspect_backup};
 pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
 pub use node::{ChangeEvent, Executed, Node, Subscription};
 pub use query::{Fallback, QueryOptions, Rows};
+pub use session::restore;
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{

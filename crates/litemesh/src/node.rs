@@ -159,6 +159,8 @@ pub(crate) struct Inner {
     pub(crate) placement: litemesh_proto::Placement,
     /// The mesh runs without TLS: peers' regions are what they gossip.
     pub(crate) insecure: bool,
+    /// Members already warned about for a different placement.
+    placement_warned: Mutex<HashSet<SocketAddr>>,
     /// Group commit counters: transactions, and the commits they took.
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_groups: AtomicU64,
@@ -230,6 +232,36 @@ impl Inner {
         })
         .ok()?;
         Some(tables)
+    }
+
+    /// Members whose schema pins tables differently from this node's, by
+    /// name (or address).
+    pub(crate) fn placement_mismatch(&self) -> Vec<String> {
+        let addrs = self.core().placement_mismatches();
+        addrs
+            .into_iter()
+            .map(|a| self.transport.peer_name(a).unwrap_or_else(|| a.to_string()))
+            .collect()
+    }
+
+    /// Logs, once per member, that its schema pins tables differently.
+    fn warn_placement_mismatch(&self) {
+        let now = self.core().placement_mismatches();
+        let mut warned = self
+            .placement_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for a in &now {
+            if warned.insert(*a) {
+                tracing::error!(
+                    peer = %a,
+                    "a member's schema pins tables differently from this node's: rows it sends or \
+                     relays are not filtered as this node's placement says; apply the same schema \
+                     on every node"
+                );
+            }
+        }
+        warned.retain(|a| now.contains(a));
     }
 
     /// What the peer at `addr` may hold, for table placement: by the region
@@ -520,8 +552,10 @@ fn open_stores(
 ) -> Result<Opened, Error> {
     let lock = session::lock(&settings.db_path)?;
     let mut writer = Store::open(&settings.db_path)?;
-    for sql in &settings.schema {
-        let report = writer.apply_schema(sql)?;
+    // Every schema text together: one file per table (a folder of them)
+    // declares the schema as a whole.
+    if !settings.schema.is_empty() {
+        let report = writer.apply_schema(&settings.schema.join("\n;\n"))?;
         for w in report.warnings {
             tracing::warn!("{w}");
         }
@@ -535,6 +569,14 @@ fn open_stores(
     };
     writer.set_entitlement(entitlement)?;
     let placement = writer.placement().clone();
+    for t in settings.tables.iter().flatten() {
+        if !placement.allows(writer.entitlement(), t) {
+            tracing::warn!(
+                table = %t,
+                "--tables names a table this node's region may not hold: it will hold none of it"
+            );
+        }
+    }
     if !placement.is_empty() {
         for (t, r) in placement.pinned() {
             tracing::info!(
@@ -595,6 +637,7 @@ fn gossiped_tables(
             unix_ms: u64::MAX,
         }),
         tables: Some(tables.clone()),
+        placement: Some(u64::MAX),
     };
     match widest.encode() {
         Ok(b) if b.len() <= litemesh_membership::MAX_METADATA_LEN => Some(tables),
@@ -785,6 +828,7 @@ impl Node {
                 unix_ms: wall0,
             }),
             tables: gossiped_tables(&settings, &name, region.as_deref(), actor),
+            placement: placement.digest(),
         };
         // Seeds, and the members of earlier runs: a restarted node finds the
         // mesh again with or without --seed.
@@ -860,6 +904,7 @@ impl Node {
             rows_not_carried: AtomicU64::new(0),
             placement: placement.clone(),
             insecure: matches!(settings.tls, Tls::Insecure),
+            placement_warned: Mutex::new(HashSet::new()),
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             apply_transactions: AtomicU64::new(0),
@@ -908,6 +953,27 @@ impl Node {
         &self.inner.name
     }
 
+    /// Writes a consistent copy of the node's file to `out` (which must not
+    /// exist), while the node runs: its data, clocks, change log and
+    /// identity. Restore it with [`crate::restore`], which gives the copy a
+    /// new identity. Returns the copy's size in bytes.
+    pub async fn backup(&self, out: &std::path::Path) -> Result<u64, Error> {
+        if self.inner.closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let db = self.inner.db_path.clone();
+        let out = out.to_path_buf();
+        tokio::task::spawn_blocking(move || litemesh_storage::backup(&db, &out))
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(Error::from)
+    }
+
+    /// The node's file.
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.inner.db_path
+    }
+
     /// Runs the statements as one SQLite transaction (all or nothing), under
     /// the client sandbox: DML on replicated tables (and reads), nothing
     /// else; at most `Settings::transaction_timeout`. The changes are on
@@ -949,10 +1015,12 @@ impl Node {
         let done = self.execute(statements).await?;
         // With pinned tables, `regions` means the regions that may hold
         // what the transaction wrote.
-        let written = match (ack, self.inner.placement.is_empty()) {
-            (Ack::Regions, false) if done.version > 0 => {
+        let placed = !self.inner.placement.is_empty() || self.inner.core().has_partial_peers();
+        let written = match (ack, placed) {
+            (Ack::Local, _) | (_, false) => None,
+            _ if !done.token.versions().is_empty() => {
                 let inner = self.inner.clone();
-                let version = done.version;
+                let version = done.token.versions()[0].1;
                 tokio::task::spawn_blocking(move || inner.tables_written(version))
                     .await
                     .ok()
@@ -1215,6 +1283,7 @@ impl Node {
             broadcasts_withheld: stats.broadcasts_withheld,
             placement_rows_refused: inner.placement_rows_refused.load(Ordering::Relaxed),
             rows_not_carried: inner.rows_not_carried.load(Ordering::Relaxed),
+            placement_mismatch: inner.placement_mismatch(),
             placement: inner
                 .placement
                 .pinned()
@@ -1273,6 +1342,11 @@ impl Node {
             issues.push(HealthIssue::CutOff {
                 reachable: s.members_reachable,
                 known: s.members_known,
+            });
+        }
+        if !s.placement_mismatch.is_empty() {
+            issues.push(HealthIssue::PlacementMismatch {
+                peers: s.placement_mismatch.clone(),
             });
         }
         if let Some(q) = s.quarantined.first() {
@@ -1465,6 +1539,7 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             );
         }
         inner.failures().file_gone = gone;
+        inner.warn_placement_mismatch();
         let idle = inner
             .failures()
             .last_write_ok

@@ -115,6 +115,18 @@ pub(crate) fn begin(store: &mut Store, db: &Path) -> Result<Begun, Error> {
     })
 }
 
+/// Makes the node file `db` from the backup `from` with a new identity (a
+/// new node and a new actor; see [`litemesh_storage::restore`]), ready to
+/// start as it is: it counts as cleanly stopped, so its first start keeps
+/// the new actor — unless the file is copied or moved first, which moves
+/// it to yet another actor, as for any file.
+pub fn restore(from: &Path, db: &Path) -> Result<litemesh_storage::Restored, Error> {
+    let r = litemesh_storage::restore(from, db)?;
+    let mut store = Store::open(db)?;
+    end_clean(&mut store, db)?;
+    Ok(r)
+}
+
 /// At the end of a graceful shutdown, when nothing writes any more.
 pub(crate) fn end_clean(store: &mut Store, db: &Path) -> Result<(), Error> {
     let marker: [u8; 16] = rand::random();

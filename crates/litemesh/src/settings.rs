@@ -46,7 +46,8 @@ pub struct Settings {
     pub advertise: Option<SocketAddr>,
     /// Nodes of the mesh to join by; none: first node of a new mesh.
     pub seeds: Vec<SocketAddr>,
-    /// Schema SQL texts (`CREATE TABLE` / `CREATE INDEX`), applied at start.
+    /// Schema SQL texts (`CREATE TABLE` / `CREATE INDEX`), applied at start
+    /// together (as one schema: each may declare some of the tables).
     /// A table is pinned to regions with a comment in its `CREATE TABLE`
     /// (`-- litemesh: regions = eu-west, eu-central`; docs/regions.md).
     pub schema: Vec<String>,

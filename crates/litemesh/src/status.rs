@@ -212,6 +212,8 @@ pub struct Status {
     /// A partial replica: rows of tables it does not carry that peers sent
     /// (they did not know), left out.
     pub rows_not_carried: u64,
+    /// Members whose schema pins tables differently from this node's.
+    pub placement_mismatch: Vec<String>,
     /// Pinned tables and the regions they may live in.
     pub placement: std::collections::BTreeMap<String, Vec<String>>,
     /// Completed reconciliations.
