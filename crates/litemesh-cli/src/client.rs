@@ -364,6 +364,27 @@ pub fn status(a: ApiArgs) -> CliResult {
         s.broadcast_queue, s.broadcast_dropped
     );
     println!("partial_versions:  {}", s.partial_versions);
+    if !s.placement.is_empty() {
+        let pinned: Vec<String> = s
+            .placement
+            .iter()
+            .map(|(t, r)| format!("{t} → {}", r.join(", ")))
+            .collect();
+        println!("placement:         {}", pinned.join("; "));
+        println!(
+            "                   {} rows refused from peers, {} broadcasts withheld",
+            s.placement_rows_refused, s.broadcasts_withheld
+        );
+    }
+    if !s.placement_mismatch.is_empty() {
+        println!(
+            "placement differs: {} (their schema pins tables differently)",
+            s.placement_mismatch.join(", ")
+        );
+    }
+    if s.rows_not_carried > 0 {
+        println!("rows not carried:  {}", s.rows_not_carried);
+    }
     println!("version vector:");
     for (actor, v) in &s.version_vector {
         println!("  {actor}  {v}");

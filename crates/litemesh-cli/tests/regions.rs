@@ -339,6 +339,12 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
         metrics.contains("litemesh_placement_rows_refused_total 0"),
         "{metrics}"
     );
+    let o = run(&["status", "--api", &us1.api]);
+    let out = text(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("placement:") && out.contains("eu_users → eu"),
+        "{out}"
+    );
     // The us node holds both versions (nothing left to ask for) …
     eventually(20, "us1 caught up", || {
         let (_, body) = get(&us1.api, "/v1/status");
