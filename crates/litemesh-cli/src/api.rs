@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/quarantine/retry", post(quarantine_retry))
         .route("/v1/backup", get(backup))
+        .route("/v1/retention", get(retention))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         // `read_body` is the one limit (8 MiB): without this, axum's `Bytes`
@@ -483,6 +484,14 @@ async fn quarantine_retry(State(st): State<Arc<AppState>>) -> Response {
             still_failing: failing as u64,
         })
         .into_response(),
+        Err(e) => error(error_status(&e), e),
+    }
+}
+
+/// `GET /v1/retention`: what the node keeps and for how long.
+async fn retention(State(st): State<Arc<AppState>>) -> Response {
+    match st.node.retention().await {
+        Ok(r) => axum::Json(crate::json::wire_retention(r)).into_response(),
         Err(e) => error(error_status(&e), e),
     }
 }

@@ -322,6 +322,94 @@ pub fn members(a: ApiArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `litemesh retention`
+pub fn retention(a: ApiArgs) -> CliResult {
+    let r = client(&a).retention().map_err(err)?;
+    let dur = |s: Option<f64>, none: &str| match s {
+        Some(s) => format!("{s:.0} s"),
+        None => none.to_string(),
+    };
+    println!(
+        "policy:          {}",
+        dur(r.policy_secs, "keep everything (nothing is collected yet)")
+    );
+    println!(
+        "offline limit:   {}",
+        dur(
+            r.offline_limit_secs,
+            "none: a node away for any time catches up incrementally"
+        )
+    );
+    match &r.longest_absence {
+        Some(a) => println!(
+            "longest absence: {} for {:.1} s (since this node started)",
+            a.member, a.secs
+        ),
+        None => println!("longest absence: none seen since this node started"),
+    }
+    let m = &r.metadata;
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    println!(
+        "file:            {} ({} free); change log {} rows, {} of entries",
+        mb(m.file_bytes),
+        mb(m.free_bytes),
+        m.log_rows,
+        mb(m.log_bytes)
+    );
+    let rows: Vec<Vec<String>> = m
+        .tables
+        .iter()
+        .map(|t| {
+            vec![
+                t.table.clone(),
+                t.rows.to_string(),
+                t.tombstones.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["table", "rows", "tombstones"].map(String::from), &rows);
+    let rows: Vec<Vec<String>> = r
+        .writers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone().unwrap_or_else(|| "-".into()),
+                w.actor.to_string(),
+                w.head.to_string(),
+                w.oldest_servable.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["writer", "actor", "head", "oldest servable"].map(String::from),
+        &rows,
+    );
+    let rows: Vec<Vec<String>> = r
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.state.to_string(),
+                dur(m.unreachable_secs, "-"),
+                if m.incremental {
+                    "incrementally".into()
+                } else {
+                    "by snapshot".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["member", "state", "unreachable for", "catches up"].map(String::from),
+        &rows,
+    );
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `litemesh status`
 pub fn status(a: ApiArgs) -> CliResult {
     let c = client(&a);

@@ -44,6 +44,9 @@ enum Command {
     Status(client::ApiArgs),
     /// Run a small mesh in this process: writes, a partition, its healing.
     Demo(demo::DemoArgs),
+    /// What an agent keeps and for how long: tombstones, the change log,
+    /// how far back versions can be served, absences seen.
+    Retention(client::ApiArgs),
     /// Take a consistent copy of an agent's node file, while it runs.
     Backup(backup::BackupArgs),
     /// Make a node file from a backup: a new node (new identity, data kept).
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             | Command::Members(_)
             | Command::Status(_)
             | Command::Backup(_)
+            | Command::Retention(_)
     ) {
         default_sigpipe();
     }
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Status(a) => client::status(a),
         Command::Demo(a) => demo::run(a),
         Command::Backup(a) => backup::backup(a),
+        Command::Retention(a) => client::retention(a),
         Command::Restore(a) => backup::restore(a),
     };
     match result {

@@ -153,6 +153,37 @@ fn a_node_restored_from_an_online_backup_rejoins_as_a_new_node_and_loses_nothing
         vv.get(&old_actor).is_some() && vv.get(&new_actor).is_some(),
         "{vv}"
     );
+    // What the nodes keep: every row, and a tombstone per deleted row
+    // (nothing is collected yet), every version servable.
+    exec(
+        &n1.api,
+        json!([["DELETE FROM items WHERE id LIKE 'n1-before-1%'"]]),
+    );
+    eventually(20, "the tombstones on n3", || {
+        let (_, body) = get(&n3.api, "/v1/retention");
+        let r: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+        r["metadata"]["tables"][0]["tombstones"] == 11
+            && r["metadata"]["tables"][0]["rows"] == total - 11
+    });
+    let (_, body) = get(&n3.api, "/v1/retention");
+    let r: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["policy_secs"], Json::Null, "{body}");
+    assert!(
+        r["writers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["oldest_servable"] == 1),
+        "{body}"
+    );
+    assert!(r["metadata"]["file_bytes"].as_u64().unwrap() > 0, "{body}");
+    let o = run(&["retention", "--api", &n3.api]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        out.contains("keep everything") && out.contains("tombstones") && out.contains("items"),
+        "{out}"
+    );
     // A file that is not a litemesh node is refused.
     let junk = d.join("junk.db");
     std::fs::write(&junk, b"not a database").unwrap();

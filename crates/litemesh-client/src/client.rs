@@ -376,6 +376,11 @@ impl Client {
         decode(&url, read_text(&url, r)?)
     }
 
+    /// `GET /v1/retention`: what the node keeps and for how long.
+    pub fn retention(&self) -> Result<crate::types::Retention> {
+        self.get_json("/v1/retention")
+    }
+
     /// `GET /metrics`: the node's metrics in Prometheus text format.
     pub fn metrics(&self) -> Result<String> {
         let (url, r) = self.get("/metrics")?;

@@ -213,6 +213,8 @@ open_enum! {
         CannotWrite => "cannot_write",
         /// The database file was removed or replaced under the node.
         FileGone => "file_gone",
+        /// A member's schema pins tables differently from this node's.
+        PlacementMismatch => "placement_mismatch",
         /// The node is shutting down.
         ShuttingDown => "shutting_down",
     }
@@ -568,4 +570,88 @@ pub struct RetryResult {
     pub applied: u64,
     /// Those still failing.
     pub still_failing: u64,
+}
+
+/// The answer of `GET /v1/retention`: what the node keeps and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    /// How long changes are kept once every member holds them, in seconds
+    /// (`null`: forever — nothing is collected).
+    pub policy_secs: Option<f64>,
+    /// How long a node may be away and still catch up incrementally, in
+    /// seconds (`null`: any time).
+    pub offline_limit_secs: Option<f64>,
+    /// Per writer: the oldest of its versions this node can still serve.
+    pub writers: Vec<RetainedWriter>,
+    /// Per member: whether it can still catch up incrementally.
+    pub members: Vec<MemberRetention>,
+    /// The longest a member was away and came back, since the node started.
+    pub longest_absence: Option<Absence>,
+    /// What replication keeps beside the rows.
+    pub metadata: Metadata,
+    /// What an operator should know.
+    pub warnings: Vec<String>,
+}
+
+/// A writer in [`Retention`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetainedWriter {
+    /// Its actor.
+    pub actor: ActorId,
+    /// The member's name, if known.
+    pub name: Option<String>,
+    /// The highest of its versions held.
+    pub head: u64,
+    /// The oldest of its versions this node can still serve (1: all).
+    pub oldest_servable: u64,
+}
+
+/// A member in [`Retention`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRetention {
+    /// Its name.
+    pub name: String,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: MemberState,
+    /// How long it has been unreachable, in seconds, if it is.
+    pub unreachable_secs: Option<f64>,
+    /// Whether it can catch up incrementally (else by snapshot).
+    pub incremental: bool,
+}
+
+/// An absence in [`Retention`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Absence {
+    /// The member.
+    pub member: String,
+    /// How long it was away, in seconds.
+    pub secs: f64,
+}
+
+/// The replication metadata of a node's file, in [`Retention`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Per replicated table.
+    pub tables: Vec<TableMetadata>,
+    /// Rows of the change log.
+    pub log_rows: u64,
+    /// Bytes of change-log entries.
+    pub log_bytes: u64,
+    /// The file's size.
+    pub file_bytes: u64,
+    /// Its free pages, in bytes.
+    pub free_bytes: u64,
+}
+
+/// A table in [`Metadata`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableMetadata {
+    /// The table.
+    pub table: String,
+    /// Live rows.
+    pub rows: u64,
+    /// Tombstones (clock rows of deleted rows).
+    pub tombstones: u64,
 }

@@ -94,7 +94,10 @@ fn main() {
     let rows = count(conn, "SELECT count(*) FROM items");
     let clocks = count(conn, "SELECT count(*) FROM __lm_clk_items");
     let log_rows = count(conn, "SELECT count(*) FROM __lm_log");
-    let log_bytes = count(conn, "SELECT coalesce(sum(length(entries)), 0) FROM __lm_log");
+    let log_bytes = count(
+        conn,
+        "SELECT coalesce(sum(length(entries)), 0) FROM __lm_log",
+    );
     let churned = size(conn, &path);
     // Compaction (what overwrites leave behind) as the node runs it.
     let removed = s.compact().expect("compact");
@@ -158,10 +161,22 @@ fn main() {
         mb(log_bytes as u64)
     );
     println!("file after the churn:                {:.1} MB", mb(churned));
-    println!("  after compaction:                  {:.1} MB", mb(compacted));
-    println!("  after compaction and VACUUM:       {:.1} MB", mb(vacuumed));
-    println!("fresh litemesh file, same live rows: {:.1} MB", mb(fresh_size));
-    println!("plain SQLite file, same live rows:   {:.1} MB", mb(plain_size));
+    println!(
+        "  after compaction:                  {:.1} MB",
+        mb(compacted)
+    );
+    println!(
+        "  after compaction and VACUUM:       {:.1} MB",
+        mb(vacuumed)
+    );
+    println!(
+        "fresh litemesh file, same live rows: {:.1} MB",
+        mb(fresh_size)
+    );
+    println!(
+        "plain SQLite file, same live rows:   {:.1} MB",
+        mb(plain_size)
+    );
     println!("churn_ops_per_s: {:.0}", ops as f64 / secs);
     println!("churn_tombstones: {}", clocks - rows);
     println!(

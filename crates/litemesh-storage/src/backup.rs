@@ -208,3 +208,46 @@ impl Store {
         self.rotate_actor()
     }
 }
+
+/// What the replication metadata of a file weighs (see [`Store::metadata_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataStats {
+    /// Per replicated table: (name, live rows, tombstones).
+    pub tables: Vec<(String, u64, u64)>,
+    /// Rows of the change log (chunks of entries).
+    pub log_rows: u64,
+    /// Bytes of change-log entries.
+    pub log_bytes: u64,
+    /// The file's size (pages in use and free).
+    pub file_bytes: u64,
+    /// Free pages (reused by later writes; `VACUUM` returns them).
+    pub free_bytes: u64,
+}
+
+impl Store {
+    /// Counts what replication keeps beside the rows: tombstones (clock
+    /// rows of deleted rows) per table, the change log, the file's free
+    /// space. Reads every clock table: for reports, not for every request.
+    pub fn metadata_stats(&self) -> Result<MetadataStats> {
+        let count = |sql: &str| -> Result<u64> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        };
+        let mut names: Vec<&String> = self.tables.keys().collect();
+        names.sort();
+        let mut tables = Vec::new();
+        for name in names {
+            let t = &self.tables[name];
+            let rows = count(&format!("SELECT count(*) FROM {}", crate::schema::q(name)))?;
+            let clocks = count(&format!("SELECT count(*) FROM {}", t.clk))?;
+            tables.push((name.clone(), rows, clocks.saturating_sub(rows)));
+        }
+        let page = count("PRAGMA page_size")?;
+        Ok(MetadataStats {
+            tables,
+            log_rows: count("SELECT count(*) FROM __lm_log")?,
+            log_bytes: count("SELECT coalesce(sum(length(entries)), 0) FROM __lm_log")?,
+            file_bytes: count("PRAGMA page_count")? * page,
+            free_bytes: count("PRAGMA freelist_count")? * page,
+        })
+    }
+}

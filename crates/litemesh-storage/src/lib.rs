@@ -43,7 +43,7 @@ mod store;
 mod value;
 mod varint;
 
-pub use backup::{BackupInfo, Restored, backup, inspect, restore};
+pub use backup::{BackupInfo, MetadataStats, Restored, backup, inspect, restore};
 pub use capture::MAX_ROW_WRITE_BYTES;
 pub use capture::attach;
 pub use error::{Interruption, Result, StorageError};

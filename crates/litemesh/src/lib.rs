@@ -42,6 +42,7 @@ pub use error::Error;
 pub use health::{Health, HealthIssue, HealthThresholds};
 pub use levels::{Ack, AckReport};
 pub use litemesh_proto::{ActorId, Knowledge};
+pub use litemesh_storage::MetadataStats;
 pub use litemesh_storage::{BackupInfo, Restored, inspect as inspect_backup};
 pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
@@ -51,7 +52,7 @@ pub use session::restore;
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{
-    MemberInfo, MemberState, PeerState, PeerStatus, QuarantineStatus, RegionStatus, Status,
-    WriterStatus,
+    MemberInfo, MemberRetention, MemberState, PeerState, PeerStatus, QuarantineStatus,
+    RegionStatus, RetainedWriter, RetentionReport, Status, WriterStatus,
 };
 pub use token::Token;

@@ -43,7 +43,8 @@ use crate::session::{self, FileLock};
 use crate::settings::{Settings, Tls};
 use crate::sql::{QueryResult, Statement};
 use crate::status::{
-    MemberInfo, PeerState, PeerStatus, QuarantineStatus, RegionStatus, Status, WriterStatus,
+    MemberInfo, MemberRetention, PeerState, PeerStatus, QuarantineStatus, RegionStatus,
+    RetainedWriter, RetentionReport, Status, WriterStatus,
 };
 use crate::token::Token;
 
@@ -161,6 +162,8 @@ pub(crate) struct Inner {
     pub(crate) insecure: bool,
     /// Members already warned about for a different placement.
     placement_warned: Mutex<HashSet<SocketAddr>>,
+    /// Members unreachable now (since when), and the longest absence seen.
+    absences: Mutex<Absences>,
     /// Group commit counters: transactions, and the commits they took.
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_groups: AtomicU64,
@@ -242,6 +245,38 @@ impl Inner {
             .into_iter()
             .map(|a| self.transport.peer_name(a).unwrap_or_else(|| a.to_string()))
             .collect()
+    }
+
+    /// Notes which members are unreachable since when, and the longest
+    /// absence of one that came back.
+    fn track_absences(&self) {
+        let members: Vec<(SocketAddr, String, bool)> = self
+            .core()
+            .members()
+            .iter()
+            .filter(|m| m.addr != self.advertised)
+            .map(|m| {
+                (
+                    m.addr,
+                    m.name.clone(),
+                    m.state == litemesh_membership::MemberState::Alive,
+                )
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        let mut a = self.absences.lock().unwrap_or_else(|e| e.into_inner());
+        for (addr, name, alive) in members {
+            if alive {
+                if let Some(since) = a.since.remove(&addr) {
+                    let away = now.duration_since(since);
+                    if a.longest.as_ref().is_none_or(|(_, d)| away > *d) {
+                        a.longest = Some((name, away));
+                    }
+                }
+            } else {
+                a.since.entry(addr).or_insert(now);
+            }
+        }
     }
 
     /// Logs, once per member, that its schema pins tables differently.
@@ -532,6 +567,14 @@ fn check_advertise(
         ))),
         None => Ok(None),
     }
+}
+
+/// Members unreachable now, and the longest absence seen (see
+/// `Inner::track_absences`).
+#[derive(Debug, Default)]
+struct Absences {
+    since: HashMap<SocketAddr, std::time::Instant>,
+    longest: Option<(String, Duration)>,
 }
 
 struct Opened {
@@ -905,6 +948,7 @@ impl Node {
             placement: placement.clone(),
             insecure: matches!(settings.tls, Tls::Insecure),
             placement_warned: Mutex::new(HashSet::new()),
+            absences: Mutex::new(Absences::default()),
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             apply_transactions: AtomicU64::new(0),
@@ -1300,6 +1344,69 @@ impl Node {
         })
     }
 
+    /// What this node keeps and for how long: see [`RetentionReport`].
+    /// Counts the replication metadata (reads every clock table).
+    pub async fn retention(&self) -> Result<RetentionReport, Error> {
+        let inner = self.inner.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            let mut r = inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+            r.refresh()?;
+            r.metadata_stats()
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)??;
+        let inner = &self.inner;
+        let k = inner.knowledge.borrow().clone();
+        let names: HashMap<ActorId, String> = inner
+            .core()
+            .members()
+            .iter()
+            .filter_map(|m| m.actor.map(|a| (a, m.name.clone())))
+            .collect();
+        let writers = k
+            .heads()
+            .into_iter()
+            .map(|(actor, head)| RetainedWriter {
+                actor,
+                name: if actor == inner.actor() {
+                    Some(inner.name.clone())
+                } else {
+                    names.get(&actor).cloned()
+                },
+                head,
+                // Nothing is collected: every version can be served.
+                oldest_servable: 1,
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        let (since, longest) = {
+            let a = inner.absences.lock().unwrap_or_else(|e| e.into_inner());
+            (a.since.clone(), a.longest.clone())
+        };
+        let members = inner
+            .core()
+            .members()
+            .iter()
+            .filter(|m| m.addr != inner.advertised)
+            .map(|m| MemberRetention {
+                name: m.name.clone(),
+                addr: m.addr,
+                state: m.state.into(),
+                unreachable_for: since.get(&m.addr).map(|s| now.duration_since(*s)),
+                incremental: true,
+            })
+            .collect();
+        Ok(RetentionReport {
+            policy: None,
+            offline_limit: None,
+            writers,
+            members,
+            longest_absence: longest,
+            metadata,
+            warnings: Vec::new(),
+        })
+    }
+
     /// Whether the node is fit to serve, by the rules of the `health` module
     /// (lag of reachable writers, versions missing, cut off from most known
     /// members, quarantined changes, failing applies or serves, a file that
@@ -1540,6 +1647,7 @@ async fn maintenance_loop(inner: Arc<Inner>) {
         }
         inner.failures().file_gone = gone;
         inner.warn_placement_mismatch();
+        inner.track_absences();
         let idle = inner
             .failures()
             .last_write_ok

@@ -233,3 +233,58 @@ pub struct Status {
     /// Per region: members and lag (sorted by region; no region first).
     pub regions: Vec<RegionStatus>,
 }
+
+/// What this node keeps and for how long (`Node::retention`): the policy,
+/// how far back each writer's versions can still be served, whether each
+/// member can still catch up incrementally, the absences seen, and what the
+/// replication metadata weighs. Nothing is collected yet (see
+/// docs/retention.md): every version stays servable, every member can catch
+/// up incrementally however long it was away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionReport {
+    /// How long changes are kept once every member holds them (`None`:
+    /// forever, nothing is collected).
+    pub policy: Option<Duration>,
+    /// How long a node may be away and still catch up incrementally
+    /// (`None`: any time).
+    pub offline_limit: Option<Duration>,
+    /// Per writer: the oldest of its versions this node can still serve.
+    pub writers: Vec<RetainedWriter>,
+    /// Per member: whether it can still catch up incrementally.
+    pub members: Vec<MemberRetention>,
+    /// The longest a member was unreachable and then came back, since this
+    /// node started: (member, how long).
+    pub longest_absence: Option<(String, Duration)>,
+    /// What replication keeps beside the rows.
+    pub metadata: litemesh_storage::MetadataStats,
+    /// What an operator should know (a policy shorter than absences seen).
+    pub warnings: Vec<String>,
+}
+
+/// One writer in a [`RetentionReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedWriter {
+    /// Its actor.
+    pub actor: ActorId,
+    /// The member's name, if known.
+    pub name: Option<String>,
+    /// The highest of its versions this node holds.
+    pub head: u64,
+    /// The oldest of its versions this node can still serve (1: all).
+    pub oldest_servable: u64,
+}
+
+/// One member in a [`RetentionReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRetention {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Liveness.
+    pub state: MemberState,
+    /// How long it has been unreachable, if it is.
+    pub unreachable_for: Option<Duration>,
+    /// Whether it can catch up incrementally (else: by snapshot).
+    pub incremental: bool,
+}

@@ -118,6 +118,21 @@ async fn a_partition_makes_the_minority_unhealthy_its_lag_grow_and_healing_clear
         async move { c.health(&thresholds()).await.unwrap().is_ok() }
     })
     .await;
+    // a saw c away, and says for how long (retention's absences).
+    eventually(
+        Duration::from_secs(10),
+        "the absence of c noted on a",
+        || {
+            let a = a.clone();
+            async move {
+                let r = a.retention().await.unwrap();
+                r.longest_absence
+                    .is_some_and(|(m, d)| m == "c" && d > Duration::from_secs(1))
+                    && r.members.iter().all(|m| m.unreachable_for.is_none())
+            }
+        },
+    )
+    .await;
     // The lag is recomputed as heads and knowledge arrive, not when the
     // health verdict is: it clears soon after.
     eventually(Duration::from_secs(10), "c's lag for a back to 0", || {
