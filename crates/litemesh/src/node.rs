@@ -1391,7 +1391,7 @@ impl Node {
             .map(|m| MemberRetention {
                 name: m.name.clone(),
                 addr: m.addr,
-                state: m.state.into(),
+                state: m.state,
                 unreachable_for: since.get(&m.addr).map(|s| now.duration_since(*s)),
                 incremental: true,
             })
