@@ -287,6 +287,62 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
     }
 }
 
+/// What the node keeps (`GET /v1/retention`).
+pub fn wire_retention(r: litemesh::RetentionReport) -> wire::Retention {
+    let litemesh::RetentionReport {
+        policy,
+        offline_limit,
+        writers,
+        members,
+        longest_absence,
+        metadata,
+        warnings,
+    } = r;
+    wire::Retention {
+        policy_secs: policy.map(|d| d.as_secs_f64()),
+        offline_limit_secs: offline_limit.map(|d| d.as_secs_f64()),
+        writers: writers
+            .into_iter()
+            .map(|w| wire::RetainedWriter {
+                actor: w.actor.to_hex().into(),
+                name: w.name,
+                head: w.head,
+                oldest_servable: w.oldest_servable,
+            })
+            .collect(),
+        members: members
+            .into_iter()
+            .map(|m| wire::MemberRetention {
+                name: m.name,
+                addr: m.addr,
+                state: litemesh::PeerState::from(m.state).as_str().into(),
+                unreachable_secs: m.unreachable_for.map(|d| d.as_secs_f64()),
+                incremental: m.incremental,
+            })
+            .collect(),
+        longest_absence: longest_absence.map(|(member, d)| wire::Absence {
+            member,
+            secs: d.as_secs_f64(),
+        }),
+        metadata: wire::Metadata {
+            tables: metadata
+                .tables
+                .into_iter()
+                .map(|(table, rows, tombstones)| wire::TableMetadata {
+                    table,
+                    rows,
+                    tombstones,
+                })
+                .collect(),
+            log_rows: metadata.log_rows,
+            log_bytes: metadata.log_bytes,
+            file_bytes: metadata.file_bytes,
+            free_bytes: metadata.free_bytes,
+        },
+        warnings,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,61 +421,5 @@ mod tests {
                 ),
             ]
         );
-    }
-}
-
-/// What the node keeps (`GET /v1/retention`).
-pub fn wire_retention(r: litemesh::RetentionReport) -> wire::Retention {
-    let litemesh::RetentionReport {
-        policy,
-        offline_limit,
-        writers,
-        members,
-        longest_absence,
-        metadata,
-        warnings,
-    } = r;
-    wire::Retention {
-        policy_secs: policy.map(|d| d.as_secs_f64()),
-        offline_limit_secs: offline_limit.map(|d| d.as_secs_f64()),
-        writers: writers
-            .into_iter()
-            .map(|w| wire::RetainedWriter {
-                actor: w.actor.to_hex().into(),
-                name: w.name,
-                head: w.head,
-                oldest_servable: w.oldest_servable,
-            })
-            .collect(),
-        members: members
-            .into_iter()
-            .map(|m| wire::MemberRetention {
-                name: m.name,
-                addr: m.addr,
-                state: litemesh::PeerState::from(m.state).as_str().into(),
-                unreachable_secs: m.unreachable_for.map(|d| d.as_secs_f64()),
-                incremental: m.incremental,
-            })
-            .collect(),
-        longest_absence: longest_absence.map(|(member, d)| wire::Absence {
-            member,
-            secs: d.as_secs_f64(),
-        }),
-        metadata: wire::Metadata {
-            tables: metadata
-                .tables
-                .into_iter()
-                .map(|(table, rows, tombstones)| wire::TableMetadata {
-                    table,
-                    rows,
-                    tombstones,
-                })
-                .collect(),
-            log_rows: metadata.log_rows,
-            log_bytes: metadata.log_bytes,
-            file_bytes: metadata.file_bytes,
-            free_bytes: metadata.free_bytes,
-        },
-        warnings,
     }
 }
