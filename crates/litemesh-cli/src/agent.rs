@@ -487,6 +487,7 @@ async fn serve(r: Resolved) -> CliResult {
     let node = Node::start(settings)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
+    crate::api::clean_stale_backups(node.db_path());
 
     let fds = server::raise_fd_limit();
     // Keep descriptors for the node itself (QUIC, SQLite files).

@@ -496,9 +496,45 @@ async fn retention(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Prefix of the temporary folder a backup is taken in, beside the node's
+/// file (`.litemesh-backup-<file name>-…`).
+fn backup_prefix(db: &std::path::Path) -> String {
+    format!(
+        ".litemesh-backup-{}-",
+        db.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    )
+}
+
+/// Removes the temporary folders of backups a crashed run of this node
+/// left beside its file (only this node's: its file name is in them).
+pub fn clean_stale_backups(db: &std::path::Path) {
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
+    let prefix = backup_prefix(db);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!(
+                    path = %e.path().display(),
+                    "removed the temporary copy of a backup an earlier run left behind"
+                ),
+                Err(err) => tracing::warn!(path = %e.path().display(), "cannot remove: {err}"),
+            }
+        }
+    }
+}
+
 /// `GET /v1/backup`: a consistent copy of the node's file, taken now
 /// (`VACUUM INTO` a temporary file beside it, streamed, then deleted). One
-/// at a time: 503 while another is taken.
+/// at a time: 503 while another is taken. The copy, its folder and the
+/// one-at-a-time slot belong to the copying task until it ends, and then
+/// to the stream: a client that goes away never frees the slot while a
+/// copy still runs, nor leaves a copy behind.
 async fn backup(State(st): State<Arc<AppState>>) -> Response {
     let Ok(running) = st.backup.clone().try_lock_owned() else {
         return error(
@@ -506,14 +542,17 @@ async fn backup(State(st): State<Arc<AppState>>) -> Response {
             "a backup is already being taken on this node; try again when it is done",
         );
     };
-    let dir = st
-        .node
-        .db_path()
+    if st.node.is_closed() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let db = st.node.db_path().to_path_buf();
+    let dir = db
         .parent()
+        .filter(|d| !d.as_os_str().is_empty())
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| ".".into());
     let tmp = match tempfile::Builder::new()
-        .prefix(".litemesh-backup-")
+        .prefix(&backup_prefix(&db))
         .tempdir_in(&dir)
     {
         Ok(t) => t,
@@ -525,7 +564,15 @@ async fn backup(State(st): State<Arc<AppState>>) -> Response {
         }
     };
     let path = tmp.path().join("backup.db");
-    let bytes = match st.node.backup(&path).await {
+    let copy = tokio::task::spawn_blocking(move || {
+        let r = litemesh_storage_backup(&db, &path);
+        (r, path, tmp, running)
+    });
+    let (res, path, tmp, running) = match copy.await {
+        Ok(x) => x,
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    };
+    let bytes = match res {
         Ok(b) => b,
         Err(e) => return error(error_status(&e), e),
     };
@@ -567,6 +614,14 @@ async fn backup(State(st): State<Arc<AppState>>) -> Response {
         )
         .body(Body::from_stream(stream))
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The copy itself (blocking), with the node's error type.
+fn litemesh_storage_backup(
+    db: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<u64, litemesh::Error> {
+    litemesh::backup_file(db, out)
 }
 
 /// Escapes a Prometheus label value.

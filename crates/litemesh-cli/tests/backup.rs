@@ -52,7 +52,16 @@ fn a_node_restored_from_an_online_backup_rejoins_as_a_new_node_and_loses_nothing
         }
         Agent::start(d, n, &a)
     };
+    // A crashed run of n1 left the temporary copy of a backup beside its
+    // file: removed at start (another node's is left alone).
+    let stale = d.join(".litemesh-backup-n1.db-crash");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("backup.db"), b"a whole copy").unwrap();
+    let others = d.join(".litemesh-backup-other.db-x");
+    std::fs::create_dir(&others).unwrap();
     let n1 = start("n1", None);
+    assert!(!stale.exists(), "a stale backup copy left at start");
+    assert!(others.exists());
     let mut n2 = start("n2", Some(&n1.listen));
     let n3 = start("n3", Some(&n1.listen));
     for i in 0..20 {

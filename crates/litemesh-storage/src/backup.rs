@@ -121,7 +121,12 @@ pub fn backup(db: &Path, out: &Path) -> Result<u64> {
 /// `from`, with a new identity: it joins the mesh as a new node and a new
 /// actor. The backup file is not changed.
 pub fn restore(from: &Path, db: &Path) -> Result<Restored> {
-    for p in [db.to_path_buf(), sidecar(db, "-wal"), sidecar(db, "-clean")] {
+    for p in [
+        db.to_path_buf(),
+        sidecar(db, "-wal"),
+        sidecar(db, "-journal"),
+        sidecar(db, "-clean"),
+    ] {
         if p.exists() {
             return Err(StorageError::Backup(format!(
                 "{} already exists: restore into a new path (stop the node and move its \
@@ -131,11 +136,13 @@ pub fn restore(from: &Path, db: &Path) -> Result<Restored> {
         }
     }
     let tmp = sidecar(db, ".restoring");
-    let _ = std::fs::remove_file(&tmp);
-    // A consistent copy of the backup, whatever state it is in (a WAL
-    // beside it included).
-    backup(from, &tmp)?;
+    for s in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(sidecar(&tmp, s));
+    }
     let made = (|| -> Result<Restored> {
+        // A consistent copy of the backup, whatever state it is in (a WAL
+        // beside it included).
+        backup(from, &tmp)?;
         let check: String =
             Connection::open(&tmp)?.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
@@ -152,7 +159,15 @@ pub fn restore(from: &Path, db: &Path) -> Result<Restored> {
         }
         let old_actor = store.actor_id();
         let new_actor = store.reidentify()?;
-        let versions = store.knowledge()?.have.values().map(|r| r.count()).sum();
+        // The new actor's range (numbers below which it will never write) is
+        // not data.
+        let versions = store
+            .knowledge()?
+            .have
+            .iter()
+            .filter(|(a, _)| **a != new_actor)
+            .map(|(_, r)| r.count())
+            .sum();
         // Everything in the main file before it is renamed.
         store
             .connection()
@@ -180,7 +195,7 @@ pub fn restore(from: &Path, db: &Path) -> Result<Restored> {
             Ok(r)
         }
         Err(e) => {
-            for s in ["", "-wal", "-shm"] {
+            for s in ["", "-wal", "-shm", "-journal"] {
                 let _ = std::fs::remove_file(sidecar(&tmp, s));
             }
             Err(e)

@@ -308,7 +308,8 @@ impl ConnGuard {
         // client chooses: a client statement naming anything `__lm_*` is
         // refused before it is compiled (`check_names`), so an accessor
         // with that prefix is one of litemesh's triggers.
-        let ours = ctx.accessor.is_some_and(internal);
+        // Queries are read-only: no trigger ever runs in one.
+        let ours = mode == CLIENT_TX && ctx.accessor.is_some_and(internal);
         match placed.and_then(|()| {
             if ours {
                 Ok(())
@@ -336,6 +337,17 @@ impl ConnGuard {
     fn placed(&self, p: &Policy, table: &str) -> std::result::Result<(), String> {
         if p.placement.is_empty() && p.own.carried.is_none() {
             return Ok(());
+        }
+        // A table's clocks are its rows' keys: placed with it.
+        let lower = table.to_ascii_lowercase();
+        let table = lower.strip_prefix("__lm_clk_").unwrap_or(table);
+        if lower.starts_with("sqlite_stat") {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.as_ref().is_some_and(|r| r.on_behalf_of.is_some()) {
+                // Statistics of every table (row counts, sampled keys):
+                // not for another node.
+                return Err(format!("{table:?} cannot be read by another node"));
+            }
         }
         if !p.placement.may_hold(&p.own, table) {
             return Err(crate::placement::not_here(&p.placement, &p.own, table));
@@ -701,6 +713,28 @@ pub(crate) fn check_names(sql: &str) -> Result<()> {
                 }
                 i += 1;
             }
+            // A quoted identifier: its text is a name like any other (and a
+            // quote or a comment marker inside it is only text).
+            open @ (b'"' | b'`' | b'[') => {
+                let close = if open == b'[' { b']' } else { open };
+                let start = i + 1;
+                i += 1;
+                while i < b.len() {
+                    if b[i] == close {
+                        if close != b']' && b.get(i + 1) == Some(&close) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                let name = &b[start..i.min(b.len())];
+                if name.windows(5).any(|w| w.eq_ignore_ascii_case(b"__lm_")) {
+                    return Err(litemesh_names());
+                }
+                i += 1;
+            }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
@@ -711,17 +745,21 @@ pub(crate) fn check_names(sql: &str) -> Result<()> {
             }
             _ => {
                 if b[i..].len() >= 5 && b[i..i + 5].eq_ignore_ascii_case(b"__lm_") {
-                    return Err(StorageError::Refused(
-                        "names starting with __lm_ are litemesh's own tables, functions and \
-                         triggers: clients can neither use nor define them"
-                            .into(),
-                    ));
+                    return Err(litemesh_names());
                 }
                 i += 1;
             }
         }
     }
     Ok(())
+}
+
+fn litemesh_names() -> StorageError {
+    StorageError::Refused(
+        "names starting with __lm_ are litemesh's own tables, functions and triggers: clients \
+         can neither use nor define them"
+            .into(),
+    )
 }
 
 /// A statement's parameters must match what it takes, with a message that

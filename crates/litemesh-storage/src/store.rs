@@ -474,9 +474,17 @@ impl Store {
                 let v = self.state.version.load(Ordering::SeqCst);
                 crate::log::write_chunks(&tx, self.local, v, &entries)?;
             }
-            value
+            (value, !entries.is_empty())
         };
-        let v = self.state.version.load(Ordering::SeqCst);
+        let (value, wrote) = value;
+        // A version is used exactly when change-log entries were written
+        // under it: one claimed without any (however it was claimed) is
+        // not, and the next transaction takes it.
+        let v = if wrote {
+            self.state.version.load(Ordering::SeqCst)
+        } else {
+            0
+        };
         tx.commit()?;
         if v != 0 {
             // A durable commit that wrote syncs the whole log, merges
@@ -580,7 +588,12 @@ impl Store {
                     ) {
                         Ok(v) => {
                             let entries = self.state.take_buffer();
-                            let version = self.state.version.load(Ordering::SeqCst);
+                            // Used only when entries were written under it.
+                            let version = if entries.is_empty() {
+                                0
+                            } else {
+                                self.state.version.load(Ordering::SeqCst)
+                            };
                             if !entries.is_empty() {
                                 crate::log::write_chunks(&tx, self.local, version, &entries)
                                     .map(|()| (v, version))

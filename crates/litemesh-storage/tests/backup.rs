@@ -63,6 +63,15 @@ fn a_backup_taken_while_writing_restores_as_a_new_actor_with_everything_kept() {
         .query_row("SELECT count(*) FROM t WHERE id = 'late'", [], |x| x.get(0))
         .unwrap();
     assert_eq!(late, 1);
+    // A leftover rollback journal where the file would go: refused (it
+    // would be replayed into the restored file).
+    std::fs::write(dir.path().join("j.db-journal"), b"stale").unwrap();
+    let err = restore(&copy, &dir.path().join("j.db")).unwrap_err();
+    assert!(err.to_string().contains("-journal"), "{err}");
+    assert!(!dir.path().join("j.db").exists());
+    // The count of versions held is the data's: the backup's 50 (the new
+    // actor's empty range below its first version is not counted).
+    assert_eq!(r.versions, 50);
     // Not a litemesh file: refused, nothing made.
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, b"nope").unwrap();

@@ -554,3 +554,58 @@ fn a_directive_may_sit_above_its_table_among_other_comments() {
     assert!(s.placement().regions("eu_users").unwrap().contains("eu"));
     assert!(s.placement().regions("posts").is_none());
 }
+
+#[test]
+fn a_quoted_identifier_hides_no_litemesh_name() {
+    use litemesh_storage::{ClientLimits, ReadConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let mut eu = node(&dir, "eu", "eu");
+    let mut rc = ReadConnection::open(dir.path().join("eu.db")).unwrap();
+    for sql in [
+        "WITH \"--\" AS (SELECT 1), __lm_z AS (SELECT hex(actor) FROM __lm_site) SELECT * FROM __lm_z",
+        "WITH \"x'\" AS (SELECT 1), __lm_z AS (SELECT * FROM __lm_clk_eu_users) SELECT * FROM __lm_z, \"x'\"",
+        "WITH [/*] AS (SELECT 1), __lm_z AS (SELECT 1) SELECT * FROM __lm_z",
+        "WITH `'` AS (SELECT 1), __lm_z AS (SELECT 1) SELECT * FROM __lm_z",
+        "SELECT * FROM \"x\"\"'\", __lm_log",
+        "SELECT 1 AS \"__LM_x\"",
+    ] {
+        let err = rc
+            .query(sql, &[], &ClientLimits::default(), &mut Count(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("__lm_"), "{sql}: {err}");
+    }
+    let err = eu
+        .client_transaction(&ClientLimits::default(), |tx| {
+            tx.execute(
+                "WITH \"--\" AS (SELECT 1), __lm_z AS (SELECT __lm_version() AS v) SELECT * FROM __lm_z",
+                &[],
+            )
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("__lm_"), "{err}");
+}
+
+#[test]
+fn a_version_claimed_without_a_write_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = node(&dir, "s", "eu");
+    // However a transaction came to claim a version (here, by calling the
+    // capture function itself on the trusted connection), writing nothing
+    // uses none: no version reported, and the next write takes it.
+    let c = s
+        .transaction(|t| {
+            let v: i64 = t.query_row("SELECT __lm_version()", [], |r| r.get(0))?;
+            Ok(v)
+        })
+        .unwrap();
+    assert_eq!(c.value, 1);
+    assert_eq!(c.version, None);
+    let w = s
+        .transaction(|t| {
+            t.execute("INSERT INTO posts VALUES ('p', 'x')", [])?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(w.version, Some(1));
+    assert_eq!(s.db_version().unwrap(), 1);
+}

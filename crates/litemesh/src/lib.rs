@@ -48,7 +48,7 @@ pub use litemesh_storage::{Interruption, StorageError, Value};
 pub use litemesh_transport::FaultHandle;
 pub use node::{ChangeEvent, Executed, Node, Subscription};
 pub use query::{Fallback, QueryOptions, Rows};
-pub use session::restore;
+pub use session::{backup_file, restore};
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{

@@ -1018,6 +1018,11 @@ impl Node {
         &self.inner.db_path
     }
 
+    /// Whether the node is shutting down (or shut down).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed()
+    }
+
     /// Runs the statements as one SQLite transaction (all or nothing), under
     /// the client sandbox: DML on replicated tables (and reads), nothing
     /// else; at most `Settings::transaction_timeout`. The changes are on

@@ -127,6 +127,13 @@ pub fn restore(from: &Path, db: &Path) -> Result<litemesh_storage::Restored, Err
     Ok(r)
 }
 
+/// Writes a consistent copy of the node file `db` to `out` while the node
+/// runs (blocking; see [`litemesh_storage::backup`]). [`crate::Node::backup`]
+/// does the same from async code.
+pub fn backup_file(db: &Path, out: &Path) -> Result<u64, Error> {
+    Ok(litemesh_storage::backup(db, out)?)
+}
+
 /// At the end of a graceful shutdown, when nothing writes any more.
 pub(crate) fn end_clean(store: &mut Store, db: &Path) -> Result<(), Error> {
     let marker: [u8; 16] = rand::random();
