@@ -11,6 +11,34 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The flags of agent `n` in `d` with its certificate (`certs/{n}.pem`,
+/// made by `litemesh tls node`), the mesh CA (`ca/ca.pem`) and `schema`.
+fn certified(d: &Path, n: &str, schema: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--db",
+        &s(&d.join(format!("{n}.db"))),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--schema",
+        schema,
+        "--name",
+        n,
+        "--tls-ca",
+        &s(&d.join("ca/ca.pem")),
+        "--tls-cert",
+        &s(&d.join(format!("certs/{n}.pem"))),
+        "--tls-key",
+        &s(&d.join(format!("certs/{n}.key"))),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
 #[test]
 fn regions_from_certificates_acks_levels_and_client_fallback() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,32 +68,7 @@ fn regions_from_certificates_acks_levels_and_client_fallback() {
     assert!(!o.status.success());
 
     let sc = schema(d);
-    let ca_pem = s(&d.join("ca/ca.pem"));
-    let args = |n: &str, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--db",
-            &s(&d.join(format!("{n}.db"))),
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--schema",
-            &sc,
-            "--name",
-            n,
-            "--tls-ca",
-            &ca_pem,
-            "--tls-cert",
-            &s(&d.join(format!("certs/{n}.pem"))),
-            "--tls-key",
-            &s(&d.join(format!("certs/{n}.key"))),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
-    };
+    let args = |n: &str, extra: &[&str]| certified(d, n, &sc, extra);
 
     // A --region the certificate contradicts: refused, and said why.
     let bad = args("n1", &["--region", "us"]);
@@ -224,32 +227,7 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     )
     .unwrap();
     let sc = s(&sc);
-    let ca_pem = s(&d.join("ca/ca.pem"));
-    let args = |n: &str, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--db",
-            &s(&d.join(format!("{n}.db"))),
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--schema",
-            &sc,
-            "--name",
-            n,
-            "--tls-ca",
-            &ca_pem,
-            "--tls-cert",
-            &s(&d.join(format!("certs/{n}.pem"))),
-            "--tls-key",
-            &s(&d.join(format!("certs/{n}.key"))),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
-    };
+    let args = |n: &str, extra: &[&str]| certified(d, n, &sc, extra);
     let start = |n: &str, extra: &[&str]| {
         let v = args(n, extra);
         Agent::start(d, n, &v.iter().map(String::as_str).collect::<Vec<_>>())

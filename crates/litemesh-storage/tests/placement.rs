@@ -40,6 +40,41 @@ fn sync(from: &Store, to: &mut Store) -> litemesh_storage::ApplyReport {
     to.apply_all(&bs).unwrap()
 }
 
+/// One transaction of `n` rows in each table, the eu rows' emails made of
+/// `secret`.
+fn write_large(s: &mut Store, n: usize, secret: &str) {
+    s.transaction(|t| {
+        for i in 0..n {
+            t.execute(
+                "INSERT INTO posts VALUES (?1, ?2)",
+                (format!("p{i}"), "x".repeat(200)),
+            )?;
+            t.execute(
+                "INSERT INTO eu_users VALUES (?1, ?2)",
+                (format!("u{i}"), secret.repeat(200 / secret.len().max(1))),
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// [`batches_for`] in small batches: a large version comes in chunks.
+fn chunks_for(from: &Store, to: &Store) -> Vec<ChangeBatch> {
+    let mut out = Vec::new();
+    from.changes_for(
+        &to.knowledge().unwrap(),
+        Some(to.entitlement()),
+        8 * 1024,
+        |b| {
+            out.push(b);
+            Ok(true)
+        },
+    )
+    .unwrap();
+    out
+}
+
 fn count(s: &Store, sql: &str) -> i64 {
     s.connection().query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -349,34 +384,8 @@ fn a_large_version_in_chunks_is_filtered_chunk_by_chunk() {
     let mut eu = node(&dir, "eu", "eu");
     let mut us = node(&dir, "us", "us");
     let mut eu2 = node(&dir, "eu2", "eu");
-    eu.transaction(|t| {
-        for i in 0..300 {
-            t.execute(
-                "INSERT INTO posts VALUES (?1, ?2)",
-                (format!("p{i}"), "x".repeat(200)),
-            )?;
-            t.execute(
-                "INSERT INTO eu_users VALUES (?1, ?2)",
-                (format!("u{i}"), "y".repeat(200)),
-            )?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    let small = |from: &Store, to: &Store| {
-        let mut out = Vec::new();
-        from.changes_for(
-            &to.knowledge().unwrap(),
-            Some(to.entitlement()),
-            8 * 1024,
-            |b| {
-                out.push(b);
-                Ok(true)
-            },
-        )
-        .unwrap();
-        out
-    };
+    write_large(&mut eu, 300, "y");
+    let small = chunks_for;
     let bs = small(&eu, &us);
     assert!(bs.len() > 5, "chunked: {} batches", bs.len());
     assert!(
@@ -486,31 +495,8 @@ fn buffered_and_quarantined_rows_go_when_the_node_may_no_longer_hold_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut eu = node(&dir, "eu", "eu");
     let mut other = node(&dir, "other", "eu");
-    eu.transaction(|t| {
-        for i in 0..200 {
-            t.execute(
-                "INSERT INTO posts VALUES (?1, ?2)",
-                (format!("p{i}"), "x".repeat(200)),
-            )?;
-            t.execute(
-                "INSERT INTO eu_users VALUES (?1, ?2)",
-                (format!("u{i}"), "SECRET".repeat(40)),
-            )?;
-        }
-        Ok(())
-    })
-    .unwrap();
-    let mut bs = Vec::new();
-    eu.changes_for(
-        &other.knowledge().unwrap(),
-        Some(other.entitlement()),
-        8 * 1024,
-        |b| {
-            bs.push(b);
-            Ok(true)
-        },
-    )
-    .unwrap();
+    write_large(&mut eu, 200, "SECRET");
+    let bs = chunks_for(&eu, &other);
     assert!(bs.len() > 4);
     // Half the chunks arrive while the node is in eu; then it restarts in
     // us (it holds no eu row yet, so that is allowed).
