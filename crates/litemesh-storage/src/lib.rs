@@ -34,6 +34,7 @@ mod capture;
 mod clock;
 mod error;
 mod extract;
+mod lex;
 mod log;
 mod merge;
 mod placement;

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::error::{Result, StorageError};
+use crate::lex::{comments, statements};
 use crate::schema::q;
 use crate::store::Store;
 use litemesh_proto::{Entitlement, Placement};
@@ -77,66 +78,6 @@ pub(crate) fn directives(schema: &str) -> Result<BTreeMap<String, BTreeSet<Strin
         }
     }
     Ok(out)
-}
-
-/// `sql` with its comments replaced by spaces.
-pub(crate) fn without_comments(sql: &str) -> String {
-    let mut out = sql.to_string();
-    for c in comments(sql) {
-        // `c` is a slice of `sql`: blank it, with its delimiters, in `out`.
-        let start = c.as_ptr() as usize - sql.as_ptr() as usize;
-        let (from, to) = if sql[..start].ends_with("--") {
-            (start - 2, start + c.len())
-        } else {
-            (start - 2, (start + c.len() + 2).min(sql.len()))
-        };
-        out.replace_range(from..to, &" ".repeat(to - from));
-    }
-    out
-}
-
-/// The statements of an SQL text, split at `;` outside literals and
-/// comments.
-fn statements(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'[' => {
-                while i < b.len() && b[i] != b']' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
-            }
-            b';' => {
-                out.push(&sql[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
-    }
-    if !sql[start..].trim().is_empty() {
-        out.push(&sql[start..]);
-    }
-    out
 }
 
 /// Parses the placement directive of one `CREATE TABLE` statement: the
@@ -200,52 +141,6 @@ pub(crate) fn parse_directive(table: &str, sql: &str) -> Result<Option<BTreeSet<
         found = Some(regions);
     }
     Ok(found)
-}
-
-/// The comments of an SQL text (`-- …` to the end of the line, `/* … */`),
-/// skipping string literals and quoted identifiers.
-fn comments(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'[' => {
-                while i < b.len() && b[i] != b']' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                let start = i + 2;
-                let end = sql[start..].find('\n').map_or(b.len(), |n| start + n);
-                out.push(&sql[start..end]);
-                i = end;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let start = i + 2;
-                let end = sql[start..].find("*/").map_or(b.len(), |n| start + n);
-                out.push(&sql[start..end]);
-                i = end + 2;
-            }
-            _ => i += 1,
-        }
-    }
-    out
 }
 
 /// Whether a comment mentions `litemesh` followed by `region`: a directive
@@ -631,7 +526,7 @@ mod tests {
         let above = "-- users of the EU\n-- litemesh: regions = eu\nCREATE /* x */ TABLE a (id TEXT PRIMARY KEY);";
         assert!(directives(above).unwrap()["a"].contains("eu"));
         assert_eq!(
-            without_comments("CREATE /* x */ TABLE a -- y\n(id)")
+            crate::lex::without_comments("CREATE /* x */ TABLE a -- y\n(id)")
                 .split_whitespace()
                 .collect::<Vec<_>>(),
             ["CREATE", "TABLE", "a", "(id)"]

@@ -694,62 +694,8 @@ impl ReadConnection {
 /// quoting. Clients never need those names, and refusing them up front
 /// keeps the authorizer's view of "inside a litemesh trigger" trustworthy.
 pub(crate) fn check_names(sql: &str) -> Result<()> {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' => {
-                // A string literal ('' inside is a quote).
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            // A quoted identifier: its text is a name like any other (and a
-            // quote or a comment marker inside it is only text).
-            open @ (b'"' | b'`' | b'[') => {
-                let close = if open == b'[' { b']' } else { open };
-                let start = i + 1;
-                i += 1;
-                while i < b.len() {
-                    if b[i] == close {
-                        if close != b']' && b.get(i + 1) == Some(&close) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                let name = &b[start..i.min(b.len())];
-                if name.windows(5).any(|w| w.eq_ignore_ascii_case(b"__lm_")) {
-                    return Err(litemesh_names());
-                }
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
-            }
-            _ => {
-                if b[i..].len() >= 5 && b[i..i + 5].eq_ignore_ascii_case(b"__lm_") {
-                    return Err(litemesh_names());
-                }
-                i += 1;
-            }
-        }
+    if crate::lex::names_prefix(sql, "__lm_") {
+        return Err(litemesh_names());
     }
     Ok(())
 }

@@ -194,7 +194,7 @@ fn declare(
     {
         let text = stmt.expanded_sql().unwrap_or_default();
         // Comments (a placement directive, documentation) are not words.
-        let words: Vec<String> = crate::placement::without_comments(&text)
+        let words: Vec<String> = crate::lex::without_comments(&text)
             .split_whitespace()
             .take(3)
             .map(|w| w.to_ascii_uppercase())
