@@ -248,12 +248,17 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     let eu2 = start("eu2", &["--seed", &eu1.listen]);
     // A partial replica in eu that carries only the global table.
     let mut eu3 = start("eu3", &["--seed", &eu1.listen, "--tables", "ITEMS"]);
-    eventually(20, "4 alive members", || {
-        let (st, body) = get(&eu1.api, "/v1/members");
-        let m: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-        st == 200
-            && m.as_array()
-                .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 4)
+    // Every node knows every other (and so the partial replica's tables):
+    // a peer that does not know them yet sends it everything, which it
+    // drops on arrival and counts (`rows_not_carried`, checked below).
+    eventually(20, "4 alive members, on every node", || {
+        [&eu1, &us1, &eu2, &eu3].iter().all(|a| {
+            let (st, body) = get(&a.api, "/v1/members");
+            let m: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
+            st == 200
+                && m.as_array()
+                    .is_some_and(|m| m.iter().filter(|x| x["state"] == "alive").count() == 4)
+        })
     });
 
     // One transaction across placements.
