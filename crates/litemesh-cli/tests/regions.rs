@@ -289,7 +289,7 @@ fn a_pinned_table_never_leaves_its_regions_on_real_agents() {
     // can confirm.
     let (code, body) = post(
         &eu1.api,
-        "/v1/transactions?ack=2&ack_timeout_ms=1500",
+        "/v1/transactions?ack=2&ack_timeout_ms=3000",
         json!([["INSERT INTO eu_users VALUES ('u4', 'd@example.eu')"]]).to_string(),
     );
     assert_eq!(code, 202, "{body}");
