@@ -33,24 +33,8 @@ fn a_node_restored_from_an_online_backup_rejoins_as_a_new_node_and_loses_nothing
     let d = dir.path();
     let sc = schema(d);
     let start = |n: &str, seed: Option<&str>| {
-        let db = s(&d.join(format!("{n}.db")));
-        let mut a = vec![
-            "--db",
-            &db,
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--schema",
-            &sc,
-            "--name",
-            n,
-            "--insecure",
-        ];
-        if let Some(s) = seed {
-            a.extend(["--seed", s]);
-        }
-        Agent::start(d, n, &a)
+        let extra: Vec<&str> = seed.map(|s| vec!["--seed", s]).unwrap_or_default();
+        named_insecure_agent(d, n, &sc, &extra)
     };
     // A crashed run of n1 left the temporary copy of a backup beside its
     // file: removed at start (another node's is left alone).

@@ -388,25 +388,9 @@ fn a_member_whose_schema_pins_differently_is_seen_and_said() {
     )
     .unwrap();
     let start = |n: &str, schema: &Path, extra: &[&str]| {
-        let db = s(&d.join(format!("{n}.db")));
-        let sc = s(schema);
-        let mut a = vec![
-            "--db",
-            &db,
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--schema",
-            &sc,
-            "--name",
-            n,
-            "--insecure",
-            "--region",
-            "eu",
-        ];
+        let mut a = vec!["--region", "eu"];
         a.extend_from_slice(extra);
-        Agent::start(d, n, &a)
+        named_insecure_agent(d, n, &s(schema), &a)
     };
     let a = start("a", &pinned, &[]);
     let b = start("b", &plain, &["--seed", &a.listen]);

@@ -311,23 +311,35 @@ pub fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// The flags of an insecure agent on `<dir>/<tag>.db` with `schema`.
+fn insecure_args(dir: &Path, tag: &str, schema: &str) -> Vec<String> {
+    [
+        "--db",
+        &s(&dir.join(format!("{tag}.db"))),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--schema",
+        schema,
+        "--insecure",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
 /// Starts an insecure agent on `<dir>/<tag>.db` with the test schema.
 pub fn insecure_agent(dir: &Path, tag: &str) -> Agent {
-    let db = s(&dir.join(format!("{tag}.db")));
-    let sc = schema(dir);
-    Agent::start(
-        dir,
-        tag,
-        &[
-            "--db",
-            &db,
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--schema",
-            &sc,
-            "--insecure",
-        ],
-    )
+    let a = insecure_args(dir, tag, &schema(dir));
+    Agent::start(dir, tag, &a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Starts an insecure agent named `name` on `<dir>/<name>.db` with
+/// `schema` and the `extra` flags.
+#[allow(dead_code)]
+pub fn named_insecure_agent(dir: &Path, name: &str, schema: &str, extra: &[&str]) -> Agent {
+    let mut a = insecure_args(dir, name, schema);
+    a.extend(["--name", name].iter().chain(extra).map(|x| x.to_string()));
+    Agent::start(dir, name, &a.iter().map(String::as_str).collect::<Vec<_>>())
 }
