@@ -7,6 +7,7 @@
 //! litemesh-simulations sweep [--sizes 10,100,1000] [--loss P] [--seed S] [--duration SECS]
 //!     [--large-duration SECS] [--csv FILE] [--plot FILE.svg]
 //! litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]
+//!     [--retention SECS]
 //! litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W]
 //!     [--cut-secs S] [--cut-nodes 200] [--seed S] [--jobs J] [--md FILE]
 //! ```
@@ -24,7 +25,8 @@ fn usage() -> ExitCode {
          [--crashes K] [--update-every SECS] [--stall-nodes K] [--stall-every SECS] [--stall-for SECS] \
          [--csv FILE] [--plot FILE.svg]\n  litemesh-simulations sweep [--sizes 10,100,1000,5000] [--loss P] \
          [--seed S] [--duration SECS] [--large-duration SECS] [--csv FILE] [--plot FILE.svg]\n  \
-         litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]\n  \
+         litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J] \
+         [--retention SECS]\n  \
          litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W] \
          [--cut-secs S] [--cut-nodes N,…] [--seed S] [--jobs J] [--md FILE]"
     );
@@ -183,7 +185,21 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
         return Err("--seeds A..B needs A <= B".into());
     }
     let jobs = get(flags, "jobs", 1usize)?.max(1);
+    // --retention SECS: every node collects tombstones by that policy, and
+    // the workload deletes and re-inserts keys.
+    let retention = match flags.get("retention") {
+        Some(s) => Some(std::time::Duration::from_secs_f64(
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 0.0 && *v < 1e6)
+                .ok_or_else(|| format!("bad --retention value {s}"))?,
+        )),
+        None => None,
+    };
+    let settle = std::time::Duration::from_secs(if retention.is_some() { 120 } else { 60 });
     let started = std::time::Instant::now();
+    let mut collected_total = 0;
+    let mut collected = Vec::new();
     let mut conv = Vec::new();
     let mut memb = Vec::new();
     let mut failed = Vec::new();
@@ -206,6 +222,8 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
                         seed,
                         faults,
                         loss,
+                        retention,
+                        settle,
                         ..MeshParams::default()
                     };
                     let r = run(&p, dir.path());
@@ -223,6 +241,10 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
     }
     for (seed, r) in results {
         acked += r.acked;
+        collected_total += r.tombstones_collected;
+        if let Some(c) = r.collected_after {
+            collected.push(c.as_secs_f64());
+        }
         if let Some(c) = r.converged_after {
             conv.push(c.as_secs_f64());
         }
@@ -249,7 +271,11 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
             }
             eprintln!(
                 "  replay: cargo run --release -p litemesh-simulations -- mesh --nodes {nodes} \
-                 --faults {faults} --loss {loss} --seeds {seed}..{seed}"
+                 --faults {faults} --loss {loss} --seeds {seed}..{seed}{}",
+                retention.map_or(String::new(), |r| format!(
+                    " --retention {}",
+                    r.as_secs_f64()
+                ))
             );
             failed.push(seed);
         }
@@ -280,6 +306,16 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
         pct(&mut memb, 0.99),
         pct(&mut memb, 1.0)
     );
+    if let Some(r) = retention {
+        println!(
+            "retention {:.0} s: {collected_total} tombstones collected; none left after the heal: \
+             p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            r.as_secs_f64(),
+            pct(&mut collected, 0.5),
+            pct(&mut collected, 0.99),
+            pct(&mut collected, 1.0)
+        );
+    }
     if failed.is_empty() {
         println!("violations: none");
         Ok(())

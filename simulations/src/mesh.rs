@@ -109,6 +109,13 @@ pub struct MeshNode {
     pub acked: Vec<Acked>,
     /// Storage errors (must stay empty: merges never fail on this schema).
     pub errors: Vec<String>,
+    /// Deletes (and re-inserts) of `kv` keys in the workload.
+    deletes: bool,
+    /// Sabotage: collect tombstones by this node's own knowledge alone,
+    /// ignoring what peers hold.
+    naive_collection: bool,
+    /// Tombstones collected since the node (re)started.
+    pub collected: u64,
 }
 
 fn encode_frames(session: u64, frames: &[Vec<u8>], ok: bool) -> Vec<u8> {
@@ -137,7 +144,8 @@ fn decode_frames(mut b: &[u8]) -> Option<(u64, bool, Vec<Vec<u8>>)> {
 
 impl MeshNode {
     /// Opens (or reopens, after a crash) node `idx`'s file at `path` and
-    /// starts its core at simulated time `now`, joining through `seeds`.
+    /// starts its core at simulated time `now`, joining through `seeds`,
+    /// collecting tombstones by `retention` (see [`NodeCore::set_retention`]).
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         idx: usize,
@@ -148,6 +156,7 @@ impl MeshNode {
         config: &CoreConfig,
         seed: u64,
         now: Duration,
+        retention: Option<Duration>,
     ) -> MeshNode {
         let mut actor = [0u8; 16];
         actor[..8].copy_from_slice(&seed.to_be_bytes());
@@ -202,6 +211,11 @@ impl MeshNode {
         let mut core = core;
         // No certificates in the simulator: regions are what nodes gossip.
         core.set_placement(store.placement().clone(), None);
+        core.set_retention(
+            retention,
+            store.owned_actors().expect("owned actors"),
+            store.floors().expect("floors"),
+        );
         let mut n = MeshNode {
             held,
             idx,
@@ -222,9 +236,29 @@ impl MeshNode {
             writes: 0,
             acked: Vec::new(),
             errors,
+            deletes: retention.is_some(),
+            naive_collection: false,
+            collected: 0,
         };
         n.pump();
         n
+    }
+
+    /// Sabotage: this node collects tombstones as soon as it holds the
+    /// deletes itself, whatever its peers hold. The checker must catch it.
+    pub fn collect_naively(&mut self) {
+        self.naive_collection = true;
+    }
+
+    /// Tombstones the node's file holds now.
+    pub fn tombstones(&self) -> u64 {
+        self.store
+            .metadata_stats()
+            .expect("stats")
+            .tables
+            .iter()
+            .map(|t| t.2)
+            .sum()
     }
 
     /// Sabotage: this node ignores table placement — it sends pinned rows
@@ -323,11 +357,13 @@ impl MeshNode {
             .expect("query");
         let rows = st
             .query_map([], |r| {
+                // A cell may be NULL for a while: an update of a row that
+                // arrives before the insert of its life (out of order).
                 Ok(format!(
-                    "kv:{}={}:{}",
+                    "kv:{}={:?}:{:?}",
                     r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?
                 ))
             })
             .expect("rows");
@@ -388,15 +424,22 @@ impl MeshNode {
         let v: i64 = self.rng.random_range(0..1_000_000);
         let name = self.name.clone();
         let pinned = self.store.may_hold("pinned");
+        // With deletes on, a third of the transactions delete their key
+        // instead: keys die and come back, the case collection must get right.
+        let delete = self.deletes && self.rng.random_bool(0.35);
         let committed = self.store.transaction(|t| {
             if pinned {
                 t.execute("INSERT INTO pinned VALUES (?1, ?2)", (&tx, &name))?;
             }
-            t.execute(
-                "INSERT INTO kv VALUES (?1, ?2, ?3) ON CONFLICT(k) DO UPDATE SET v = excluded.v, \
-                 writer = excluded.writer",
-                (format!("k{key:02}"), v, &name),
-            )?;
+            if delete {
+                t.execute("DELETE FROM kv WHERE k = ?1", [format!("k{key:02}")])?;
+            } else {
+                t.execute(
+                    "INSERT INTO kv VALUES (?1, ?2, ?3) ON CONFLICT(k) DO UPDATE SET v = excluded.v, \
+                     writer = excluded.writer",
+                    (format!("k{key:02}"), v, &name),
+                )?;
+            }
             for i in 0..n {
                 t.execute(
                     "INSERT INTO events VALUES (?1, ?2, ?3)",
@@ -580,6 +623,45 @@ impl MeshNode {
                 self.errors
                     .push("a peer held versions of this node's actor beyond its file".into());
             }
+            Event::Sync(SyncEvent::RaiseFloors(floors)) => {
+                let res = self
+                    .store
+                    .raise_floors(&floors)
+                    .and_then(|_| self.store.floors());
+                match res {
+                    Ok(f) => self.core.set_floors(f),
+                    Err(e) => self.errors.push(format!("raising floors: {e}")),
+                }
+            }
+            Event::Sync(SyncEvent::PeerNeedsSnapshot { peer, missing }) => {
+                // Never with every member waited for: a violation.
+                self.errors.push(format!(
+                    "refused {peer} as needing a snapshot ({missing} versions)"
+                ));
+            }
+            Event::Sync(SyncEvent::NeedsSnapshot { from, reason }) => {
+                self.errors
+                    .push(format!("told by {from} it needs a snapshot: {reason}"));
+            }
+            Event::Collect(cut) => {
+                let cut = if self.naive_collection {
+                    let k = &self.held;
+                    k.have.keys().map(|a| (*a, k.complete_through(a))).collect()
+                } else {
+                    cut
+                };
+                let res = self
+                    .store
+                    .collect(&cut, u64::MAX)
+                    .and_then(|c| Ok((c, self.store.floors()?)));
+                match res {
+                    Ok((c, f)) => {
+                        self.collected += c.tombstones;
+                        self.core.set_floors(f);
+                    }
+                    Err(e) => self.errors.push(format!("collecting: {e}")),
+                }
+            }
             Event::Sync(SyncEvent::SyncEnded { .. }) | Event::MembersChanged | Event::LeaveDone => {
             }
         }
@@ -721,6 +803,12 @@ pub struct MeshParams {
     /// Sabotage: every node ignores table placement (see
     /// [`MeshNode::ignore_placement`]). The checker must catch it.
     pub ignore_placement: bool,
+    /// The retention policy of every node; with one, the workload also
+    /// deletes and re-inserts keys (see [`MeshNode::open`]).
+    pub retention: Option<Duration>,
+    /// Sabotage: every node collects tombstones by its own knowledge alone
+    /// (see [`MeshNode::collect_naively`]). The checker must catch it.
+    pub naive_collection: bool,
 }
 
 impl Default for MeshParams {
@@ -734,6 +822,8 @@ impl Default for MeshParams {
             settle: Duration::from_secs(60),
             lose_files: false,
             ignore_placement: false,
+            retention: None,
+            naive_collection: false,
         }
     }
 }
@@ -771,6 +861,13 @@ pub struct MeshReport {
     pub violations: Vec<String>,
     /// A digest of the final content (equal runs, equal digests).
     pub digest: u64,
+    /// Tombstones collected (over every node and its restarts).
+    pub tombstones_collected: u64,
+    /// Tombstones left at the end (over every node).
+    pub tombstones_left: u64,
+    /// With a retention policy: from the heal until no node held a
+    /// tombstone any more (`None`: not within the settle time).
+    pub collected_after: Option<Duration>,
 }
 
 /// The state checker: holds every node to the promises, as the run runs.
@@ -872,10 +969,18 @@ impl Checker {
         }
     }
 
-    /// At the end: every acknowledged write on every node.
+    /// At the end: every acknowledged write on every node, and no row
+    /// missing a cell (an update merged without the insert of its life).
     pub fn check_final(&mut self, net: &Network<MeshNode>) {
         for i in 0..net.len() {
             let n = net.node(i);
+            let partial = n.dump().iter().filter(|r| r.contains(":None")).count();
+            if partial > 0 {
+                self.violations.push(format!(
+                    "end {}: {partial} kv row(s) missing a cell",
+                    n.name()
+                ));
+            }
             let visible = n.tx_rows();
             let pinned = n.pinned_rows();
             for a in &self.acked {
@@ -934,10 +1039,14 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             &cfg,
             node_seed(i),
             net.now(),
+            p.retention,
         );
         let mut n = n;
         if p.ignore_placement {
             n.ignore_placement();
+        }
+        if p.naive_collection {
+            n.collect_naively();
         }
         net.add_node(addr_of(i), i % 3, n);
     }
@@ -963,6 +1072,7 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
     }
     advance(&mut net, &mut checker, t + Duration::from_secs(5), &mut t);
     let mut faults = Vec::new();
+    let mut collected = 0;
     for _ in 0..p.faults {
         let held = Duration::from_millis(rng.random_range(3_000..25_000));
         let victim = rng.random_range(0..p.nodes);
@@ -1003,11 +1113,16 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
                     &cfg,
                     node_seed(*v),
                     net.now(),
+                    p.retention,
                 );
                 let mut n = n;
                 if p.ignore_placement {
                     n.ignore_placement();
                 }
+                if p.naive_collection {
+                    n.collect_naively();
+                }
+                collected += net.node(*v).collected;
                 net.restart(*v, addr_of(*v), n);
                 let w = p.write_interval;
                 net.with_node(*v, |n, now| n.set_writing(now, Some(w)));
@@ -1029,6 +1144,7 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
     let healed = t;
     let mut converged_after = None;
     let mut members_after = None;
+    let mut collected_after = None;
     let fine = Duration::from_millis(50);
     while t < healed + p.settle {
         t += fine;
@@ -1045,7 +1161,18 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
                 converged_after = Some(t - healed);
             }
         }
-        if converged_after.is_some() && members_after.is_some() {
+        if p.retention.is_some()
+            && collected_after.is_none()
+            && converged_after.is_some()
+            && (t - healed).as_millis().is_multiple_of(1000)
+            && (0..p.nodes).all(|i| net.node(i).tombstones() == 0)
+        {
+            collected_after = Some(t - healed);
+        }
+        if converged_after.is_some()
+            && members_after.is_some()
+            && (p.retention.is_none() || collected_after.is_some())
+        {
             break;
         }
     }
@@ -1063,6 +1190,13 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             p.settle
         ));
     }
+    if p.retention.is_some() && collected_after.is_none() {
+        let left: u64 = (0..p.nodes).map(|i| net.node(i).tombstones()).sum();
+        violations.push(format!(
+            "{left} tombstone(s) still held {:?} after the heal (every node holds every delete)",
+            p.settle
+        ));
+    }
     let digest = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1077,5 +1211,8 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
         members_after,
         violations,
         digest,
+        tombstones_collected: collected + (0..p.nodes).map(|i| net.node(i).collected).sum::<u64>(),
+        tombstones_left: (0..p.nodes).map(|i| net.node(i).tombstones()).sum(),
+        collected_after,
     }
 }

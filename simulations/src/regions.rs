@@ -98,6 +98,7 @@ pub fn run(p: &RegionParams, dir: &Path) -> RegionReport {
             &cfg,
             seed,
             net.now(),
+            None,
         );
         net.add_node(addr_of(i), i % regions, n);
     }

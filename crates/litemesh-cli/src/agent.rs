@@ -116,6 +116,12 @@ pub struct AgentArgs {
     /// counted as known), e.g. `72h` [default: 3d].
     #[arg(long, value_name = "DURATION")]
     pub forget_after: Option<String>,
+    /// Retention policy: once every node holds a row's delete, keep its
+    /// tombstone this much longer, then collect it, e.g. `7d`; `off` keeps
+    /// every tombstone forever. Set the same on every node (docs/retention.md)
+    /// [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
 }
 
 /// A setting given once or as a list.
@@ -160,6 +166,7 @@ struct FileConfig {
     max_connections: Option<u64>,
     http_timeout: Option<String>,
     forget_after: Option<String>,
+    retention: Option<String>,
 }
 
 /// Settings after merging the file and the flags.
@@ -182,6 +189,7 @@ struct Resolved {
     max_connections: u64,
     http_timeout: Duration,
     forget_after: Duration,
+    retention: Option<Duration>,
 }
 
 /// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), or
@@ -397,6 +405,11 @@ fn resolve(args: AgentArgs) -> Result<Resolved, String> {
             args.forget_after.or(file.forget_after),
             DEFAULT_FORGET_AFTER,
         )?,
+        retention: match args.retention.or(file.retention) {
+            None => None,
+            Some(s) if s.trim().eq_ignore_ascii_case("off") => None,
+            Some(s) => Some(parse_duration("--retention", &s)?),
+        },
     })
 }
 
@@ -484,6 +497,7 @@ async fn serve(r: Resolved) -> CliResult {
     settings.transaction_timeout = r.transaction_timeout;
     settings.max_query_rows = r.max_query_rows;
     settings.forget_after = r.forget_after;
+    settings.retention = r.retention;
     let node = Node::start(settings)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;

@@ -180,9 +180,11 @@ fn error_status(e: &Error) -> StatusCode {
         Error::PeerRefused { status, .. } => {
             StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
         }
-        Error::Lagging { .. } | Error::Stale { .. } | Error::NoReplica(_) | Error::ShuttingDown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Lagging { .. }
+        | Error::Stale { .. }
+        | Error::NoReplica(_)
+        | Error::ShuttingDown
+        | Error::NeedsSnapshot(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Transport(_) | Error::InUse(_) | Error::Protocol(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -863,6 +865,22 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "gauge",
         "Members whose schema pins tables differently from this node's (apply the same schema everywhere).",
         &one(s.placement_mismatch.len() as f64),
+    );
+    metric(
+        "litemesh_tombstones_collected_total",
+        "counter",
+        "Tombstones (deleted rows' metadata) collected by the retention policy since the node started.",
+        &one(s.tombstones_collected as f64),
+    );
+    metric(
+        "litemesh_collection_held_back",
+        "gauge",
+        "1 when a retention policy is set and tombstone collection cannot advance (see /v1/retention), else 0.",
+        &one(if s.collection_held_back.is_some() {
+            1.0
+        } else {
+            0.0
+        }),
     );
     metric(
         "litemesh_rows_not_carried_total",

@@ -331,8 +331,39 @@ pub fn retention(a: ApiArgs) -> CliResult {
     };
     println!(
         "policy:          {}",
-        dur(r.policy_secs, "keep everything (nothing is collected yet)")
+        match r.policy_secs {
+            Some(s) => format!("collect tombstones {s:.0} s after every node holds them"),
+            None => "keep every tombstone (no --retention)".into(),
+        }
     );
+    let c = &r.collection;
+    if r.policy_secs.is_some() {
+        println!(
+            "collection:      {} tombstones collected since start; {} versions collected, {} stable",
+            c.tombstones_collected, c.collected_versions, c.stable_versions
+        );
+        println!(
+            "log sweep:       {} overwritten change-log entries removed since start",
+            c.log_entries_swept
+        );
+        match &c.held_back {
+            Some(why) => println!(
+                "held back:       {why} (for {})",
+                dur(c.held_back_secs, "a moment")
+            ),
+            None => println!("held back:       no"),
+        }
+        if let (Some(m), Some(n)) = (&c.slowest_member, c.slowest_member_lacks) {
+            println!("slowest member:  {m} (its last report lacks {n} versions held here)");
+        }
+        if let Some(e) = &c.error {
+            println!("last pass:       failed: {e}");
+        }
+    }
+    if !c.floors.is_empty() {
+        let f: Vec<String> = c.floors.iter().map(|(t, cl)| format!("{t}={cl}")).collect();
+        println!("floors:          {}", f.join(", "));
+    }
     println!(
         "offline limit:   {}",
         dur(
@@ -377,11 +408,19 @@ pub fn retention(a: ApiArgs) -> CliResult {
                 w.actor.to_string(),
                 w.head.to_string(),
                 w.oldest_servable.to_string(),
+                w.collected_through.to_string(),
             ]
         })
         .collect();
     print_table(
-        &["writer", "actor", "head", "oldest servable"].map(String::from),
+        &[
+            "writer",
+            "actor",
+            "head",
+            "oldest servable",
+            "collected through",
+        ]
+        .map(String::from),
         &rows,
     );
     let rows: Vec<Vec<String>> = r

@@ -159,6 +159,9 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         broadcasts_withheld,
         placement_rows_refused,
         rows_not_carried,
+        tombstones_collected,
+        collection_held_back,
+        needs_snapshot,
         placement_mismatch,
         placement,
         syncs_completed,
@@ -263,6 +266,9 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
         broadcasts_withheld,
         placement_rows_refused,
         rows_not_carried,
+        tombstones_collected,
+        collection_held_back,
+        needs_snapshot,
         placement_mismatch,
         placement,
         syncs_completed,
@@ -291,6 +297,7 @@ pub fn wire_status(s: litemesh::Status) -> wire::Status {
 pub fn wire_retention(r: litemesh::RetentionReport) -> wire::Retention {
     let litemesh::RetentionReport {
         policy,
+        collection: c,
         offline_limit,
         writers,
         members,
@@ -300,6 +307,18 @@ pub fn wire_retention(r: litemesh::RetentionReport) -> wire::Retention {
     } = r;
     wire::Retention {
         policy_secs: policy.map(|d| d.as_secs_f64()),
+        collection: wire::Collection {
+            stable_versions: c.stable_versions,
+            collected_versions: c.collected_versions,
+            tombstones_collected: c.tombstones_collected,
+            log_entries_swept: c.log_entries_swept,
+            held_back: c.held_back,
+            held_back_secs: c.held_back_for.map(|d| d.as_secs_f64()),
+            slowest_member_lacks: c.slowest_member.as_ref().map(|m| m.1),
+            slowest_member: c.slowest_member.map(|m| m.0),
+            floors: c.floors,
+            error: c.error,
+        },
         offline_limit_secs: offline_limit.map(|d| d.as_secs_f64()),
         writers: writers
             .into_iter()
@@ -308,6 +327,7 @@ pub fn wire_retention(r: litemesh::RetentionReport) -> wire::Retention {
                 name: w.name,
                 head: w.head,
                 oldest_servable: w.oldest_servable,
+                collected_through: w.collected_through,
             })
             .collect(),
         members: members

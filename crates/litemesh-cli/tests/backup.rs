@@ -174,7 +174,7 @@ fn a_node_restored_from_an_online_backup_rejoins_as_a_new_node_and_loses_nothing
     let out = text(&o.stdout);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(
-        out.contains("keep everything") && out.contains("tombstones") && out.contains("items"),
+        out.contains("keep every tombstone") && out.contains("tombstones") && out.contains("items"),
         "{out}"
     );
     // A file that is not a litemesh node is refused.

@@ -502,6 +502,15 @@ pub struct Status {
     /// (they did not know), left out.
     #[serde(default)]
     pub rows_not_carried: u64,
+    /// Tombstones collected since the node started (a retention policy).
+    #[serde(default)]
+    pub tombstones_collected: u64,
+    /// Why tombstone collection cannot advance, if something holds it back.
+    #[serde(default)]
+    pub collection_held_back: Option<String>,
+    /// Why this node cannot catch up incrementally and refuses writes.
+    #[serde(default)]
+    pub needs_snapshot: Option<String>,
     /// Members whose schema pins tables differently from this node's.
     #[serde(default)]
     pub placement_mismatch: Vec<String>,
@@ -575,9 +584,12 @@ pub struct RetryResult {
 /// The answer of `GET /v1/retention`: what the node keeps and for how long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retention {
-    /// How long changes are kept once every member holds them, in seconds
+    /// How long tombstones are kept once every node holds them, in seconds
     /// (`null`: forever — nothing is collected).
     pub policy_secs: Option<f64>,
+    /// Tombstone collection: how far it went, what holds it back.
+    #[serde(default)]
+    pub collection: Collection,
     /// How long a node may be away and still catch up incrementally, in
     /// seconds (`null`: any time).
     pub offline_limit_secs: Option<f64>,
@@ -604,6 +616,36 @@ pub struct RetainedWriter {
     pub head: u64,
     /// The oldest of its versions this node can still serve (1: all).
     pub oldest_servable: u64,
+    /// Its versions whose tombstones were collected here (`1..=n`).
+    #[serde(default)]
+    pub collected_through: u64,
+}
+
+/// Tombstone collection, in [`Retention`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Collection {
+    /// Versions every node holds now (summed over writers).
+    pub stable_versions: u64,
+    /// Versions whose tombstones were collected (summed over writers).
+    pub collected_versions: u64,
+    /// Tombstones collected since the node started.
+    pub tombstones_collected: u64,
+    /// Change-log entries the background sweep removed since the node
+    /// started.
+    #[serde(default)]
+    pub log_entries_swept: u64,
+    /// Why collection cannot advance, if something holds it back.
+    pub held_back: Option<String>,
+    /// For how long, in seconds.
+    pub held_back_secs: Option<f64>,
+    /// The member whose last report lacks the most of what this node holds.
+    pub slowest_member: Option<String>,
+    /// How many versions it lacks.
+    pub slowest_member_lacks: Option<u64>,
+    /// Per table, the causal length fresh inserts start above.
+    pub floors: std::collections::BTreeMap<String, u64>,
+    /// Why the last collection pass failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A member in [`Retention`].

@@ -39,6 +39,9 @@ use litemesh_sync::{
 };
 
 pub use litemesh_sync::Event as SyncEvent;
+pub use retention::CollectionStatus;
+
+mod retention;
 
 /// Tuning of the node core.
 #[derive(Debug, Clone)]
@@ -144,6 +147,11 @@ pub enum Event {
     /// The graceful leave started by [`NodeCore::leave`] is done (or timed
     /// out): the driver may close the transport.
     LeaveDone,
+    /// Collect the tombstones made by these versions (per actor, every
+    /// version up to the one given): `Store::collect`, then report the
+    /// store's floors with [`NodeCore::set_floors`]. Only with a retention
+    /// policy ([`NodeCore::set_retention`]).
+    Collect(BTreeMap<ActorId, u64>),
 }
 
 /// What a node starts with.
@@ -198,6 +206,8 @@ pub struct NodeCore {
     /// Members whose published table placement differs from this node's
     /// (by address).
     placement_mismatch: BTreeSet<SocketAddr>,
+    /// Tombstone collection.
+    collector: retention::Collector,
 }
 
 /// Saved members are written at most this often when only their last-seen
@@ -314,6 +324,7 @@ impl NodeCore {
             leaving: None,
             events: VecDeque::new(),
             placement_mismatch: BTreeSet::new(),
+            collector: retention::Collector::default(),
         };
         core.refresh_members(Duration::ZERO, false);
         Ok(core)
@@ -398,6 +409,11 @@ impl NodeCore {
         self.lag.lag(now, knowledge, &self.repl.actor())
     }
 
+    /// What tombstone collection found at its last check.
+    pub fn collection(&self) -> CollectionStatus {
+        self.collector.status()
+    }
+
     /// Whether this node has joined a mesh (or started its own).
     pub fn is_joined(&self) -> bool {
         self.membership.is_joined()
@@ -410,6 +426,40 @@ impl NodeCore {
     pub fn set_knowledge(&mut self, knowledge: Knowledge, quarantined: Vec<(ActorId, u64)>) {
         self.lag.observe(&knowledge);
         self.repl.set_knowledge(knowledge, quarantined);
+    }
+
+    /// Sets the retention policy (`window`: keep what every node holds this
+    /// long, then collect its tombstones; `None`: collect nothing) and what
+    /// the node reports to peers at each reconciliation: the actors its
+    /// file wrote with and its floors (see `docs/retention.md`).
+    pub fn set_retention(
+        &mut self,
+        window: Option<Duration>,
+        owned: Vec<ActorId>,
+        floors: BTreeMap<String, u64>,
+    ) {
+        self.collector.window = window;
+        self.collector.owned = owned.clone();
+        self.repl.set_retention_info(owned, floors);
+    }
+
+    /// How far the store has collected tombstones (`Store::collected_through`):
+    /// peers lacking those versions are refused (they need a snapshot).
+    pub fn set_collected(&mut self, collected: BTreeMap<ActorId, u64>) {
+        self.repl.set_collected(collected);
+    }
+
+    /// Why this node cannot catch up incrementally, if a peer said so
+    /// (see [`Replication::needs_snapshot`]).
+    pub fn needs_snapshot(&self) -> Option<String> {
+        self.repl.needs_snapshot().map(str::to_string)
+    }
+
+    /// The store's floors changed (a collection, or a peer's higher floors
+    /// raised): report them to peers from now on.
+    pub fn set_floors(&mut self, floors: BTreeMap<String, u64>) {
+        let owned = self.collector.owned.clone();
+        self.repl.set_retention_info(owned, floors);
     }
 
     /// A local transaction committed `version` at `unix_ms` with these
@@ -450,6 +500,10 @@ impl NodeCore {
 
     /// The node moved to a new actor id, whose latest version is `head`.
     pub fn set_actor(&mut self, now: Duration, actor: ActorId, head: u64) {
+        if !self.collector.owned.contains(&actor) {
+            self.collector.owned.push(actor);
+        }
+        self.repl.add_owned(actor);
         self.repl.set_actor(actor);
         self.head_pending = Some((actor, head, self.wall(now)));
     }
@@ -664,6 +718,39 @@ impl NodeCore {
             self.next_housekeeping = now + HOUSEKEEPING_EVERY;
             self.forget_stale(now);
             self.refresh_members(now, true);
+        }
+        if self.collector.window.is_some() && now >= self.collector.next_check {
+            self.collector.next_check = now + retention::CHECK_EVERY;
+            // Required: every member known, and every node that reported
+            // until it is forgotten (one that left may come back with
+            // writes made before it held the latest deletes).
+            let forget = self.config.forget_after;
+            let recent: BTreeMap<SocketAddr, litemesh_sync::Report> = self
+                .repl
+                .reports()
+                .iter()
+                .filter(|(a, _)| {
+                    self.repl
+                        .report_times()
+                        .get(*a)
+                        .is_some_and(|t| now.saturating_sub(*t) < forget)
+                })
+                .map(|(a, r)| (*a, r.clone()))
+                .collect();
+            let members: Vec<SocketAddr> = self
+                .known
+                .keys()
+                .chain(recent.keys())
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if let Some(cut) = self
+                .collector
+                .check(now, self.repl.knowledge(), &members, &recent)
+            {
+                self.events.push_back(Event::Collect(cut));
+            }
         }
         self.after_membership(now);
     }

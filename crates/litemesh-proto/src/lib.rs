@@ -42,7 +42,9 @@ pub use batch::{
 };
 pub use error::WireError;
 pub use knowledge::Knowledge;
-pub use message::{DEFAULT_MAX_MESSAGE, Message, decode, encode};
+pub use message::{
+    DEFAULT_MAX_MESSAGE, MAX_FLOORS, MAX_OWNED_ACTORS, Message, RetentionInfo, decode, encode,
+};
 pub use meta::{Head, NodeMeta};
 pub use placement::{Entitlement, MAX_WITHHELD, Placement};
 pub use ranges::RangeSet;

@@ -1,10 +1,12 @@
 //! Messages of the sync protocol (broadcast and reconciliation) and their
 //! versioned encoding.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::Knowledge;
 use crate::error::{WireError, check_size};
+use crate::{ActorId, Knowledge};
 
 /// Format version of sync messages.
 const VERSION: u8 = 1;
@@ -29,6 +31,10 @@ pub enum Message {
     SyncRequest {
         /// The requester's knowledge.
         knowledge: Knowledge,
+        /// What tombstone collection needs to know of the requester (a
+        /// trailing field: absent when empty, and in older messages).
+        #[serde(default, skip_serializing_if = "RetentionInfo::is_empty")]
+        retention: RetentionInfo,
     },
     /// A batch the requester lacks; response frames of the stream.
     SyncBatch {
@@ -41,7 +47,60 @@ pub enum Message {
     SyncDone {
         /// The responder's knowledge.
         knowledge: Knowledge,
+        /// What tombstone collection needs to know of the responder.
+        #[serde(default, skip_serializing_if = "RetentionInfo::is_empty")]
+        retention: RetentionInfo,
     },
+    /// The last (and only) response frame of a reconciliation the responder
+    /// will not serve, and why.
+    SyncRefused {
+        /// Why, for the requester's log and status.
+        reason: String,
+        /// The requester lacks versions whose tombstones the responder has
+        /// collected: incremental sync cannot make it whole, it needs a
+        /// snapshot (`docs/retention.md`).
+        snapshot: bool,
+    },
+}
+
+/// Longest reason a [`Message::SyncRefused`] may carry.
+pub const MAX_REFUSAL: usize = 4096;
+
+/// Most actors a node may claim in one report.
+pub const MAX_OWNED_ACTORS: usize = 4096;
+/// Most tables a report may carry floors for.
+pub const MAX_FLOORS: usize = 4096;
+
+/// What a node tells its peer at each reconciliation, beside its knowledge,
+/// for tombstone collection (`docs/retention.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionInfo {
+    /// The actors the node writes or wrote with (a node moves to a new actor
+    /// after a crash or a restore): peers need its report to account for
+    /// every writer.
+    pub owned: Vec<ActorId>,
+    /// Per table, the highest causal length of a tombstone the node (or a
+    /// node it synced with) collected: a key inserted afresh must start its
+    /// life above it.
+    pub floors: BTreeMap<String, u64>,
+    /// How many versions the node counts as held in its knowledge without
+    /// having applied them yet (its quarantine): while there are any, its
+    /// report does not prove it held what it says when it wrote.
+    #[serde(default)]
+    pub unapplied: u64,
+}
+
+impl RetentionInfo {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.owned.is_empty() && self.floors.is_empty() && self.unapplied == 0
+    }
+
+    fn is_well_formed(&self) -> bool {
+        self.owned.len() <= MAX_OWNED_ACTORS
+            && self.floors.len() <= MAX_FLOORS
+            && self.floors.keys().all(|n| !n.is_empty() && n.len() <= 1024)
+    }
 }
 
 /// Encodes a message: a format byte, then MessagePack.
@@ -64,10 +123,28 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, WireError> {
         )));
     }
     let msg: Message = rmp_serde::from_slice(body).map_err(WireError::malformed)?;
-    if let Message::SyncRequest { knowledge } | Message::SyncDone { knowledge } = &msg
-        && !knowledge.is_well_formed()
+    if let Message::SyncRefused { reason, .. } = &msg
+        && reason.len() > MAX_REFUSAL
     {
-        return Err(WireError::malformed("knowledge ranges are not well formed"));
+        return Err(WireError::malformed("refusal reason too long"));
+    }
+    if let Message::SyncRequest {
+        knowledge,
+        retention,
+    }
+    | Message::SyncDone {
+        knowledge,
+        retention,
+    } = &msg
+    {
+        if !knowledge.is_well_formed() {
+            return Err(WireError::malformed("knowledge ranges are not well formed"));
+        }
+        if !retention.is_well_formed() {
+            return Err(WireError::malformed(
+                "retention report too large (actors, tables or table names)",
+            ));
+        }
     }
     Ok(msg)
 }
@@ -90,11 +167,23 @@ mod tests {
             },
             Message::SyncRequest {
                 knowledge: k.clone(),
+                retention: RetentionInfo::default(),
             },
             Message::SyncBatch {
                 batch: vec![9; 100],
             },
-            Message::SyncDone { knowledge: k },
+            Message::SyncRefused {
+                reason: "stale".into(),
+                snapshot: true,
+            },
+            Message::SyncDone {
+                knowledge: k.clone(),
+                retention: RetentionInfo {
+                    owned: vec![ActorId([7; 16]), ActorId([8; 16])],
+                    floors: BTreeMap::from([("items".to_string(), 12)]),
+                    unapplied: 2,
+                },
+            },
         ] {
             let b = encode(&m, 1 << 20).unwrap();
             assert_eq!(decode(&b, 1 << 20).unwrap(), m);
@@ -108,6 +197,49 @@ mod tests {
         ));
         let b = encode(&big, 1 << 20).unwrap();
         assert!(matches!(decode(&b, 1000), Err(WireError::TooLarge { .. })));
+    }
+
+    /// A message without the retention report (as older nodes send it)
+    /// decodes with an empty one; an empty one is not sent at all.
+    #[test]
+    fn retention_report_is_a_trailing_field() {
+        #[derive(Serialize)]
+        enum Old {
+            #[allow(dead_code)]
+            Broadcast {
+                hops: u8,
+            },
+            SyncRequest {
+                knowledge: Knowledge,
+            },
+        }
+        let mut k = Knowledge::default();
+        k.have
+            .insert(ActorId([1; 16]), RangeSet::from_ranges([(1, 3)]));
+        let mut old = vec![VERSION];
+        rmp_serde::encode::write(
+            &mut old,
+            &Old::SyncRequest {
+                knowledge: k.clone(),
+            },
+        )
+        .unwrap();
+        let new = Message::SyncRequest {
+            knowledge: k,
+            retention: RetentionInfo::default(),
+        };
+        assert_eq!(decode(&old, 1 << 20).unwrap(), new);
+        assert_eq!(encode(&new, 1 << 20).unwrap(), old);
+        let huge = Message::SyncDone {
+            knowledge: Knowledge::default(),
+            retention: RetentionInfo {
+                owned: vec![ActorId([0; 16]); MAX_OWNED_ACTORS + 1],
+                floors: BTreeMap::new(),
+                unapplied: 0,
+            },
+        };
+        let b = encode(&huge, 1 << 20).unwrap();
+        assert!(matches!(decode(&b, 1 << 20), Err(WireError::Malformed(_))));
     }
 
     proptest! {

@@ -11,12 +11,20 @@
 //! file holding the same live rows. Prints the figures, then `key: value`
 //! lines.
 //!
+//! Two runs of the same operations, side by side: with no retention policy
+//! (nothing collected), and with one, as a node with `--retention` runs it
+//! on its own: every second a sweep step of the change log (64 chunks), and
+//! every 5 seconds a collection of the tombstones made by versions stable
+//! at the previous check (a node alone holds everything it wrote: its
+//! stable cut is what it holds, and the cut waits one check, the window).
+//!
 //! Run: `cargo bench -p litemesh-storage --bench churn [-- --ops N --live N]`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use litemesh_storage::Store;
+use litemesh_storage::{ActorId, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,18 +50,116 @@ fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
+/// What one churn run measured.
+struct Figures {
+    secs: f64,
+    rows: i64,
+    clocks: i64,
+    log_rows: i64,
+    log_bytes: i64,
+    churned: u64,
+    removed: u64,
+    log_rows_after: i64,
+    compacted: u64,
+    vacuumed: u64,
+    collected: u64,
+    ids: Vec<String>,
+}
+
 fn main() {
     let ops = arg("--ops", 1_000_000);
     let live_target = arg("--live", 10_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("churn.db");
+    let off = churn(dir.path(), "off", ops, live_target, false);
+    let on = churn(dir.path(), "on", ops, live_target, true);
+    assert_eq!(off.ids, on.ids, "both runs end with the same live rows");
+    let ids = &off.ids;
+    let fresh_size = fresh(dir.path(), ids);
+    let plain_size = plain(dir.path(), ids);
+    let mb = |b: u64| b as f64 / 1e6;
+    println!("{ops} operations over ~{live_target} live rows, 100 per transaction");
+    println!(
+        "fresh litemesh file, same live rows: {:.1} MB; plain SQLite file: {:.1} MB",
+        mb(fresh_size),
+        mb(plain_size)
+    );
+    for (name, f) in [("no retention policy", &off), ("retention policy on", &on)] {
+        println!("\n{name}: {:.0} ops/s", ops as f64 / f.secs);
+        println!("  live rows at the end:              {}", f.rows);
+        println!(
+            "  clock rows (live + tombstones):    {} ({} tombstones; {} collected on the way)",
+            f.clocks,
+            f.clocks - f.rows,
+            f.collected
+        );
+        println!(
+            "  change-log rows:                   {} ({:.1} MB of entries), {} after compaction ({} entries removed)",
+            f.log_rows,
+            mb(f.log_bytes as u64),
+            f.log_rows_after,
+            f.removed
+        );
+        println!(
+            "  file after the churn:              {:.1} MB ({:.2}x fresh)",
+            mb(f.churned),
+            f.churned as f64 / fresh_size as f64
+        );
+        println!(
+            "    after compaction:                {:.1} MB ({:.2}x)",
+            mb(f.compacted),
+            f.compacted as f64 / fresh_size as f64
+        );
+        println!(
+            "    after compaction and VACUUM:     {:.1} MB ({:.2}x)",
+            mb(f.vacuumed),
+            f.vacuumed as f64 / fresh_size as f64
+        );
+    }
+    for (key, f) in [("off", &off), ("on", &on)] {
+        println!("churn_{key}_ops_per_s: {:.0}", ops as f64 / f.secs);
+        println!("churn_{key}_tombstones: {}", f.clocks - f.rows);
+        println!(
+            "churn_{key}_file_over_fresh_x: {:.2}",
+            f.churned as f64 / fresh_size as f64
+        );
+        println!(
+            "churn_{key}_compacted_over_fresh_x: {:.2}",
+            f.compacted as f64 / fresh_size as f64
+        );
+        println!(
+            "churn_{key}_vacuumed_over_fresh_x: {:.2}",
+            f.vacuumed as f64 / fresh_size as f64
+        );
+    }
+}
+
+/// One churn run; with `policy`, collection and the log sweep as a node
+/// runs them.
+fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -> Figures {
+    let path = dir.join(format!("churn-{name}.db"));
     let mut s = Store::open(&path).expect("open");
     s.apply_schema(SCHEMA).expect("schema");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut live: Vec<String> = Vec::with_capacity(live_target * 2);
     let started = Instant::now();
     let mut done = 0;
+    let mut collected = 0;
+    let mut next_sweep = Instant::now() + Duration::from_secs(1);
+    let mut next_check = Instant::now() + Duration::from_secs(5);
+    let mut sweep_from = 0;
+    let mut cut: BTreeMap<ActorId, u64> = BTreeMap::new();
     while done < ops {
+        if policy && Instant::now() >= next_sweep {
+            next_sweep += Duration::from_secs(1);
+            let (_, next) = s.compact_step(sweep_from, 64).expect("sweep");
+            sweep_from = next.unwrap_or(0);
+        }
+        if policy && Instant::now() >= next_check {
+            next_check += Duration::from_secs(5);
+            collected += s.collect(&cut, u64::MAX).expect("collect").tombstones;
+            let k = s.knowledge().expect("knowledge");
+            cut = k.have.keys().map(|a| (*a, k.complete_through(a))).collect();
+        }
         let batch = 100.min(ops - done);
         let mut plan = Vec::with_capacity(batch);
         for _ in 0..batch {
@@ -99,28 +205,45 @@ fn main() {
         "SELECT coalesce(sum(length(entries)), 0) FROM __lm_log",
     );
     let churned = size(conn, &path);
-    // Compaction (what overwrites leave behind) as the node runs it.
+    // A whole compaction at the end (what overwrites leave behind).
     let removed = s.compact().expect("compact");
     let conn = s.connection();
     let log_rows_after = count(conn, "SELECT count(*) FROM __lm_log");
     let compacted = size(conn, &path);
     conn.execute_batch("VACUUM").expect("vacuum");
     let vacuumed = size(conn, &path);
-
-    // The same live rows in a fresh litemesh file and a plain SQLite file.
-    let fresh_path = dir.path().join("fresh.db");
-    let mut fresh = Store::open(&fresh_path).expect("open");
-    fresh.apply_schema(SCHEMA).expect("schema");
-    let ids: Vec<String> = {
+    let mut ids: Vec<String> = {
         let mut st = conn.prepare("SELECT id FROM items").expect("ids");
         st.query_map([], |r| r.get(0))
             .expect("ids")
             .collect::<Result<_, _>>()
             .expect("ids")
     };
+    ids.sort();
+    Figures {
+        secs,
+        rows,
+        clocks,
+        log_rows,
+        log_bytes,
+        churned,
+        removed,
+        log_rows_after,
+        compacted,
+        vacuumed,
+        collected,
+        ids,
+    }
+}
+
+/// A fresh litemesh file holding `ids`: its size.
+fn fresh(dir: &Path, ids: &[String]) -> u64 {
+    let fresh_path = dir.join("fresh.db");
+    let mut fresh = Store::open(&fresh_path).expect("open");
+    fresh.apply_schema(SCHEMA).expect("schema");
     fresh
         .transaction(|t| {
-            for id in &ids {
+            for id in ids {
                 t.execute(
                     "INSERT INTO items VALUES (?1, 1, 'some text of a row')",
                     [id],
@@ -129,13 +252,17 @@ fn main() {
             Ok(())
         })
         .expect("fresh");
-    let fresh_size = size(fresh.connection(), &fresh_path);
-    let plain_path = dir.path().join("plain.db");
+    size(fresh.connection(), &fresh_path)
+}
+
+/// A plain SQLite file holding `ids`: its size.
+fn plain(dir: &Path, ids: &[String]) -> u64 {
+    let plain_path = dir.join("plain.db");
     let plain = rusqlite::Connection::open(&plain_path).expect("plain");
     plain
         .execute_batch(&format!("PRAGMA journal_mode = WAL; {SCHEMA}; BEGIN"))
         .expect("plain schema");
-    for id in &ids {
+    for id in ids {
         plain
             .execute(
                 "INSERT INTO items VALUES (?1, 1, 'some text of a row')",
@@ -144,47 +271,5 @@ fn main() {
             .expect("plain insert");
     }
     plain.execute_batch("COMMIT").expect("commit");
-    let plain_size = size(&plain, &plain_path);
-
-    let mb = |b: u64| b as f64 / 1e6;
-    println!(
-        "{ops} operations over ~{live_target} live rows: {:.0} ops/s",
-        ops as f64 / secs
-    );
-    println!("live rows at the end:                {rows}");
-    println!(
-        "clock rows (live + tombstones):      {clocks} ({} tombstones)",
-        clocks - rows
-    );
-    println!(
-        "change-log rows:                     {log_rows} ({:.1} MB of entries), {log_rows_after} after compaction ({removed} entries removed)",
-        mb(log_bytes as u64)
-    );
-    println!("file after the churn:                {:.1} MB", mb(churned));
-    println!(
-        "  after compaction:                  {:.1} MB",
-        mb(compacted)
-    );
-    println!(
-        "  after compaction and VACUUM:       {:.1} MB",
-        mb(vacuumed)
-    );
-    println!(
-        "fresh litemesh file, same live rows: {:.1} MB",
-        mb(fresh_size)
-    );
-    println!(
-        "plain SQLite file, same live rows:   {:.1} MB",
-        mb(plain_size)
-    );
-    println!("churn_ops_per_s: {:.0}", ops as f64 / secs);
-    println!("churn_tombstones: {}", clocks - rows);
-    println!(
-        "churn_file_over_fresh_x: {:.2}",
-        compacted as f64 / fresh_size as f64
-    );
-    println!(
-        "churn_vacuumed_over_fresh_x: {:.2}",
-        vacuumed as f64 / fresh_size as f64
-    );
+    size(&plain, &plain_path)
 }

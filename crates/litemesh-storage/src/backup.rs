@@ -237,6 +237,8 @@ pub struct MetadataStats {
     pub file_bytes: u64,
     /// Free pages (reused by later writes; `VACUUM` returns them).
     pub free_bytes: u64,
+    /// Per table, the collection floor (see [`Store::floors`]).
+    pub floors: std::collections::BTreeMap<String, u64>,
 }
 
 impl Store {
@@ -263,6 +265,7 @@ impl Store {
             log_bytes: count("SELECT coalesce(sum(length(entries)), 0) FROM __lm_log")?,
             file_bytes: count("PRAGMA page_count")? * page,
             free_bytes: count("PRAGMA freelist_count")? * page,
+            floors: self.floors()?,
         })
     }
 }

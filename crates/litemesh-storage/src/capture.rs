@@ -208,13 +208,22 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         Ok(ToSqlOutput::Owned(SqlValue::Blob(out)))
     })?;
 
-    // __lm_clk_insert(old_clock, actor, version, seq, ncols): the clock after
-    // a local insert.
-    conn.create_scalar_function("__lm_clk_insert", 5, flags, |ctx| {
+    // __lm_clk_insert(old_clock, actor, version, seq, ncols, floor): the clock
+    // after a local insert; `floor` (NULL: none) is the table's collection
+    // floor, which a new life starts above.
+    conn.create_scalar_function("__lm_clk_insert", 6, flags, |ctx| {
         let old = clock_arg(ctx, 0)?;
         let entry = entry_arg(ctx, 1)?;
         let ncols: u32 = ctx.get(4)?;
-        Ok(RowClock::inserted(old.as_ref(), entry, ncols).encode())
+        let floor = ctx.get::<Option<i64>>(5)?.unwrap_or(0).max(0) as u64;
+        let new_life = old.as_ref().is_none_or(|o| o.cl % 2 == 0);
+        let clock = RowClock::inserted(old.as_ref(), entry, ncols);
+        Ok(if new_life {
+            clock.above_floor(floor)
+        } else {
+            clock
+        }
+        .encode())
     })?;
 
     // __lm_differ(new_0, old_0, new_1, old_1, ...): whether any pair differs

@@ -149,6 +149,20 @@ impl RowClock {
         }
     }
 
+    /// A life started by a local insert, moved above `floor` (the highest
+    /// causal length of a tombstone collected in the table): odd, and
+    /// greater than every tombstone of the key that any node may still hold.
+    pub fn above_floor(mut self, floor: u64) -> RowClock {
+        if self.cl <= floor {
+            // floor is even (a tombstone's), so floor + 1 is a live length.
+            self.cl = floor | 1;
+            if self.cl <= floor {
+                self.cl += 2;
+            }
+        }
+        self
+    }
+
     /// The clock after `entry` deleted the row (unchanged if already deleted).
     pub fn deleted(&self, entry: EntryRef) -> RowClock {
         if self.cl.is_multiple_of(2) {

@@ -489,6 +489,24 @@ impl Store {
     /// Deletes change-log entries whose cells were all overwritten (their
     /// versions are then reported as cleared). Returns how many were removed.
     pub fn compact(&mut self) -> Result<u64> {
+        let mut removed = 0;
+        let mut from = 0;
+        loop {
+            let (n, next) = self.compact_step(from, u64::MAX)?;
+            removed += n;
+            match next {
+                Some(n) => from = n,
+                None => return Ok(removed),
+            }
+        }
+    }
+
+    /// One bounded step of [`Store::compact`]: the change-log chunks with
+    /// an id from `from` on, at most `budget` of them, in one transaction.
+    /// Returns the entries removed and where the next step starts (`None`:
+    /// the end of the log was reached). A node sweeps its log this way in
+    /// the background, a step at a time.
+    pub fn compact_step(&mut self, from: i64, budget: u64) -> Result<(u64, Option<i64>)> {
         let by_id: BTreeMap<i64, std::sync::Arc<TableMeta>> =
             self.tables.values().map(|t| (t.id, t.clone())).collect();
         let tx = self.conn.unchecked_transaction()?;
@@ -502,12 +520,22 @@ impl Store {
         )?;
         let mut removed = 0u64;
         let mut rewrites: Vec<(i64, i64, i64, Vec<LogEntry>)> = Vec::new();
+        let mut next = None;
         {
-            let mut stmt = tx.prepare("SELECT actor, version, seq, entries FROM __lm_log")?;
-            let mut rows = stmt.query([])?;
+            let mut stmt = tx.prepare(
+                "SELECT id, actor, version, seq, entries FROM __lm_log WHERE id >= ?1 ORDER BY id",
+            )?;
+            let mut rows = stmt.query([from])?;
+            let mut seen = 0u64;
             while let Some(r) = rows.next()? {
-                let (a, v, s): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-                let entries = decode_entries(&r.get::<_, Vec<u8>>(3)?, s as u64)?;
+                let id: i64 = r.get(0)?;
+                if seen >= budget {
+                    next = Some(id);
+                    break;
+                }
+                seen += 1;
+                let (a, v, s): (i64, i64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?);
+                let entries = decode_entries(&r.get::<_, Vec<u8>>(4)?, s as u64)?;
                 let before = entries.len();
                 let mut live = Vec::with_capacity(before);
                 for le in entries {
@@ -542,7 +570,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(removed)
+        Ok((removed, next))
     }
 }
 

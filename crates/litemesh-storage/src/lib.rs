@@ -38,6 +38,7 @@ mod lex;
 mod log;
 mod merge;
 mod placement;
+mod retention;
 mod sandbox;
 mod schema;
 mod store;
@@ -57,6 +58,7 @@ pub use litemesh_proto::{
 };
 pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
 pub use placement::EntitlementReport;
+pub use retention::Collected;
 pub use sandbox::{ClientLimits, ClientTx, ReadConnection, RowSink};
 pub use schema::SchemaReport;
 pub use store::{Committed, RememberedPeer, Store, StoreOptions};

@@ -74,6 +74,8 @@ pub(crate) struct TableSql {
     pub update_clock: String,
     /// `DELETE FROM t WHERE pk = ?1..`
     pub delete_row: String,
+    /// `DELETE FROM clk WHERE pk = ?1..` (a collected tombstone)
+    pub delete_clock: String,
     /// `SELECT cols.. FROM t WHERE pk = ?1..`
     pub select_cols: String,
     /// `INSERT OR REPLACE INTO t(pk.., cols..) VALUES (?..)`
@@ -109,6 +111,7 @@ impl TableSql {
             ),
             update_clock: format!("UPDATE {clk} SET __clk = ?{} WHERE {}", pk.len() + 1, w(0)),
             delete_row: format!("DELETE FROM {t} WHERE {}", w(0)),
+            delete_clock: format!("DELETE FROM {clk} WHERE {}", w(0)),
             select_cols: if cols.is_empty() {
                 format!("SELECT 1 FROM {t} WHERE {}", w(0))
             } else {
@@ -996,12 +999,16 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
              WHERE NOT __lm_buffered({tid}, {tname}, {npk}, {write}, {pkvals}{cells});\n"
         )
     };
+    // A key inserted afresh starts a life above the table's floor: the
+    // highest causal length of any tombstone collected in it (see
+    // retention.rs), so it wins over a tombstone other nodes still hold.
+    let floor = format!("(SELECT cl FROM __lm_floor WHERE name = {tname})");
     let insert_clock = |pkvals: &str| {
         format!(
             "INSERT INTO {clk}({pk_cols}, __clk) \
-             VALUES ({pkvals}, __lm_clk_insert(NULL, {local}, __lm_version(), __lm_cur_seq(), {ncols})) \
+             VALUES ({pkvals}, __lm_clk_insert(NULL, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor})) \
              ON CONFLICT({pk_cols}) DO UPDATE SET \
-             __clk = __lm_clk_insert(__clk, {local}, __lm_version(), __lm_cur_seq(), {ncols});\n"
+             __clk = __lm_clk_insert(__clk, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor});\n"
         )
     };
     let delete_clock = |m: &str| {

@@ -30,10 +30,13 @@ pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(s.next_version, \
 /// encoding (format 3 adds shorter forms of integers, hexadecimal text and
 /// UUIDs, see `value.rs`); format 4 adds table placement (`__lm_placement`,
 /// `__lm_withheld`: a binary that does not know them would serve versions
-/// held without some tables' rows as complete). Older formats are upgraded
-/// in place when opened; a binary older than the file's format refuses to
-/// open it.
-const FORMAT: i64 = 4;
+/// held without some tables' rows as complete); format 5 adds tombstone
+/// collection (`__lm_floor`, `__lm_collected`, `__lm_owned`: a binary that
+/// does not know the floors would insert a key whose tombstone was collected
+/// below it, and lose that write on every node that still holds the
+/// tombstone). Older formats are upgraded in place when opened; a binary
+/// older than the file's format refuses to open it.
+const FORMAT: i64 = 5;
 
 const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS __lm_site(
@@ -77,6 +80,9 @@ CREATE TABLE IF NOT EXISTS __lm_placement(name TEXT PRIMARY KEY, regions TEXT NO
 CREATE TABLE IF NOT EXISTS __lm_withheld(
     actor INTEGER NOT NULL, version INTEGER NOT NULL, tables TEXT NOT NULL,
     PRIMARY KEY (actor, version)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_floor(name TEXT PRIMARY KEY, cl INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_collected(actor INTEGER PRIMARY KEY, through INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS __lm_owned(actor INTEGER PRIMARY KEY);
 ";
 
 /// Columns format 2 added to `__lm_site`.
@@ -90,7 +96,7 @@ ALTER TABLE __lm_site ADD COLUMN capture INTEGER NOT NULL DEFAULT 0;
 
 /// Version of the capture triggers' text: a file whose triggers were made by
 /// another version gets them regenerated when opened.
-const CAPTURE: i64 = 5;
+const CAPTURE: i64 = 6;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -215,12 +221,25 @@ impl Store {
                         "INSERT INTO __lm_actors(idx, actor) VALUES (0, ?1)",
                         [&actor.0[..]],
                     )?;
+                    tx.execute("INSERT INTO __lm_owned(actor) VALUES (0)", [])?;
                 }
-                Some((_, 1)) => upgrade_from_format_1(&tx)?,
+                Some((_, 1)) => {
+                    upgrade_from_format_1(&tx)?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO __lm_owned(actor) SELECT local FROM __lm_site",
+                        [],
+                    )?;
+                }
                 // Format 3 only adds key encodings (the old ones still
-                // read); format 4 only adds tables (created above).
-                Some((_, 2 | 3)) => {
+                // read); formats 4 and 5 only add tables (created above).
+                // Which earlier actors were this file's own is not recorded
+                // before format 5: only the current one is claimed.
+                Some((_, 2..=4)) => {
                     tx.execute("UPDATE __lm_site SET format = ?1 WHERE id = 0", [FORMAT])?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO __lm_owned(actor) SELECT local FROM __lm_site",
+                        [],
+                    )?;
                 }
                 Some((_, f)) if f != FORMAT => {
                     return Err(StorageError::Corrupt(format!(
@@ -715,6 +734,7 @@ impl Store {
                 "INSERT INTO __lm_actors(idx, actor) VALUES (?1, ?2)",
                 (idx, &new.0[..]),
             )?;
+            tx.execute("INSERT OR IGNORE INTO __lm_owned(actor) VALUES (?1)", [idx])?;
             if next > 1 {
                 add_have(&tx, old, 1, next as u64 - 1)?;
             }

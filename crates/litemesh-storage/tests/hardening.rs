@@ -641,7 +641,7 @@ fn a_format_1_file_is_upgraded_in_place() {
 }
 
 #[test]
-fn format_2_and_3_files_open_and_a_newer_format_is_refused() {
+fn format_2_to_4_files_open_and_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.db");
     {
@@ -671,14 +671,16 @@ fn format_2_and_3_files_open_and_a_newer_format_is_refused() {
         s.execute_batch("INSERT INTO items VALUES ('b', 2, 'y')")
             .unwrap();
     }
-    assert_eq!(format(), 4);
-    // Format 3 (before table placement) too.
-    set(3);
-    drop(Store::open(&path).unwrap());
-    assert_eq!(format(), 4);
-    set(5);
+    assert_eq!(format(), 5);
+    // Format 3 (before table placement) and 4 (before collection) too.
+    for f in [3, 4] {
+        set(f);
+        drop(Store::open(&path).unwrap());
+        assert_eq!(format(), 5);
+    }
+    set(6);
     let err = Store::open(&path).unwrap_err();
-    assert!(err.to_string().contains("format 5"), "{err}");
+    assert!(err.to_string().contains("format 6"), "{err}");
 }
 
 #[test]

@@ -24,6 +24,7 @@
 mod lag;
 mod placement;
 mod replication;
+mod retention;
 mod scheduler;
 
 pub use lag::{LagTracker, WriterLag};
@@ -32,4 +33,5 @@ pub use replication::{
     Broadcast, Event, Extracted, Frame, OpId, Replication, RequestId, SessionId, Stats, StorageOp,
     Transmit, decode_broadcast, decode_frame, encode_local_commit, encode_sync_batch,
 };
+pub use retention::{HeldBack, Report, StableCut, stable_cut};
 pub use scheduler::{Config, Outgoing, PeerStatus, Scheduler, SyncOutcome};

@@ -38,9 +38,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use litemesh_proto::{
-    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, Knowledge, Message, WireError, decode,
-    decode_batch, encode, encode_batch,
+    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, Knowledge, Message, RetentionInfo, WireError,
+    decode, decode_batch, encode, encode_batch,
 };
+
+use crate::retention::Report;
 
 use crate::scheduler::{Config, PeerStatus, Scheduler, SyncOutcome};
 
@@ -150,6 +152,28 @@ pub enum Event {
     /// Read the stream of `session` again (it was paused while its applies
     /// were behind).
     ResumeReading(SessionId),
+    /// A peer reported tombstone-collection floors higher than this node's:
+    /// raise the store's (`Store::raise_floors`), then report them back
+    /// with [`Replication::set_retention_info`].
+    RaiseFloors(std::collections::BTreeMap<String, u64>),
+    /// A peer lacks versions whose tombstones this node collected: its
+    /// reconciliation was refused, its broadcasts are dropped and it is not
+    /// pulled from until it comes back whole (a fresh file, a restore).
+    PeerNeedsSnapshot {
+        /// The peer.
+        peer: SocketAddr,
+        /// Versions it lacks that were collected here.
+        missing: u64,
+    },
+    /// This node lacks versions whose tombstones a peer collected: it cannot
+    /// catch up incrementally, and must stop writing (see
+    /// [`Replication::needs_snapshot`]).
+    NeedsSnapshot {
+        /// The peer that said so.
+        from: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
     /// A reconciliation this node opened ended.
     SyncEnded {
         /// The peer.
@@ -256,6 +280,18 @@ pub struct Replication {
     stats: Stats,
     /// Table placement (inactive while no table is pinned).
     filter: crate::placement::Filter,
+    /// What this node reports for tombstone collection.
+    retention: RetentionInfo,
+    /// The last report of every peer that reconciled with this node, and
+    /// when it came.
+    reports: BTreeMap<SocketAddr, Report>,
+    report_at: BTreeMap<SocketAddr, Duration>,
+    /// Per actor, the versions whose tombstones this node collected.
+    collected: BTreeMap<ActorId, u64>,
+    /// Peers found to lack collected versions.
+    stale_peers: std::collections::BTreeSet<SocketAddr>,
+    /// Set when a peer said this node lacks versions it collected.
+    needs_snapshot: Option<String>,
 }
 
 /// A broadcast, decoded (see [`decode_broadcast`]).
@@ -284,8 +320,17 @@ impl Broadcast {
 pub enum Frame {
     /// A batch the requester lacks, and its encoded size.
     Batch(ChangeBatch, usize),
-    /// The responder's knowledge: the last frame.
-    Done(Knowledge),
+    /// The responder's knowledge and retention report: the last frame.
+    Done(Knowledge, RetentionInfo),
+    /// The responder refused to serve (the only frame), and why; with
+    /// `snapshot`, because this node lacks versions whose tombstones it
+    /// collected.
+    Refused {
+        /// Why.
+        reason: String,
+        /// Incremental sync cannot make this node whole.
+        snapshot: bool,
+    },
 }
 
 /// Decodes a message of the sync channel (channel tag removed). Pure: a
@@ -316,7 +361,11 @@ pub fn decode_frame(bytes: &[u8], max_message: usize) -> Result<Frame, WireError
             let decoded = decode_batch(&batch, DEFAULT_MAX_WIRE_BYTES)?;
             Ok(Frame::Batch(decoded, batch.len()))
         }
-        Message::SyncDone { knowledge } => Ok(Frame::Done(knowledge)),
+        Message::SyncDone {
+            knowledge,
+            retention,
+        } => Ok(Frame::Done(knowledge, retention)),
+        Message::SyncRefused { reason, snapshot } => Ok(Frame::Refused { reason, snapshot }),
         _ => Err(WireError::Malformed(
             "unexpected message in a sync response".into(),
         )),
@@ -377,7 +426,119 @@ impl Replication {
             events: VecDeque::new(),
             stats: Stats::default(),
             filter: crate::placement::Filter::new(Default::default(), None),
+            retention: RetentionInfo::default(),
+            reports: BTreeMap::new(),
+            report_at: BTreeMap::new(),
+            collected: BTreeMap::new(),
+            stale_peers: std::collections::BTreeSet::new(),
+            needs_snapshot: None,
         }
+    }
+
+    /// Sets how far this node has collected tombstones (per actor, versions
+    /// `1..=n`): a peer that lacks some of them and holds data from others
+    /// is refused (it needs a snapshot).
+    pub fn set_collected(&mut self, collected: BTreeMap<ActorId, u64>) {
+        self.collected = collected;
+    }
+
+    /// Why this node cannot catch up incrementally any more, if a peer said
+    /// so: it lacks versions whose tombstones the peer collected, so rows
+    /// deleted meanwhile may still be here. It must not write, nor serve
+    /// its data, until it is replaced by a fresh file or a restore.
+    pub fn needs_snapshot(&self) -> Option<&str> {
+        self.needs_snapshot.as_deref()
+    }
+
+    /// Peers found to lack versions whose tombstones this node collected.
+    pub fn stale_peers(&self) -> &std::collections::BTreeSet<SocketAddr> {
+        &self.stale_peers
+    }
+
+    /// How many collected versions a requester with `theirs`, writing with
+    /// `owned`, lacks — `None` when it lacks none, or holds nothing from
+    /// other writers (a new node: what it gets is current, cleared versions
+    /// and floors are all it needs).
+    fn lacks_collected(&self, theirs: &Knowledge, owned: &[ActorId]) -> Option<u64> {
+        let fresh = theirs
+            .have
+            .iter()
+            .all(|(a, r)| r.is_empty() || owned.contains(a));
+        if fresh {
+            return None;
+        }
+        let missing: u64 = self
+            .collected
+            .iter()
+            .map(|(a, c)| theirs.missing_up_to(a, *c))
+            .sum();
+        (missing > 0).then_some(missing)
+    }
+
+    /// Sets what this node reports for tombstone collection at every
+    /// reconciliation: its actors and floors (its quarantine is counted
+    /// here, from [`Replication::set_knowledge`]).
+    pub fn set_retention_info(&mut self, owned: Vec<ActorId>, floors: BTreeMap<String, u64>) {
+        self.retention.owned = owned;
+        self.retention.floors = floors;
+    }
+
+    /// Adds an actor this node writes with to what it reports (after it
+    /// moved to a new actor id).
+    pub fn add_owned(&mut self, actor: ActorId) {
+        if !self.retention.owned.contains(&actor) {
+            self.retention.owned.push(actor);
+        }
+    }
+
+    /// The last report of every peer that reconciled with this node (in
+    /// either direction), for [`crate::stable_cut`].
+    pub fn reports(&self) -> &BTreeMap<SocketAddr, Report> {
+        &self.reports
+    }
+
+    /// When each peer's last report came.
+    pub fn report_times(&self) -> &BTreeMap<SocketAddr, Duration> {
+        &self.report_at
+    }
+
+    fn own_retention(&self) -> RetentionInfo {
+        RetentionInfo {
+            unapplied: self.quarantined.len() as u64,
+            ..self.retention.clone()
+        }
+    }
+
+    /// Records a peer's report; asks the driver to raise its floors when
+    /// the peer's are higher.
+    fn record_report(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        knowledge: Knowledge,
+        info: RetentionInfo,
+    ) {
+        self.report_at.insert(from, now);
+        let higher: BTreeMap<String, u64> = info
+            .floors
+            .iter()
+            .filter(|(t, cl)| self.retention.floors.get(*t).is_none_or(|c| c < *cl))
+            .map(|(t, cl)| (t.clone(), *cl))
+            .collect();
+        if !higher.is_empty() {
+            for (t, cl) in &higher {
+                self.retention.floors.insert(t.clone(), *cl);
+            }
+            self.events.push_back(Event::RaiseFloors(higher));
+        }
+        self.reports.insert(
+            from,
+            Report {
+                knowledge,
+                owned: info.owned,
+                unapplied: info.unapplied,
+            },
+        );
     }
 
     /// Sets the table placement to enforce: broadcasts are filtered per
@@ -605,6 +766,7 @@ impl Replication {
                 // everything this node held when it stopped sending.
                 let done = Message::SyncDone {
                     knowledge: self.advertised(),
+                    retention: self.own_retention(),
                 };
                 match encode(&done, self.config.max_message) {
                     Ok(bytes) => self
@@ -642,6 +804,11 @@ impl Replication {
 
     /// [`Replication::handle_broadcast`] for a broadcast the driver decoded.
     pub fn handle_decoded_broadcast(&mut self, now: Duration, from: SocketAddr, b: Broadcast) {
+        if self.stale_peers.contains(&from) {
+            // It lacks collected versions: its writes may bring back rows
+            // deleted meanwhile.
+            return;
+        }
         let Broadcast {
             hops,
             encoded: batch,
@@ -746,7 +913,49 @@ impl Replication {
         bytes: &[u8],
     ) -> Result<(), WireError> {
         let theirs = match decode(bytes, self.config.max_message) {
-            Ok(Message::SyncRequest { knowledge }) => knowledge,
+            Ok(Message::SyncRequest {
+                knowledge,
+                retention,
+            }) => {
+                let refusal = if let Some(why) = &self.needs_snapshot {
+                    Some((format!("the peer cannot serve: {why}"), false))
+                } else if let Some(missing) = self.lacks_collected(&knowledge, &retention.owned) {
+                    if self.stale_peers.insert(from) {
+                        self.events.push_back(Event::PeerNeedsSnapshot {
+                            peer: from,
+                            missing,
+                        });
+                    }
+                    Some((
+                        format!(
+                            "this node lacks {missing} version(s) whose tombstones the peer has \
+                             collected (it was away longer than the peers waited for it): rows \
+                             deleted meanwhile may still be here; replace its file with a fresh \
+                             one or a restore of a live node's backup (docs/retention.md)"
+                        ),
+                        true,
+                    ))
+                } else {
+                    self.stale_peers.remove(&from);
+                    None
+                };
+                if let Some((reason, snapshot)) = refusal {
+                    match encode(
+                        &Message::SyncRefused { reason, snapshot },
+                        self.config.max_message,
+                    ) {
+                        Ok(bytes) => self
+                            .transmits
+                            .push_back(Transmit::Respond { request, bytes }),
+                        Err(_) => self
+                            .transmits
+                            .push_back(Transmit::Reject { request, code: 2 }),
+                    }
+                    return Ok(());
+                }
+                self.record_report(now, from, knowledge.clone(), retention);
+                knowledge
+            }
             Ok(_) => {
                 self.transmits
                     .push_back(Transmit::Reject { request, code: 1 });
@@ -814,7 +1023,23 @@ impl Replication {
                     self.flush(session);
                 }
             }
-            Ok(Frame::Done(knowledge)) => s.theirs = Some(knowledge),
+            Ok(Frame::Refused { reason, snapshot }) => {
+                let peer = s.peer;
+                if snapshot && self.needs_snapshot.is_none() {
+                    self.needs_snapshot = Some(format!("{peer} said: {reason}"));
+                    self.events.push_back(Event::NeedsSnapshot {
+                        from: peer,
+                        reason: reason.clone(),
+                    });
+                }
+                self.fail(now, session, format!("refused: {reason}"));
+                return false;
+            }
+            Ok(Frame::Done(knowledge, info)) => {
+                let peer = s.peer;
+                s.theirs = Some(knowledge.clone());
+                self.record_report(now, peer, knowledge, info);
+            }
             Err(e) => {
                 self.fail(now, session, format!("bad response frame: {e}"));
                 return false;
@@ -892,9 +1117,18 @@ impl Replication {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
         }
-        if let Some(peer) = self.sched.poll_sync(now) {
+        let mut polled = self.sched.poll_sync(now);
+        if let Some(peer) = polled
+            && self.stale_peers.contains(&peer)
+        {
+            // Never pulled from until it comes back whole.
+            self.sched.sync_done(now, peer, SyncOutcome::Failed);
+            polled = None;
+        }
+        if let Some(peer) = polled {
             let request = Message::SyncRequest {
                 knowledge: self.advertised(),
+                retention: self.own_retention(),
             };
             match encode(&request, self.config.max_message) {
                 Ok(bytes) => {

@@ -92,13 +92,15 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
         match t {
             Transmit::Uni { to, bytes } => o.uni.push((to, bytes.to_vec())),
             Transmit::Request { session, to, bytes } => {
-                let Message::SyncRequest { knowledge } = decode(&bytes, usize::MAX).unwrap() else {
+                let Message::SyncRequest { knowledge, .. } = decode(&bytes, usize::MAX).unwrap()
+                else {
                     panic!("not a request")
                 };
                 o.requests.push((session, to, knowledge));
             }
             Transmit::Respond { request, bytes } => {
-                let Message::SyncDone { knowledge } = decode(&bytes, usize::MAX).unwrap() else {
+                let Message::SyncDone { knowledge, .. } = decode(&bytes, usize::MAX).unwrap()
+                else {
                     panic!("not a last frame")
                 };
                 o.answers.push((request, Some(knowledge)));
@@ -130,6 +132,7 @@ fn answer_all(c: &mut Replication, now: Duration, out: &Out, theirs: &Knowledge)
         let done = encode(
             &Message::SyncDone {
                 knowledge: theirs.clone(),
+                retention: Default::default(),
             },
             usize::MAX,
         )
@@ -298,6 +301,7 @@ fn a_reconciliation_groups_its_applies_pauses_reading_and_finishes_after_them() 
     let done = encode(
         &Message::SyncDone {
             knowledge: holding(THEM, 10),
+            retention: Default::default(),
         },
         usize::MAX,
     )
@@ -342,6 +346,7 @@ fn a_reconciliation_that_hears_nothing_fails_and_is_retried() {
     let done = encode(
         &Message::SyncDone {
             knowledge: Knowledge::default(),
+            retention: Default::default(),
         },
         usize::MAX,
     )
@@ -369,6 +374,7 @@ fn serving_extracts_what_the_requester_lacks_and_answers_once_with_fresh_knowled
     let req = encode(
         &Message::SyncRequest {
             knowledge: holding(ME, 2),
+            retention: Default::default(),
         },
         usize::MAX,
     )
@@ -414,7 +420,16 @@ fn a_peer_holding_more_of_our_own_actor_makes_us_move_to_a_new_one_at_most_once_
     c.peer_up(addr(2), None);
     drain(&mut c, ms(0));
     // A peer holding exactly our head confirms the file: probation over.
-    let req = |k: Knowledge| encode(&Message::SyncRequest { knowledge: k }, usize::MAX).unwrap();
+    let req = |k: Knowledge| {
+        encode(
+            &Message::SyncRequest {
+                knowledge: k,
+                retention: Default::default(),
+            },
+            usize::MAX,
+        )
+        .unwrap()
+    };
     c.handle_request(ms(1), addr(2), RequestId(1), &req(holding(ME, 5)))
         .unwrap();
     assert!(!c.take_probation());

@@ -169,6 +169,7 @@ fn reconcile_bytes(rows: usize, k: usize) -> (usize, usize) {
     let request = litemesh_proto::encode(
         &litemesh_proto::Message::SyncRequest {
             knowledge: b.knowledge().unwrap(),
+            retention: Default::default(),
         },
         usize::MAX,
     )
@@ -187,6 +188,7 @@ fn reconcile_bytes(rows: usize, k: usize) -> (usize, usize) {
     let done = litemesh_proto::encode(
         &litemesh_proto::Message::SyncDone {
             knowledge: a.knowledge().unwrap(),
+            retention: Default::default(),
         },
         usize::MAX,
     )

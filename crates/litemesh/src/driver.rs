@@ -277,6 +277,10 @@ fn event(inner: &Arc<Inner>, e: Event) {
             }
             return;
         }
+        Event::Collect(cut) => {
+            start_collection(inner, cut);
+            return;
+        }
     };
     match e {
         SyncEvent::RotateActor {
@@ -309,6 +313,36 @@ fn event(inner: &Arc<Inner>, e: Event) {
                 }
             });
         }
+        SyncEvent::RaiseFloors(floors) => {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let res = inner
+                    .with_writer(move |w| {
+                        w.raise_floors(&floors)?;
+                        Ok(w.floors()?)
+                    })
+                    .await;
+                match res {
+                    Ok(floors) => drive(&inner, |c, _| c.set_floors(floors)),
+                    Err(e) => tracing::error!("could not record a peer's collection floors: {e}"),
+                }
+            });
+        }
+        SyncEvent::PeerNeedsSnapshot { peer, missing } => {
+            tracing::error!(
+                %peer,
+                missing,
+                "a peer lacks versions whose tombstones this node collected (it was away longer \
+                 than collection waited for it): its reconciliations are refused and its \
+                 broadcasts dropped until it is replaced by a fresh file or a restore"
+            );
+        }
+        SyncEvent::NeedsSnapshot { from, reason } => {
+            tracing::error!(
+                %from,
+                "this node cannot catch up incrementally and now refuses writes: {reason}"
+            );
+        }
         SyncEvent::CancelSession(id) => {
             if let Some(ctl) = streams(inner).sessions.get(&id) {
                 ctl.cancelled.store(true, Ordering::SeqCst);
@@ -325,6 +359,88 @@ fn event(inner: &Arc<Inner>, e: Event) {
             Some(e) => tracing::debug!(%peer, "sync failed: {e}"),
         },
     }
+}
+
+/// Change-log chunks one collection pass reads (one writer transaction,
+/// a few milliseconds): a backlog is worked through pass by pass, with
+/// writes in between.
+const COLLECT_BUDGET: u64 = 512;
+
+/// Collects the tombstones of `cut` in the background, one pass at a time;
+/// a cut that arrives meanwhile is taken after (only the newest).
+fn start_collection(
+    inner: &Arc<Inner>,
+    cut: std::collections::BTreeMap<litemesh_proto::ActorId, u64>,
+) {
+    {
+        let mut c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+        c.pending = Some(cut);
+        if c.running {
+            return;
+        }
+        c.running = true;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        loop {
+            let cut = {
+                let mut c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+                match c.pending.take() {
+                    Some(cut) => cut,
+                    None => {
+                        c.running = false;
+                        return;
+                    }
+                }
+            };
+            let mut collected = 0;
+            loop {
+                let pass_cut = cut.clone();
+                let res = inner
+                    .with_writer(move |w| {
+                        let c = w.collect(&pass_cut, COLLECT_BUDGET)?;
+                        Ok((c, w.floors()?, w.collected_through()?))
+                    })
+                    .await;
+                match res {
+                    Ok((c, floors, through)) => {
+                        collected += c.tombstones;
+                        {
+                            let mut s = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+                            s.tombstones += c.tombstones;
+                            s.passes += 1;
+                            s.error = None;
+                            if !c.more {
+                                s.done = cut.clone();
+                            }
+                        }
+                        drive(&inner, |core, _| {
+                            core.set_floors(floors);
+                            core.set_collected(through);
+                        });
+                        if !c.more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("collecting tombstones failed: {e}");
+                        inner
+                            .collection
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if collected > 0 {
+                tracing::info!(
+                    tombstones = collected,
+                    "collected tombstones every node holds"
+                );
+            }
+        }
+    });
 }
 
 /// Reads the response of one reconciliation this node opened, frame by

@@ -77,6 +77,10 @@ pub enum Error {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A peer collected tombstones of versions this node lacks: it refuses
+    /// writes until it is replaced (docs/retention.md).
+    #[error("this node cannot catch up incrementally and refuses writes: {0}")]
+    NeedsSnapshot(String),
 }
 
 impl From<rusqlite::Error> for Error {

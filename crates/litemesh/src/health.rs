@@ -109,6 +109,13 @@ pub enum HealthIssue {
         /// The members, by name.
         peers: Vec<String>,
     },
+    /// A peer collected tombstones of versions this node lacks: it cannot
+    /// catch up incrementally (rows deleted meanwhile may still be here),
+    /// refuses writes, and must be replaced (docs/retention.md).
+    NeedsSnapshot {
+        /// What the peer said.
+        reason: String,
+    },
     /// The node is shutting down.
     ShuttingDown,
 }
@@ -126,6 +133,7 @@ impl HealthIssue {
             HealthIssue::CannotWrite { .. } => "cannot_write",
             HealthIssue::FileGone { .. } => "file_gone",
             HealthIssue::PlacementMismatch { .. } => "placement_mismatch",
+            HealthIssue::NeedsSnapshot { .. } => "needs_snapshot",
             HealthIssue::ShuttingDown => "shutting_down",
         }
     }
@@ -176,6 +184,9 @@ impl fmt::Display for HealthIssue {
                  schema on every node",
                 peers.join(", ")
             ),
+            HealthIssue::NeedsSnapshot { reason } => {
+                write!(f, "cannot catch up incrementally, writes refused: {reason}")
+            }
             HealthIssue::ShuttingDown => f.write_str("shutting down"),
         }
     }

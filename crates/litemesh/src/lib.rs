@@ -52,7 +52,7 @@ pub use session::{backup_file, restore};
 pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{
-    MemberInfo, MemberRetention, MemberState, PeerState, PeerStatus, QuarantineStatus,
-    RegionStatus, RetainedWriter, RetentionReport, Status, WriterStatus,
+    CollectionReport, MemberInfo, MemberRetention, MemberState, PeerState, PeerStatus,
+    QuarantineStatus, RegionStatus, RetainedWriter, RetentionReport, Status, WriterStatus,
 };
 pub use token::Token;

@@ -43,13 +43,16 @@ use crate::session::{self, FileLock};
 use crate::settings::{Settings, Tls};
 use crate::sql::{QueryResult, Statement};
 use crate::status::{
-    MemberInfo, MemberRetention, PeerState, PeerStatus, QuarantineStatus, RegionStatus,
-    RetainedWriter, RetentionReport, Status, WriterStatus,
+    CollectionReport, MemberInfo, MemberRetention, PeerState, PeerStatus, QuarantineStatus,
+    RegionStatus, RetainedWriter, RetentionReport, Status, WriterStatus,
 };
 use crate::token::Token;
 
 /// Period of the maintenance task.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Change-log chunks the background sweep reads per maintenance tick (with
+/// a retention policy): a few milliseconds of the writer, ~10,000 entries.
+const SWEEP_CHUNKS: u64 = 64;
 /// Without a successful write for this long, the maintenance task probes.
 const WRITE_PROBE_AFTER: Duration = Duration::from_secs(5);
 
@@ -164,6 +167,10 @@ pub(crate) struct Inner {
     placement_warned: Mutex<HashSet<SocketAddr>>,
     /// Members unreachable now (since when), and the longest absence seen.
     absences: Mutex<Absences>,
+    /// Tombstone collection: the cut waiting to be collected, and totals.
+    pub(crate) collection: Mutex<Collection>,
+    /// The retention policy (`None`: keep every tombstone).
+    pub(crate) retention: Option<Duration>,
     /// Group commit counters: transactions, and the commits they took.
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_groups: AtomicU64,
@@ -245,6 +252,27 @@ impl Inner {
             .into_iter()
             .map(|a| self.transport.peer_name(a).unwrap_or_else(|| a.to_string()))
             .collect()
+    }
+
+    /// Notes since when tombstone collection has been held back, and logs
+    /// when it starts and stops being held back.
+    fn track_collection(&self) {
+        if self.retention.is_none() {
+            return;
+        }
+        let held = self.core().collection().held_back;
+        let mut c = self.collection.lock().unwrap_or_else(|e| e.into_inner());
+        match (&held, c.held_since) {
+            (Some(why), None) => {
+                tracing::info!("tombstone collection is held back: {why}");
+                c.held_since = Some(std::time::Instant::now());
+            }
+            (None, Some(_)) => {
+                tracing::info!("tombstone collection is no longer held back");
+                c.held_since = None;
+            }
+            _ => {}
+        }
     }
 
     /// Notes which members are unreachable since when, and the longest
@@ -570,6 +598,29 @@ fn check_advertise(
 }
 
 /// Members unreachable now, and the longest absence seen (see
+/// Tombstone collection as the node runs it (the core decides the cut).
+#[derive(Debug, Default)]
+pub(crate) struct Collection {
+    /// A cut the core handed over and no pass has taken yet.
+    pub pending: Option<std::collections::BTreeMap<ActorId, u64>>,
+    /// Whether a collection task runs.
+    pub running: bool,
+    /// Tombstones collected since the node started.
+    pub tombstones: u64,
+    /// Passes run (one per budget of change-log chunks).
+    pub passes: u64,
+    /// The cut collected last (per actor).
+    pub done: std::collections::BTreeMap<ActorId, u64>,
+    /// Why the last pass failed, if it did.
+    pub error: Option<String>,
+    /// Since when the core has reported collection held back.
+    pub held_since: Option<std::time::Instant>,
+    /// Where the background sweep of the change log goes on.
+    pub sweep_from: i64,
+    /// Change-log entries the sweep removed (their cells all overwritten).
+    pub log_entries_removed: u64,
+}
+
 /// `Inner::track_absences`).
 #[derive(Debug, Default)]
 struct Absences {
@@ -897,6 +948,8 @@ impl Node {
         if !unreadable.is_empty() {
             core.save_failed(unreadable);
         }
+        core.set_retention(settings.retention, writer.owned_actors()?, writer.floors()?);
+        core.set_collected(writer.collected_through()?);
         if !placement.is_empty() {
             // Under mutual TLS a peer's region is its certificate's, never
             // what it gossips.
@@ -949,6 +1002,8 @@ impl Node {
             insecure: matches!(settings.tls, Tls::Insecure),
             placement_warned: Mutex::new(HashSet::new()),
             absences: Mutex::new(Absences::default()),
+            collection: Mutex::new(Collection::default()),
+            retention: settings.retention,
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             apply_transactions: AtomicU64::new(0),
@@ -1030,6 +1085,11 @@ impl Node {
     pub async fn execute(&self, statements: Vec<Statement>) -> Result<Executed, Error> {
         if self.inner.closed() {
             return Err(Error::ShuttingDown);
+        }
+        // Its rows may include some deleted elsewhere whose tombstones are
+        // gone: a write could bring them back.
+        if let Some(why) = self.inner.core().needs_snapshot() {
+            return Err(Error::NeedsSnapshot(why));
         }
         // Queued for the next group commit; what follows the commit (the
         // broadcast, the local change event, the head to publish) runs in
@@ -1300,6 +1360,15 @@ impl Node {
             .clone();
         let now_ms = unix_ms();
         let f = inner.failures().clone();
+        let tombstones_collected = inner
+            .collection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tombstones;
+        let (collection_held_back, needs_snapshot) = {
+            let core = inner.core();
+            (core.collection().held_back, core.needs_snapshot())
+        };
         Ok(Status {
             name: inner.name.clone(),
             actor,
@@ -1332,6 +1401,9 @@ impl Node {
             broadcasts_withheld: stats.broadcasts_withheld,
             placement_rows_refused: inner.placement_rows_refused.load(Ordering::Relaxed),
             rows_not_carried: inner.rows_not_carried.load(Ordering::Relaxed),
+            tombstones_collected,
+            collection_held_back,
+            needs_snapshot,
             placement_mismatch: inner.placement_mismatch(),
             placement: inner
                 .placement
@@ -1368,6 +1440,18 @@ impl Node {
             .iter()
             .filter_map(|m| m.actor.map(|a| (a, m.name.clone())))
             .collect();
+        let status = inner.core().collection();
+        let (done, tombstones, swept, error, held_since) = {
+            let c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                c.done.clone(),
+                c.tombstones,
+                c.log_entries_removed,
+                c.error.clone(),
+                c.held_since,
+            )
+        };
+        let floors = metadata.floors.clone();
         let writers = k
             .heads()
             .into_iter()
@@ -1379,8 +1463,9 @@ impl Node {
                     names.get(&actor).cloned()
                 },
                 head,
-                // Nothing is collected: every version can be served.
+                // Collected versions are served as cleared: all servable.
                 oldest_servable: 1,
+                collected_through: done.get(&actor).copied().unwrap_or(0),
             })
             .collect();
         let now = std::time::Instant::now();
@@ -1388,6 +1473,7 @@ impl Node {
             let a = inner.absences.lock().unwrap_or_else(|e| e.into_inner());
             (a.since.clone(), a.longest.clone())
         };
+        let stale = inner.core().replication().stale_peers().clone();
         let members = inner
             .core()
             .members()
@@ -1398,17 +1484,54 @@ impl Node {
                 addr: m.addr,
                 state: m.state,
                 unreachable_for: since.get(&m.addr).map(|s| now.duration_since(*s)),
-                incremental: true,
+                incremental: !stale.contains(&m.addr),
             })
             .collect();
+        let name_of = |a: SocketAddr| {
+            inner
+                .core()
+                .members()
+                .iter()
+                .find(|m| m.addr == a)
+                .map_or_else(|| a.to_string(), |m| m.name.clone())
+        };
+        let held_back_for = held_since.map(|t| now.duration_since(t));
+        let mut warnings = Vec::new();
+        if let (Some(policy), Some(held), Some(why)) =
+            (inner.retention, held_back_for, status.held_back.as_ref())
+            && held > policy
+        {
+            warnings.push(format!(
+                "tombstone collection has been held back for {}s, longer than the retention \
+                 window ({}s): {why}; tombstones accumulate until it advances (a member that \
+                 is gone for good is forgotten after --forget-after)",
+                held.as_secs(),
+                policy.as_secs()
+            ));
+        }
+        if let Some(e) = &error {
+            warnings.push(format!("the last tombstone collection failed: {e}"));
+        }
+        let collection = CollectionReport {
+            stable_versions: status.stable.values().sum(),
+            collected_versions: done.values().sum(),
+            tombstones_collected: tombstones,
+            log_entries_swept: swept,
+            held_back: status.held_back.clone(),
+            held_back_for,
+            slowest_member: status.laggard.map(|(a, n)| (name_of(a), n)),
+            floors,
+            error,
+        };
         Ok(RetentionReport {
-            policy: None,
+            policy: inner.retention,
+            collection,
             offline_limit: None,
             writers,
             members,
             longest_absence: longest,
             metadata,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -1459,6 +1582,11 @@ impl Node {
         if !s.placement_mismatch.is_empty() {
             issues.push(HealthIssue::PlacementMismatch {
                 peers: s.placement_mismatch.clone(),
+            });
+        }
+        if let Some(reason) = &s.needs_snapshot {
+            issues.push(HealthIssue::NeedsSnapshot {
+                reason: reason.clone(),
             });
         }
         if let Some(q) = s.quarantined.first() {
@@ -1653,6 +1781,7 @@ async fn maintenance_loop(inner: Arc<Inner>) {
         inner.failures().file_gone = gone;
         inner.warn_placement_mismatch();
         inner.track_absences();
+        inner.track_collection();
         let idle = inner
             .failures()
             .last_write_ok
@@ -1663,6 +1792,26 @@ async fn maintenance_loop(inner: Arc<Inner>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
+        if inner.retention.is_some() {
+            // With a retention policy the change log is swept too: entries
+            // whose cells were all overwritten since serve nothing.
+            let from = inner
+                .collection
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sweep_from;
+            match inner
+                .with_writer(move |w| Ok(w.compact_step(from, SWEEP_CHUNKS)?))
+                .await
+            {
+                Ok((removed, next)) => {
+                    let mut c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+                    c.sweep_from = next.unwrap_or(0);
+                    c.log_entries_removed += removed;
+                }
+                Err(e) => tracing::warn!("sweeping the change log failed: {e}"),
+            }
+        }
         let save = inner.core().wants_save(inner.now());
         if !(idle || failing || quarantined > 0 || save) {
             continue;

@@ -92,6 +92,10 @@ pub struct Settings {
     /// A member not seen for this long is forgotten (no longer rejoined, no
     /// longer counted as known). Default 3 days.
     pub forget_after: Duration,
+    /// The retention policy: once every node holds a deleted row's delete,
+    /// keep its tombstone this much longer, then collect it (see
+    /// docs/retention.md). `None` (the default): keep every tombstone.
+    pub retention: Option<Duration>,
 }
 
 impl Settings {
@@ -120,6 +124,7 @@ impl Settings {
             max_query_rows: 1_000_000,
             query_connections: 4,
             forget_after: Duration::from_secs(3 * 24 * 3600),
+            retention: None,
         }
     }
 }

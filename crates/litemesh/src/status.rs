@@ -212,6 +212,14 @@ pub struct Status {
     /// A partial replica: rows of tables it does not carry that peers sent
     /// (they did not know), left out.
     pub rows_not_carried: u64,
+    /// Tombstones collected since the node started (a retention policy).
+    pub tombstones_collected: u64,
+    /// Why tombstone collection cannot advance, if a policy is set and
+    /// something holds it back (`GET /v1/retention` tells more).
+    pub collection_held_back: Option<String>,
+    /// Why this node cannot catch up incrementally and refuses writes, if a
+    /// peer collected tombstones of versions it lacks.
+    pub needs_snapshot: Option<String>,
     /// Members whose schema pins tables differently from this node's.
     pub placement_mismatch: Vec<String>,
     /// Pinned tables and the regions they may live in.
@@ -235,16 +243,17 @@ pub struct Status {
 }
 
 /// What this node keeps and for how long (`Node::retention`): the policy,
-/// how far back each writer's versions can still be served, whether each
-/// member can still catch up incrementally, the absences seen, and what the
-/// replication metadata weighs. Nothing is collected yet (see
-/// docs/retention.md): every version stays servable, every member can catch
-/// up incrementally however long it was away.
+/// how far tombstone collection has gone and what holds it back, how far
+/// back each writer's versions can still be served, whether each member can
+/// still catch up incrementally, the absences seen, and what the
+/// replication metadata weighs (see docs/retention.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetentionReport {
-    /// How long changes are kept once every member holds them (`None`:
+    /// How long tombstones are kept once every node holds them (`None`:
     /// forever, nothing is collected).
     pub policy: Option<Duration>,
+    /// Tombstone collection: how far it has gone, what holds it back.
+    pub collection: CollectionReport,
     /// How long a node may be away and still catch up incrementally
     /// (`None`: any time).
     pub offline_limit: Option<Duration>,
@@ -261,6 +270,31 @@ pub struct RetentionReport {
     pub warnings: Vec<String>,
 }
 
+/// Tombstone collection in a [`RetentionReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CollectionReport {
+    /// Versions every node holds now (stable; summed over writers).
+    pub stable_versions: u64,
+    /// Versions whose tombstones were collected (summed over writers).
+    pub collected_versions: u64,
+    /// Tombstones collected since this node started.
+    pub tombstones_collected: u64,
+    /// Change-log entries the background sweep removed since this node
+    /// started (every cell they wrote was overwritten since).
+    pub log_entries_swept: u64,
+    /// Why collection cannot advance, if something holds it back.
+    pub held_back: Option<String>,
+    /// How long it has been held back.
+    pub held_back_for: Option<Duration>,
+    /// The member whose last report lacks the most versions this node
+    /// holds (name or address), and how many.
+    pub slowest_member: Option<(String, u64)>,
+    /// Per table, the causal length fresh inserts start above.
+    pub floors: std::collections::BTreeMap<String, u64>,
+    /// Why the last collection pass failed, if it did.
+    pub error: Option<String>,
+}
+
 /// One writer in a [`RetentionReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedWriter {
@@ -270,8 +304,12 @@ pub struct RetainedWriter {
     pub name: Option<String>,
     /// The highest of its versions this node holds.
     pub head: u64,
-    /// The oldest of its versions this node can still serve (1: all).
+    /// The oldest of its versions this node can still serve (1: all —
+    /// versions whose tombstones were collected are served as cleared,
+    /// with the floors that replace them).
     pub oldest_servable: u64,
+    /// Its versions whose tombstones have been collected here (`1..=n`).
+    pub collected_through: u64,
 }
 
 /// One member in a [`RetentionReport`].

@@ -1,0 +1,277 @@
+//! The retention policy with real agent processes: tombstones are collected
+//! once every node holds the deletes, a member that is away holds
+//! collection back (and says so) and catches up incrementally when it
+//! returns, and keys deleted and collected can be inserted again on any
+//! node, a node that joined later included.
+
+mod common;
+
+use common::*;
+use serde_json::{Value as Json, json};
+
+fn retention(api: &str) -> Json {
+    let (code, body) = get(api, "/v1/retention");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn tombstones(api: &str) -> u64 {
+    retention(api)["metadata"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tombstones"].as_u64().unwrap())
+        .sum()
+}
+
+fn count(api: &str) -> i64 {
+    scalar(api, "SELECT count(*) FROM items")
+}
+
+fn agent(d: &std::path::Path, sc: &str, name: &str, listen: &str, seed: Option<&str>) -> Agent {
+    agent_with(d, sc, name, listen, seed, &[])
+}
+
+fn agent_with(
+    d: &std::path::Path,
+    sc: &str,
+    name: &str,
+    listen: &str,
+    seed: Option<&str>,
+    extra: &[&str],
+) -> Agent {
+    let db = s(&d.join(format!("{name}.db")));
+    let mut args = vec![
+        "--db",
+        &db,
+        "--listen",
+        listen,
+        "--api",
+        "127.0.0.1:0",
+        "--schema",
+        sc,
+        "--insecure",
+        "--name",
+        name,
+        "--retention",
+        "1s",
+    ];
+    if let Some(seed) = seed {
+        args.extend(["--seed", seed]);
+    }
+    args.extend(extra);
+    Agent::start(d, name, &args)
+}
+
+#[test]
+fn tombstones_are_collected_once_every_node_holds_the_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let n1 = agent(d, &sc, "n1", "127.0.0.1:0", None);
+    let n2 = agent(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen));
+    let mut n3 = agent(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen));
+    let all = || [&n1.api, &n2.api];
+    let stmts: Vec<Json> = (0..100)
+        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
+        .collect();
+    exec(&n1.api, Json::Array(stmts));
+    eventually(20, "the rows on n2", || count(&n2.api) == 100);
+    exec(&n2.api, json!(["DELETE FROM items WHERE qty < 90"]));
+    eventually(20, "the deletes everywhere", || {
+        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 10)
+    });
+    eventually(60, "every tombstone collected on every node", || {
+        [&n1.api, &n2.api, &n3.api]
+            .iter()
+            .all(|a| tombstones(a) == 0)
+    });
+    let r = retention(&n1.api);
+    assert_eq!(r["policy_secs"].as_f64(), Some(1.0), "{r}");
+    assert!(
+        r["collection"]["tombstones_collected"].as_u64().unwrap() >= 90,
+        "{r}"
+    );
+    assert_eq!(r["collection"]["floors"]["items"].as_u64(), Some(2), "{r}");
+    let (_, metrics) = get(&n2.api, "/metrics");
+    assert!(
+        metrics.contains("litemesh_tombstones_collected_total 90")
+            && metrics.contains("litemesh_collection_held_back 0"),
+        "{metrics}"
+    );
+    let o = run(&["retention", "--api", &n3.api]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("90 tombstones collected") && out.contains("items=2"),
+        "{out}"
+    );
+
+    // A key whose tombstone is gone everywhere is inserted again: its new
+    // life starts above the floor and reaches every node.
+    exec(
+        &n2.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('k5', 500)"]),
+    );
+    eventually(20, "the re-inserted key everywhere", || {
+        [&n1.api, &n2.api, &n3.api]
+            .iter()
+            .all(|a| scalar(a, "SELECT coalesce(sum(qty), 0) FROM items WHERE id = 'k5'") == 500)
+    });
+
+    // n3 goes away: deletes made meanwhile keep their tombstones on n1 and
+    // n2 (n3 may still write those keys), and n1 names who it waits for.
+    let n3_listen = n3.listen.clone();
+    n3.terminate();
+    exec(&n1.api, json!(["DELETE FROM items WHERE qty >= 90"]));
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    for a in all() {
+        // The ten rows left of the first batch and the re-inserted key.
+        assert_eq!(tombstones(a), 11, "collected while n3 lacks the deletes");
+    }
+    let r = retention(&n1.api);
+    assert_eq!(
+        r["collection"]["slowest_member"].as_str(),
+        Some("n3"),
+        "{r}"
+    );
+    // n3 comes back on its address and file: it catches up incrementally,
+    // the deleted rows stay deleted, and then the tombstones go.
+    let n3 = agent(d, &sc, "n3", &n3_listen, Some(&n1.listen));
+    eventually(30, "n3 caught up", || count(&n3.api) == 0);
+    eventually(60, "the new tombstones collected", || {
+        [&n1.api, &n2.api, &n3.api]
+            .iter()
+            .all(|a| tombstones(a) == 0)
+    });
+
+    // A node that joins after all this learns the floors at its first
+    // reconciliation; its own insert of a collected key reaches everyone.
+    let n4 = agent(d, &sc, "n4", "127.0.0.1:0", Some(&n2.listen));
+    let heads = |api: &str| -> Vec<(String, u64)> {
+        retention(api)["writers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["actor"].to_string(), w["head"].as_u64().unwrap()))
+            .collect()
+    };
+    eventually(30, "n4 caught up", || heads(&n4.api) == heads(&n1.api));
+    assert!(
+        retention(&n4.api)["collection"]["floors"]["items"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    exec(
+        &n4.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('k95', 950)"]),
+    );
+    eventually(20, "n4's insert everywhere", || {
+        [&n1.api, &n2.api, &n3.api, &n4.api]
+            .iter()
+            .all(|a| count(a) == 1)
+    });
+}
+
+#[test]
+fn a_bad_retention_flag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let db = s(&d.join("x.db"));
+    let r = Agent::try_start(
+        d,
+        "x",
+        &[
+            "--db",
+            &db,
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--schema",
+            &sc,
+            "--insecure",
+            "--retention",
+            "forever",
+        ],
+    );
+    let Err((_, err)) = r else {
+        panic!("an agent started with --retention forever")
+    };
+    assert!(err.contains("--retention"), "{err}");
+}
+
+/// A node away longer than the others waited for it (`--forget-after`)
+/// comes back with its old file: the versions it lacks had their tombstones
+/// collected, so it cannot catch up incrementally. It is told so, says so
+/// (health, status, 503 on writes), its peers refuse to pull from it — and
+/// once it is replaced by a fresh file it joins and converges.
+#[test]
+fn a_node_back_after_the_others_stopped_waiting_is_told_it_needs_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let quick = ["--forget-after", "3s"];
+    let n1 = agent_with(d, &sc, "n1", "127.0.0.1:0", None, &quick);
+    let n2 = agent_with(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen), &quick);
+    let mut n3 = agent_with(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen), &quick);
+    let stmts: Vec<Json> = (0..20)
+        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
+        .collect();
+    exec(&n1.api, Json::Array(stmts));
+    eventually(20, "the rows everywhere", || {
+        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 20)
+    });
+    let n3_listen = n3.listen.clone();
+    n3.terminate();
+    exec(&n1.api, json!(["DELETE FROM items WHERE qty < 15"]));
+    // Once n3 is forgotten, nothing waits for it: the tombstones go.
+    eventually(60, "tombstones collected without n3", || {
+        [&n1.api, &n2.api].iter().all(|a| tombstones(a) == 0)
+    });
+    let n3 = agent_with(d, &sc, "n3", &n3_listen, Some(&n1.listen), &quick);
+    let health = |api: &str| get(api, "/v1/health");
+    eventually(30, "n3 told it needs a snapshot", || {
+        let (code, body) = health(&n3.api);
+        code == 503 && body.contains("needs_snapshot")
+    });
+    // Its stale rows are still there, and it refuses to write on them.
+    assert_eq!(count(&n3.api), 20);
+    let (code, body) = post(
+        &n3.api,
+        "/v1/transactions",
+        json!(["UPDATE items SET qty = 0 WHERE id = 'k1'"]).to_string(),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cannot catch up incrementally"), "{body}");
+    let r = retention(&n1.api);
+    let m = r["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "n3")
+        .cloned()
+        .unwrap_or(Json::Null);
+    assert_eq!(m["incremental"], false, "{r}");
+    // Nothing of n3's old state reaches the others.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(count(&n1.api), 5);
+    assert_eq!(count(&n2.api), 5);
+    // Replaced by a fresh file at the same address, it converges.
+    let mut n3 = n3;
+    n3.terminate();
+    for ext in ["", "-wal", "-shm", "-clean"] {
+        let _ = std::fs::remove_file(d.join(format!("n3.db{ext}")));
+    }
+    let n3 = agent_with(d, &sc, "n3", &n3_listen, Some(&n1.listen), &quick);
+    eventually(30, "the fresh n3 caught up", || count(&n3.api) == 5);
+    exec(
+        &n3.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('k1', 100)"]),
+    );
+    eventually(20, "its insert of a collected key everywhere", || {
+        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 6)
+    });
+}
