@@ -18,7 +18,7 @@ use litemesh_proto::{ActorId, Knowledge};
 use litemesh_sync::{HeldBack, Report, stable_cut};
 
 /// How often the stable cut is recomputed.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Most samples kept per window (they are spaced window / this apart).
 const SAMPLES_PER_WINDOW: u32 = 64;
 

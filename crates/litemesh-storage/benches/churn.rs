@@ -13,10 +13,11 @@
 //!
 //! Two runs of the same operations, side by side: with no retention policy
 //! (nothing collected), and with one, as a node with `--retention` runs it
-//! on its own: every second a sweep step of the change log (64 chunks), and
-//! every 5 seconds a collection of the tombstones made by versions stable
-//! at the previous check (a node alone holds everything it wrote: its
-//! stable cut is what it holds, and the cut waits one check, the window).
+//! on its own: every second a sweep step of the change log (twice the
+//! chunks written since the last step, at least 64), and a collection of
+//! the tombstones made by versions stable at the previous check (a node
+//! alone holds everything it wrote: its stable cut is what it holds; the
+//! cut waits one check, a window of about a second).
 //!
 //! Run: `cargo bench -p litemesh-storage --bench churn [-- --ops N --live N]`.
 
@@ -144,18 +145,20 @@ fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -
     let started = Instant::now();
     let mut done = 0;
     let mut collected = 0;
-    let mut next_sweep = Instant::now() + Duration::from_secs(1);
-    let mut next_check = Instant::now() + Duration::from_secs(5);
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
     let mut sweep_from = 0;
+    let mut sweep_high = 0;
     let mut cut: BTreeMap<ActorId, u64> = BTreeMap::new();
     while done < ops {
-        if policy && Instant::now() >= next_sweep {
-            next_sweep += Duration::from_secs(1);
-            let (_, next) = s.compact_step(sweep_from, 64).expect("sweep");
+        if policy && Instant::now() >= next_tick {
+            next_tick += Duration::from_secs(1);
+            // The node's maintenance tick: a sweep step sized by the log's
+            // growth, then the collection of the cut a check ago.
+            let high = s.log_high_water().expect("high water");
+            let budget = ((high - sweep_high).max(0) as u64 * 2).clamp(64, 4096);
+            sweep_high = high;
+            let (_, next) = s.compact_step(sweep_from, budget).expect("sweep");
             sweep_from = next.unwrap_or(0);
-        }
-        if policy && Instant::now() >= next_check {
-            next_check += Duration::from_secs(5);
             collected += s.collect(&cut, u64::MAX).expect("collect").tombstones;
             let k = s.knowledge().expect("knowledge");
             cut = k.have.keys().map(|a| (*a, k.complete_through(a))).collect();

@@ -215,13 +215,13 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         let old = clock_arg(ctx, 0)?;
         let entry = entry_arg(ctx, 1)?;
         let ncols: u32 = ctx.get(4)?;
-        let floor = ctx.get::<Option<i64>>(5)?.unwrap_or(0).max(0) as u64;
-        let new_life = old.as_ref().is_none_or(|o| o.cl % 2 == 0);
         let clock = RowClock::inserted(old.as_ref(), entry, ncols);
-        Ok(if new_life {
-            clock.above_floor(floor)
-        } else {
-            clock
+        Ok(match ctx.get::<Option<i64>>(5)? {
+            // A new life (no clock, or a tombstone) starts above the floor.
+            Some(floor) if old.as_ref().is_none_or(|o| o.cl % 2 == 0) => {
+                clock.above_floor(floor.max(0) as u64)
+            }
+            _ => clock,
         }
         .encode())
     })?;

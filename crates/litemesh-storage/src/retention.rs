@@ -36,6 +36,9 @@ pub struct Collected {
     pub tombstones: u64,
     /// Change-log chunks read.
     pub chunks_scanned: u64,
+    /// Change-log entries removed on the way because they owned nothing
+    /// any more (every cell overwritten, or the row deleted since).
+    pub dead_entries: u64,
     /// Whether the pass stopped at its budget with more to do.
     pub more: bool,
 }
@@ -71,7 +74,7 @@ impl Store {
         }
         let tx = self.conn.unchecked_transaction()?;
         for (name, cl) in higher {
-            raise_floor(&tx, name, cl)?;
+            raise_floor(&tx, &self.tables, name, cl)?;
         }
         tx.commit()?;
         Ok(true)
@@ -181,17 +184,27 @@ impl Store {
                         version: version as u64,
                         seq: le.seq,
                     };
-                    let tombstone = crate::merge::load_clock(&tx, t, &pk)?
-                        .filter(|c| c.cl % 2 == 0 && c.owner == entry);
-                    match tombstone {
-                        Some(c) => {
+                    let clock = crate::merge::load_clock(&tx, t, &pk)?;
+                    match clock {
+                        Some(c) if c.cl % 2 == 0 && c.owner == entry => {
                             tx.prepare_cached(&t.sql.delete_clock)?
                                 .execute(params_from_iter(pk.iter()))?;
                             let f = floors.entry(t.name.clone()).or_default();
                             *f = (*f).max(c.cl);
                             out.tombstones += 1;
                         }
-                        None => kept.push(le),
+                        // Still owns the row's life or a cell: kept.
+                        Some(c)
+                            if c.owner == entry
+                                || (c.cl % 2 == 1
+                                    && (0..t.cols.len() as u32)
+                                        .any(|i| c.cell(i).is_some_and(|x| x.entry == entry))) =>
+                        {
+                            kept.push(le)
+                        }
+                        // Owns nothing any more (overwritten, or its row
+                        // deleted since): compaction's job, done on the way.
+                        _ => out.dead_entries += 1,
                     }
                 }
                 if kept.len() < before {
@@ -216,10 +229,20 @@ impl Store {
             }
         }
         for (name, cl) in &floors {
-            raise_floor(&tx, name, *cl)?;
+            raise_floor(&tx, &self.tables, name, *cl)?;
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The highest id of a change-log chunk (chunks get increasing ids):
+    /// how fast the log grows, to size the background sweep by.
+    pub fn log_high_water(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM __lm_log", [], |r| {
+                r.get(0)
+            })?)
     }
 
     /// Whether changes wait to be applied (parked for an unknown table or
@@ -233,11 +256,25 @@ impl Store {
     }
 }
 
-fn raise_floor(conn: &rusqlite::Connection, name: &str, cl: u64) -> Result<()> {
+/// Raises `name`'s floor to `cl`. A table's first floor makes its capture
+/// triggers again, so that they read it (tables without one do not pay for
+/// the lookup).
+fn raise_floor(
+    conn: &rusqlite::Connection,
+    tables: &std::collections::HashMap<String, std::sync::Arc<crate::schema::TableMeta>>,
+    name: &str,
+    cl: u64,
+) -> Result<()> {
+    let first: bool = conn
+        .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM __lm_floor WHERE name = ?1)")?
+        .query_row([name], |r| r.get(0))?;
     conn.prepare_cached(
         "INSERT INTO __lm_floor(name, cl) VALUES (?1, ?2) \
          ON CONFLICT(name) DO UPDATE SET cl = max(cl, excluded.cl)",
     )?
     .execute((name, cl.min(i64::MAX as u64) as i64))?;
+    if first && let Some(t) = tables.get(name) {
+        crate::schema::create_triggers(conn, t)?;
+    }
     Ok(())
 }

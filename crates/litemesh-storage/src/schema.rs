@@ -1002,7 +1002,18 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     // A key inserted afresh starts a life above the table's floor: the
     // highest causal length of any tombstone collected in it (see
     // retention.rs), so it wins over a tombstone other nodes still hold.
-    let floor = format!("(SELECT cl FROM __lm_floor WHERE name = {tname})");
+    // Read only by tables that have one: the triggers are made again when
+    // a table gets its first floor.
+    let floored: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM __lm_floor WHERE name = ?1)",
+        [name],
+        |r| r.get(0),
+    )?;
+    let floor = if floored {
+        format!("(SELECT cl FROM __lm_floor WHERE name = {tname})")
+    } else {
+        "NULL".to_string()
+    };
     let insert_clock = |pkvals: &str| {
         format!(
             "INSERT INTO {clk}({pk_cols}, __clk) \

@@ -408,6 +408,7 @@ fn start_collection(
                         {
                             let mut s = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
                             s.tombstones += c.tombstones;
+                            s.log_entries_removed += c.dead_entries;
                             s.passes += 1;
                             s.error = None;
                             if !c.more {

@@ -51,8 +51,11 @@ use crate::token::Token;
 /// Period of the maintenance task.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// Change-log chunks the background sweep reads per maintenance tick (with
-/// a retention policy): a few milliseconds of the writer, ~10,000 entries.
+/// a retention policy), at least: a few milliseconds of the writer. When the
+/// log grows faster, twice the chunks written since the last tick (at most
+/// [`SWEEP_CHUNKS_MAX`]), so the sweep keeps up with any write rate.
 const SWEEP_CHUNKS: u64 = 64;
+const SWEEP_CHUNKS_MAX: u64 = 4096;
 /// Without a successful write for this long, the maintenance task probes.
 const WRITE_PROBE_AFTER: Duration = Duration::from_secs(5);
 
@@ -617,6 +620,8 @@ pub(crate) struct Collection {
     pub held_since: Option<std::time::Instant>,
     /// Where the background sweep of the change log goes on.
     pub sweep_from: i64,
+    /// The log's highest chunk id at the last sweep step.
+    pub sweep_high: i64,
     /// Change-log entries the sweep removed (their cells all overwritten).
     pub log_entries_removed: u64,
 }
@@ -1795,18 +1800,24 @@ async fn maintenance_loop(inner: Arc<Inner>) {
         if inner.retention.is_some() {
             // With a retention policy the change log is swept too: entries
             // whose cells were all overwritten since serve nothing.
-            let from = inner
-                .collection
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sweep_from;
+            let (from, last_high) = {
+                let c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+                (c.sweep_from, c.sweep_high)
+            };
             match inner
-                .with_writer(move |w| Ok(w.compact_step(from, SWEEP_CHUNKS)?))
+                .with_writer(move |w| {
+                    let high = w.log_high_water()?;
+                    let grew = high.saturating_sub(last_high).max(0) as u64;
+                    let budget = (grew * 2).clamp(SWEEP_CHUNKS, SWEEP_CHUNKS_MAX);
+                    let (removed, next) = w.compact_step(from, budget)?;
+                    Ok((removed, next, high))
+                })
                 .await
             {
-                Ok((removed, next)) => {
+                Ok((removed, next, high)) => {
                     let mut c = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
                     c.sweep_from = next.unwrap_or(0);
+                    c.sweep_high = high;
                     c.log_entries_removed += removed;
                 }
                 Err(e) => tracing::warn!("sweeping the change log failed: {e}"),
