@@ -111,6 +111,8 @@ pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     log_filter: String,
+    /// More flags every agent gets (e.g. `--retention 2s`).
+    pub extra_args: Vec<String>,
     /// The nodes.
     pub specs: Vec<NodeSpec>,
     procs: Vec<Option<Child>>,
@@ -172,6 +174,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             log_filter: log_filter.into(),
+            extra_args: Vec::new(),
             procs: (0..n).map(|_| None).collect(),
             state: vec![ProcState::Down; n],
             specs,
@@ -216,6 +219,7 @@ impl Cluster {
         for other in self.specs.iter().filter(|o| o.ix != ix) {
             cmd.args(["--seed", &other.listen]);
         }
+        cmd.args(&self.extra_args);
         cmd.env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

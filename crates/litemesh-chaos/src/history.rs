@@ -444,6 +444,9 @@ pub struct NodeEnd {
     /// `placement`: the pinned tables it knows, and their regions.
     #[serde(default)]
     pub placement: BTreeMap<String, Vec<String>>,
+    /// `tombstones_collected` (since its last start; a retention policy).
+    #[serde(default)]
+    pub tombstones_collected: u64,
     /// `/v1/health`'s status code; `None` without an answer.
     pub health: Option<u16>,
     /// Its issues when unhealthy: `(kind, message)`.

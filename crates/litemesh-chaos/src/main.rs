@@ -87,6 +87,10 @@ struct RunArgs {
     /// Seconds the final convergence may take before the run fails.
     #[arg(long, default_value_t = 60)]
     converge_deadline: u64,
+    /// The agents' retention policy (`litemesh agent --retention`), e.g.
+    /// `2s`: tombstones of deleted registers are collected during the run.
+    #[arg(long)]
+    retention: Option<String>,
     /// Internal: the namespace this process already runs in.
     #[arg(long, hide = true)]
     inside: Option<String>,
@@ -300,6 +304,7 @@ fn inside(args: RunArgs) -> ExitCode {
         converge_deadline: Duration::from_secs(args.converge_deadline),
         hostile_every: Duration::from_millis(args.hostile_ms),
         large_every: Duration::from_millis(args.large_ms),
+        retention: args.retention.clone(),
     };
     println!(
         "litemesh-chaos: {} nodes, seed {}, schedule {:?}, results in {}",

@@ -110,6 +110,18 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
         h.quiet_from,
         r.anomalies.len()
     );
+    if let Some(policy) = cfg.and_then(|c| c.retention.as_ref()) {
+        let collected: Vec<String> = h
+            .finals
+            .iter()
+            .filter_map(|f| f.end.as_ref().map(|e| e.tombstones_collected.to_string()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Retention policy {policy}: tombstones collected per node since its last start: {}\n",
+            collected.join(", ")
+        );
+    }
 
     let _ = writeln!(
         s,

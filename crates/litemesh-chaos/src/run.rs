@@ -56,6 +56,9 @@ pub struct RunConfig {
     pub hostile_every: Duration,
     /// Mean pause between large-value writes (zero: none).
     pub large_every: Duration,
+    /// The agents' retention policy (`--retention`), if any: tombstones of
+    /// the registers the workload deletes are collected during the run.
+    pub retention: Option<String>,
 }
 
 /// How long the end-of-run health check polls a node that is not yet healthy
@@ -509,6 +512,7 @@ impl Runner {
                 end.write_error = s.write_error;
                 end.placement_rows_refused = s.placement_rows_refused;
                 end.placement = s.placement;
+                end.tombstones_collected = s.tombstones_collected;
                 end.quarantined = s
                     .quarantined
                     .into_iter()
@@ -636,7 +640,10 @@ fn acked_target(ops: &[Op]) -> BTreeMap<String, u64> {
 pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
     let fw = Firewall::init()?;
     let n = cfg.nodes;
-    let cluster = Cluster::prepare(&cfg.agent_bin, &cfg.out, n, &cfg.agent_log)?;
+    let mut cluster = Cluster::prepare(&cfg.agent_bin, &cfg.out, n, &cfg.agent_log)?;
+    if let Some(r) = &cfg.retention {
+        cluster.extra_args = vec!["--retention".into(), r.clone()];
+    }
     let clients = n * cfg.clients_per_node;
     // Hostile ATTACH requests name files here; none may ever be created.
     let attach_dir = std::fs::canonicalize(&cfg.out)
@@ -722,6 +729,11 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
         token_wait: Duration::from_secs(2),
         hostile_every: cfg.hostile_every,
         large_every: cfg.large_every,
+        register_keys: if cfg.retention.is_some() {
+            8 * crate::workload::REGISTER_KEYS
+        } else {
+            crate::workload::REGISTER_KEYS
+        },
     };
     let mut handles: Vec<_> = (0..clients)
         .map(|c| {

@@ -76,6 +76,10 @@ pub struct WorkloadConfig {
     /// Mean pause between the large-value client's writes (zero: no such
     /// client).
     pub large_every: Duration,
+    /// Register keys the clients write and delete ([`REGISTER_KEYS`]; more
+    /// with a retention policy, so deleted keys stay deleted long enough
+    /// for their tombstones to be collected).
+    pub register_keys: usize,
 }
 
 /// One client's state.
@@ -172,7 +176,10 @@ impl Client {
     }
 
     fn key(&mut self) -> String {
-        format!("k{}", self.rng.random_range(0..REGISTER_KEYS))
+        format!(
+            "k{}",
+            self.rng.random_range(0..self.cfg.register_keys.max(1))
+        )
     }
 
     fn set_register(&mut self) -> Stmt {
