@@ -184,7 +184,8 @@ fn error_status(e: &Error) -> StatusCode {
         | Error::Stale { .. }
         | Error::NoReplica(_)
         | Error::ShuttingDown
-        | Error::NeedsSnapshot(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | Error::NeedsSnapshot(_)
+        | Error::Joining => StatusCode::SERVICE_UNAVAILABLE,
         Error::Transport(_) | Error::InUse(_) | Error::Protocol(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -175,7 +175,7 @@ fn tombstones_are_collected_once_every_node_holds_the_deletes() {
 }
 
 #[test]
-fn a_bad_retention_flag_is_refused() {
+fn a_bad_retention_flag_is_refused_and_a_new_node_writes_after_joining() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sc = schema(d);
@@ -201,6 +201,22 @@ fn a_bad_retention_flag_is_refused() {
         panic!("an agent started with --retention forever")
     };
     assert!(err.contains("--retention"), "{err}");
+    // A new node whose seed never answers has learned no floors: with a
+    // policy on, it refuses writes until its first reconciliation.
+    let lonely = agent(d, &sc, "lonely", "127.0.0.1:0", Some("127.0.0.1:9"));
+    let (code, body) = post(
+        &lonely.api,
+        "/v1/transactions",
+        json!(["INSERT INTO items (id, qty) VALUES ('a', 1)"]).to_string(),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("first reconciliation"), "{body}");
+    // The first node of a mesh (no seed) writes at once.
+    let first = agent(d, &sc, "first", "127.0.0.1:0", None);
+    exec(
+        &first.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('a', 1)"]),
+    );
 }
 
 /// A node away longer than the others waited for it (`--forget-after`)

@@ -355,7 +355,11 @@ fn event(inner: &Arc<Inner>, e: Event) {
             }
         }
         SyncEvent::SyncEnded { peer, error } => match error {
-            None => {}
+            None => {
+                if inner.joining.swap(false, Ordering::SeqCst) {
+                    tracing::info!(%peer, "first reconciliation with the mesh done: writes accepted");
+                }
+            }
             Some(e) => tracing::debug!(%peer, "sync failed: {e}"),
         },
     }

@@ -81,6 +81,13 @@ pub enum Error {
     /// writes until it is replaced (docs/retention.md).
     #[error("this node cannot catch up incrementally and refuses writes: {0}")]
     NeedsSnapshot(String),
+    /// A new node of a mesh with a retention policy, before its first
+    /// reconciliation: writes wait until it has learned the mesh's floors.
+    #[error(
+        "this node has not completed its first reconciliation with the mesh yet (a retention \
+         policy is on: writes wait until it has); retry in a moment"
+    )]
+    Joining,
 }
 
 impl From<rusqlite::Error> for Error {

@@ -174,6 +174,10 @@ pub(crate) struct Inner {
     pub(crate) collection: Mutex<Collection>,
     /// The retention policy (`None`: keep every tombstone).
     pub(crate) retention: Option<Duration>,
+    /// A new node of a mesh that collects tombstones, before its first
+    /// completed reconciliation: it refuses writes until it has learned
+    /// the mesh's floors (docs/retention.md).
+    pub(crate) joining: std::sync::atomic::AtomicBool,
     /// Group commit counters: transactions, and the commits they took.
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_groups: AtomicU64,
@@ -871,6 +875,16 @@ impl Node {
         } = opened;
         let actor = writer.actor_id();
         let knowledge0 = writer.knowledge()?;
+        // A new file joining a mesh with a retention policy: writes wait for
+        // its first reconciliation, which brings the floors (a key whose
+        // tombstone was collected must be inserted above them).
+        let owned0 = writer.owned_actors()?;
+        let joining = settings.retention.is_some()
+            && !settings.seeds.is_empty()
+            && knowledge0
+                .have
+                .iter()
+                .all(|(a, r)| r.is_empty() || owned0.contains(a));
         let head0 = knowledge0.have.get(&actor).and_then(|r| r.max());
         let mut tcfg = TransportConfig::new(settings.listen, settings.mesh_id.clone());
         tcfg.keep_alive = settings.keep_alive;
@@ -1009,6 +1023,7 @@ impl Node {
             absences: Mutex::new(Absences::default()),
             collection: Mutex::new(Collection::default()),
             retention: settings.retention,
+            joining: std::sync::atomic::AtomicBool::new(joining),
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             apply_transactions: AtomicU64::new(0),
@@ -1095,6 +1110,9 @@ impl Node {
         // gone: a write could bring them back.
         if let Some(why) = self.inner.core().needs_snapshot() {
             return Err(Error::NeedsSnapshot(why));
+        }
+        if self.inner.joining.load(Ordering::SeqCst) {
+            return Err(Error::Joining);
         }
         // Queued for the next group commit; what follows the commit (the
         // broadcast, the local change event, the head to publish) runs in
