@@ -41,6 +41,9 @@ pub struct Collected {
     pub dead_entries: u64,
     /// Whether the pass stopped at its budget with more to do.
     pub more: bool,
+    /// Nothing was done: changes wait to be applied (parked or
+    /// quarantined), and could meet a key whose tombstone would be gone.
+    pub waiting: bool,
 }
 
 impl Store {
@@ -122,6 +125,7 @@ impl Store {
     pub fn collect(&mut self, cut: &BTreeMap<ActorId, u64>, budget: u64) -> Result<Collected> {
         let mut out = Collected::default();
         if self.has_pending_changes()? {
+            out.waiting = true;
             return Ok(out);
         }
         let by_id: BTreeMap<i64, std::sync::Arc<crate::schema::TableMeta>> =

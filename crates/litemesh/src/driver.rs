@@ -407,6 +407,23 @@ fn start_collection(
                     })
                     .await;
                 match res {
+                    Ok((c, _, _)) if c.waiting => {
+                        // Parked or quarantined changes must apply first:
+                        // try again in a while (unless a newer cut comes).
+                        inner
+                            .collection
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .error = Some(
+                            "waiting for parked or quarantined changes to apply".into(),
+                        );
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                        let mut s = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
+                        if s.pending.is_none() {
+                            s.pending = Some(cut.clone());
+                        }
+                        break;
+                    }
                     Ok((c, floors, through)) => {
                         collected += c.tombstones;
                         {

@@ -1533,7 +1533,7 @@ impl Node {
             ));
         }
         if let Some(e) = &error {
-            warnings.push(format!("the last tombstone collection failed: {e}"));
+            warnings.push(format!("tombstone collection: {e}"));
         }
         let collection = CollectionReport {
             stable_versions: status.stable.values().sum(),
