@@ -366,10 +366,11 @@ pub fn retention(a: ApiArgs) -> CliResult {
     }
     println!(
         "offline limit:   {}",
-        dur(
-            r.offline_limit_secs,
-            "none: a node away for any time catches up incrementally"
-        )
+        match r.offline_limit_secs {
+            Some(s) =>
+                format!("{s:.0} s: a node away longer (forgotten) is refused and must be replaced"),
+            None => "none: a node away for any time catches up incrementally".into(),
+        }
     );
     match &r.longest_absence {
         Some(a) => println!(

@@ -291,3 +291,135 @@ fn a_node_back_after_the_others_stopped_waiting_is_told_it_needs_a_snapshot() {
         [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 6)
     });
 }
+
+/// A node away longer than the others wait comes back while they are down,
+/// and they come back seeded with it: it neither takes writes nor serves
+/// its stale rows until a peer has checked it — and the peer tells it it
+/// needs a snapshot. The deleted rows stay deleted on the others.
+#[test]
+fn a_stale_node_is_checked_before_it_writes_or_is_pulled_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let quick = ["--forget-after", "3s"];
+    let n1 = agent_with(d, &sc, "n1", "127.0.0.1:0", None, &quick);
+    let n2 = agent_with(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen), &quick);
+    let mut n3 = agent_with(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen), &quick);
+    let stmts: Vec<Json> = (0..10)
+        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
+        .collect();
+    exec(&n1.api, Json::Array(stmts));
+    eventually(20, "the rows everywhere", || {
+        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 10)
+    });
+    let n3_listen = n3.listen.clone();
+    n3.terminate();
+    exec(&n1.api, json!(["DELETE FROM items WHERE qty < 5"]));
+    eventually(60, "tombstones collected without n3", || {
+        [&n1.api, &n2.api].iter().all(|a| tombstones(a) == 0)
+    });
+    let (l1, l2) = (n1.listen.clone(), n2.listen.clone());
+    drop(n1);
+    drop(n2);
+    // n3 alone: away longer than --forget-after, it takes no write.
+    let n3 = agent_with(d, &sc, "n3", &n3_listen, None, &quick);
+    let (code, body) = post(
+        &n3.api,
+        "/v1/transactions",
+        json!(["UPDATE items SET qty = qty + 1000 WHERE id IN ('k1', 'k2')"]).to_string(),
+    );
+    assert_eq!(code, 503, "{body}");
+    // The others come back seeded with n3: they pull from it first, and
+    // get nothing; n3 is told it needs a snapshot.
+    let n1 = agent_with(d, &sc, "n1", &l1, Some(&n3_listen), &quick);
+    let n2 = agent_with(d, &sc, "n2", &l2, Some(&n3_listen), &quick);
+    eventually(30, "n3 told it needs a snapshot", || {
+        get(&n3.api, "/v1/health").1.contains("needs_snapshot")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(count(&n1.api), 5);
+    assert_eq!(count(&n2.api), 5);
+    // Kept in its file: restarted, n3 still refuses writes.
+    let mut n3 = n3;
+    n3.terminate();
+    let n3 = agent_with(d, &sc, "n3", &n3_listen, Some(&n1.listen), &quick);
+    let (code, body) = post(
+        &n3.api,
+        "/v1/transactions",
+        json!(["UPDATE items SET qty = 1 WHERE id = 'k1'"]).to_string(),
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cannot catch up incrementally"), "{body}");
+}
+
+/// A file that wrote on its own (the first node of a mesh of its own) and
+/// then joins a mesh that collected tombstones is refused: its writes were
+/// made without knowing those deletes, so they would win on some nodes and
+/// lose on others. Nothing of it reaches the mesh.
+#[test]
+fn a_file_that_wrote_before_joining_a_collecting_mesh_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let n1 = agent(d, &sc, "n1", "127.0.0.1:0", None);
+    let n2 = agent(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen));
+    exec(
+        &n1.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('k', 1)"]),
+    );
+    eventually(20, "k on n2", || count(&n2.api) == 1);
+    exec(&n2.api, json!(["DELETE FROM items WHERE id = 'k'"]));
+    eventually(60, "k's tombstone collected", || {
+        [&n1.api, &n2.api]
+            .iter()
+            .all(|a| tombstones(a) == 0 && count(a) == 0)
+    });
+    // n4 starts a mesh of its own and writes k there.
+    let mut n4 = agent(d, &sc, "n4", "127.0.0.1:0", None);
+    exec(
+        &n4.api,
+        json!(["INSERT INTO items (id, qty) VALUES ('k', 444)"]),
+    );
+    let l4 = n4.listen.clone();
+    n4.terminate();
+    let n4 = agent(d, &sc, "n4", &l4, Some(&n1.listen));
+    eventually(30, "n4 told it needs a snapshot", || {
+        get(&n4.api, "/v1/health").1.contains("needs_snapshot")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(count(&n1.api), 0, "n4's write reached n1");
+    assert_eq!(count(&n2.api), 0, "n4's write reached n2");
+}
+
+/// A node killed (SIGKILL) and restarted on its address goes on collecting:
+/// it is never its own peer.
+#[test]
+fn a_node_killed_and_restarted_goes_on_collecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sc = schema(d);
+    let n1 = agent(d, &sc, "n1", "127.0.0.1:0", None);
+    let mut n2 = agent(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen));
+    let n3 = agent(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen));
+    let stmts: Vec<Json> = (0..20)
+        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
+        .collect();
+    exec(&n1.api, Json::Array(stmts));
+    eventually(20, "the rows everywhere", || {
+        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 20)
+    });
+    let l2 = n2.listen.clone();
+    n2.child.kill().unwrap();
+    n2.child.wait().unwrap();
+    let n2 = agent(d, &sc, "n2", &l2, Some(&n1.listen));
+    exec(&n1.api, json!(["DELETE FROM items WHERE qty < 10"]));
+    eventually(
+        60,
+        "every tombstone collected, on the restarted node too",
+        || {
+            [&n1.api, &n2.api, &n3.api]
+                .iter()
+                .all(|a| count(a) == 10 && tombstones(a) == 0)
+        },
+    );
+}

@@ -449,6 +449,19 @@ impl NodeCore {
         self.repl.set_collected(collected);
     }
 
+    /// At start: this node cannot catch up incrementally (a peer said so
+    /// before it restarted; the file remembers). See
+    /// [`Replication::set_needs_snapshot`].
+    pub fn set_needs_snapshot(&mut self, reason: String) {
+        self.repl.set_needs_snapshot(reason);
+    }
+
+    /// At start: serve nothing until a reconciliation this node opens
+    /// completes (see [`Replication::hold_until_synced`]).
+    pub fn hold_until_synced(&mut self) {
+        self.repl.hold_until_synced();
+    }
+
     /// Why this node cannot catch up incrementally, if a peer said so
     /// (see [`Replication::needs_snapshot`]).
     pub fn needs_snapshot(&self) -> Option<String> {
@@ -725,15 +738,22 @@ impl NodeCore {
             // until it is forgotten (one that left may come back with
             // writes made before it held the latest deletes).
             let forget = self.config.forget_after;
+            // Not this node itself, and not a peer refused as stale: it is
+            // fenced off (its broadcasts dropped, never pulled from) until
+            // it comes back with a fresh file.
+            let stale = self.repl.stale_peers();
+            let counted = |a: &SocketAddr| *a != self.addr && !stale.contains(a);
             let recent: BTreeMap<SocketAddr, litemesh_sync::Report> = self
                 .repl
                 .reports()
                 .iter()
                 .filter(|(a, _)| {
-                    self.repl
-                        .report_times()
-                        .get(*a)
-                        .is_some_and(|t| now.saturating_sub(*t) < forget)
+                    counted(a)
+                        && self
+                            .repl
+                            .report_times()
+                            .get(*a)
+                            .is_some_and(|t| now.saturating_sub(*t) < forget)
                 })
                 .map(|(a, r)| (*a, r.clone()))
                 .collect();
@@ -741,6 +761,7 @@ impl NodeCore {
                 .known
                 .keys()
                 .chain(recent.keys())
+                .filter(|a| counted(a))
                 .copied()
                 .collect::<BTreeSet<_>>()
                 .into_iter()
@@ -833,6 +854,19 @@ impl NodeCore {
                 _ => false,
             };
             self.on_member_event(now, &ev, superseded);
+            // An earlier incarnation of this very node (restarted on its
+            // address) is never a peer: it would reconcile with itself.
+            let own = match &ev {
+                mb::Event::Joined(x)
+                | mb::Event::Alive(x)
+                | mb::Event::MetadataChanged(x)
+                | mb::Event::Suspect(x)
+                | mb::Event::Dead(x)
+                | mb::Event::Left(x) => x.addr == self.addr,
+            };
+            if own {
+                continue;
+            }
             match ev {
                 mb::Event::Joined(x) | mb::Event::Alive(x) => {
                     self.repl.peer_up(x.addr, x.rtt);

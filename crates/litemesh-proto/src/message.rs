@@ -88,12 +88,18 @@ pub struct RetentionInfo {
     /// report does not prove it held what it says when it wrote.
     #[serde(default)]
     pub unapplied: u64,
+    /// The node has just started after an absence longer than its peers
+    /// wait for a member, and serves nothing until a reconciliation it
+    /// opens completes: nodes in that state serve each other (after the
+    /// usual checks), so a whole mesh restarted after a long stop resumes.
+    #[serde(default)]
+    pub holding: bool,
 }
 
 impl RetentionInfo {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
-        self.owned.is_empty() && self.floors.is_empty() && self.unapplied == 0
+        self.owned.is_empty() && self.floors.is_empty() && self.unapplied == 0 && !self.holding
     }
 
     fn is_well_formed(&self) -> bool {
@@ -182,6 +188,7 @@ mod tests {
                     owned: vec![ActorId([7; 16]), ActorId([8; 16])],
                     floors: BTreeMap::from([("items".to_string(), 12)]),
                     unapplied: 2,
+                    holding: true,
                 },
             },
         ] {
@@ -236,6 +243,7 @@ mod tests {
                 owned: vec![ActorId([0; 16]); MAX_OWNED_ACTORS + 1],
                 floors: BTreeMap::new(),
                 unapplied: 0,
+                holding: false,
             },
         };
         let b = encode(&huge, 1 << 20).unwrap();

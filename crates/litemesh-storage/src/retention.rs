@@ -239,6 +239,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Why this file cannot catch up incrementally any more, if a peer said
+    /// so (it lacks versions whose tombstones the peer collected): kept in
+    /// the file so that a restart does not forget it. Only a new file
+    /// clears it.
+    pub fn needs_snapshot(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT reason FROM __lm_stale WHERE id = 0", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records that this file cannot catch up incrementally, and why.
+    pub fn set_needs_snapshot(&mut self, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO __lm_stale(id, reason) VALUES (0, ?1)",
+            [reason],
+        )?;
+        Ok(())
+    }
+
     /// The highest id of a change-log chunk (chunks get increasing ids):
     /// how fast the log grows, to size the background sweep by.
     pub fn log_high_water(&self) -> Result<i64> {

@@ -292,6 +292,8 @@ pub struct Replication {
     stale_peers: std::collections::BTreeSet<SocketAddr>,
     /// Set when a peer said this node lacks versions it collected.
     needs_snapshot: Option<String>,
+    /// Serve nothing until a reconciliation this node opens completes.
+    hold_until_synced: bool,
 }
 
 /// A broadcast, decoded (see [`decode_broadcast`]).
@@ -432,7 +434,22 @@ impl Replication {
             collected: BTreeMap::new(),
             stale_peers: std::collections::BTreeSet::new(),
             needs_snapshot: None,
+            hold_until_synced: false,
         }
+    }
+
+    /// Records (at start) that this node cannot catch up incrementally, as
+    /// a peer said before it restarted: it serves nothing.
+    pub fn set_needs_snapshot(&mut self, reason: String) {
+        self.needs_snapshot = Some(reason);
+    }
+
+    /// Serve nothing until a reconciliation this node opens completes: set
+    /// at start when the node has been away longer than its peers wait for
+    /// a member, so that none of them pulls its possibly stale rows before
+    /// it has learned whether it can still catch up incrementally.
+    pub fn hold_until_synced(&mut self) {
+        self.hold_until_synced = true;
     }
 
     /// Sets how far this node has collected tombstones (per actor, versions
@@ -455,16 +472,14 @@ impl Replication {
         &self.stale_peers
     }
 
-    /// How many collected versions a requester with `theirs`, writing with
-    /// `owned`, lacks — `None` when it lacks none, or holds nothing from
-    /// other writers (a new node: what it gets is current, cleared versions
-    /// and floors are all it needs).
-    fn lacks_collected(&self, theirs: &Knowledge, owned: &[ActorId]) -> Option<u64> {
-        let fresh = theirs
-            .have
-            .iter()
-            .all(|(a, r)| r.is_empty() || owned.contains(a));
-        if fresh {
+    /// How many collected versions a requester with `theirs` lacks — `None`
+    /// when it lacks none, or holds nothing at all (a new node: what it gets
+    /// is current, cleared versions and floors are all it needs). A node
+    /// holding only writes of its own lacks them too: it wrote without
+    /// knowing this mesh, and a write of a key whose tombstone is gone here
+    /// would win on some nodes and lose on others.
+    fn lacks_collected(&self, theirs: &Knowledge) -> Option<u64> {
+        if theirs.have.values().all(|r| r.is_empty()) {
             return None;
         }
         let missing: u64 = self
@@ -505,6 +520,7 @@ impl Replication {
     fn own_retention(&self) -> RetentionInfo {
         RetentionInfo {
             unapplied: self.quarantined.len() as u64,
+            holding: self.hold_until_synced,
             ..self.retention.clone()
         }
     }
@@ -919,7 +935,7 @@ impl Replication {
             }) => {
                 let refusal = if let Some(why) = &self.needs_snapshot {
                     Some((format!("the peer cannot serve: {why}"), false))
-                } else if let Some(missing) = self.lacks_collected(&knowledge, &retention.owned) {
+                } else if let Some(missing) = self.lacks_collected(&knowledge) {
                     if self.stale_peers.insert(from) {
                         self.events.push_back(Event::PeerNeedsSnapshot {
                             peer: from,
@@ -934,6 +950,13 @@ impl Replication {
                              one or a restore of a live node's backup (docs/retention.md)"
                         ),
                         true,
+                    ))
+                } else if self.hold_until_synced && !retention.holding {
+                    Some((
+                        "the peer has just started after a long absence and serves nothing \
+                         until a reconciliation shows it can still catch up incrementally"
+                            .to_string(),
+                        false,
                     ))
                 } else {
                     self.stale_peers.remove(&from);
@@ -1241,6 +1264,7 @@ impl Replication {
             },
         );
         self.stats.syncs_completed += 1;
+        self.hold_until_synced = false;
         self.events.push_back(Event::SyncEnded {
             peer: s.peer,
             error: None,

@@ -342,6 +342,17 @@ fn event(inner: &Arc<Inner>, e: Event) {
                 %from,
                 "this node cannot catch up incrementally and now refuses writes: {reason}"
             );
+            // Kept in the file: a restart must not forget it.
+            let inner = inner.clone();
+            let reason = format!("{from} said: {reason}");
+            tokio::spawn(async move {
+                if let Err(e) = inner
+                    .with_writer(move |w| Ok(w.set_needs_snapshot(&reason)?))
+                    .await
+                {
+                    tracing::error!("could not record that this node needs a snapshot: {e}");
+                }
+            });
         }
         SyncEvent::CancelSession(id) => {
             if let Some(ctl) = streams(inner).sessions.get(&id) {
@@ -414,9 +425,7 @@ fn start_collection(
                             .collection
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .error = Some(
-                            "waiting for parked or quarantined changes to apply".into(),
-                        );
+                            .waiting = true;
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                         let mut s = inner.collection.lock().unwrap_or_else(|e| e.into_inner());
                         if s.pending.is_none() {
@@ -432,6 +441,7 @@ fn start_collection(
                             s.log_entries_removed += c.dead_entries;
                             s.passes += 1;
                             s.error = None;
+                            s.waiting = false;
                             if !c.more {
                                 s.done = cut.clone();
                             }

@@ -174,6 +174,8 @@ pub(crate) struct Inner {
     pub(crate) collection: Mutex<Collection>,
     /// The retention policy (`None`: keep every tombstone).
     pub(crate) retention: Option<Duration>,
+    /// `Settings::forget_after`.
+    pub(crate) forget_after: Duration,
     /// A new node of a mesh that collects tombstones, before its first
     /// completed reconciliation: it refuses writes until it has learned
     /// the mesh's floors (docs/retention.md).
@@ -261,13 +263,27 @@ impl Inner {
             .collect()
     }
 
+    /// Why collection cannot run on this node's side, if changes wait to be
+    /// applied (parked or quarantined) before any can be collected.
+    fn collection_waiting(&self) -> Option<String> {
+        self.collection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .then(|| "changes wait to be applied here (parked or quarantined)".to_string())
+    }
+
     /// Notes since when tombstone collection has been held back, and logs
     /// when it starts and stops being held back.
     fn track_collection(&self) {
         if self.retention.is_none() {
             return;
         }
-        let held = self.core().collection().held_back;
+        let held = self
+            .core()
+            .collection()
+            .held_back
+            .or_else(|| self.collection_waiting());
         let mut c = self.collection.lock().unwrap_or_else(|e| e.into_inner());
         match (&held, c.held_since) {
             (Some(why), None) => {
@@ -622,6 +638,8 @@ pub(crate) struct Collection {
     pub error: Option<String>,
     /// Since when the core has reported collection held back.
     pub held_since: Option<std::time::Instant>,
+    /// The last pass could not run: changes wait to be applied.
+    pub waiting: bool,
     /// Where the background sweep of the change log goes on.
     pub sweep_from: i64,
     /// The log's highest chunk id at the last sweep step.
@@ -879,12 +897,20 @@ impl Node {
         // its first reconciliation, which brings the floors (a key whose
         // tombstone was collected must be inserted above them).
         let owned0 = writer.owned_actors()?;
-        let joining = settings.retention.is_some()
+        let fresh_joiner = settings.retention.is_some()
             && !settings.seeds.is_empty()
             && knowledge0
                 .have
                 .iter()
                 .all(|(a, r)| r.is_empty() || owned0.contains(a));
+        // Away from every member longer than they wait for one (with a
+        // policy): its peers may have collected tombstones it lacks.
+        let last_contact = remembered.iter().map(|p| p.last_seen_ms).max();
+        let away_too_long = settings.retention.is_some()
+            && last_contact.is_some_and(|t| {
+                unix_ms().saturating_sub(t) > settings.forget_after.as_millis() as u64
+            });
+        let joining = fresh_joiner || away_too_long;
         let head0 = knowledge0.have.get(&actor).and_then(|r| r.max());
         let mut tcfg = TransportConfig::new(settings.listen, settings.mesh_id.clone());
         tcfg.keep_alive = settings.keep_alive;
@@ -969,6 +995,28 @@ impl Node {
         }
         core.set_retention(settings.retention, writer.owned_actors()?, writer.floors()?);
         core.set_collected(writer.collected_through()?);
+        if let Some(reason) = writer.needs_snapshot()? {
+            tracing::error!(
+                "this node's file cannot catch up incrementally (a peer said so before it \
+                 stopped): it refuses writes and serves nothing; replace it with a fresh file \
+                 or a restore of a live node's backup. {reason}"
+            );
+            core.set_needs_snapshot(reason);
+        }
+        if away_too_long {
+            tracing::warn!(
+                "this node has not been in touch with any member for longer than \
+                 --forget-after: with a retention policy its peers may have collected \
+                 tombstones it lacks; it accepts no writes and serves nothing until a \
+                 reconciliation shows it can still catch up incrementally"
+            );
+        }
+        if joining {
+            // Nothing it holds leaves it before a peer has checked it: a
+            // write made before it knew this mesh could meet a collected
+            // tombstone.
+            core.hold_until_synced();
+        }
         if !placement.is_empty() {
             // Under mutual TLS a peer's region is its certificate's, never
             // what it gossips.
@@ -1023,6 +1071,7 @@ impl Node {
             absences: Mutex::new(Absences::default()),
             collection: Mutex::new(Collection::default()),
             retention: settings.retention,
+            forget_after: settings.forget_after,
             joining: std::sync::atomic::AtomicBool::new(joining),
             transactions_committed: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
@@ -1392,6 +1441,7 @@ impl Node {
             let core = inner.core();
             (core.collection().held_back, core.needs_snapshot())
         };
+        let collection_held_back = collection_held_back.or_else(|| inner.collection_waiting());
         Ok(Status {
             name: inner.name.clone(),
             actor,
@@ -1540,7 +1590,10 @@ impl Node {
             collected_versions: done.values().sum(),
             tombstones_collected: tombstones,
             log_entries_swept: swept,
-            held_back: status.held_back.clone(),
+            held_back: status
+                .held_back
+                .clone()
+                .or_else(|| inner.collection_waiting()),
             held_back_for,
             slowest_member: status.laggard.map(|(a, n)| (name_of(a), n)),
             floors,
@@ -1549,7 +1602,9 @@ impl Node {
         Ok(RetentionReport {
             policy: inner.retention,
             collection,
-            offline_limit: None,
+            // With a policy, collection waits for a member until it is
+            // forgotten: away longer, it cannot catch up incrementally.
+            offline_limit: inner.retention.map(|_| inner.forget_after),
             writers,
             members,
             longest_absence: longest,

@@ -255,7 +255,8 @@ pub struct RetentionReport {
     /// Tombstone collection: how far it has gone, what holds it back.
     pub collection: CollectionReport,
     /// How long a node may be away and still catch up incrementally
-    /// (`None`: any time).
+    /// (`None`: any time; with a policy, `--forget-after`: collection waits
+    /// for a member that long).
     pub offline_limit: Option<Duration>,
     /// Per writer: the oldest of its versions this node can still serve.
     pub writers: Vec<RetainedWriter>,
