@@ -28,6 +28,18 @@ fn count(api: &str) -> i64 {
     scalar(api, "SELECT count(*) FROM items")
 }
 
+/// Inserts rows `k0..k{n}` (qty = i) on `writer`, and waits until every
+/// node in `all` holds `n` rows.
+fn insert_everywhere(writer: &str, n: usize, all: &[&str]) {
+    let stmts: Vec<Json> = (0..n)
+        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
+        .collect();
+    exec(writer, Json::Array(stmts));
+    eventually(20, "the rows everywhere", || {
+        all.iter().all(|a| count(a) == n as i64)
+    });
+}
+
 fn agent(d: &std::path::Path, sc: &str, name: &str, listen: &str, seed: Option<&str>) -> Agent {
     agent_with(d, sc, name, listen, seed, &[])
 }
@@ -233,13 +245,7 @@ fn a_node_back_after_the_others_stopped_waiting_is_told_it_needs_a_snapshot() {
     let n1 = agent_with(d, &sc, "n1", "127.0.0.1:0", None, &quick);
     let n2 = agent_with(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen), &quick);
     let mut n3 = agent_with(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen), &quick);
-    let stmts: Vec<Json> = (0..20)
-        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
-        .collect();
-    exec(&n1.api, Json::Array(stmts));
-    eventually(20, "the rows everywhere", || {
-        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 20)
-    });
+    insert_everywhere(&n1.api, 20, &[&n1.api, &n2.api, &n3.api]);
     let n3_listen = n3.listen.clone();
     n3.terminate();
     exec(&n1.api, json!(["DELETE FROM items WHERE qty < 15"]));
@@ -305,13 +311,7 @@ fn a_stale_node_is_checked_before_it_writes_or_is_pulled_from() {
     let n1 = agent_with(d, &sc, "n1", "127.0.0.1:0", None, &quick);
     let n2 = agent_with(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen), &quick);
     let mut n3 = agent_with(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen), &quick);
-    let stmts: Vec<Json> = (0..10)
-        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
-        .collect();
-    exec(&n1.api, Json::Array(stmts));
-    eventually(20, "the rows everywhere", || {
-        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 10)
-    });
+    insert_everywhere(&n1.api, 10, &[&n1.api, &n2.api, &n3.api]);
     let n3_listen = n3.listen.clone();
     n3.terminate();
     exec(&n1.api, json!(["DELETE FROM items WHERE qty < 5"]));
@@ -401,13 +401,7 @@ fn a_node_killed_and_restarted_goes_on_collecting() {
     let n1 = agent(d, &sc, "n1", "127.0.0.1:0", None);
     let mut n2 = agent(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen));
     let n3 = agent(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen));
-    let stmts: Vec<Json> = (0..20)
-        .map(|i| json!(format!("INSERT INTO items (id, qty) VALUES ('k{i}', {i})")))
-        .collect();
-    exec(&n1.api, Json::Array(stmts));
-    eventually(20, "the rows everywhere", || {
-        [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 20)
-    });
+    insert_everywhere(&n1.api, 20, &[&n1.api, &n2.api, &n3.api]);
     let l2 = n2.listen.clone();
     n2.child.kill().unwrap();
     n2.child.wait().unwrap();

@@ -22,19 +22,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use litemesh_storage::{Store, StoreOptions, encode_batch};
-use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{SCHEMA, arg};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-const SCHEMA: &str = "CREATE TABLE items (id TEXT PRIMARY KEY, a INTEGER, b TEXT)";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn open(path: &Path) -> Store {
     let opts = StoreOptions {
@@ -57,37 +49,7 @@ fn churn(
     let mut done = 0;
     while done < ops {
         let batch = 100.min(ops - done);
-        let mut plan = Vec::with_capacity(batch);
-        for _ in 0..batch {
-            let r: f64 = rng.random();
-            let bias = (live.len() as f64 / live_target as f64 - 1.0).clamp(-0.3, 0.3);
-            let op = if live.is_empty() || r < 1.0 / 3.0 - bias {
-                let id = format!("{:016x}", rng.random::<u64>());
-                live.push(id.clone());
-                (0, id)
-            } else if r < 2.0 / 3.0 {
-                (1, live[rng.random_range(0..live.len())].clone())
-            } else {
-                let i = rng.random_range(0..live.len());
-                (2, live.swap_remove(i))
-            };
-            plan.push(op);
-        }
-        let v: i64 = rng.random_range(0..1_000_000);
-        s.transaction(|t| {
-            for (op, id) in &plan {
-                match op {
-                    0 => t.execute(
-                        "INSERT INTO items VALUES (?1, ?2, 'some text of a row')",
-                        (id, v),
-                    )?,
-                    1 => t.execute("UPDATE items SET a = ?2 WHERE id = ?1", (id, v))?,
-                    _ => t.execute("DELETE FROM items WHERE id = ?1", [id])?,
-                };
-            }
-            Ok(())
-        })
-        .expect("transaction");
+        common::churn_batch(s, rng, live, batch, live_target);
         done += batch;
     }
 }

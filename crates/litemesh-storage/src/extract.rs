@@ -507,17 +507,9 @@ impl Store {
     /// the end of the log was reached). A node sweeps its log this way in
     /// the background, a step at a time.
     pub fn compact_step(&mut self, from: i64, budget: u64) -> Result<(u64, Option<i64>)> {
-        let by_id: BTreeMap<i64, std::sync::Arc<TableMeta>> =
-            self.tables.values().map(|t| (t.id, t.clone())).collect();
+        let by_id = self.tables_by_id();
         let tx = self.conn.unchecked_transaction()?;
-        // Keep the local version counter above every version ever used.
-        tx.execute(
-            &format!(
-                "UPDATE __lm_site SET next_version = ({}) WHERE id = 0",
-                crate::store::NEXT_VERSION_SQL
-            ),
-            [],
-        )?;
+        crate::store::keep_next_version(&tx)?;
         let mut removed = 0u64;
         let mut rewrites: Vec<(i64, i64, i64, Vec<LogEntry>)> = Vec::new();
         let mut next = None;

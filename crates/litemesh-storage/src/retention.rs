@@ -128,18 +128,9 @@ impl Store {
             out.waiting = true;
             return Ok(out);
         }
-        let by_id: BTreeMap<i64, std::sync::Arc<crate::schema::TableMeta>> =
-            self.tables.values().map(|t| (t.id, t.clone())).collect();
+        let by_id = self.tables_by_id();
         let tx = self.conn.unchecked_transaction()?;
-        // The local version counter must stay above every version ever used
-        // once the log entries it is derived from are gone.
-        tx.execute(
-            &format!(
-                "UPDATE __lm_site SET next_version = ({}) WHERE id = 0",
-                crate::store::NEXT_VERSION_SQL
-            ),
-            [],
-        )?;
+        crate::store::keep_next_version(&tx)?;
         let mut floors: BTreeMap<String, u64> = BTreeMap::new();
         for (actor, &to) in cut {
             let Some(&idx) = self.actor_idx.get(actor) else {

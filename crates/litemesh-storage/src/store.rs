@@ -24,6 +24,17 @@ pub(crate) const NEXT_VERSION_SQL: &str = "SELECT max(s.next_version, \
     coalesce((SELECT max(version) FROM __lm_log WHERE actor = s.local), 0) + 1) \
     FROM __lm_site AS s WHERE s.id = 0";
 
+/// Raises the local version counter to one past every version the log
+/// names: before log entries go (compaction, collection), so that the next
+/// version is never one already used.
+pub(crate) fn keep_next_version(conn: &Connection) -> Result<()> {
+    conn.execute(
+        &format!("UPDATE __lm_site SET next_version = ({NEXT_VERSION_SQL}) WHERE id = 0"),
+        [],
+    )?;
+    Ok(())
+}
+
 /// Version of the on-disk metadata layout. Format 1 (the first release) had
 /// the local actor fixed at index 0 and no quarantine, peer list or session
 /// marker; format 2 wrote every key in the change log in the first key
@@ -710,6 +721,11 @@ impl Store {
             _ => &self.conn,
         };
         read_knowledge(conn, &self.actors, self.local)
+    }
+
+    /// The replicated tables by their id (as the change log names them).
+    pub(crate) fn tables_by_id(&self) -> std::collections::BTreeMap<i64, Arc<TableMeta>> {
+        self.tables.values().map(|t| (t.id, t.clone())).collect()
     }
 
     /// Moves this node to a new actor id: later local writes are numbered
