@@ -28,6 +28,23 @@ fn count(api: &str) -> i64 {
     scalar(api, "SELECT count(*) FROM items")
 }
 
+/// Runs statements on a node that may still be joining (with a policy, a
+/// new node refuses writes until its first reconciliation completes):
+/// retries its 503 for a while.
+fn exec_joined(api: &str, statements: Json) {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let (code, body) = post(api, "/v1/transactions", statements.to_string());
+        if code == 200 {
+            return;
+        }
+        assert_eq!(code, 503, "{body}");
+        last = body;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("writes still refused after 20 s: {last}");
+}
+
 /// Inserts rows `k0..k{n}` (qty = i) on `writer`, and waits until every
 /// node in `all` holds `n` rows.
 fn insert_everywhere(writer: &str, n: usize, all: &[&str]) {
@@ -89,7 +106,7 @@ fn tombstones_are_collected_once_every_node_holds_the_deletes() {
         .collect();
     exec(&n1.api, Json::Array(stmts));
     eventually(20, "the rows on n2", || count(&n2.api) == 100);
-    exec(&n2.api, json!(["DELETE FROM items WHERE qty < 90"]));
+    exec_joined(&n2.api, json!(["DELETE FROM items WHERE qty < 90"]));
     eventually(20, "the deletes everywhere", || {
         [&n1.api, &n2.api, &n3.api].iter().all(|a| count(a) == 10)
     });
@@ -121,7 +138,7 @@ fn tombstones_are_collected_once_every_node_holds_the_deletes() {
 
     // A key whose tombstone is gone everywhere is inserted again: its new
     // life starts above the floor and reaches every node.
-    exec(
+    exec_joined(
         &n2.api,
         json!(["INSERT INTO items (id, qty) VALUES ('k5', 500)"]),
     );
@@ -175,7 +192,7 @@ fn tombstones_are_collected_once_every_node_holds_the_deletes() {
             .unwrap()
             >= 2
     );
-    exec(
+    exec_joined(
         &n4.api,
         json!(["INSERT INTO items (id, qty) VALUES ('k95', 950)"]),
     );
@@ -289,7 +306,7 @@ fn a_node_back_after_the_others_stopped_waiting_is_told_it_needs_a_snapshot() {
     }
     let n3 = agent_with(d, &sc, "n3", &n3_listen, Some(&n1.listen), &quick);
     eventually(30, "the fresh n3 caught up", || count(&n3.api) == 5);
-    exec(
+    exec_joined(
         &n3.api,
         json!(["INSERT INTO items (id, qty) VALUES ('k1', 100)"]),
     );
@@ -368,7 +385,7 @@ fn a_file_that_wrote_before_joining_a_collecting_mesh_is_fenced() {
         json!(["INSERT INTO items (id, qty) VALUES ('k', 1)"]),
     );
     eventually(20, "k on n2", || count(&n2.api) == 1);
-    exec(&n2.api, json!(["DELETE FROM items WHERE id = 'k'"]));
+    exec_joined(&n2.api, json!(["DELETE FROM items WHERE id = 'k'"]));
     eventually(60, "k's tombstone collected", || {
         [&n1.api, &n2.api]
             .iter()
@@ -431,7 +448,7 @@ fn a_whole_mesh_stopped_for_long_resumes() {
     let mut n2 = agent_with(d, &sc, "n2", "127.0.0.1:0", Some(&n1.listen), &quick);
     let mut n3 = agent_with(d, &sc, "n3", "127.0.0.1:0", Some(&n1.listen), &quick);
     insert_everywhere(&n1.api, 10, &[&n1.api, &n2.api, &n3.api]);
-    exec(&n2.api, json!(["DELETE FROM items WHERE qty < 5"]));
+    exec_joined(&n2.api, json!(["DELETE FROM items WHERE qty < 5"]));
     eventually(60, "collected", || {
         [&n1.api, &n2.api, &n3.api]
             .iter()
