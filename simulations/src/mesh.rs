@@ -32,8 +32,12 @@ use std::time::Duration;
 use litemesh_core::{Config as CoreConfig, Event, NodeCore, Start, SyncEvent, Transmit};
 use litemesh_membership::MemberState;
 use litemesh_proto::{ActorId, ChangeBatch, Entitlement, Knowledge, NodeMeta, Placement};
+use litemesh_storage::SnapshotFrame;
 use litemesh_storage::{Store, StoreOptions};
-use litemesh_sync::{Extracted, RequestId, SessionId, StorageOp, encode_sync_batch};
+use litemesh_sync::{
+    Extracted, Pruned, RequestId, SessionId, StorageOp, encode_key_chunk, encode_snapshot_base,
+    encode_sync_batch,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -116,6 +120,11 @@ pub struct MeshNode {
     naive_collection: bool,
     /// Tombstones collected since the node (re)started.
     pub collected: u64,
+    /// Snapshot catch-ups this node completed, and the rows they dropped
+    /// (deleted elsewhere while it was away) and rebased.
+    pub snapshots_completed: u64,
+    pub snapshot_dropped: u64,
+    pub snapshot_rebased: u64,
 }
 
 fn encode_frames(session: u64, frames: &[Vec<u8>], ok: bool) -> Vec<u8> {
@@ -239,6 +248,9 @@ impl MeshNode {
             deletes: retention.is_some(),
             naive_collection: false,
             collected: 0,
+            snapshots_completed: 0,
+            snapshot_dropped: 0,
+            snapshot_rebased: 0,
         };
         n.pump();
         n
@@ -581,29 +593,77 @@ impl MeshNode {
                 theirs,
                 requester,
                 batch_bytes,
+                snapshot,
             } => {
                 let mut frames = Vec::new();
                 let mut skipped = 0;
-                let res = self
-                    .store
-                    .changes_for(&theirs, requester.as_ref(), batch_bytes, |b| {
-                        match encode_sync_batch(&b, litemesh_proto::DEFAULT_MAX_MESSAGE) {
-                            Ok(f) => frames.push(f),
-                            Err(_) => skipped += 1,
-                        }
-                        Ok(true)
-                    });
+                let max = litemesh_proto::DEFAULT_MAX_MESSAGE;
+                let res = match &snapshot {
+                    // The same frames, in the same order, as the node's.
+                    Some(from) => self.store.snapshot_for(
+                        &theirs,
+                        requester.as_ref(),
+                        from,
+                        batch_bytes,
+                        |f| {
+                            let frame = match f {
+                                SnapshotFrame::Batch(b) => encode_sync_batch(&b, max),
+                                SnapshotFrame::Base(k) => encode_snapshot_base(k, max),
+                                SnapshotFrame::Keys(c) => encode_key_chunk(c, max),
+                            };
+                            match frame {
+                                Ok(f) => frames.push(f),
+                                Err(_) => skipped += 1,
+                            }
+                            Ok(true)
+                        },
+                    ),
+                    None => self
+                        .store
+                        .changes_for(&theirs, requester.as_ref(), batch_bytes, |b| {
+                            match encode_sync_batch(&b, max) {
+                                Ok(f) => frames.push(f),
+                                Err(_) => skipped += 1,
+                            }
+                            Ok(true)
+                        }),
+                };
                 if let Some(a) = self.answering.get_mut(&request) {
                     a.2 = frames;
                 }
                 let outcome = match res {
                     Ok(_) => Extracted::Done { skipped },
+                    Err(litemesh_storage::StorageError::SnapshotUnavailable(why)) => {
+                        Extracted::Refused(why)
+                    }
                     Err(e) => {
                         self.errors.push(format!("extract: {e}"));
                         Extracted::Failed(e.to_string())
                     }
                 };
                 self.core.handle_extracted(now, op, outcome);
+            }
+            StorageOp::Prune { op, chunk, theirs } => {
+                let res = self
+                    .store
+                    .prune_absent(&chunk, &theirs)
+                    .map(|p| {
+                        self.snapshot_dropped += p.dropped;
+                        self.snapshot_rebased += p.rebased;
+                        Pruned {
+                            dropped: p.dropped,
+                            rebased: p.rebased,
+                            checked: p.checked,
+                            complete: p.complete,
+                            cursor: p.cursor,
+                        }
+                    })
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &res {
+                    self.errors.push(format!("prune: {e}"));
+                }
+                self.refresh_knowledge();
+                self.core.handle_pruned(now, op, res);
             }
         }
     }
@@ -661,6 +721,9 @@ impl MeshNode {
                     }
                     Err(e) => self.errors.push(format!("collecting: {e}")),
                 }
+            }
+            Event::Sync(SyncEvent::SnapshotComplete { .. }) => {
+                self.snapshots_completed += 1;
             }
             Event::Sync(SyncEvent::SyncEnded { .. }) | Event::MembersChanged | Event::LeaveDone => {
             }

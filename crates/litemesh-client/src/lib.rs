@@ -44,7 +44,7 @@ pub use query::{Events, QueryOptions, Rows};
 pub use types::{
     AckNode, AckResult, ActorId, EndOfQuery, ErrorBody, Health, HealthIssue, HealthIssueKind,
     HealthStatus, Member, MemberState, PeerStatus, QuarantinedChange, QueryEvent, RegionStatus,
-    RetryResult, StatementResult, Status, Token, TransactionResult, WriterStatus,
+    RetryResult, SnapshotCatchUp, StatementResult, Status, Token, TransactionResult, WriterStatus,
 };
 pub use value::{Statement, Value};
 

@@ -69,7 +69,7 @@ fn status() {
             r#""max_lag_secs":0.0,"quarantined":[{{"actor":"{a}","version":3,"rows":2,"error":"no such column: z","since_secs":4.25,"attempts":3}}],"#,
             r#""members_reachable":2,"members_known":3,"broadcast_queue":0,"broadcast_dropped":0,"changes_applied":40,"#,
             r#""transactions_committed":7,"commit_groups":3,"apply_transactions":30,"broadcasts_known":2,"#,
-            r#""broadcasts_withheld":1,"placement_rows_refused":0,"rows_not_carried":0,"tombstones_collected":0,"collection_held_back":null,"needs_snapshot":null,"placement_mismatch":[],"placement":{{"eu_users":["eu"]}},"#,
+            r#""broadcasts_withheld":1,"placement_rows_refused":0,"rows_not_carried":0,"tombstones_collected":0,"collection_held_back":null,"needs_snapshot":null,"snapshot_catch_up":null,"placement_mismatch":[],"placement":{{"eu_users":["eu"]}},"#,
             r#""syncs_completed":9,"syncs_failed":1,"apply_failures":0,"serve_failures":0,"write_error":null,"partial_versions":0,"#,
             r#""region":"us","regions":[{{"region":"eu","members":1,"reachable":1,"max_lag_secs":0.5,"reachable_max_lag_secs":0.5,"nearest_rtt_ms":0.3,"bytes_sent":5120}},"#,
             r#"{{"region":"us","members":1,"reachable":1,"max_lag_secs":0.0,"reachable_max_lag_secs":0.0,"nearest_rtt_ms":null,"bytes_sent":0}}]}}"#
@@ -106,7 +106,7 @@ fn status() {
     assert_eq!(s.placement["eu_users"], ["eu"]);
     // An agent from before table placement: no pinned tables.
     let o: Status = serde_json::from_str(&json.replace(
-        r#""broadcasts_withheld":1,"placement_rows_refused":0,"rows_not_carried":0,"tombstones_collected":0,"collection_held_back":null,"needs_snapshot":null,"placement_mismatch":[],"placement":{"eu_users":["eu"]},"#,
+        r#""broadcasts_withheld":1,"placement_rows_refused":0,"rows_not_carried":0,"tombstones_collected":0,"collection_held_back":null,"needs_snapshot":null,"snapshot_catch_up":null,"placement_mismatch":[],"placement":{"eu_users":["eu"]},"#,
         "",
     ))
     .unwrap();

@@ -444,6 +444,19 @@ pub struct QuarantinedChange {
     pub attempts: u64,
 }
 
+/// A node's catch-up by snapshot (`docs/retention.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCatchUp {
+    /// Keys of its rows checked against peers' listings.
+    pub keys_checked: u64,
+    /// Rows removed: deleted on the peers while it was away.
+    pub rows_dropped: u64,
+    /// Rows of its own the peers had not seen, written again as new writes.
+    pub rows_rebased: u64,
+    /// Whether it completed.
+    pub complete: bool,
+}
+
 /// A snapshot of the node's state (`GET /v1/status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -511,6 +524,9 @@ pub struct Status {
     /// Why this node cannot catch up incrementally and refuses writes.
     #[serde(default)]
     pub needs_snapshot: Option<String>,
+    /// This node's catch-up by snapshot, if one ran since it started.
+    #[serde(default)]
+    pub snapshot_catch_up: Option<SnapshotCatchUp>,
     /// Members whose schema pins tables differently from this node's.
     #[serde(default)]
     pub placement_mismatch: Vec<String>,

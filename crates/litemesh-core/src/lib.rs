@@ -536,6 +536,26 @@ impl NodeCore {
         self.repl.handle_applied(now, op, result);
     }
 
+    /// See [`Replication::handle_pruned`].
+    pub fn handle_pruned(
+        &mut self,
+        now: Duration,
+        op: OpId,
+        result: Result<litemesh_sync::Pruned, String>,
+    ) {
+        self.repl.handle_pruned(now, op, result);
+    }
+
+    /// See [`Replication::set_snapshot_cursor`].
+    pub fn set_snapshot_cursor(&mut self, cursor: litemesh_proto::SnapshotCursor) {
+        self.repl.set_snapshot_cursor(cursor);
+    }
+
+    /// See [`Replication::snapshot_progress`].
+    pub fn snapshot_progress(&self) -> &litemesh_sync::SnapshotProgress {
+        self.repl.snapshot_progress()
+    }
+
     /// See [`Replication::handle_extracted`].
     pub fn handle_extracted(&mut self, now: Duration, op: OpId, outcome: Extracted) {
         self.repl.handle_extracted(now, op, outcome);

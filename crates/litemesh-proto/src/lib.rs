@@ -43,7 +43,8 @@ pub use batch::{
 pub use error::WireError;
 pub use knowledge::Knowledge;
 pub use message::{
-    DEFAULT_MAX_MESSAGE, MAX_FLOORS, MAX_OWNED_ACTORS, Message, RetentionInfo, decode, encode,
+    DEFAULT_MAX_MESSAGE, KeyChunk, MAX_CHUNK_KEYS, MAX_FLOORS, MAX_OWNED_ACTORS, Message,
+    RetentionInfo, SnapshotCursor, decode, encode,
 };
 pub use meta::{Head, NodeMeta};
 pub use placement::{Entitlement, MAX_WITHHELD, Placement};

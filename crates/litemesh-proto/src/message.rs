@@ -61,7 +61,58 @@ pub enum Message {
         /// snapshot (`docs/retention.md`).
         snapshot: bool,
     },
+    /// First frame of the listing part of a snapshot answer (after the
+    /// batches, before the [`Message::SnapshotKeys`] frames): what the
+    /// responder held when it read the keys it lists (the same read).
+    SnapshotBase {
+        /// The responder's knowledge at the listing.
+        knowledge: Knowledge,
+    },
+    /// One chunk of a snapshot listing: the keys of the rows the responder
+    /// holds alive, in one key range of one table.
+    SnapshotKeys(KeyChunk),
 }
+
+/// Where a snapshot listing starts (or resumes): a table, and the last key
+/// already checked in it. Tables are listed in name order, keys in key
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCursor {
+    /// The table (empty: from the first).
+    pub table: String,
+    /// The last key of `table` already checked, encoded by the storage
+    /// layer (`None`: from the table's first key).
+    #[serde(default, with = "serde_bytes")]
+    pub after: Option<Vec<u8>>,
+    /// `table` is done: start with the next one.
+    #[serde(default)]
+    pub past: bool,
+}
+
+/// The keys of the rows alive on the responder in one key range of one
+/// table: `(after, through]`, in key order. A row the requester holds alive
+/// in that range and the responder does not list was deleted (or never
+/// seen) there (`docs/retention.md`, snapshot catch-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChunk {
+    /// The table.
+    pub table: String,
+    /// The range starts after this key (`None`: at the table's first).
+    #[serde(default, with = "serde_bytes")]
+    pub after: Option<Vec<u8>>,
+    /// The range ends with this key (`None`: at the table's end).
+    #[serde(default, with = "serde_bytes")]
+    pub through: Option<Vec<u8>>,
+    /// The keys, encoded by the storage layer.
+    pub keys: Vec<serde_bytes::ByteBuf>,
+    /// The responder's collection floor for the table.
+    pub floor: u64,
+    /// This chunk ends the listing of every table.
+    pub last: bool,
+}
+
+/// Most keys one [`KeyChunk`] may list.
+pub const MAX_CHUNK_KEYS: usize = 65_536;
 
 /// Longest reason a [`Message::SyncRefused`] may carry.
 pub const MAX_REFUSAL: usize = 4096;
@@ -94,18 +145,37 @@ pub struct RetentionInfo {
     /// usual checks), so a whole mesh restarted after a long stop resumes.
     #[serde(default)]
     pub holding: bool,
+    /// Per actor, the versions `1..=n` whose tombstones the node collected:
+    /// a peer lacking some of them cannot catch up incrementally from it
+    /// (whichever of the two opened the reconciliation).
+    #[serde(default)]
+    pub collected: BTreeMap<ActorId, u64>,
+    /// In a request: the requester cannot catch up incrementally (it lacks
+    /// versions peers collected) and asks for a snapshot answer, listing
+    /// keys from this cursor on. Last field: absent unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotCursor>,
 }
 
 impl RetentionInfo {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
-        self.owned.is_empty() && self.floors.is_empty() && self.unapplied == 0 && !self.holding
+        self.owned.is_empty()
+            && self.floors.is_empty()
+            && self.unapplied == 0
+            && !self.holding
+            && self.collected.is_empty()
+            && self.snapshot.is_none()
     }
 
     fn is_well_formed(&self) -> bool {
         self.owned.len() <= MAX_OWNED_ACTORS
             && self.floors.len() <= MAX_FLOORS
+            && self.collected.len() <= MAX_OWNED_ACTORS * 4
             && self.floors.keys().all(|n| !n.is_empty() && n.len() <= 1024)
+            && self.snapshot.as_ref().is_none_or(|c| {
+                c.table.len() <= 1024 && c.after.as_ref().is_none_or(|a| a.len() <= 65_536)
+            })
     }
 }
 
@@ -133,6 +203,18 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, WireError> {
         && reason.len() > MAX_REFUSAL
     {
         return Err(WireError::malformed("refusal reason too long"));
+    }
+    if let Message::SnapshotBase { knowledge } = &msg
+        && !knowledge.is_well_formed()
+    {
+        return Err(WireError::malformed("knowledge ranges are not well formed"));
+    }
+    if let Message::SnapshotKeys(c) = &msg
+        && ((c.table.is_empty() && !(c.last && c.keys.is_empty()))
+            || c.table.len() > 1024
+            || c.keys.len() > MAX_CHUNK_KEYS)
+    {
+        return Err(WireError::malformed("snapshot key chunk out of bounds"));
     }
     if let Message::SyncRequest {
         knowledge,
@@ -189,8 +271,25 @@ mod tests {
                     floors: BTreeMap::from([("items".to_string(), 12)]),
                     unapplied: 2,
                     holding: true,
+                    collected: BTreeMap::from([(ActorId([8; 16]), 3)]),
+                    snapshot: Some(SnapshotCursor {
+                        table: "items".into(),
+                        after: Some(vec![1, 2]),
+                        past: false,
+                    }),
                 },
             },
+            Message::SnapshotBase {
+                knowledge: k.clone(),
+            },
+            Message::SnapshotKeys(KeyChunk {
+                table: "items".into(),
+                after: None,
+                through: Some(vec![3]),
+                keys: vec![serde_bytes::ByteBuf::from(vec![1]), vec![3].into()],
+                floor: 4,
+                last: true,
+            }),
         ] {
             let b = encode(&m, 1 << 20).unwrap();
             assert_eq!(decode(&b, 1 << 20).unwrap(), m);
@@ -241,9 +340,7 @@ mod tests {
             knowledge: Knowledge::default(),
             retention: RetentionInfo {
                 owned: vec![ActorId([0; 16]); MAX_OWNED_ACTORS + 1],
-                floors: BTreeMap::new(),
-                unapplied: 0,
-                holding: false,
+                ..RetentionInfo::default()
             },
         };
         let b = encode(&huge, 1 << 20).unwrap();

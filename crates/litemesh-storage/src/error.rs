@@ -54,6 +54,11 @@ pub enum StorageError {
     )]
     UnmanagedTable(String),
 
+    /// This node cannot serve a snapshot answer now (the requester tries
+    /// another peer, or this one later).
+    #[error("no snapshot from this node: {0}")]
+    SnapshotUnavailable(String),
+
     /// Table placement forbids it: a write to a table this node may not
     /// hold, or a file that holds rows its node may not.
     #[error("placement: {0}")]

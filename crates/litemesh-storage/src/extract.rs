@@ -58,6 +58,8 @@ struct Out<'s> {
     size: usize,
     sink: &'s mut dyn FnMut(ChangeBatch) -> Result<bool>,
     stats: ExtractStats,
+    /// Cleared ranges, sent after every batch with data.
+    cleared: Vec<Cleared>,
 }
 
 impl Out<'_> {
@@ -72,6 +74,24 @@ impl Out<'_> {
             self.stats.stopped = true;
         }
         Ok(())
+    }
+
+    /// Flushes the batches with data, then the cleared ranges (unless the
+    /// sink stopped the answer: they come in a later one).
+    fn flush_cleared(&mut self) -> Result<()> {
+        self.flush()?;
+        for c in std::mem::take(&mut self.cleared) {
+            if self.stats.stopped {
+                break;
+            }
+            self.stats.cleared_versions += c.end - c.start + 1;
+            self.size += 40;
+            self.cur.cleared.push(c);
+            if self.size > self.max_bytes {
+                self.flush()?;
+            }
+        }
+        self.flush()
     }
 
     fn push(&mut self, v: VersionChanges, size: usize) {
@@ -196,13 +216,31 @@ impl Store {
     ) -> Result<ExtractStats> {
         let tx = self.conn.unchecked_transaction()?;
         let ours = read_knowledge(&self.conn, &self.actors, self.local)?;
+        let stats = self.extract_in(&ours, theirs, requester, max_bytes, &mut sink)?;
+        drop(tx);
+        Ok(stats)
+    }
+
+    /// [`Store::changes_for`] inside a read transaction the caller holds,
+    /// `ours` read in it. Cleared ranges come last, after every batch with
+    /// data: a requester that holds a version as cleared took, from the
+    /// same read, the state that cleared it (`snapshot` relies on it).
+    pub(crate) fn extract_in(
+        &self,
+        ours: &Knowledge,
+        theirs: &Knowledge,
+        requester: Option<&Entitlement>,
+        max_bytes: usize,
+        sink: &mut dyn FnMut(ChangeBatch) -> Result<bool>,
+    ) -> Result<ExtractStats> {
         let mut out = Out {
             filter: requester.map(|e| (&self.placement, e)),
             max_bytes: max_bytes.max(1024),
             cur: ChangeBatch::default(),
             size: 0,
-            sink: &mut sink,
+            sink,
             stats: ExtractStats::default(),
+            cleared: Vec::new(),
         };
         for (actor, have) in &ours.have {
             let need = match theirs.have.get(actor) {
@@ -218,8 +256,7 @@ impl Store {
                 break;
             }
         }
-        out.flush()?;
-        drop(tx);
+        out.flush_cleared()?;
         Ok(out.stats)
     }
 
@@ -239,11 +276,12 @@ impl Store {
             size: 0,
             sink: &mut sink,
             stats: ExtractStats::default(),
+            cleared: Vec::new(),
         };
         let mut need = RangeSet::new();
         need.insert(version);
         self.extract_actor(self.actor, &need, None, &mut out)?;
-        out.flush()?;
+        out.flush_cleared()?;
         drop(tx);
         Ok(out.stats)
     }
@@ -396,16 +434,11 @@ impl Store {
         }
         let cleared = need.difference(&with_data);
         for &(s, e) in cleared.ranges() {
-            out.stats.cleared_versions += e - s + 1;
-            out.size += 40;
-            out.cur.cleared.push(Cleared {
+            out.cleared.push(Cleared {
                 actor,
                 start: s,
                 end: e,
             });
-            if out.size > out.max_bytes {
-                out.flush()?;
-            }
         }
         Ok(())
     }

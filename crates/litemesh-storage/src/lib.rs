@@ -41,6 +41,7 @@ mod placement;
 mod retention;
 mod sandbox;
 mod schema;
+mod snapshot;
 mod store;
 mod value;
 mod varint;
@@ -52,13 +53,14 @@ pub use error::{Interruption, Result, StorageError};
 pub use extract::ExtractStats;
 /// The shared vocabulary, re-exported: the engine reads and writes these types.
 pub use litemesh_proto::{
-    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Entitlement, Knowledge,
-    Placement, RangeSet, RowChange, SeqRange, Value, VersionChanges, WIRE_VERSION, WireError,
-    decode_batch, encode_batch, validate,
+    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Entitlement, KeyChunk,
+    Knowledge, Placement, RangeSet, RowChange, SeqRange, SnapshotCursor, Value, VersionChanges,
+    WIRE_VERSION, WireError, decode_batch, encode_batch, validate,
 };
 pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
 pub use placement::EntitlementReport;
 pub use retention::Collected;
 pub use sandbox::{ClientLimits, ClientTx, ReadConnection, RowSink};
 pub use schema::SchemaReport;
+pub use snapshot::{Pruned, SnapshotFrame};
 pub use store::{Committed, RememberedPeer, Store, StoreOptions};

@@ -166,12 +166,12 @@ fn retry_delay_ms(attempts: u64) -> u64 {
 /// at their next use), which cost about half the CPU of a node applying a
 /// stream of small broadcasts. Dropping the guard — also on panic — gives the
 /// store its own connection back.
-struct Merging<'a> {
+pub(crate) struct Merging<'a> {
     store: &'a mut Store,
 }
 
 impl<'a> Merging<'a> {
-    fn enter(store: &'a mut Store) -> Result<Merging<'a>> {
+    pub(crate) fn enter(store: &'a mut Store) -> Result<Merging<'a>> {
         store.open_merge_connection()?;
         let Some(merge) = store.merge_conn.as_mut() else {
             return Err(StorageError::Corrupt("no merge connection".into()));

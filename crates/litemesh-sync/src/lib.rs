@@ -30,8 +30,9 @@ mod scheduler;
 pub use lag::{LagTracker, WriterLag};
 pub use placement::RegionResolver;
 pub use replication::{
-    Broadcast, Event, Extracted, Frame, OpId, Replication, RequestId, SessionId, Stats, StorageOp,
-    Transmit, decode_broadcast, decode_frame, encode_local_commit, encode_sync_batch,
+    Broadcast, Event, Extracted, Frame, OpId, Pruned, Replication, RequestId, SessionId,
+    SnapshotProgress, Stats, StorageOp, Transmit, decode_broadcast, decode_frame, encode_key_chunk,
+    encode_local_commit, encode_snapshot_base, encode_sync_batch,
 };
 pub use retention::{HeldBack, Report, StableCut, stable_cut};
 pub use scheduler::{Config, Outgoing, PeerStatus, Scheduler, SyncOutcome};

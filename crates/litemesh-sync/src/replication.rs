@@ -38,8 +38,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use litemesh_proto::{
-    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, Knowledge, Message, RetentionInfo, WireError,
-    decode, decode_batch, encode, encode_batch,
+    ActorId, ChangeBatch, DEFAULT_MAX_WIRE_BYTES, KeyChunk, Knowledge, Message, RetentionInfo,
+    SnapshotCursor, WireError, decode, decode_batch, encode, encode_batch,
 };
 
 use crate::retention::Report;
@@ -127,7 +127,56 @@ pub enum StorageOp {
         requester: Option<litemesh_proto::Entitlement>,
         /// Bytes of changes per batch.
         batch_bytes: usize,
+        /// The requester catches up by snapshot: after the batches, from
+        /// the same read, stream the listing from this cursor
+        /// (`Store::snapshot_for`: its base frame with
+        /// [`encode_snapshot_base`], its key chunks with
+        /// [`encode_key_chunk`]).
+        snapshot: Option<SnapshotCursor>,
     },
+    /// Check one range of a peer's snapshot listing against the rows held
+    /// here, on the writer connection (`Store::prune_absent`); call
+    /// [`Replication::set_knowledge`], then [`Replication::handle_pruned`].
+    Prune {
+        /// The operation.
+        op: OpId,
+        /// The range and its keys.
+        chunk: KeyChunk,
+        /// The peer's knowledge at its listing.
+        theirs: Knowledge,
+    },
+}
+
+/// How a [`StorageOp::Prune`] went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows the peer had deleted, removed here.
+    pub dropped: u64,
+    /// Rows of this node's own written again above the floor.
+    pub rebased: u64,
+    /// Keys of the range checked.
+    pub checked: u64,
+    /// The listing is complete: this node is whole again.
+    pub complete: bool,
+    /// Where the next listing resumes.
+    pub cursor: SnapshotCursor,
+}
+
+/// Progress of this node's snapshot catch-up (since it started).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// Key ranges checked.
+    pub chunks: u64,
+    /// Keys checked.
+    pub checked: u64,
+    /// Rows removed (deleted on the peers meanwhile).
+    pub dropped: u64,
+    /// Rows written again above the floor.
+    pub rebased: u64,
+    /// Where the listing resumes.
+    pub cursor: SnapshotCursor,
+    /// When it completed (time as the core sees it), if it did.
+    pub completed_at: Option<Duration>,
 }
 
 /// Something the driver must do that is neither a transmit nor a storage
@@ -174,6 +223,14 @@ pub enum Event {
         /// Its reason.
         reason: String,
     },
+    /// This node caught up by snapshot: it is whole again, takes writes and
+    /// serves its data.
+    SnapshotComplete {
+        /// The peer whose listing completed it.
+        from: SocketAddr,
+        /// What it took.
+        progress: SnapshotProgress,
+    },
     /// A reconciliation this node opened ended.
     SyncEnded {
         /// The peer.
@@ -193,6 +250,10 @@ pub enum Extracted {
     },
     /// The requester went away while the batches were streamed.
     Interrupted,
+    /// Nothing was streamed: this node cannot serve the snapshot asked for
+    /// now (changes wait to be applied, a table it does not hold). Not a
+    /// failure: the requester tries another peer.
+    Refused(String),
     /// Reading the changes failed.
     Failed(String),
 }
@@ -240,6 +301,10 @@ struct Session {
     theirs: Option<Knowledge>,
     /// The stream ended without error.
     ended: bool,
+    /// A snapshot answer's base: the peer's knowledge at its listing.
+    base: Option<Knowledge>,
+    /// A range of a snapshot listing was checked.
+    listed: bool,
 }
 
 /// Why a storage operation was asked for.
@@ -254,6 +319,7 @@ enum Purpose {
     },
     Session(SessionId),
     Serve(RequestId),
+    Prune(SessionId),
 }
 
 /// Applies of one reconciliation in flight before its stream is paused.
@@ -294,6 +360,8 @@ pub struct Replication {
     needs_snapshot: Option<String>,
     /// Serve nothing until a reconciliation this node opens completes.
     hold_until_synced: bool,
+    /// Snapshot catch-up (while `needs_snapshot`).
+    snapshot: SnapshotProgress,
 }
 
 /// A broadcast, decoded (see [`decode_broadcast`]).
@@ -324,6 +392,10 @@ pub enum Frame {
     Batch(ChangeBatch, usize),
     /// The responder's knowledge and retention report: the last frame.
     Done(Knowledge, RetentionInfo),
+    /// The base of a snapshot listing: the responder's knowledge at it.
+    Base(Knowledge),
+    /// One range of a snapshot listing.
+    Keys(KeyChunk),
     /// The responder refused to serve (the only frame), and why; with
     /// `snapshot`, because this node lacks versions whose tombstones it
     /// collected.
@@ -368,6 +440,8 @@ pub fn decode_frame(bytes: &[u8], max_message: usize) -> Result<Frame, WireError
             retention,
         } => Ok(Frame::Done(knowledge, retention)),
         Message::SyncRefused { reason, snapshot } => Ok(Frame::Refused { reason, snapshot }),
+        Message::SnapshotBase { knowledge } => Ok(Frame::Base(knowledge)),
+        Message::SnapshotKeys(chunk) => Ok(Frame::Keys(chunk)),
         _ => Err(WireError::Malformed(
             "unexpected message in a sync response".into(),
         )),
@@ -392,6 +466,19 @@ pub fn encode_local_commit(
         encoded.push(bytes);
     }
     Some(encoded)
+}
+
+/// Encodes the base frame of a snapshot listing.
+pub fn encode_snapshot_base(
+    knowledge: Knowledge,
+    max_message: usize,
+) -> Result<Vec<u8>, WireError> {
+    encode(&Message::SnapshotBase { knowledge }, max_message)
+}
+
+/// Encodes one key chunk of a snapshot listing.
+pub fn encode_key_chunk(chunk: KeyChunk, max_message: usize) -> Result<Vec<u8>, WireError> {
+    encode(&Message::SnapshotKeys(chunk), max_message)
 }
 
 /// Encodes one batch as a response frame of a reconciliation.
@@ -435,7 +522,19 @@ impl Replication {
             stale_peers: std::collections::BTreeSet::new(),
             needs_snapshot: None,
             hold_until_synced: false,
+            snapshot: SnapshotProgress::default(),
         }
+    }
+
+    /// Where this node's snapshot listing resumes (read from its file at
+    /// start, while it needs a snapshot).
+    pub fn set_snapshot_cursor(&mut self, cursor: SnapshotCursor) {
+        self.snapshot.cursor = cursor;
+    }
+
+    /// Progress of this node's snapshot catch-up.
+    pub fn snapshot_progress(&self) -> &SnapshotProgress {
+        &self.snapshot
     }
 
     /// Records (at start) that this node cannot catch up incrementally, as
@@ -490,6 +589,18 @@ impl Replication {
         (missing > 0).then_some(missing)
     }
 
+    /// How many versions a peer collected (per actor, `1..=n`) that this
+    /// node lacks — `None` when none, or when this node holds nothing at
+    /// all (a new node: [`Replication::lacks_collected`]).
+    fn lacks_collected_by(&self, collected: &BTreeMap<ActorId, u64>) -> Option<u64> {
+        let k = self.advertised();
+        if k.have.values().all(|r| r.is_empty()) {
+            return None;
+        }
+        let missing: u64 = collected.iter().map(|(a, c)| k.missing_up_to(a, *c)).sum();
+        (missing > 0).then_some(missing)
+    }
+
     /// Sets what this node reports for tombstone collection at every
     /// reconciliation: its actors and floors (its quarantine is counted
     /// here, from [`Replication::set_knowledge`]).
@@ -521,6 +632,7 @@ impl Replication {
         RetentionInfo {
             unapplied: self.quarantined.len() as u64,
             holding: self.hold_until_synced,
+            collected: self.collected.clone(),
             ..self.retention.clone()
         }
     }
@@ -758,7 +870,56 @@ impl Replication {
                     Err(e) => self.fail(now, id, format!("applying its changes failed: {e}")),
                 }
             }
-            Purpose::Serve(_) => debug_assert!(false, "an extract reported as an apply"),
+            Purpose::Serve(_) | Purpose::Prune(_) => {
+                debug_assert!(false, "not an apply")
+            }
+        }
+    }
+
+    /// A [`StorageOp::Prune`] ended: `Ok` with what it did, `Err` with why
+    /// it failed. Call [`Replication::set_knowledge`] first.
+    pub fn handle_pruned(&mut self, now: Duration, op: OpId, result: Result<Pruned, String>) {
+        let Some(Purpose::Prune(id)) = self.ops.remove(&op) else {
+            debug_assert!(false, "an unknown or already reported prune");
+            return;
+        };
+        if let Ok(p) = &result {
+            // Recorded whatever became of the session: it is in the file.
+            self.snapshot.chunks += 1;
+            self.snapshot.checked += p.checked;
+            self.snapshot.dropped += p.dropped;
+            self.snapshot.rebased += p.rebased;
+            self.snapshot.cursor = p.cursor.clone();
+        }
+        let peer = self.sessions.get(&id).map(|s| s.peer);
+        if let Ok(p) = &result
+            && p.complete
+            && self.needs_snapshot.is_some()
+        {
+            self.needs_snapshot = None;
+            self.snapshot.completed_at = Some(now);
+            if let Some(from) = peer {
+                self.events.push_back(Event::SnapshotComplete {
+                    from,
+                    progress: self.snapshot.clone(),
+                });
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        s.applying -= 1;
+        s.deadline = now + self.config.session_timeout;
+        match result {
+            Ok(_) => {
+                s.listed = true;
+                if s.paused && s.applying < MAX_APPLYING_PER_SESSION {
+                    s.paused = false;
+                    self.events.push_back(Event::ResumeReading(id));
+                }
+                self.try_finish(now, id);
+            }
+            Err(e) => self.fail(now, id, format!("checking a snapshot listing failed: {e}")),
         }
     }
 
@@ -794,6 +955,22 @@ impl Replication {
                 }
             }
             Extracted::Interrupted => {}
+            Extracted::Refused(reason) => {
+                match encode(
+                    &Message::SyncRefused {
+                        reason,
+                        snapshot: false,
+                    },
+                    self.config.max_message,
+                ) {
+                    Ok(bytes) => self
+                        .transmits
+                        .push_back(Transmit::Respond { request, bytes }),
+                    Err(_) => self
+                        .transmits
+                        .push_back(Transmit::Reject { request, code: 2 }),
+                }
+            }
             Extracted::Failed(e) => {
                 self.stats.serve_failures += 1;
                 self.stats.serve_error = Some(e);
@@ -933,21 +1110,39 @@ impl Replication {
                 knowledge,
                 retention,
             }) => {
+                let wants_snapshot = retention.snapshot.is_some();
+                let lacks = self.lacks_collected(&knowledge);
+                if let Some(missing) = lacks
+                    && self.stale_peers.insert(from)
+                {
+                    self.events.push_back(Event::PeerNeedsSnapshot {
+                        peer: from,
+                        missing,
+                    });
+                }
+                // The other way round: the requester collected versions this
+                // node lacks — this node is the stale one.
+                if self.needs_snapshot.is_none()
+                    && let Some(missing) = self.lacks_collected_by(&retention.collected)
+                {
+                    let reason = format!(
+                        "{from} collected the tombstones of {missing} version(s) this node \
+                         lacks (it was away longer than its peers waited for it): rows deleted \
+                         meanwhile may still be here; it catches up by snapshot \
+                         (docs/retention.md)"
+                    );
+                    self.needs_snapshot = Some(reason.clone());
+                    self.events.push_back(Event::NeedsSnapshot { from, reason });
+                }
                 let refusal = if let Some(why) = &self.needs_snapshot {
                     Some((format!("the peer cannot serve: {why}"), false))
-                } else if let Some(missing) = self.lacks_collected(&knowledge) {
-                    if self.stale_peers.insert(from) {
-                        self.events.push_back(Event::PeerNeedsSnapshot {
-                            peer: from,
-                            missing,
-                        });
-                    }
+                } else if let Some(missing) = lacks.filter(|_| !wants_snapshot) {
                     Some((
                         format!(
                             "this node lacks {missing} version(s) whose tombstones the peer has \
                              collected (it was away longer than the peers waited for it): rows \
-                             deleted meanwhile may still be here; replace its file with a fresh \
-                             one or a restore of a live node's backup (docs/retention.md)"
+                             deleted meanwhile may still be here; it catches up by snapshot \
+                             (docs/retention.md)"
                         ),
                         true,
                     ))
@@ -959,7 +1154,9 @@ impl Replication {
                         false,
                     ))
                 } else {
-                    self.stale_peers.remove(&from);
+                    if lacks.is_none() {
+                        self.stale_peers.remove(&from);
+                    }
                     None
                 };
                 if let Some((reason, snapshot)) = refusal {
@@ -976,8 +1173,11 @@ impl Replication {
                     }
                     return Ok(());
                 }
-                self.record_report(now, from, knowledge.clone(), retention);
-                knowledge
+                let snapshot = retention.snapshot.clone();
+                if lacks.is_none() {
+                    self.record_report(now, from, knowledge.clone(), retention);
+                }
+                (knowledge, snapshot)
             }
             Ok(_) => {
                 self.transmits
@@ -990,6 +1190,7 @@ impl Replication {
                 return Err(e);
             }
         };
+        let (theirs, snapshot) = theirs;
         self.check_own_versions(now, &theirs, from);
         if !self.advertised().covers(&theirs) {
             // The requester holds versions this node lacks: pull from it soon.
@@ -1007,6 +1208,7 @@ impl Replication {
             theirs,
             requester,
             batch_bytes: self.config.batch_bytes,
+            snapshot,
         });
         Ok(())
     }
@@ -1057,6 +1259,28 @@ impl Replication {
                 }
                 self.fail(now, session, format!("refused: {reason}"));
                 return false;
+            }
+            Ok(Frame::Base(knowledge)) => {
+                s.base = Some(knowledge);
+            }
+            Ok(Frame::Keys(chunk)) => {
+                let Some(theirs) = s.base.clone() else {
+                    self.fail(now, session, "a snapshot listing without its base".into());
+                    return false;
+                };
+                if self.needs_snapshot.is_none() {
+                    // Whole already (another listing completed): ignored.
+                } else {
+                    // The batches before it are applied first.
+                    self.flush(session);
+                    let op = OpId(self.next());
+                    self.ops.insert(op, Purpose::Prune(session));
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.applying += 1;
+                    }
+                    self.storage
+                        .push_back(StorageOp::Prune { op, chunk, theirs });
+                }
             }
             Ok(Frame::Done(knowledge, info)) => {
                 let peer = s.peer;
@@ -1149,9 +1373,13 @@ impl Replication {
             polled = None;
         }
         if let Some(peer) = polled {
+            let mut retention = self.own_retention();
+            if self.needs_snapshot.is_some() {
+                retention.snapshot = Some(self.snapshot.cursor.clone());
+            }
             let request = Message::SyncRequest {
                 knowledge: self.advertised(),
-                retention: self.own_retention(),
+                retention,
             };
             match encode(&request, self.config.max_message) {
                 Ok(bytes) => {
@@ -1168,6 +1396,8 @@ impl Replication {
                             learned: false,
                             theirs: None,
                             ended: false,
+                            base: None,
+                            listed: false,
                         },
                     );
                     return Some(Transmit::Request {
@@ -1254,7 +1484,8 @@ impl Replication {
         // Come back at once only if this exchange taught us something and
         // the peer still holds more (we were catching up); versions it
         // committed meanwhile arrive by broadcast or the next round.
-        let has_more = s.learned && !self.advertised().covers(&theirs);
+        let has_more = (s.learned && !self.advertised().covers(&theirs))
+            || (s.listed && self.needs_snapshot.is_some());
         self.sched.set_knowledge(now, s.peer, theirs);
         self.sched.sync_done(
             now,

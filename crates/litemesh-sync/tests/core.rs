@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use litemesh_proto::{
-    ActorId, ChangeBatch, Knowledge, Message, RowChange, Value, VersionChanges, channel, decode,
-    encode, encode_batch,
+    ActorId, ChangeBatch, KeyChunk, Knowledge, Message, RetentionInfo, RowChange, SnapshotCursor,
+    Value, VersionChanges, channel, decode, encode, encode_batch,
 };
 use litemesh_sync::{
-    Config, Event, Extracted, OpId, Replication, RequestId, SessionId, StorageOp, Transmit,
-    encode_sync_batch,
+    Config, Event, Extracted, OpId, Pruned, Replication, RequestId, SessionId, StorageOp, Transmit,
+    encode_key_chunk, encode_snapshot_base, encode_sync_batch,
 };
 
 const ME: ActorId = ActorId([1; 16]);
@@ -84,6 +84,13 @@ struct Out {
     applies: Vec<(OpId, Vec<ChangeBatch>)>,
     extracts: Vec<(OpId, RequestId, Knowledge)>,
     events: Vec<Event>,
+    /// Refusals sent: why, and whether the requester needs a snapshot.
+    refusals: Vec<(RequestId, String, bool)>,
+    /// The snapshot cursor of each request opened (snapshot catch-up).
+    request_snapshots: Vec<Option<SnapshotCursor>>,
+    /// The snapshot cursor of each extraction asked for.
+    extract_snapshots: Vec<Option<SnapshotCursor>>,
+    prunes: Vec<(OpId, KeyChunk, Knowledge)>,
 }
 
 fn drain(c: &mut Replication, now: Duration) -> Out {
@@ -92,19 +99,23 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
         match t {
             Transmit::Uni { to, bytes } => o.uni.push((to, bytes.to_vec())),
             Transmit::Request { session, to, bytes } => {
-                let Message::SyncRequest { knowledge, .. } = decode(&bytes, usize::MAX).unwrap()
+                let Message::SyncRequest {
+                    knowledge,
+                    retention,
+                } = decode(&bytes, usize::MAX).unwrap()
                 else {
                     panic!("not a request")
                 };
                 o.requests.push((session, to, knowledge));
+                o.request_snapshots.push(retention.snapshot);
             }
-            Transmit::Respond { request, bytes } => {
-                let Message::SyncDone { knowledge, .. } = decode(&bytes, usize::MAX).unwrap()
-                else {
-                    panic!("not a last frame")
-                };
-                o.answers.push((request, Some(knowledge)));
-            }
+            Transmit::Respond { request, bytes } => match decode(&bytes, usize::MAX).unwrap() {
+                Message::SyncDone { knowledge, .. } => o.answers.push((request, Some(knowledge))),
+                Message::SyncRefused { reason, snapshot } => {
+                    o.refusals.push((request, reason, snapshot))
+                }
+                m => panic!("not a last frame: {m:?}"),
+            },
             Transmit::Reject { request, .. } => o.answers.push((request, None)),
         }
     }
@@ -115,8 +126,13 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
                 op,
                 request,
                 theirs,
+                snapshot,
                 ..
-            } => o.extracts.push((op, request, theirs)),
+            } => {
+                o.extracts.push((op, request, theirs));
+                o.extract_snapshots.push(snapshot);
+            }
+            StorageOp::Prune { op, chunk, theirs } => o.prunes.push((op, chunk, theirs)),
         }
     }
     while let Some(e) = c.poll_event() {
@@ -479,4 +495,218 @@ fn a_peer_that_goes_down_keeps_what_was_known_of_it_and_is_not_chosen() {
             assert_eq!(to, addr(3));
         }
     }
+}
+
+/// A responder that collected versions a requester lacks refuses its plain
+/// reconciliation ("needs a snapshot") but serves a snapshot request —
+/// while still treating it as stale (its broadcasts dropped, never pulled
+/// from) until it asks without lacking anything.
+#[test]
+fn a_stale_requester_is_refused_incrementally_and_served_a_snapshot() {
+    let mut c = core(&[2]);
+    drain(&mut c, ms(0));
+    c.set_knowledge(holding(THEM, 10), vec![]);
+    c.set_collected([(THEM, 5)].into());
+    let mut stale = holding(THEM, 2);
+    stale
+        .have
+        .entry(ActorId([3; 16]))
+        .or_default()
+        .insert_range(1, 3);
+    let ask = |snapshot: Option<SnapshotCursor>| {
+        encode(
+            &Message::SyncRequest {
+                knowledge: stale.clone(),
+                retention: RetentionInfo {
+                    snapshot,
+                    ..Default::default()
+                },
+            },
+            usize::MAX,
+        )
+        .unwrap()
+    };
+    c.handle_request(ms(1), addr(2), RequestId(1), &ask(None))
+        .unwrap();
+    let o = drain(&mut c, ms(1));
+    assert!(o.extracts.is_empty());
+    assert_eq!(o.refusals.len(), 1);
+    assert!(o.refusals[0].2, "told it needs a snapshot: {o:?}");
+    assert!(
+        o.events
+            .iter()
+            .any(|e| matches!(e, Event::PeerNeedsSnapshot { missing: 3, .. }))
+    );
+    let cursor = SnapshotCursor {
+        table: "t".into(),
+        after: Some(vec![1]),
+        past: false,
+    };
+    c.handle_request(ms(2), addr(2), RequestId(2), &ask(Some(cursor.clone())))
+        .unwrap();
+    let o = drain(&mut c, ms(2));
+    assert!(o.refusals.is_empty(), "{o:?}");
+    assert_eq!(o.extract_snapshots, vec![Some(cursor)]);
+    assert!(c.stale_peers().contains(&addr(2)), "still stale meanwhile");
+    // A responder that cannot list (changes waiting): refused, not failed.
+    c.handle_extracted(ms(3), o.extracts[0].0, Extracted::Refused("busy".into()));
+    let o = drain(&mut c, ms(3));
+    assert_eq!(o.refusals.len(), 1);
+    assert!(!o.refusals[0].2);
+    assert_eq!(c.stats().serve_failures, 0);
+}
+
+/// The stale node's side: told it needs a snapshot, it asks for one from
+/// its cursor; each range of the listing becomes a prune after the batches
+/// before it, and the last one makes it whole (writes and serving resume).
+#[test]
+fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing() {
+    let mut c = core(&[2]);
+    c.set_knowledge(holding(THEM, 2), vec![]);
+    let o = drain(&mut c, ms(0));
+    let (s, _, _) = o.requests[0];
+    assert_eq!(o.request_snapshots, vec![None]);
+    let refused = encode(
+        &Message::SyncRefused {
+            reason: "collected".into(),
+            snapshot: true,
+        },
+        usize::MAX,
+    )
+    .unwrap();
+    assert!(!c.handle_response_frame(ms(1), s, &refused));
+    assert!(c.needs_snapshot().is_some());
+    let o = drain(&mut c, ms(1));
+    assert!(
+        o.events
+            .iter()
+            .any(|e| matches!(e, Event::NeedsSnapshot { .. }))
+    );
+    // The next reconciliation asks for a snapshot, from the cursor.
+    let cursor = SnapshotCursor {
+        table: "t".into(),
+        after: None,
+        past: false,
+    };
+    c.set_snapshot_cursor(cursor.clone());
+    let mut now = ms(2);
+    let s = loop {
+        c.handle_timeout(now);
+        let o = drain(&mut c, now);
+        if let Some((s, _, _)) = o.requests.first() {
+            assert_eq!(o.request_snapshots, vec![Some(cursor.clone())]);
+            break *s;
+        }
+        now += ms(500);
+        assert!(now < Duration::from_secs(120), "never asked again");
+    };
+    let theirs = holding(THEM, 10);
+    let frames = [
+        encode_sync_batch(&batch(THEM, 3, 10), usize::MAX).unwrap(),
+        encode_snapshot_base(theirs.clone(), usize::MAX).unwrap(),
+        encode_key_chunk(
+            KeyChunk {
+                table: "t".into(),
+                through: Some(vec![9]),
+                ..Default::default()
+            },
+            usize::MAX,
+        )
+        .unwrap(),
+    ];
+    for f in &frames {
+        c.handle_response_frame(now, s, f);
+    }
+    let o = drain(&mut c, now);
+    assert_eq!(o.applies.len(), 1, "the batch before the range");
+    assert_eq!(o.prunes.len(), 1);
+    assert_eq!(o.prunes[0].2, theirs, "checked against the base");
+    c.handle_applied(now, o.applies[0].0, Ok(true));
+    let next = SnapshotCursor {
+        table: "t".into(),
+        after: Some(vec![9]),
+        past: false,
+    };
+    c.handle_pruned(
+        now,
+        o.prunes[0].0,
+        Ok(Pruned {
+            dropped: 2,
+            checked: 5,
+            cursor: next.clone(),
+            ..Default::default()
+        }),
+    );
+    assert!(c.needs_snapshot().is_some(), "not before the last range");
+    assert_eq!(c.snapshot_progress().cursor, next);
+    let last = encode_key_chunk(
+        KeyChunk {
+            table: "t".into(),
+            after: Some(vec![9]),
+            last: true,
+            ..Default::default()
+        },
+        usize::MAX,
+    )
+    .unwrap();
+    c.handle_response_frame(now, s, &last);
+    let o = drain(&mut c, now);
+    c.handle_pruned(
+        now,
+        o.prunes[0].0,
+        Ok(Pruned {
+            rebased: 1,
+            checked: 3,
+            complete: true,
+            ..Default::default()
+        }),
+    );
+    assert_eq!(c.needs_snapshot(), None, "whole again");
+    let p = c.snapshot_progress();
+    assert_eq!((p.dropped, p.rebased, p.checked), (2, 1, 8));
+    let o = drain(&mut c, now);
+    assert!(
+        o.events
+            .iter()
+            .any(|e| matches!(e, Event::SnapshotComplete { .. }))
+    );
+}
+
+/// Whichever side opens the reconciliation, the stale node learns it is
+/// stale: a request from a peer that collected versions this node lacks
+/// makes it refuse and stop.
+#[test]
+fn a_request_from_a_peer_that_collected_what_this_node_lacks_makes_it_stop() {
+    let mut c = core(&[2]);
+    drain(&mut c, ms(0));
+    c.set_knowledge(holding(THEM, 2), vec![]);
+    let req = encode(
+        &Message::SyncRequest {
+            knowledge: holding(THEM, 10),
+            retention: RetentionInfo {
+                collected: [(THEM, 6)].into(),
+                ..Default::default()
+            },
+        },
+        usize::MAX,
+    )
+    .unwrap();
+    c.handle_request(ms(1), addr(2), RequestId(1), &req)
+        .unwrap();
+    let o = drain(&mut c, ms(1));
+    assert!(o.extracts.is_empty(), "nothing of its rows served");
+    assert_eq!(o.refusals.len(), 1);
+    assert!(c.needs_snapshot().is_some());
+    assert!(
+        o.events
+            .iter()
+            .any(|e| matches!(e, Event::NeedsSnapshot { .. }))
+    );
+    // A new node (holding nothing) is not stale.
+    let mut fresh = core(&[2]);
+    drain(&mut fresh, ms(0));
+    fresh
+        .handle_request(ms(1), addr(2), RequestId(1), &req)
+        .unwrap();
+    assert_eq!(fresh.needs_snapshot(), None);
 }

@@ -25,7 +25,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use litemesh_core::{Event, NodeCore, SyncEvent, Transmit};
 use litemesh_proto::ChangeBatch;
-use litemesh_sync::{Extracted, OpId, RequestId, SessionId, StorageOp, encode_sync_batch};
+use litemesh_storage::{SnapshotFrame, StorageError};
+use litemesh_sync::{
+    Extracted, OpId, RequestId, SessionId, StorageOp, encode_key_chunk, encode_snapshot_base,
+    encode_sync_batch,
+};
 use litemesh_transport::Responder;
 use tokio::sync::{Notify, mpsc};
 
@@ -185,6 +189,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
             theirs,
             requester,
             batch_bytes,
+            snapshot,
         } => {
             let tx = streams(inner).serving.get(&request).cloned();
             let inner = inner.clone();
@@ -192,12 +197,50 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
             tokio::task::spawn_blocking(move || {
                 let outcome = match tx {
                     None => Extracted::Interrupted,
-                    Some(tx) => extract(&inner, &tx, &theirs, requester.as_ref(), batch_bytes, max),
+                    Some(tx) => extract(
+                        &inner,
+                        &tx,
+                        &theirs,
+                        requester.as_ref(),
+                        snapshot.as_ref(),
+                        batch_bytes,
+                        max,
+                    ),
                 };
                 if let Extracted::Failed(e) = &outcome {
                     tracing::warn!("serving a sync failed: {e}");
                 }
                 drive(&inner, |c, now| c.handle_extracted(now, op, outcome));
+            });
+        }
+        StorageOp::Prune { op, chunk, theirs } => {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let res = inner
+                    .with_writer(move |w| Ok(w.prune_absent(&chunk, &theirs)?))
+                    .await;
+                let res = match res {
+                    Ok(p) => {
+                        if !p.tables_changed.is_empty() {
+                            let _ = inner.changes.send(crate::node::ChangeEvent {
+                                tables: p.tables_changed.clone(),
+                                local: false,
+                            });
+                        }
+                        Ok(litemesh_sync::Pruned {
+                            dropped: p.dropped,
+                            rebased: p.rebased,
+                            checked: p.checked,
+                            complete: p.complete,
+                            cursor: p.cursor,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!("checking a snapshot listing failed: {e}");
+                        Err(e.to_string())
+                    }
+                };
+                drive(&inner, |c, now| c.handle_pruned(now, op, res));
             });
         }
     }
@@ -209,6 +252,7 @@ fn extract(
     tx: &mpsc::Sender<Serve>,
     theirs: &litemesh_proto::Knowledge,
     requester: Option<&litemesh_proto::Entitlement>,
+    snapshot: Option<&litemesh_proto::SnapshotCursor>,
     batch_bytes: usize,
     max: usize,
 ) -> Extracted {
@@ -226,35 +270,62 @@ fn extract(
         if let Err(e) = r.refresh() {
             return Extracted::Failed(e.to_string());
         }
-        r.changes_for(theirs, requester, batch_bytes, |b| {
-            match encode_sync_batch(&b, max) {
-                Ok(frame) => {
-                    bytes += frame.len();
-                    frames.push(frame);
-                    if bytes >= SERVE_BUDGET {
-                        return Ok(false);
+        let mut push = |frame: Vec<u8>| {
+            bytes += frame.len();
+            frames.push(frame);
+            bytes < SERVE_BUDGET
+        };
+        match snapshot {
+            Some(from) => r.snapshot_for(theirs, requester, from, batch_bytes, |f| {
+                Ok(match f {
+                    SnapshotFrame::Batch(b) => match encode_sync_batch(&b, max) {
+                        Ok(frame) => push(frame),
+                        // A snapshot must not skip what it cannot send.
+                        Err(e) => return Err(StorageError::SnapshotUnavailable(e.to_string())),
+                    },
+                    SnapshotFrame::Base(k) => push(
+                        encode_snapshot_base(k, max)
+                            .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
+                    ),
+                    SnapshotFrame::Keys(c) => push(
+                        encode_key_chunk(c, max)
+                            .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
+                    ),
+                })
+            }),
+            None => r.changes_for(theirs, requester, batch_bytes, |b| {
+                match encode_sync_batch(&b, max) {
+                    Ok(frame) => {
+                        if !push(frame) {
+                            return Ok(false);
+                        }
+                    }
+                    Err(e) => {
+                        // A change written before the row limit existed, larger
+                        // than a message: skipped, never failing the rest.
+                        skipped += 1;
+                        let versions: Vec<String> = b
+                            .versions
+                            .iter()
+                            .map(|v| format!("{}:{}", v.actor, v.version))
+                            .collect();
+                        tracing::error!(
+                            versions = ?versions,
+                            "a change batch cannot be sent ({e}); skipping it, the rest goes on"
+                        );
                     }
                 }
-                Err(e) => {
-                    // A change written before the row limit existed, larger
-                    // than a message: skipped, never failing the rest.
-                    skipped += 1;
-                    let versions: Vec<String> = b
-                        .versions
-                        .iter()
-                        .map(|v| format!("{}:{}", v.actor, v.version))
-                        .collect();
-                    tracing::error!(
-                        versions = ?versions,
-                        "a change batch cannot be sent ({e}); skipping it, the rest goes on"
-                    );
-                }
-            }
-            Ok(true)
-        })
+                Ok(true)
+            }),
+        }
     };
-    if let Err(e) = res {
-        return Extracted::Failed(e.to_string());
+    match res {
+        Err(StorageError::SnapshotUnavailable(why)) => {
+            tracing::info!("a peer asked for a snapshot this node cannot serve now: {why}");
+            return Extracted::Refused(format!("no snapshot from this node now: {why}"));
+        }
+        Err(e) => return Extracted::Failed(e.to_string()),
+        Ok(_) => {}
     }
     for frame in frames {
         if tx.blocking_send(Serve::Frame(frame)).is_err() {
@@ -353,6 +424,15 @@ fn event(inner: &Arc<Inner>, e: Event) {
                     tracing::error!("could not record that this node needs a snapshot: {e}");
                 }
             });
+        }
+        SyncEvent::SnapshotComplete { from, progress } => {
+            tracing::info!(
+                %from,
+                keys_checked = progress.checked,
+                rows_dropped = progress.dropped,
+                rows_rebased = progress.rebased,
+                "caught up by snapshot: this node is whole again, takes writes and serves its data"
+            );
         }
         SyncEvent::CancelSession(id) => {
             if let Some(ctl) = streams(inner).sessions.get(&id) {

@@ -78,8 +78,11 @@ pub enum Error {
     #[error("the node is shutting down")]
     ShuttingDown,
     /// A peer collected tombstones of versions this node lacks: it refuses
-    /// writes until it is replaced (docs/retention.md).
-    #[error("this node cannot catch up incrementally and refuses writes: {0}")]
+    /// writes until it has caught up by snapshot (docs/retention.md).
+    #[error(
+        "this node cannot catch up incrementally and refuses writes until it has caught up by \
+         snapshot (retry later): {0}"
+    )]
     NeedsSnapshot(String),
     /// A new node of a mesh with a retention policy, before its first
     /// reconciliation: writes wait until it has learned the mesh's floors.

@@ -111,7 +111,7 @@ pub enum HealthIssue {
     },
     /// A peer collected tombstones of versions this node lacks: it cannot
     /// catch up incrementally (rows deleted meanwhile may still be here),
-    /// refuses writes, and must be replaced (docs/retention.md).
+    /// refuses writes until it has caught up by snapshot (docs/retention.md).
     NeedsSnapshot {
         /// What the peer said.
         reason: String,
@@ -185,7 +185,11 @@ impl fmt::Display for HealthIssue {
                 peers.join(", ")
             ),
             HealthIssue::NeedsSnapshot { reason } => {
-                write!(f, "cannot catch up incrementally, writes refused: {reason}")
+                write!(
+                    f,
+                    "cannot catch up incrementally, writes refused until it has caught up by \
+                     snapshot: {reason}"
+                )
             }
             HealthIssue::ShuttingDown => f.write_str("shutting down"),
         }

@@ -53,6 +53,7 @@ pub use settings::{Settings, Tls};
 pub use sql::{QueryResult, Statement};
 pub use status::{
     CollectionReport, MemberInfo, MemberRetention, MemberState, PeerState, PeerStatus,
-    QuarantineStatus, RegionStatus, RetainedWriter, RetentionReport, Status, WriterStatus,
+    QuarantineStatus, RegionStatus, RetainedWriter, RetentionReport, SnapshotCatchUp, Status,
+    WriterStatus,
 };
 pub use token::Token;

@@ -998,10 +998,11 @@ impl Node {
         if let Some(reason) = writer.needs_snapshot()? {
             tracing::error!(
                 "this node's file cannot catch up incrementally (a peer said so before it \
-                 stopped): it refuses writes and serves nothing; replace it with a fresh file \
-                 or a restore of a live node's backup. {reason}"
+                 stopped): it refuses writes and serves nothing until it has caught up by \
+                 snapshot from a peer. {reason}"
             );
             core.set_needs_snapshot(reason);
+            core.set_snapshot_cursor(writer.snapshot_cursor()?);
         }
         if away_too_long {
             tracing::warn!(
@@ -1437,9 +1438,17 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .tombstones;
-        let (collection_held_back, needs_snapshot) = {
+        let (collection_held_back, needs_snapshot, snapshot_catch_up) = {
             let core = inner.core();
-            (core.collection().held_back, core.needs_snapshot())
+            let p = core.snapshot_progress();
+            let needs = core.needs_snapshot();
+            let catch_up = (p.chunks > 0 || needs.is_some()).then(|| crate::SnapshotCatchUp {
+                keys_checked: p.checked,
+                rows_dropped: p.dropped,
+                rows_rebased: p.rebased,
+                complete: p.completed_at.is_some() && needs.is_none(),
+            });
+            (core.collection().held_back, needs, catch_up)
         };
         let collection_held_back = collection_held_back.or_else(|| inner.collection_waiting());
         Ok(Status {
@@ -1477,6 +1486,7 @@ impl Node {
             tombstones_collected,
             collection_held_back,
             needs_snapshot,
+            snapshot_catch_up,
             placement_mismatch: inner.placement_mismatch(),
             placement: inner
                 .placement

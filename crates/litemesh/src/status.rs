@@ -161,6 +161,20 @@ pub struct QuarantineStatus {
     pub attempts: u64,
 }
 
+/// A node's catch-up by snapshot (`docs/retention.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotCatchUp {
+    /// Keys of its rows checked against peers' listings.
+    pub keys_checked: u64,
+    /// Rows removed: deleted on the peers while it was away.
+    pub rows_dropped: u64,
+    /// Rows of its own the peers had not seen, written again above the
+    /// floor (they replicate as new writes).
+    pub rows_rebased: u64,
+    /// Whether it completed (the node is whole again).
+    pub complete: bool,
+}
+
 /// A snapshot of the node's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
@@ -220,6 +234,9 @@ pub struct Status {
     /// Why this node cannot catch up incrementally and refuses writes, if a
     /// peer collected tombstones of versions it lacks.
     pub needs_snapshot: Option<String>,
+    /// This node's catch-up by snapshot, if one ran since it started (or is
+    /// running).
+    pub snapshot_catch_up: Option<SnapshotCatchUp>,
     /// Members whose schema pins tables differently from this node's.
     pub placement_mismatch: Vec<String>,
     /// Pinned tables and the regions they may live in.
