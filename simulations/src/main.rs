@@ -7,7 +7,7 @@
 //! litemesh-simulations sweep [--sizes 10,100,1000] [--loss P] [--seed S] [--duration SECS]
 //!     [--large-duration SECS] [--csv FILE] [--plot FILE.svg]
 //! litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J]
-//!     [--retention SECS]
+//!     [--retention SECS] [--long-absence SECS]
 //! litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W]
 //!     [--cut-secs S] [--cut-nodes 200] [--seed S] [--jobs J] [--md FILE]
 //! ```
@@ -26,7 +26,7 @@ fn usage() -> ExitCode {
          [--csv FILE] [--plot FILE.svg]\n  litemesh-simulations sweep [--sizes 10,100,1000,5000] [--loss P] \
          [--seed S] [--duration SECS] [--large-duration SECS] [--csv FILE] [--plot FILE.svg]\n  \
          litemesh-simulations mesh [--nodes N] [--seeds A..B] [--faults K] [--loss P] [--jobs J] \
-         [--retention SECS]\n  \
+         [--retention SECS] [--long-absence SECS]\n  \
          litemesh-simulations regions [--nodes 200,1000] [--regions 1,2,4,8] [--writes W] \
          [--cut-secs S] [--cut-nodes N,…] [--seed S] [--jobs J] [--md FILE]"
     );
@@ -196,7 +196,20 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
         )),
         None => None,
     };
+    // --long-absence SECS: after the faults the last node is cut off alone
+    // that long (forget-after a third of it), and must come back by
+    // snapshot.
+    let long_absence = match flags.get("long-absence") {
+        Some(s) => Some(std::time::Duration::from_secs_f64(
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 3.0 && *v < 1e6)
+                .ok_or_else(|| format!("bad --long-absence value {s}"))?,
+        )),
+        None => None,
+    };
     let settle = std::time::Duration::from_secs(if retention.is_some() { 120 } else { 60 });
+    let mut snapshots = (0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     let mut collected_total = 0;
     let mut collected = Vec::new();
@@ -224,6 +237,7 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
                         loss,
                         retention,
                         settle,
+                        long_absence,
                         ..MeshParams::default()
                     };
                     let r = run(&p, dir.path());
@@ -242,6 +256,9 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
     for (seed, r) in results {
         acked += r.acked;
         collected_total += r.tombstones_collected;
+        snapshots.0 += r.snapshots;
+        snapshots.1 += r.snapshot_dropped;
+        snapshots.2 += r.snapshot_rebased;
         if let Some(c) = r.collected_after {
             collected.push(c.as_secs_f64());
         }
@@ -275,6 +292,9 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
                 retention.map_or(String::new(), |r| format!(
                     " --retention {}",
                     r.as_secs_f64()
+                )) + &long_absence.map_or(String::new(), |a| format!(
+                    " --long-absence {}",
+                    a.as_secs_f64()
                 ))
             );
             failed.push(seed);
@@ -314,6 +334,12 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
             pct(&mut collected, 0.5),
             pct(&mut collected, 0.99),
             pct(&mut collected, 1.0)
+        );
+    }
+    if long_absence.is_some() {
+        println!(
+            "snapshot catch-ups: {} ({} rows dropped as deleted meanwhile, {} own rows rebased)",
+            snapshots.0, snapshots.1, snapshots.2
         );
     }
     if failed.is_empty() {

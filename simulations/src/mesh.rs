@@ -120,6 +120,9 @@ pub struct MeshNode {
     naive_collection: bool,
     /// Tombstones collected since the node (re)started.
     pub collected: u64,
+    /// Whether being told (or telling a peer) "needs a snapshot" is
+    /// expected (a node cut off past `forget_after`), not a violation.
+    pub stale_allowed: bool,
     /// Snapshot catch-ups this node completed, and the rows they dropped
     /// (deleted elsewhere while it was away) and rebased.
     pub snapshots_completed: u64,
@@ -225,6 +228,13 @@ impl MeshNode {
             store.owned_actors().expect("owned actors"),
             store.floors().expect("floors"),
         );
+        // As the node does at start: what its file remembers.
+        core.set_collected(store.collected_through().expect("collected"));
+        core.set_checked(store.checked().expect("checked"));
+        if let Some(reason) = store.needs_snapshot().expect("needs snapshot") {
+            core.set_needs_snapshot(reason, store.snapshot_need().expect("need"));
+            core.set_snapshot_cursor(store.snapshot_cursor().expect("cursor"));
+        }
         let mut n = MeshNode {
             held,
             idx,
@@ -248,6 +258,7 @@ impl MeshNode {
             deletes: retention.is_some(),
             naive_collection: false,
             collected: 0,
+            stale_allowed: false,
             snapshots_completed: 0,
             snapshot_dropped: 0,
             snapshot_rebased: 0,
@@ -426,6 +437,10 @@ impl MeshNode {
     }
 
     fn write(&mut self) {
+        // A node that needs a snapshot refuses writes (the node's 503).
+        if self.core.needs_snapshot().is_some() {
+            return;
+        }
         let n: u64 = if self.rng.random_bool(0.2) {
             self.rng.random_range(2..6)
         } else {
@@ -593,6 +608,7 @@ impl MeshNode {
                 theirs,
                 requester,
                 batch_bytes,
+                listing_only,
                 snapshot,
             } => {
                 let mut frames = Vec::new();
@@ -604,6 +620,7 @@ impl MeshNode {
                         &theirs,
                         requester.as_ref(),
                         from,
+                        listing_only,
                         batch_bytes,
                         |f| {
                             let frame = match f {
@@ -656,6 +673,7 @@ impl MeshNode {
                             checked: p.checked,
                             complete: p.complete,
                             cursor: p.cursor,
+                            now_checked: p.now_checked,
                         }
                     })
                     .map_err(|e| e.to_string());
@@ -695,13 +713,22 @@ impl MeshNode {
             }
             Event::Sync(SyncEvent::PeerNeedsSnapshot { peer, missing }) => {
                 // Never with every member waited for: a violation.
-                self.errors.push(format!(
-                    "refused {peer} as needing a snapshot ({missing} versions)"
-                ));
+                if !self.stale_allowed {
+                    self.errors.push(format!(
+                        "refused {peer} as needing a snapshot ({missing} versions)"
+                    ));
+                }
             }
-            Event::Sync(SyncEvent::NeedsSnapshot { from, reason }) => {
-                self.errors
-                    .push(format!("told by {from} it needs a snapshot: {reason}"));
+            Event::Sync(SyncEvent::NeedsSnapshot { from, reason, need }) => {
+                if self.stale_allowed {
+                    if let Err(e) = self.store.set_needs_snapshot(&reason, &need) {
+                        self.errors
+                            .push(format!("recording the need of a snapshot: {e}"));
+                    }
+                } else {
+                    self.errors
+                        .push(format!("told by {from} it needs a snapshot: {reason}"));
+                }
             }
             Event::Collect(cut) => {
                 let cut = if self.naive_collection {
@@ -718,6 +745,9 @@ impl MeshNode {
                     Ok((c, f)) => {
                         self.collected += c.tombstones;
                         self.core.set_floors(f);
+                        if let Ok(through) = self.store.collected_through() {
+                            self.core.set_collected(through);
+                        }
                     }
                     Err(e) => self.errors.push(format!("collecting: {e}")),
                 }
@@ -872,6 +902,11 @@ pub struct MeshParams {
     /// Sabotage: every node collects tombstones by its own knowledge alone
     /// (see [`MeshNode::collect_naively`]). The checker must catch it.
     pub naive_collection: bool,
+    /// After the faults, the last node is cut off alone for this long,
+    /// writing on its own, while `forget_after` is a third of it: the
+    /// others forget it and collect tombstones it lacks, and when it comes
+    /// back it must catch up by snapshot (with a retention policy).
+    pub long_absence: Option<Duration>,
 }
 
 impl Default for MeshParams {
@@ -887,6 +922,7 @@ impl Default for MeshParams {
             ignore_placement: false,
             retention: None,
             naive_collection: false,
+            long_absence: None,
         }
     }
 }
@@ -904,6 +940,9 @@ pub enum Fault {
     Crash(usize),
     /// A node stops running (and receiving) for the fault's time.
     Pause(usize),
+    /// A node cut off alone for longer than `forget_after` (see
+    /// [`MeshParams::long_absence`]).
+    CutOff(usize),
 }
 
 /// What one run observed.
@@ -931,6 +970,11 @@ pub struct MeshReport {
     /// With a retention policy: from the heal until no node held a
     /// tombstone any more (`None`: not within the settle time).
     pub collected_after: Option<Duration>,
+    /// Snapshot catch-ups completed, and the rows they dropped (deleted
+    /// elsewhere meanwhile) and rebased (over every node).
+    pub snapshots: u64,
+    pub snapshot_dropped: u64,
+    pub snapshot_rebased: u64,
 }
 
 /// The state checker: holds every node to the promises, as the run runs.
@@ -1088,7 +1132,10 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
     link.jitter = 0.2;
     let mut net: Network<MeshNode> = Network::new(link, p.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x6d65_7368);
-    let cfg = config();
+    let mut cfg = config();
+    if let Some(away) = p.long_absence {
+        cfg.forget_after = away / 3;
+    }
     let path = |i: usize| -> PathBuf { dir.join(format!("n{i}.db")) };
     let node_seed = |i: usize| p.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
     for i in 0..p.nodes {
@@ -1111,6 +1158,7 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
         if p.naive_collection {
             n.collect_naively();
         }
+        n.stale_allowed = p.long_absence.is_some();
         net.add_node(addr_of(i), i % 3, n);
     }
     let mut checker = Checker::default();
@@ -1155,6 +1203,7 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             Fault::Loss(l) => net.set_loss(*l),
             Fault::Crash(v) => net.crash(*v),
             Fault::Pause(v) => net.pause(*v, held),
+            Fault::CutOff(_) => unreachable!("drawn only after the mixed faults"),
         }
         advance(&mut net, &mut checker, t + held, &mut t);
         match &fault {
@@ -1185,17 +1234,28 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
                 if p.naive_collection {
                     n.collect_naively();
                 }
+                n.stale_allowed = p.long_absence.is_some();
                 collected += net.node(*v).collected;
                 net.restart(*v, addr_of(*v), n);
                 let w = p.write_interval;
                 net.with_node(*v, |n, now| n.set_writing(now, Some(w)));
             }
-            Fault::Pause(_) => {}
+            Fault::Pause(_) | Fault::CutOff(_) => {}
         }
         faults.push((fault, held));
         // Some calm between faults.
         let calm = Duration::from_millis(rng.random_range(1_000..6_000));
         advance(&mut net, &mut checker, t + calm, &mut t);
+    }
+    if let Some(away) = p.long_absence {
+        // The last node cut off alone, long enough to be forgotten; both
+        // sides write on.
+        net.heal();
+        let mut groups = vec![0; p.nodes];
+        groups[p.nodes - 1] = 1;
+        net.partition(groups);
+        faults.push((Fault::CutOff(p.nodes - 1), away));
+        advance(&mut net, &mut checker, t + away, &mut t);
     }
     // Heal everything and stop writing; then wait for convergence.
     net.heal();
@@ -1253,6 +1313,14 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             p.settle
         ));
     }
+    let snapshots: u64 = (0..p.nodes).map(|i| net.node(i).snapshots_completed).sum();
+    if p.long_absence.is_some()
+        && p.retention.is_some()
+        && net.node(p.nodes - 1).snapshots_completed == 0
+    {
+        violations
+            .push("the node cut off past --forget-after did not catch up by snapshot".to_string());
+    }
     if p.retention.is_some() && collected_after.is_none() {
         let left: u64 = (0..p.nodes).map(|i| net.node(i).tombstones()).sum();
         violations.push(format!(
@@ -1277,5 +1345,8 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
         tombstones_collected: collected + (0..p.nodes).map(|i| net.node(i).collected).sum::<u64>(),
         tombstones_left: (0..p.nodes).map(|i| net.node(i).tombstones()).sum(),
         collected_after,
+        snapshots,
+        snapshot_dropped: (0..p.nodes).map(|i| net.node(i).snapshot_dropped).sum(),
+        snapshot_rebased: (0..p.nodes).map(|i| net.node(i).snapshot_rebased).sum(),
     }
 }

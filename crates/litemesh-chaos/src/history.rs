@@ -447,6 +447,10 @@ pub struct NodeEnd {
     /// `tombstones_collected` (since its last start; a retention policy).
     #[serde(default)]
     pub tombstones_collected: u64,
+    /// `snapshot_catch_up` (since its last start): keys checked, rows
+    /// dropped, rows rebased, complete.
+    #[serde(default)]
+    pub snapshot_catch_up: Option<(u64, u64, u64, bool)>,
     /// `/v1/health`'s status code; `None` without an answer.
     pub health: Option<u16>,
     /// Its issues when unhealthy: `(kind, message)`.

@@ -91,6 +91,11 @@ struct RunArgs {
     /// `2s`: tombstones of deleted registers are collected during the run.
     #[arg(long)]
     retention: Option<String>,
+    /// The agents' `--forget-after`, e.g. `8s`: with a retention policy,
+    /// nodes cut off (or stopped) longer than that are forgotten, both sides
+    /// collect what the other lacks, and they come back by snapshot.
+    #[arg(long)]
+    forget_after: Option<String>,
     /// Internal: the namespace this process already runs in.
     #[arg(long, hide = true)]
     inside: Option<String>,
@@ -305,6 +310,7 @@ fn inside(args: RunArgs) -> ExitCode {
         hostile_every: Duration::from_millis(args.hostile_ms),
         large_every: Duration::from_millis(args.large_ms),
         retention: args.retention.clone(),
+        forget_after: args.forget_after.clone(),
     };
     println!(
         "litemesh-chaos: {} nodes, seed {}, schedule {:?}, results in {}",

@@ -121,6 +121,30 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
             "Retention policy {policy}: tombstones collected per node since its last start: {}\n",
             collected.join(", ")
         );
+        let snapshots: Vec<String> = h
+            .finals
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let (keys, dropped, rebased, complete) = f.end.as_ref()?.snapshot_catch_up?;
+                Some(format!(
+                    "n{}: {keys} keys checked, {dropped} rows dropped, {rebased} rebased{}",
+                    i + 1,
+                    if complete { "" } else { " (not complete)" }
+                ))
+            })
+            .collect();
+        if let Some(f) = cfg.and_then(|c| c.forget_after.as_ref()) {
+            let _ = writeln!(
+                s,
+                "Forget-after {f}: snapshot catch-ups since the nodes' last starts: {}\n",
+                if snapshots.is_empty() {
+                    "none".to_string()
+                } else {
+                    snapshots.join("; ")
+                }
+            );
+        }
     }
 
     let _ = writeln!(

@@ -59,6 +59,8 @@ pub struct RunConfig {
     /// The agents' retention policy (`--retention`), if any: tombstones of
     /// the registers the workload deletes are collected during the run.
     pub retention: Option<String>,
+    /// The agents' `--forget-after`, if set.
+    pub forget_after: Option<String>,
 }
 
 /// How long the end-of-run health check polls a node that is not yet healthy
@@ -513,6 +515,9 @@ impl Runner {
                 end.placement_rows_refused = s.placement_rows_refused;
                 end.placement = s.placement;
                 end.tombstones_collected = s.tombstones_collected;
+                end.snapshot_catch_up = s
+                    .snapshot_catch_up
+                    .map(|c| (c.keys_checked, c.rows_dropped, c.rows_rebased, c.complete));
                 end.quarantined = s
                     .quarantined
                     .into_iter()
@@ -643,6 +648,11 @@ pub fn run(cfg: RunConfig) -> Result<(History, CheckResult), RunError> {
     let mut cluster = Cluster::prepare(&cfg.agent_bin, &cfg.out, n, &cfg.agent_log)?;
     if let Some(r) = &cfg.retention {
         cluster.extra_args = vec!["--retention".into(), r.clone()];
+    }
+    if let Some(f) = &cfg.forget_after {
+        cluster
+            .extra_args
+            .extend(["--forget-after".to_string(), f.clone()]);
     }
     let clients = n * cfg.clients_per_node;
     // Hostile ATTACH requests name files here; none may ever be created.

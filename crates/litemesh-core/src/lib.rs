@@ -199,6 +199,10 @@ pub struct NodeCore {
     head_pending: Option<(ActorId, u64, u64)>,
     head_published: Duration,
     next_rejoin: Duration,
+    /// The seeds it started with: tried again, with the remembered members,
+    /// while not seen alive (a node cut off longer than `forget_after` has
+    /// forgotten every member, and finds the mesh again through them).
+    seeds: Vec<SocketAddr>,
     next_housekeeping: Duration,
     /// The deadline of a graceful leave in progress, and whether it is done.
     leaving: Option<(Duration, bool)>,
@@ -286,7 +290,8 @@ impl NodeCore {
         membership
             .set_metadata(mb::Instant::ZERO, meta.encode()?)
             .map_err(|e| WireError::Malformed(e.to_string()))?;
-        let mut joining: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != addr).collect();
+        let seeds: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != addr).collect();
+        let mut joining = seeds.clone();
         for p in remembered.iter().take(config.rejoin_at_most) {
             if p.addr != addr && !joining.contains(&p.addr) && known.contains_key(&p.addr) {
                 joining.push(p.addr);
@@ -305,6 +310,7 @@ impl NodeCore {
         lag.observe(&knowledge);
         let mut core = NodeCore {
             next_rejoin: config.rejoin_every,
+            seeds,
             config,
             repl,
             membership,
@@ -452,8 +458,12 @@ impl NodeCore {
     /// At start: this node cannot catch up incrementally (a peer said so
     /// before it restarted; the file remembers). See
     /// [`Replication::set_needs_snapshot`].
-    pub fn set_needs_snapshot(&mut self, reason: String) {
-        self.repl.set_needs_snapshot(reason);
+    pub fn set_needs_snapshot(
+        &mut self,
+        reason: String,
+        need: BTreeMap<litemesh_proto::ActorId, u64>,
+    ) {
+        self.repl.set_needs_snapshot(reason, need);
     }
 
     /// At start: serve nothing until a reconciliation this node opens
@@ -544,6 +554,11 @@ impl NodeCore {
         result: Result<litemesh_sync::Pruned, String>,
     ) {
         self.repl.handle_pruned(now, op, result);
+    }
+
+    /// See [`Replication::set_checked`].
+    pub fn set_checked(&mut self, checked: litemesh_proto::Knowledge) {
+        self.repl.set_checked(checked);
     }
 
     /// See [`Replication::set_snapshot_cursor`].
@@ -999,20 +1014,26 @@ impl NodeCore {
         self.lag.observe(self.repl.knowledge());
     }
 
-    /// Sends a join to the remembered members this node does not see alive:
-    /// a node alone after a restart, or on one side of a partition long
-    /// enough for the others to be forgotten, finds the mesh again.
+    /// Sends a join to the remembered members and the seeds this node does
+    /// not see alive: a node alone after a restart, or on one side of a
+    /// partition long enough for the others to be forgotten, finds the mesh
+    /// again.
     fn rejoin(&mut self, now: Duration) {
         if !self.membership.is_joined() {
             return; // Still joining: the join retries on its own.
         }
         let alive = self.reachable_addrs();
-        let targets: Vec<SocketAddr> = self
+        let mut targets: Vec<SocketAddr> = self
             .known
             .keys()
             .filter(|a| !alive.contains(a) && **a != self.addr)
             .copied()
             .collect();
+        for s in &self.seeds {
+            if !alive.contains(s) && !targets.contains(s) {
+                targets.push(*s);
+            }
+        }
         if !targets.is_empty() {
             self.membership.join(mbt(now), &targets);
         }

@@ -77,6 +77,28 @@ impl Knowledge {
             .sum()
     }
 
+    /// The complete versions held by both (partial records left out).
+    pub fn intersection(&self, other: &Knowledge) -> Knowledge {
+        let mut out = Knowledge::default();
+        for (a, r) in &self.have {
+            if let Some(o) = other.have.get(a) {
+                let both = r.difference(&r.difference(o));
+                if !both.is_empty() {
+                    out.have.insert(*a, both);
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds every complete version `other` holds (partial records left
+    /// out).
+    pub fn union_with(&mut self, other: &Knowledge) {
+        for (a, r) in &other.have {
+            self.have.entry(*a).or_default().union_with(r);
+        }
+    }
+
     /// Adds one complete version (idempotent); drops any partial record of it.
     pub fn insert(&mut self, actor: ActorId, version: u64) {
         self.have.entry(actor).or_default().insert(version);

@@ -60,6 +60,11 @@ pub enum Message {
         /// collected: incremental sync cannot make it whole, it needs a
         /// snapshot (`docs/retention.md`).
         snapshot: bool,
+        /// With `snapshot`: what the responder collected (per actor,
+        /// versions `1..=n`), so the requester knows what its snapshot
+        /// must cover.
+        #[serde(default)]
+        collected: BTreeMap<ActorId, u64>,
     },
     /// First frame of the listing part of a snapshot answer (after the
     /// batches, before the [`Message::SnapshotKeys`] frames): what the
@@ -103,12 +108,17 @@ pub struct KeyChunk {
     /// The range ends with this key (`None`: at the table's end).
     #[serde(default, with = "serde_bytes")]
     pub through: Option<Vec<u8>>,
-    /// The keys, encoded by the storage layer.
+    /// The keys of the rows alive, encoded by the storage layer.
     pub keys: Vec<serde_bytes::ByteBuf>,
     /// The responder's collection floor for the table.
     pub floor: u64,
     /// This chunk ends the listing of every table.
     pub last: bool,
+    /// The keys of the rows deleted there whose tombstones are not
+    /// collected yet, with their causal lengths: a row held alive at a
+    /// lower one lost to that delete.
+    #[serde(default)]
+    pub dead: Vec<(serde_bytes::ByteBuf, u64)>,
 }
 
 /// Most keys one [`KeyChunk`] may list.
@@ -150,6 +160,11 @@ pub struct RetentionInfo {
     /// (whichever of the two opened the reconciliation).
     #[serde(default)]
     pub collected: BTreeMap<ActorId, u64>,
+    /// Versions whose deletes the node has checked its rows against by a
+    /// snapshot listing (it may lack them, having dropped the rows they
+    /// deleted): they count as held for the checks above.
+    #[serde(default)]
+    pub checked: Knowledge,
     /// In a request: the requester cannot catch up incrementally (it lacks
     /// versions peers collected) and asks for a snapshot answer, listing
     /// keys from this cursor on. Last field: absent unless set.
@@ -165,6 +180,7 @@ impl RetentionInfo {
             && self.unapplied == 0
             && !self.holding
             && self.collected.is_empty()
+            && self.checked.have.is_empty()
             && self.snapshot.is_none()
     }
 
@@ -172,6 +188,7 @@ impl RetentionInfo {
         self.owned.len() <= MAX_OWNED_ACTORS
             && self.floors.len() <= MAX_FLOORS
             && self.collected.len() <= MAX_OWNED_ACTORS * 4
+            && self.checked.is_well_formed()
             && self.floors.keys().all(|n| !n.is_empty() && n.len() <= 1024)
             && self.snapshot.as_ref().is_none_or(|c| {
                 c.table.len() <= 1024 && c.after.as_ref().is_none_or(|a| a.len() <= 65_536)
@@ -210,9 +227,9 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Message, WireError> {
         return Err(WireError::malformed("knowledge ranges are not well formed"));
     }
     if let Message::SnapshotKeys(c) = &msg
-        && ((c.table.is_empty() && !(c.last && c.keys.is_empty()))
+        && ((c.table.is_empty() && !(c.last && c.keys.is_empty() && c.dead.is_empty()))
             || c.table.len() > 1024
-            || c.keys.len() > MAX_CHUNK_KEYS)
+            || c.keys.len() + c.dead.len() > MAX_CHUNK_KEYS)
     {
         return Err(WireError::malformed("snapshot key chunk out of bounds"));
     }
@@ -263,6 +280,7 @@ mod tests {
             Message::SyncRefused {
                 reason: "stale".into(),
                 snapshot: true,
+                collected: BTreeMap::from([(ActorId([7; 16]), 4)]),
             },
             Message::SyncDone {
                 knowledge: k.clone(),
@@ -272,6 +290,7 @@ mod tests {
                     unapplied: 2,
                     holding: true,
                     collected: BTreeMap::from([(ActorId([8; 16]), 3)]),
+                    checked: k.clone(),
                     snapshot: Some(SnapshotCursor {
                         table: "items".into(),
                         after: Some(vec![1, 2]),
@@ -289,6 +308,7 @@ mod tests {
                 keys: vec![serde_bytes::ByteBuf::from(vec![1]), vec![3].into()],
                 floor: 4,
                 last: true,
+                dead: vec![(vec![2].into(), 6)],
             }),
         ] {
             let b = encode(&m, 1 << 20).unwrap();

@@ -14,7 +14,12 @@
 //!    absent node still needs them);
 //! 3. **a fresh file** (the node was away longer than `--forget-after`, the
 //!    others collected the tombstones, and it is replaced): everything from
-//!    scratch — the live rows, and every version as cleared.
+//!    scratch — the live rows, and every version as cleared;
+//! 4. **by snapshot** (the same absence, the node keeps its file — with
+//!    `--own N` changes of its own made while away, default 1,000): what it
+//!    lacks (as cleared where collected), then the listing of every live
+//!    key, checked against its rows; it keeps its own writes, drops the
+//!    rows deleted meanwhile, and the other node then pulls its writes.
 //!
 //! Run: `cargo bench -p litemesh-storage --bench absence [-- --ops N --live N]`.
 
@@ -86,8 +91,75 @@ fn dump(s: &Store) -> Vec<(String, i64)> {
         .expect("dump")
 }
 
+/// `to` catches up from `from` by snapshot, in answers of at most 16 MB
+/// (the node's budget) resumed from its cursor: (bytes encoded, seconds,
+/// answers, rows dropped, rows rebased).
+fn snapshot_catch_up(from: &Store, to: &mut Store) -> (u64, f64, u64, u64, u64) {
+    use litemesh_storage::SnapshotFrame;
+    let started = Instant::now();
+    to.set_needs_snapshot("bench", &from.collected_through().expect("collected"))
+        .expect("mark");
+    let (mut bytes, mut answers, mut dropped, mut rebased) = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        answers += 1;
+        let theirs = to.knowledge().expect("knowledge");
+        let cursor = to.snapshot_cursor().expect("cursor");
+        let mut frames = Vec::new();
+        let mut size = 0;
+        from.snapshot_for(&theirs, None, &cursor, false, 256 * 1024, |f| {
+            let b = match &f {
+                SnapshotFrame::Batch(b) => litemesh_sync::encode_sync_batch(b, usize::MAX),
+                SnapshotFrame::Base(k) => {
+                    litemesh_sync::encode_snapshot_base(k.clone(), usize::MAX)
+                }
+                SnapshotFrame::Keys(c) => litemesh_sync::encode_key_chunk(c.clone(), usize::MAX),
+            }
+            .expect("encode");
+            size += b.len();
+            frames.push(f);
+            Ok(size < 16 * 1024 * 1024)
+        })
+        .expect("snapshot");
+        bytes += size as u64;
+        let mut base = None;
+        let mut group = Vec::new();
+        for f in frames {
+            match f {
+                SnapshotFrame::Batch(b) => {
+                    group.push(b);
+                    if group.len() == 64 {
+                        to.apply_all(&group).expect("apply");
+                        group.clear();
+                    }
+                }
+                SnapshotFrame::Base(k) => base = Some(k),
+                SnapshotFrame::Keys(c) => {
+                    to.apply_all(&group).expect("apply");
+                    group.clear();
+                    let p = to
+                        .prune_absent(&c, base.as_ref().expect("base"))
+                        .expect("prune");
+                    dropped += p.dropped;
+                    rebased += p.rebased;
+                    if p.complete {
+                        return (
+                            bytes,
+                            started.elapsed().as_secs_f64(),
+                            answers,
+                            dropped,
+                            rebased,
+                        );
+                    }
+                }
+            }
+        }
+        to.apply_all(&group).expect("apply");
+    }
+}
+
 fn main() {
     let ops = arg("--ops", 1_000_000);
+    let own = arg("--own", 1_000);
     let live_target = arg("--live", 10_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -98,8 +170,20 @@ fn main() {
     churn(&mut a, &mut rng, &mut live, live_target, live_target);
     let mut away = open(&d.join("away.db"));
     let mut away_swept = open(&d.join("away-swept.db"));
+    let mut away_snap = open(&d.join("away-snapshot.db"));
     catch_up(&a, &mut away);
     catch_up(&a, &mut away_swept);
+    catch_up(&a, &mut away_snap);
+    // The node kept by snapshot writes on its own while away.
+    let mut own_live = live.clone();
+    let mut own_rng = ChaCha8Rng::seed_from_u64(12);
+    churn(
+        &mut away_snap,
+        &mut own_rng,
+        &mut own_live,
+        own,
+        live_target,
+    );
     // The absence: the other node's changes.
     let started = Instant::now();
     churn(&mut a, &mut rng, &mut live, ops, live_target);
@@ -141,10 +225,22 @@ fn main() {
         mb(b3),
         t3
     );
+    // The same absence, the node keeps its file: by snapshot.
+    let (b4, t4, answers, dropped, rebased) = snapshot_catch_up(&a, &mut away_snap);
+    catch_up(&away_snap, &mut a);
+    assert_eq!(dump(&away_snap), dump(&a), "a snapshot catch-up converges");
+    println!(
+        "4. by snapshot, {own} own changes kept: {:>7.1} MB, {:>5.1} s, {answers} answer(s), \
+         {dropped} rows dropped (deleted meanwhile), {rebased} own rows rebased",
+        mb(b4),
+        t4
+    );
     println!("absence_incremental_mb: {:.1}", mb(b1));
     println!("absence_incremental_s: {t1:.1}");
     println!("absence_swept_mb: {:.1}", mb(b2));
     println!("absence_swept_s: {t2:.1}");
     println!("absence_fresh_mb: {:.1}", mb(b3));
     println!("absence_fresh_s: {t3:.1}");
+    println!("absence_snapshot_mb: {:.1}", mb(b4));
+    println!("absence_snapshot_s: {t4:.1}");
 }

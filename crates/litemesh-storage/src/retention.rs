@@ -243,12 +243,33 @@ impl Store {
             .optional()?)
     }
 
-    /// Records that this file cannot catch up incrementally, and why.
-    pub fn set_needs_snapshot(&mut self, reason: &str) -> Result<()> {
-        self.conn.execute(
+    /// Records that this file cannot catch up incrementally, why, and what
+    /// its snapshot must cover: `need`, per actor the versions `1..=n` a
+    /// peer collected (merged with what was recorded before). The first
+    /// call also records what the file holds now: the versions its rows
+    /// reflect (it serves listings with that much as their base while it
+    /// is stale, see `snapshot`).
+    pub fn set_needs_snapshot(
+        &mut self,
+        reason: &str,
+        need: &BTreeMap<ActorId, u64>,
+    ) -> Result<()> {
+        let knowledge = self.knowledge()?;
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO __lm_stale(id, reason) VALUES (0, ?1)",
             [reason],
         )?;
+        let (mut merged, frozen) = match crate::snapshot::stale_row(&tx)? {
+            Some((need, frozen)) => (need, frozen),
+            None => (BTreeMap::new(), knowledge),
+        };
+        for (a, c) in need {
+            let e = merged.entry(*a).or_insert(0);
+            *e = (*e).max(*c);
+        }
+        crate::snapshot::write_stale_row(&tx, &merged, &frozen)?;
+        tx.commit()?;
         Ok(())
     }
 

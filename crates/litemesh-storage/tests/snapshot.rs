@@ -121,21 +121,37 @@ struct Took {
     answers: u64,
 }
 
+/// Per actor, the versions `1..=n` some of `nodes` collected.
+fn collected_by(w: &[Store], nodes: &[usize]) -> BTreeMap<litemesh_storage::ActorId, u64> {
+    let mut need = BTreeMap::new();
+    for &n in nodes {
+        for (a, c) in w[n].collected_through().unwrap() {
+            let e = need.entry(a).or_insert(0);
+            *e = c.max(*e);
+        }
+    }
+    need
+}
+
 /// Snapshot catch-up of `to` from `sources` in turn (one answer each,
 /// cut after `frames_per_answer` frames to exercise resuming), until the
-/// listing completes.
+/// listing completes — as the core drives it: a source that needs a
+/// snapshot itself answers with its listing only.
 fn snapshot(w: &mut [Store], sources: &[usize], to: usize, frames_per_answer: usize) -> Took {
     let mut took = Took::default();
-    w[to].set_needs_snapshot("test").unwrap();
+    let others: Vec<usize> = (0..NODES).filter(|n| *n != to).collect();
+    let need = collected_by(w, &others);
+    w[to].set_needs_snapshot("test", &need).unwrap();
     for round in 0.. {
         assert!(round < 10_000, "the listing never completes");
         let from = sources[round % sources.len()];
         let cursor: SnapshotCursor = w[to].snapshot_cursor().unwrap();
         let theirs = w[to].knowledge().unwrap();
+        let listing_only = w[from].needs_snapshot().unwrap().is_some();
         let mut frames = Vec::new();
         let mut listed = 0;
         w[from]
-            .snapshot_for(&theirs, None, &cursor, 4096, |f| {
+            .snapshot_for(&theirs, None, &cursor, listing_only, 4096, |f| {
                 let keys = matches!(f, SnapshotFrame::Keys(_));
                 frames.push(f);
                 listed += usize::from(keys);
@@ -283,6 +299,55 @@ proptest! {
             prop_assert_eq!(&dump(&collected[i]), &want, "snapshot world, node {}", i);
         }
     }
+
+    /// Both sides of a long partition collect (the away node alone
+    /// collects its own deletes), so each needs the other's listing: the
+    /// away node lists against a node that is stale too (listing only,
+    /// its base what its rows reflect), that node then against the away
+    /// node, the third against either — and every node ends with exactly
+    /// what incremental sync gives without collection.
+    #[test]
+    fn both_sides_of_a_long_partition_catch_up_by_snapshot(
+        before in prop::collection::vec(op(), 0..12),
+        away in prop::collection::vec(op(), 1..40),
+        frames_per_answer in 1usize..6,
+        third_from_away in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut collected, mut plain) = twin_worlds(&dir);
+        for w in [&mut collected, &mut plain] {
+            for op in before.iter().filter(|o| !matches!(o, Op::AwayUpdate(..) | Op::AwayDelete(_) | Op::AwayInsert(..))) {
+                run(w, op);
+            }
+            settle(w, &[0, 1, 2]);
+            for op in &away {
+                run(w, op);
+            }
+            settle(w, &[0, 1]);
+        }
+        collect_without_the_away_node(&mut collected);
+        // Alone, the away node waits for no one.
+        let cut: BTreeMap<_, _> = {
+            let k = collected[AWAY].knowledge().unwrap();
+            k.have.keys().map(|a| (*a, k.complete_through(a))).collect()
+        };
+        collected[AWAY].collect(&cut, u64::MAX).unwrap();
+        // Everyone learns it is stale (each side collected what the other
+        // lacks); then the listings, in the order the nodes would.
+        for i in 0..2 {
+            let need = collected_by(&collected, &[AWAY]);
+            collected[i].set_needs_snapshot("the away node collected", &need).unwrap();
+        }
+        snapshot(&mut collected, &[0], AWAY, frames_per_answer);
+        snapshot(&mut collected, &[AWAY], 0, frames_per_answer);
+        snapshot(&mut collected, &[if third_from_away { AWAY } else { 0 }], 1, frames_per_answer);
+        settle(&mut collected, &[0, 1, 2]);
+        settle(&mut plain, &[0, 1, 2]);
+        let want = dump(&plain[0]);
+        for (i, node) in collected.iter().enumerate() {
+            prop_assert_eq!(&dump(node), &want, "snapshot world, node {}", i);
+        }
+    }
 }
 
 /// A concrete run: the away node holds rows the others deleted (and
@@ -383,7 +448,7 @@ fn malformed_cursors_and_ranges_are_errors_not_panics() {
     };
     let mut sent = 0;
     assert!(
-        w[0].snapshot_for(&theirs, None, &bad, 4096, |_| {
+        w[0].snapshot_for(&theirs, None, &bad, false, 4096, |_| {
             sent += 1;
             Ok(true)
         })

@@ -127,6 +127,9 @@ pub enum StorageOp {
         requester: Option<litemesh_proto::Entitlement>,
         /// Bytes of changes per batch.
         batch_bytes: usize,
+        /// No batches, the listing only: this node needs a snapshot itself
+        /// (its writes are not to be sent before it is checked).
+        listing_only: bool,
         /// The requester catches up by snapshot: after the batches, from
         /// the same read, stream the listing from this cursor
         /// (`Store::snapshot_for`: its base frame with
@@ -160,6 +163,9 @@ pub struct Pruned {
     pub complete: bool,
     /// Where the next listing resumes.
     pub cursor: SnapshotCursor,
+    /// With the last range: what this node's rows are now checked against
+    /// (`Store::checked`).
+    pub now_checked: Option<Knowledge>,
 }
 
 /// Progress of this node's snapshot catch-up (since it started).
@@ -222,6 +228,9 @@ pub enum Event {
         from: SocketAddr,
         /// Its reason.
         reason: String,
+        /// What the peer collected (per actor, versions `1..=n`): what the
+        /// snapshot must cover (`Store::set_needs_snapshot`).
+        need: BTreeMap<ActorId, u64>,
     },
     /// This node caught up by snapshot: it is whole again, takes writes and
     /// serves its data.
@@ -362,6 +371,12 @@ pub struct Replication {
     hold_until_synced: bool,
     /// Snapshot catch-up (while `needs_snapshot`).
     snapshot: SnapshotProgress,
+    /// What the snapshot must cover: per actor, versions `1..=n` peers
+    /// collected that this node lacked.
+    need: BTreeMap<ActorId, u64>,
+    /// Versions whose deletes this node's rows were checked against by a
+    /// snapshot listing: held, for the checks of collected versions.
+    checked: Knowledge,
 }
 
 /// A broadcast, decoded (see [`decode_broadcast`]).
@@ -404,6 +419,8 @@ pub enum Frame {
         reason: String,
         /// Incremental sync cannot make this node whole.
         snapshot: bool,
+        /// With `snapshot`: what the responder collected.
+        collected: BTreeMap<ActorId, u64>,
     },
 }
 
@@ -439,7 +456,15 @@ pub fn decode_frame(bytes: &[u8], max_message: usize) -> Result<Frame, WireError
             knowledge,
             retention,
         } => Ok(Frame::Done(knowledge, retention)),
-        Message::SyncRefused { reason, snapshot } => Ok(Frame::Refused { reason, snapshot }),
+        Message::SyncRefused {
+            reason,
+            snapshot,
+            collected,
+        } => Ok(Frame::Refused {
+            reason,
+            snapshot,
+            collected,
+        }),
         Message::SnapshotBase { knowledge } => Ok(Frame::Base(knowledge)),
         Message::SnapshotKeys(chunk) => Ok(Frame::Keys(chunk)),
         _ => Err(WireError::Malformed(
@@ -523,7 +548,15 @@ impl Replication {
             needs_snapshot: None,
             hold_until_synced: false,
             snapshot: SnapshotProgress::default(),
+            checked: Knowledge::default(),
+            need: BTreeMap::new(),
         }
+    }
+
+    /// What this node's rows were checked against by snapshot listings
+    /// (read from its file at start: `Store::checked`).
+    pub fn set_checked(&mut self, checked: Knowledge) {
+        self.checked = checked;
     }
 
     /// Where this node's snapshot listing resumes (read from its file at
@@ -538,9 +571,43 @@ impl Replication {
     }
 
     /// Records (at start) that this node cannot catch up incrementally, as
-    /// a peer said before it restarted: it serves nothing.
-    pub fn set_needs_snapshot(&mut self, reason: String) {
+    /// a peer said before it restarted, and what its snapshot must cover
+    /// (`Store::snapshot_need`): it serves nothing but its listing.
+    pub fn set_needs_snapshot(&mut self, reason: String, need: BTreeMap<ActorId, u64>) {
         self.needs_snapshot = Some(reason);
+        self.need = need;
+    }
+
+    /// A peer collected `collected` and this node lacks some of it: it is
+    /// stale (if it was not already), and its snapshot must cover that too.
+    /// Tells the driver whenever what it must cover grows.
+    fn note_need(&mut self, from: SocketAddr, reason: String, collected: &BTreeMap<ActorId, u64>) {
+        let mut grew = false;
+        for (a, c) in collected {
+            let e = self.need.entry(*a).or_insert(0);
+            if *c > *e {
+                *e = *c;
+                grew = true;
+            }
+        }
+        if self.needs_snapshot.is_none() {
+            self.needs_snapshot = Some(reason.clone());
+            grew = true;
+        }
+        if grew {
+            self.events.push_back(Event::NeedsSnapshot {
+                from,
+                reason,
+                need: self.need.clone(),
+            });
+        }
+    }
+
+    /// Whether what this node holds and checked covers its need.
+    fn need_covered(&self) -> bool {
+        let mut k = self.advertised();
+        k.union_with(&self.checked);
+        self.need.iter().all(|(a, c)| k.missing_up_to(a, *c) == 0)
     }
 
     /// Serve nothing until a reconciliation this node opens completes: set
@@ -577,14 +644,18 @@ impl Replication {
     /// holding only writes of its own lacks them too: it wrote without
     /// knowing this mesh, and a write of a key whose tombstone is gone here
     /// would win on some nodes and lose on others.
-    fn lacks_collected(&self, theirs: &Knowledge) -> Option<u64> {
+    /// Versions the requester checked its rows against by a snapshot
+    /// listing (`checked`) count as held.
+    fn lacks_collected(&self, theirs: &Knowledge, checked: &Knowledge) -> Option<u64> {
         if theirs.have.values().all(|r| r.is_empty()) {
             return None;
         }
+        let mut k = theirs.clone();
+        k.union_with(checked);
         let missing: u64 = self
             .collected
             .iter()
-            .map(|(a, c)| theirs.missing_up_to(a, *c))
+            .map(|(a, c)| k.missing_up_to(a, *c))
             .sum();
         (missing > 0).then_some(missing)
     }
@@ -593,10 +664,11 @@ impl Replication {
     /// node lacks — `None` when none, or when this node holds nothing at
     /// all (a new node: [`Replication::lacks_collected`]).
     fn lacks_collected_by(&self, collected: &BTreeMap<ActorId, u64>) -> Option<u64> {
-        let k = self.advertised();
+        let mut k = self.advertised();
         if k.have.values().all(|r| r.is_empty()) {
             return None;
         }
+        k.union_with(&self.checked);
         let missing: u64 = collected.iter().map(|(a, c)| k.missing_up_to(a, *c)).sum();
         (missing > 0).then_some(missing)
     }
@@ -633,6 +705,7 @@ impl Replication {
             unapplied: self.quarantined.len() as u64,
             holding: self.hold_until_synced,
             collected: self.collected.clone(),
+            checked: self.checked.clone(),
             ..self.retention.clone()
         }
     }
@@ -890,13 +963,32 @@ impl Replication {
             self.snapshot.dropped += p.dropped;
             self.snapshot.rebased += p.rebased;
             self.snapshot.cursor = p.cursor.clone();
+            if let Some(c) = &p.now_checked {
+                self.checked = c.clone();
+            }
         }
         let peer = self.sessions.get(&id).map(|s| s.peer);
         if let Ok(p) = &result
             && p.complete
             && self.needs_snapshot.is_some()
+            && !self.need_covered()
+        {
+            // The file completed against a need older than this core's (a
+            // peer's collection learned meanwhile): again, from the start.
+            self.snapshot.cursor = SnapshotCursor::default();
+            if let Some(from) = peer {
+                self.events.push_back(Event::NeedsSnapshot {
+                    from,
+                    reason: self.needs_snapshot.clone().unwrap_or_default(),
+                    need: self.need.clone(),
+                });
+            }
+        } else if let Ok(p) = &result
+            && p.complete
+            && self.needs_snapshot.is_some()
         {
             self.needs_snapshot = None;
+            self.need.clear();
             self.snapshot.completed_at = Some(now);
             if let Some(from) = peer {
                 self.events.push_back(Event::SnapshotComplete {
@@ -960,6 +1052,7 @@ impl Replication {
                     &Message::SyncRefused {
                         reason,
                         snapshot: false,
+                        collected: BTreeMap::new(),
                     },
                     self.config.max_message,
                 ) {
@@ -1111,31 +1204,35 @@ impl Replication {
                 retention,
             }) => {
                 let wants_snapshot = retention.snapshot.is_some();
-                let lacks = self.lacks_collected(&knowledge);
-                if let Some(missing) = lacks
-                    && self.stale_peers.insert(from)
-                {
-                    self.events.push_back(Event::PeerNeedsSnapshot {
-                        peer: from,
-                        missing,
-                    });
+                let lacks = self.lacks_collected(&knowledge, &retention.checked);
+                match lacks {
+                    Some(missing) => {
+                        if self.stale_peers.insert(from) {
+                            self.events.push_back(Event::PeerNeedsSnapshot {
+                                peer: from,
+                                missing,
+                            });
+                        }
+                    }
+                    None => {
+                        self.stale_peers.remove(&from);
+                    }
                 }
                 // The other way round: the requester collected versions this
                 // node lacks — this node is the stale one.
-                if self.needs_snapshot.is_none()
-                    && let Some(missing) = self.lacks_collected_by(&retention.collected)
-                {
+                if let Some(missing) = self.lacks_collected_by(&retention.collected) {
                     let reason = format!(
                         "{from} collected the tombstones of {missing} version(s) this node \
                          lacks (it was away longer than its peers waited for it): rows deleted \
                          meanwhile may still be here; it catches up by snapshot \
                          (docs/retention.md)"
                     );
-                    self.needs_snapshot = Some(reason.clone());
-                    self.events.push_back(Event::NeedsSnapshot { from, reason });
+                    self.note_need(from, reason, &retention.collected);
                 }
                 let refusal = if let Some(why) = &self.needs_snapshot {
-                    Some((format!("the peer cannot serve: {why}"), false))
+                    // Its listing (only) may serve another stale node: the
+                    // two sides of a long partition each need the other's.
+                    (!wants_snapshot).then(|| (format!("the peer cannot serve: {why}"), false))
                 } else if let Some(missing) = lacks.filter(|_| !wants_snapshot) {
                     Some((
                         format!(
@@ -1154,14 +1251,20 @@ impl Replication {
                         false,
                     ))
                 } else {
-                    if lacks.is_none() {
-                        self.stale_peers.remove(&from);
-                    }
                     None
                 };
                 if let Some((reason, snapshot)) = refusal {
+                    let collected = if snapshot {
+                        self.collected.clone()
+                    } else {
+                        BTreeMap::new()
+                    };
                     match encode(
-                        &Message::SyncRefused { reason, snapshot },
+                        &Message::SyncRefused {
+                            reason,
+                            snapshot,
+                            collected,
+                        },
                         self.config.max_message,
                     ) {
                         Ok(bytes) => self
@@ -1208,6 +1311,7 @@ impl Replication {
             theirs,
             requester,
             batch_bytes: self.config.batch_bytes,
+            listing_only: self.needs_snapshot.is_some(),
             snapshot,
         });
         Ok(())
@@ -1248,14 +1352,16 @@ impl Replication {
                     self.flush(session);
                 }
             }
-            Ok(Frame::Refused { reason, snapshot }) => {
+            Ok(Frame::Refused {
+                reason,
+                snapshot,
+                collected,
+            }) => {
                 let peer = s.peer;
-                if snapshot && self.needs_snapshot.is_none() {
-                    self.needs_snapshot = Some(format!("{peer} said: {reason}"));
-                    self.events.push_back(Event::NeedsSnapshot {
-                        from: peer,
-                        reason: reason.clone(),
-                    });
+                if snapshot {
+                    // Recorded even while already catching up: the snapshot
+                    // must cover what this peer collected too.
+                    self.note_need(peer, format!("{peer} said: {reason}"), &collected);
                 }
                 self.fail(now, session, format!("refused: {reason}"));
                 return false;
@@ -1364,14 +1470,11 @@ impl Replication {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
         }
-        let mut polled = self.sched.poll_sync(now);
-        if let Some(peer) = polled
-            && self.stale_peers.contains(&peer)
-        {
-            // Never pulled from until it comes back whole.
-            self.sched.sync_done(now, peer, SyncOutcome::Failed);
-            polled = None;
-        }
+        // A peer found to lack versions this node collected is still pulled
+        // from: the request tells it what this node collected, so a peer
+        // still stale finds out and refuses (or answers a snapshot request
+        // with its listing only), and one that has caught up serves.
+        let polled = self.sched.poll_sync(now);
         if let Some(peer) = polled {
             let mut retention = self.own_retention();
             if self.needs_snapshot.is_some() {

@@ -88,8 +88,10 @@ struct Out {
     refusals: Vec<(RequestId, String, bool)>,
     /// The snapshot cursor of each request opened (snapshot catch-up).
     request_snapshots: Vec<Option<SnapshotCursor>>,
-    /// The snapshot cursor of each extraction asked for.
+    /// The snapshot cursor of each extraction asked for, and whether it is
+    /// to list only (no batches).
     extract_snapshots: Vec<Option<SnapshotCursor>>,
+    extract_listing_only: Vec<bool>,
     prunes: Vec<(OpId, KeyChunk, Knowledge)>,
 }
 
@@ -111,9 +113,9 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
             }
             Transmit::Respond { request, bytes } => match decode(&bytes, usize::MAX).unwrap() {
                 Message::SyncDone { knowledge, .. } => o.answers.push((request, Some(knowledge))),
-                Message::SyncRefused { reason, snapshot } => {
-                    o.refusals.push((request, reason, snapshot))
-                }
+                Message::SyncRefused {
+                    reason, snapshot, ..
+                } => o.refusals.push((request, reason, snapshot)),
                 m => panic!("not a last frame: {m:?}"),
             },
             Transmit::Reject { request, .. } => o.answers.push((request, None)),
@@ -127,10 +129,12 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
                 request,
                 theirs,
                 snapshot,
+                listing_only,
                 ..
             } => {
                 o.extracts.push((op, request, theirs));
                 o.extract_snapshots.push(snapshot);
+                o.extract_listing_only.push(listing_only);
             }
             StorageOp::Prune { op, chunk, theirs } => o.prunes.push((op, chunk, theirs)),
         }
@@ -570,6 +574,7 @@ fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing()
         &Message::SyncRefused {
             reason: "collected".into(),
             snapshot: true,
+            collected: [(THEM, 5)].into(),
         },
         usize::MAX,
     )
@@ -651,6 +656,27 @@ fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing()
     .unwrap();
     c.handle_response_frame(now, s, &last);
     let o = drain(&mut c, now);
+    // The file says complete, but its listing's base did not cover what
+    // the peer collected (THEM 1..=5): again, from the start.
+    c.handle_pruned(
+        now,
+        o.prunes[0].0,
+        Ok(Pruned {
+            complete: true,
+            now_checked: Some(holding(THEM, 4)),
+            ..Default::default()
+        }),
+    );
+    assert!(c.needs_snapshot().is_some(), "not covered yet");
+    assert_eq!(c.snapshot_progress().cursor, SnapshotCursor::default());
+    let o = drain(&mut c, now);
+    assert!(
+        o.events
+            .iter()
+            .any(|e| matches!(e, Event::NeedsSnapshot { need, .. } if need.get(&THEM) == Some(&5)))
+    );
+    c.handle_response_frame(now, s, &last);
+    let o = drain(&mut c, now);
     c.handle_pruned(
         now,
         o.prunes[0].0,
@@ -658,6 +684,7 @@ fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing()
             rebased: 1,
             checked: 3,
             complete: true,
+            now_checked: Some(holding(THEM, 10)),
             ..Default::default()
         }),
     );
@@ -702,6 +729,24 @@ fn a_request_from_a_peer_that_collected_what_this_node_lacks_makes_it_stop() {
             .iter()
             .any(|e| matches!(e, Event::NeedsSnapshot { .. }))
     );
+    // Stale, it still answers another node's snapshot request — with its
+    // listing only (the two sides of a long partition need each other's).
+    let snap = encode(
+        &Message::SyncRequest {
+            knowledge: holding(THEM, 1),
+            retention: RetentionInfo {
+                snapshot: Some(SnapshotCursor::default()),
+                ..Default::default()
+            },
+        },
+        usize::MAX,
+    )
+    .unwrap();
+    c.handle_request(ms(2), addr(2), RequestId(2), &snap)
+        .unwrap();
+    let o = drain(&mut c, ms(2));
+    assert!(o.refusals.is_empty(), "{o:?}");
+    assert_eq!(o.extract_listing_only, vec![true]);
     // A new node (holding nothing) is not stale.
     let mut fresh = core(&[2]);
     drain(&mut fresh, ms(0));

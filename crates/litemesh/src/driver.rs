@@ -189,6 +189,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
             theirs,
             requester,
             batch_bytes,
+            listing_only,
             snapshot,
         } => {
             let tx = streams(inner).serving.get(&request).cloned();
@@ -202,7 +203,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
                         &tx,
                         &theirs,
                         requester.as_ref(),
-                        snapshot.as_ref(),
+                        snapshot.as_ref().map(|c| (c, listing_only)),
                         batch_bytes,
                         max,
                     ),
@@ -233,6 +234,7 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
                             checked: p.checked,
                             complete: p.complete,
                             cursor: p.cursor,
+                            now_checked: p.now_checked,
                         })
                     }
                     Err(e) => {
@@ -252,7 +254,7 @@ fn extract(
     tx: &mpsc::Sender<Serve>,
     theirs: &litemesh_proto::Knowledge,
     requester: Option<&litemesh_proto::Entitlement>,
-    snapshot: Option<&litemesh_proto::SnapshotCursor>,
+    snapshot: Option<(&litemesh_proto::SnapshotCursor, bool)>,
     batch_bytes: usize,
     max: usize,
 ) -> Extracted {
@@ -276,23 +278,25 @@ fn extract(
             bytes < SERVE_BUDGET
         };
         match snapshot {
-            Some(from) => r.snapshot_for(theirs, requester, from, batch_bytes, |f| {
-                Ok(match f {
-                    SnapshotFrame::Batch(b) => match encode_sync_batch(&b, max) {
-                        Ok(frame) => push(frame),
-                        // A snapshot must not skip what it cannot send.
-                        Err(e) => return Err(StorageError::SnapshotUnavailable(e.to_string())),
-                    },
-                    SnapshotFrame::Base(k) => push(
-                        encode_snapshot_base(k, max)
-                            .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
-                    ),
-                    SnapshotFrame::Keys(c) => push(
-                        encode_key_chunk(c, max)
-                            .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
-                    ),
+            Some((from, listing_only)) => {
+                r.snapshot_for(theirs, requester, from, listing_only, batch_bytes, |f| {
+                    Ok(match f {
+                        SnapshotFrame::Batch(b) => match encode_sync_batch(&b, max) {
+                            Ok(frame) => push(frame),
+                            // A snapshot must not skip what it cannot send.
+                            Err(e) => return Err(StorageError::SnapshotUnavailable(e.to_string())),
+                        },
+                        SnapshotFrame::Base(k) => push(
+                            encode_snapshot_base(k, max)
+                                .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
+                        ),
+                        SnapshotFrame::Keys(c) => push(
+                            encode_key_chunk(c, max)
+                                .map_err(|e| StorageError::SnapshotUnavailable(e.to_string()))?,
+                        ),
+                    })
                 })
-            }),
+            }
             None => r.changes_for(theirs, requester, batch_bytes, |b| {
                 match encode_sync_batch(&b, max) {
                     Ok(frame) => {
@@ -408,7 +412,7 @@ fn event(inner: &Arc<Inner>, e: Event) {
                  broadcasts dropped until it is replaced by a fresh file or a restore"
             );
         }
-        SyncEvent::NeedsSnapshot { from, reason } => {
+        SyncEvent::NeedsSnapshot { from, reason, need } => {
             tracing::error!(
                 %from,
                 "this node cannot catch up incrementally and now refuses writes: {reason}"
@@ -418,7 +422,7 @@ fn event(inner: &Arc<Inner>, e: Event) {
             let reason = format!("{from} said: {reason}");
             tokio::spawn(async move {
                 if let Err(e) = inner
-                    .with_writer(move |w| Ok(w.set_needs_snapshot(&reason)?))
+                    .with_writer(move |w| Ok(w.set_needs_snapshot(&reason, &need)?))
                     .await
                 {
                     tracing::error!("could not record that this node needs a snapshot: {e}");

@@ -995,13 +995,14 @@ impl Node {
         }
         core.set_retention(settings.retention, writer.owned_actors()?, writer.floors()?);
         core.set_collected(writer.collected_through()?);
+        core.set_checked(writer.checked()?);
         if let Some(reason) = writer.needs_snapshot()? {
             tracing::error!(
                 "this node's file cannot catch up incrementally (a peer said so before it \
                  stopped): it refuses writes and serves nothing until it has caught up by \
                  snapshot from a peer. {reason}"
             );
-            core.set_needs_snapshot(reason);
+            core.set_needs_snapshot(reason, writer.snapshot_need()?);
             core.set_snapshot_cursor(writer.snapshot_cursor()?);
         }
         if away_too_long {
