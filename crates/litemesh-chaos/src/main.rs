@@ -30,7 +30,7 @@ struct Cli {
 enum Cmd {
     /// Runs the suite; exits 1 if the checker finds any anomaly, 2 if the run
     /// could not be carried out.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Checks a saved history again (`history.json` of an earlier run).
     Check {
         /// The history file.
@@ -154,8 +154,8 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Run(args) => match &args.inside {
-            Some(_) => inside(args),
-            None => outside(args),
+            Some(_) => inside(*args),
+            None => outside(*args),
         },
     }
 }

@@ -374,6 +374,10 @@ pub struct Replication {
     /// What the snapshot must cover: per actor, versions `1..=n` peers
     /// collected that this node lacked.
     need: BTreeMap<ActorId, u64>,
+    /// Peers whose completed listing did not cover the need (they lack
+    /// some of those versions, or hold them without rows of a table this
+    /// node holds): not asked again while another may serve.
+    short_sources: std::collections::BTreeSet<SocketAddr>,
     /// Versions whose deletes this node's rows were checked against by a
     /// snapshot listing: held, for the checks of collected versions.
     checked: Knowledge,
@@ -550,6 +554,7 @@ impl Replication {
             snapshot: SnapshotProgress::default(),
             checked: Knowledge::default(),
             need: BTreeMap::new(),
+            short_sources: std::collections::BTreeSet::new(),
         }
     }
 
@@ -968,6 +973,12 @@ impl Replication {
             }
         }
         let peer = self.sessions.get(&id).map(|s| s.peer);
+        if let (Ok(p), Some(from)) = (&result, peer)
+            && p.now_checked.is_some()
+            && (!p.complete || !self.need_covered())
+        {
+            self.short_sources.insert(from);
+        }
         if let Ok(p) = &result
             && p.complete
             && self.needs_snapshot.is_some()
@@ -989,6 +1000,7 @@ impl Replication {
         {
             self.needs_snapshot = None;
             self.need.clear();
+            self.short_sources.clear();
             self.snapshot.completed_at = Some(now);
             if let Some(from) = peer {
                 self.events.push_back(Event::SnapshotComplete {
@@ -1474,7 +1486,26 @@ impl Replication {
         // from: the request tells it what this node collected, so a peer
         // still stale finds out and refuses (or answers a snapshot request
         // with its listing only), and one that has caught up serves.
-        let polled = self.sched.poll_sync(now);
+        let mut polled = self.sched.poll_sync(now);
+        if let Some(peer) = polled
+            && self.needs_snapshot.is_some()
+            && self.short_sources.contains(&peer)
+        {
+            // Its listing did not cover the need: another peer's may.
+            self.sched.sync_done(now, peer, SyncOutcome::Failed);
+            polled = None;
+            if self
+                .sched
+                .peers()
+                .iter()
+                .filter(|p| p.up)
+                .all(|p| self.short_sources.contains(&p.addr))
+            {
+                // None left to try: every one again (they may have caught
+                // up meanwhile).
+                self.short_sources.clear();
+            }
+        }
         if let Some(peer) = polled {
             let mut retention = self.own_retention();
             if self.needs_snapshot.is_some() {
