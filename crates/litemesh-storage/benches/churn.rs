@@ -14,7 +14,8 @@
 //! Two runs of the same operations, side by side: with no retention policy
 //! (nothing collected), and with one, as a node with `--retention` runs it
 //! on its own: every second a sweep step of the change log (twice the
-//! chunks written since the last step, at least 64), and a collection of
+//! chunks written since the last step, at least 64) and up to 2,048 free
+//! pages given back to the file system, and a collection of
 //! the tombstones made by versions stable at the previous check (a node
 //! alone holds everything it wrote: its stable cut is what it holds; the
 //! cut waits one check, a window of about a second).
@@ -57,6 +58,9 @@ struct Figures {
     vacuumed: u64,
     collected: u64,
     ids: Vec<String>,
+    /// With a policy: the file once collection, the sweep and the page
+    /// reclaim have caught up after the churn.
+    settled: u64,
 }
 
 fn main() {
@@ -98,6 +102,11 @@ fn main() {
             f.churned as f64 / fresh_size as f64
         );
         println!(
+            "    settled (seconds later, policy): {:.1} MB ({:.2}x)",
+            mb(f.settled),
+            f.settled as f64 / fresh_size as f64
+        );
+        println!(
             "    after compaction:                {:.1} MB ({:.2}x)",
             mb(f.compacted),
             f.compacted as f64 / fresh_size as f64
@@ -116,6 +125,10 @@ fn main() {
             f.churned as f64 / fresh_size as f64
         );
         println!(
+            "churn_{key}_settled_over_fresh_x: {:.2}",
+            f.settled as f64 / fresh_size as f64
+        );
+        println!(
             "churn_{key}_compacted_over_fresh_x: {:.2}",
             f.compacted as f64 / fresh_size as f64
         );
@@ -130,7 +143,11 @@ fn main() {
 /// runs them.
 fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -> Figures {
     let path = dir.join(format!("churn-{name}.db"));
-    let mut s = Store::open(&path).expect("open");
+    let opts = litemesh_storage::StoreOptions {
+        reclaim_pages: policy,
+        ..Default::default()
+    };
+    let mut s = Store::open_with(&path, &opts).expect("open");
     s.apply_schema(SCHEMA).expect("schema");
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut live: Vec<String> = Vec::with_capacity(live_target * 2);
@@ -151,6 +168,7 @@ fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -
             sweep_high = high;
             let (_, next) = s.compact_step(sweep_from, budget).expect("sweep");
             sweep_from = next.unwrap_or(0);
+            s.reclaim(2048).expect("reclaim");
             collected += s.collect(&cut, u64::MAX).expect("collect").tombstones;
             let k = s.knowledge().expect("knowledge");
             cut = k.have.keys().map(|a| (*a, k.complete_through(a))).collect();
@@ -169,6 +187,27 @@ fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -
         "SELECT coalesce(sum(length(entries)), 0) FROM __lm_log",
     );
     let churned = size(conn, &path);
+    // With a policy, a few seconds later: the last deletes' tombstones
+    // collected, the sweep and the page reclaim caught up (what a node
+    // does within seconds of the churn stopping).
+    let settled = if policy {
+        s.collect(&cut, u64::MAX).expect("collect");
+        let k = s.knowledge().expect("knowledge");
+        let cut: BTreeMap<ActorId, u64> =
+            k.have.keys().map(|a| (*a, k.complete_through(a))).collect();
+        collected += s.collect(&cut, u64::MAX).expect("collect").tombstones;
+        loop {
+            let (_, next) = s.compact_step(sweep_from, 4096).expect("sweep");
+            match next {
+                Some(n) if n > sweep_from => sweep_from = n,
+                _ => break,
+            }
+        }
+        while s.reclaim(2048).expect("reclaim") > 0 {}
+        size(s.connection(), &path)
+    } else {
+        churned
+    };
     // A whole compaction at the end (what overwrites leave behind).
     let removed = s.compact().expect("compact");
     let conn = s.connection();
@@ -185,6 +224,7 @@ fn churn(dir: &Path, name: &str, ops: usize, live_target: usize, policy: bool) -
     };
     ids.sort();
     Figures {
+        settled,
         secs,
         rows,
         clocks,

@@ -273,6 +273,34 @@ impl Store {
         Ok(())
     }
 
+    /// Gives at most `max_pages` free pages back to the file system (files
+    /// made since incremental auto-vacuum: the pages collection and the log
+    /// sweep free; older files keep them for reuse). Returns the pages
+    /// given back.
+    pub fn reclaim(&mut self, max_pages: u64) -> Result<u64> {
+        let mode: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if mode != 2 {
+            return Ok(0);
+        }
+        let free = |c: &rusqlite::Connection| -> Result<i64> {
+            Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+        };
+        let before = free(&self.conn)?;
+        if before == 0 {
+            return Ok(0);
+        }
+        let n = max_pages.min(i64::MAX as u64);
+        // The pragma frees a page per step: stepped to the end.
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA incremental_vacuum({n})"))?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        Ok((before - free(&self.conn)?).max(0) as u64)
+    }
+
     /// The highest id of a change-log chunk (chunks get increasing ids):
     /// how fast the log grows, to size the background sweep by.
     pub fn log_high_water(&self) -> Result<i64> {

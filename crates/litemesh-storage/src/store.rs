@@ -127,6 +127,12 @@ pub struct StoreOptions {
     /// The actor id of a file created now (default: random). Deterministic
     /// simulations set it; an existing file keeps its own.
     pub actor: Option<ActorId>,
+    /// A file created now gives the pages it frees back to the file system
+    /// ([`Store::reclaim`]: SQLite's incremental auto-vacuum). For nodes
+    /// with a retention policy, whose collection frees pages steadily; it
+    /// costs about 7% on inserts (a pointer map is kept), so it is off by
+    /// default. An existing file keeps its mode.
+    pub reclaim_pages: bool,
 }
 
 impl Default for StoreOptions {
@@ -136,6 +142,7 @@ impl Default for StoreOptions {
             busy_timeout: std::time::Duration::from_secs(5),
             cache_kib: 64 * 1024,
             actor: None,
+            reclaim_pages: false,
         }
     }
 }
@@ -206,6 +213,14 @@ impl Store {
     pub fn open_with(path: impl AsRef<Path>, opts: &StoreOptions) -> Result<Store> {
         let mut conn = Connection::open(path)?;
         configure(&conn, opts)?;
+        // A new file may give back the pages that collection and the log
+        // sweep free (`Store::reclaim`): the mode can only be chosen before
+        // the file's first page is written (before WAL mode, before any
+        // table).
+        let empty: bool = conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))? == 0;
+        if empty && opts.reclaim_pages {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+        }
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             return Err(StorageError::Corrupt(format!(

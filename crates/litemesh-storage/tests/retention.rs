@@ -382,3 +382,48 @@ fn floors_are_never_lowered_and_keep_unknown_tables() {
     assert_eq!(cls, vec![("kv".to_string(), 7), ("later".to_string(), 5)]);
     let _ = Value::Null;
 }
+
+/// A file made with `reclaim_pages` gives the pages collection frees back
+/// to the file system; one made without keeps them for reuse.
+#[test]
+fn collected_pages_go_back_to_the_file_system_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = |s: &Store, name: &str| {
+        s.connection()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        std::fs::metadata(dir.path().join(name)).unwrap().len()
+    };
+    for reclaim in [true, false] {
+        let name = format!("r{reclaim}.db");
+        let opts = StoreOptions {
+            durable: false,
+            reclaim_pages: reclaim,
+            ..Default::default()
+        };
+        let mut s = Store::open_with(dir.path().join(&name), &opts).unwrap();
+        s.apply_schema(SCHEMA).unwrap();
+        for chunk in 0..20 {
+            let values: Vec<String> = (0..500)
+                .map(|i| format!("({}, {})", chunk * 500 + i, i))
+                .collect();
+            s.execute_batch(&format!("INSERT INTO kv VALUES {}", values.join(", ")))
+                .unwrap();
+        }
+        s.execute_batch("DELETE FROM kv").unwrap();
+        let k = s.knowledge().unwrap();
+        let cut = k.have.keys().map(|a| (*a, k.complete_through(a))).collect();
+        assert_eq!(s.collect(&cut, u64::MAX).unwrap().tombstones, 10_000);
+        s.compact().unwrap();
+        let before = size(&s, &name);
+        let pages = s.reclaim(u64::MAX).unwrap();
+        let after = size(&s, &name);
+        if reclaim {
+            assert!(pages > 10, "{pages} pages given back");
+            assert!(after < before / 2, "{before} -> {after} bytes");
+        } else {
+            assert_eq!(pages, 0);
+            assert_eq!(after, before);
+        }
+    }
+}

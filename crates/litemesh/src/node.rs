@@ -54,6 +54,10 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// a retention policy), at least: a few milliseconds of the writer. When the
 /// log grows faster, twice the chunks written since the last tick (at most
 /// [`SWEEP_CHUNKS_MAX`]), so the sweep keeps up with any write rate.
+/// Free pages given back to the file system per maintenance tick with a
+/// retention policy (8 MiB at the default page size).
+const RECLAIM_PAGES: u64 = 2048;
+
 const SWEEP_CHUNKS: u64 = 64;
 const SWEEP_CHUNKS_MAX: u64 = 4096;
 /// Without a successful write for this long, the maintenance task probes.
@@ -672,7 +676,13 @@ fn open_stores(
     stop: &Arc<AtomicBool>,
 ) -> Result<Opened, Error> {
     let lock = session::lock(&settings.db_path)?;
-    let mut writer = Store::open(&settings.db_path)?;
+    let mut writer = Store::open_with(
+        &settings.db_path,
+        &litemesh_storage::StoreOptions {
+            reclaim_pages: settings.retention.is_some(),
+            ..Default::default()
+        },
+    )?;
     // Every schema text together: one file per table (a folder of them)
     // declares the schema as a whole.
     if !settings.schema.is_empty() {
@@ -1894,6 +1904,10 @@ async fn maintenance_loop(inner: Arc<Inner>) {
                     let grew = high.saturating_sub(last_high).max(0) as u64;
                     let budget = (grew * 2).clamp(SWEEP_CHUNKS, SWEEP_CHUNKS_MAX);
                     let (removed, next) = w.compact_step(from, budget)?;
+                    // And the pages collection and the sweep freed go back
+                    // to the file system (files made with incremental
+                    // auto-vacuum), a bounded number a second.
+                    w.reclaim(RECLAIM_PAGES)?;
                     Ok((removed, next, high))
                 })
                 .await
