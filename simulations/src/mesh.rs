@@ -660,10 +660,15 @@ impl MeshNode {
                 };
                 self.core.handle_extracted(now, op, outcome);
             }
-            StorageOp::Prune { op, chunk, theirs } => {
+            StorageOp::Prune {
+                op,
+                chunk,
+                theirs,
+                need,
+            } => {
                 let res = self
                     .store
-                    .prune_absent(&chunk, &theirs)
+                    .prune_absent(&chunk, &theirs, &need)
                     .map(|p| {
                         self.snapshot_dropped += p.dropped;
                         self.snapshot_rebased += p.rebased;

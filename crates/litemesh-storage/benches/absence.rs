@@ -97,8 +97,8 @@ fn dump(s: &Store) -> Vec<(String, i64)> {
 fn snapshot_catch_up(from: &Store, to: &mut Store) -> (u64, f64, u64, u64, u64) {
     use litemesh_storage::SnapshotFrame;
     let started = Instant::now();
-    to.set_needs_snapshot("bench", &from.collected_through().expect("collected"))
-        .expect("mark");
+    let need = from.collected_through().expect("collected");
+    to.set_needs_snapshot("bench", &need).expect("mark");
     let (mut bytes, mut answers, mut dropped, mut rebased) = (0u64, 0u64, 0u64, 0u64);
     loop {
         answers += 1;
@@ -137,7 +137,7 @@ fn snapshot_catch_up(from: &Store, to: &mut Store) -> (u64, f64, u64, u64, u64) 
                     to.apply_all(&group).expect("apply");
                     group.clear();
                     let p = to
-                        .prune_absent(&c, base.as_ref().expect("base"))
+                        .prune_absent(&c, base.as_ref().expect("base"), &need)
                         .expect("prune");
                     dropped += p.dropped;
                     rebased += p.rebased;

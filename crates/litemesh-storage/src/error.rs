@@ -54,6 +54,13 @@ pub enum StorageError {
     )]
     UnmanagedTable(String),
 
+    /// A range of a snapshot listing that does not start where the last
+    /// one checked here ended (ranges checked out of order, or two
+    /// listings at once): nothing was done; the listing resumes from the
+    /// stored cursor.
+    #[error("a snapshot listing range out of order (the listing resumes from its cursor)")]
+    SnapshotOutOfOrder,
+
     /// This node cannot serve a snapshot answer now (the requester tries
     /// another peer, or this one later).
     #[error("no snapshot from this node: {0}")]

@@ -104,6 +104,8 @@ pub struct Pruned {
 const CHUNK_KEYS: usize = 2048;
 /// Bytes of keys per chunk.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// Rows of a range checked (and rewritten) per transaction here.
+const PRUNE_BATCH: usize = 4096;
 
 impl Store {
     /// A snapshot answer for a requester holding `theirs` (entitled to
@@ -297,22 +299,74 @@ impl Store {
     }
 
     /// Checks one range of a peer's listing against the rows held here
-    /// (see the [module documentation](self)): drops the rows the peer
-    /// deleted, writes again above the floor the rows of this node's own
-    /// the peer has not seen and a collected delete could beat, and records
-    /// how far the listing got. The chunk that ends the listing clears the
-    /// file's "needs a snapshot" mark. `theirs`: the peer's knowledge from
-    /// the same answer's [`SnapshotFrame::Base`].
-    pub fn prune_absent(&mut self, chunk: &KeyChunk, theirs: &Knowledge) -> Result<Pruned> {
+    /// (see the [module documentation](self)): deletes the rows the peer
+    /// deleted, writes again above the floor the rows the peer has not seen
+    /// that a collected delete could beat, and records how far the listing
+    /// got. Ranges must come in order, each starting where the last one
+    /// checked here ended (else [`StorageError::SnapshotOutOfOrder`], and
+    /// nothing is done: the listing resumes from the stored cursor). The
+    /// range that ends the listing clears the file's "needs a snapshot"
+    /// mark if what it holds and checked covers `need` (merged with what
+    /// the file recorded) — and only if every table it holds was listed.
+    /// `theirs`: the peer's base, from the same answer.
+    pub fn prune_absent(
+        &mut self,
+        chunk: &KeyChunk,
+        theirs: &Knowledge,
+        need: &BTreeMap<ActorId, u64>,
+    ) -> Result<Pruned> {
         let mut out = Pruned::default();
+        // In order: where the last range checked here ended.
+        let (cursor, partial) = self.listing_state()?;
+        let mine: Vec<String> = {
+            let mut v: Vec<String> = self
+                .tables
+                .keys()
+                .filter(|t| self.placement.may_hold(&self.entitlement, t))
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        };
+        let mut skipped = false;
+        match &chunk.after {
+            Some(_) => {
+                if chunk.table != cursor.table || chunk.after != cursor.after || cursor.past {
+                    return Err(StorageError::SnapshotOutOfOrder);
+                }
+            }
+            None => {
+                if cursor.after.is_some() && !cursor.past {
+                    return Err(StorageError::SnapshotOutOfOrder);
+                }
+                // Tables of this node the listing went past unlisted (the
+                // peer does not hold them): their rows are not checked.
+                let end = if chunk.table.is_empty() {
+                    None
+                } else {
+                    Some(chunk.table.as_str())
+                };
+                skipped = mine.iter().any(|t| {
+                    let after_cursor = if cursor.past {
+                        t.as_str() > cursor.table.as_str()
+                    } else {
+                        t.as_str() >= cursor.table.as_str()
+                    };
+                    after_cursor && end.is_none_or(|e| t.as_str() < e)
+                });
+                if end.is_some_and(|e| {
+                    e < cursor.table.as_str() || (cursor.past && e == cursor.table.as_str())
+                }) {
+                    return Err(StorageError::SnapshotOutOfOrder);
+                }
+            }
+        }
         let t = if chunk.table.is_empty() {
             None
         } else {
             self.raise_floors(&[(chunk.table.clone(), chunk.floor)].into())?;
             self.table(&chunk.table).cloned()
         };
-        let mut drop: Vec<Vec<Value>> = Vec::new();
-        let mut rebase: Vec<Vec<Value>> = Vec::new();
         if let Some(t) = &t {
             let dec = |b: &Option<Vec<u8>>| -> Result<Option<Vec<Value>>> {
                 match b {
@@ -323,7 +377,7 @@ impl Store {
                         .ok_or_else(|| StorageError::Decode("a snapshot chunk's range".into())),
                 }
             };
-            let after = dec(&chunk.after)?;
+            let mut after = dec(&chunk.after)?;
             let through = dec(&chunk.through)?;
             let listed: HashSet<&[u8]> = chunk.keys.iter().map(|k| k.as_slice()).collect();
             let dead: HashMap<&[u8], u64> = chunk
@@ -332,63 +386,68 @@ impl Store {
                 .map(|(k, cl)| (k.as_slice(), *cl))
                 .collect();
             let floor = self.floors()?.get(&t.name).copied().unwrap_or(0);
-            let owned: BTreeSet<u64> = self
-                .conn
-                .prepare_cached("SELECT actor FROM __lm_owned")?
-                .query_map([], |r| r.get::<_, i64>(0))?
-                .map(|r| r.map(|a| a as u64))
-                .collect::<rusqlite::Result<_>>()?;
-            let (keys, _) = list_keys(
-                &self.conn,
-                t,
-                after.as_deref(),
-                through.as_deref(),
-                usize::MAX,
-            )?;
-            for k in keys {
-                if k.cl % 2 == 0 {
-                    continue; // A tombstone here: nothing to bring back.
+            // This node's rows of the range, a bounded batch at a time (the
+            // last range of a table is open-ended here).
+            loop {
+                let (keys, more) = list_keys(
+                    &self.conn,
+                    t,
+                    after.as_deref(),
+                    through.as_deref(),
+                    PRUNE_BATCH,
+                )?;
+                let mut drop: Vec<Vec<Value>> = Vec::new();
+                let mut rebase: Vec<Vec<Value>> = Vec::new();
+                let last_key = keys.last().map(|k| k.pk.clone());
+                for k in keys {
+                    if k.cl % 2 == 0 {
+                        continue; // A tombstone here: nothing to bring back.
+                    }
+                    out.checked += 1;
+                    if listed.contains(k.encoded.as_slice()) {
+                        continue;
+                    }
+                    // Deleted there at a later life, not collected yet: the
+                    // delete wins, as it will when it arrives.
+                    if dead
+                        .get(k.encoded.as_slice())
+                        .is_some_and(|cl| *cl > k.clock.cl)
+                    {
+                        drop.push(k.pk);
+                        continue;
+                    }
+                    let clock = k.clock;
+                    let mut life: Vec<crate::clock::EntryRef> = vec![clock.owner];
+                    life.extend(
+                        (0..t.cols.len() as u32).filter_map(|c| clock.cell(c).map(|x| x.entry)),
+                    );
+                    let seen = life.iter().any(|e| {
+                        self.actors
+                            .get(e.actor as usize)
+                            .is_some_and(|a| theirs.contains(a, e.version))
+                    });
+                    if seen {
+                        drop.push(k.pk);
+                    } else if clock.cl <= floor {
+                        // News to the peer, but a delete collected elsewhere
+                        // may beat it where its tombstone is still held:
+                        // written again above the floor (whoever wrote it).
+                        rebase.push(k.pk);
+                    } else {
+                        out.kept += 1;
+                    }
                 }
-                out.checked += 1;
-                if listed.contains(k.encoded.as_slice()) {
-                    continue;
+                if !rebase.is_empty() || !drop.is_empty() {
+                    let (dropped, rebased) = self.rewrite_rows(t, &drop, &rebase)?;
+                    out.dropped += dropped;
+                    out.rebased += rebased;
+                    out.tables_changed.insert(t.name.clone());
                 }
-                let pk = k.pk;
-                // Deleted there at a later life, not collected yet: the
-                // delete wins, as it will when it arrives.
-                if dead
-                    .get(k.encoded.as_slice())
-                    .is_some_and(|cl| *cl > k.clock.cl)
-                {
-                    drop.push(pk);
-                    continue;
+                if !more {
+                    break;
                 }
-                let clock = k.clock;
-                let mut life: Vec<crate::clock::EntryRef> = vec![clock.owner];
-                life.extend(
-                    (0..t.cols.len() as u32).filter_map(|c| clock.cell(c).map(|x| x.entry)),
-                );
-                let seen = life.iter().any(|e| {
-                    self.actors
-                        .get(e.actor as usize)
-                        .is_some_and(|a| theirs.contains(a, e.version))
-                });
-                if seen {
-                    drop.push(pk);
-                } else if clock.cl <= floor && life.iter().all(|e| owned.contains(&e.actor)) {
-                    rebase.push(pk);
-                } else {
-                    out.kept += 1;
-                }
+                after = last_key;
             }
-        }
-        if (!rebase.is_empty() || !drop.is_empty())
-            && let Some(t) = &t
-        {
-            let (dropped, rebased) = self.rewrite_rows(t, &drop, &rebase)?;
-            out.dropped = dropped;
-            out.rebased = rebased;
-            out.tables_changed.insert(t.name.clone());
         }
         out.cursor = if chunk.last {
             SnapshotCursor::default()
@@ -415,52 +474,89 @@ impl Store {
             Some(b) => decode_knowledge(&b)?.intersection(theirs),
             None => theirs.intersection(theirs),
         };
+        let partial = partial || skipped;
+        // What the snapshot must cover: the file's record and the core's.
+        let (mut all_need, frozen) = stale_row(&tx)?.unwrap_or_default();
+        for (a, c) in need {
+            let e = all_need.entry(*a).or_insert(0);
+            *e = (*e).max(*c);
+        }
         if chunk.last {
             let mut now_checked = checked;
-            now_checked.union_with(&meet);
-            tx.execute(
-                "INSERT OR REPLACE INTO __lm_checked(id, knowledge) VALUES (0, ?1)",
-                [encode_knowledge(&now_checked)?],
-            )?;
-            let need = stale_row(&tx)?.map(|(n, _)| n).unwrap_or_default();
+            if !partial {
+                now_checked.union_with(&meet);
+                tx.execute(
+                    "INSERT OR REPLACE INTO __lm_checked(id, knowledge) VALUES (0, ?1)",
+                    [encode_knowledge(&now_checked)?],
+                )?;
+            }
             let mut holds = knowledge;
             holds.union_with(&now_checked);
-            let short: u64 = need.iter().map(|(a, c)| holds.missing_up_to(a, *c)).sum();
+            let short: u64 = all_need
+                .iter()
+                .map(|(a, c)| holds.missing_up_to(a, *c))
+                .fold(0u64, u64::saturating_add);
             if short == 0 {
                 tx.execute("DELETE FROM __lm_snapshot", [])?;
                 tx.execute("DELETE FROM __lm_stale", [])?;
                 out.complete = true;
             } else {
-                // The listing's sources lacked versions a peer collected:
-                // its deletes may be missing here yet. Again, from another.
-                tracing::warn!(
+                // The listing's sources lacked versions a peer collected,
+                // or skipped tables held here: again, from another.
+                tracing::info!(
                     short,
-                    "a snapshot listing completed against peers lacking {short} collected \
-                     version(s) this node needs checked: listing again"
+                    partial,
+                    "a snapshot listing completed without covering {short} collected version(s) \
+                     (or without listing every table held here): listing again"
                 );
                 out.cursor = SnapshotCursor::default();
+                write_stale_row(&tx, &all_need, &frozen)?;
                 tx.execute(
-                    "UPDATE __lm_snapshot SET tbl = '', after = NULL, past = 0, base = NULL \
-                     WHERE id = 0",
+                    "UPDATE __lm_snapshot SET tbl = '', after = NULL, past = 0, base = NULL, \
+                     partial = 0 WHERE id = 0",
                     [],
                 )?;
             }
             out.now_checked = Some(now_checked);
         } else {
+            write_stale_row(&tx, &all_need, &frozen)?;
             tx.execute(
-                "INSERT INTO __lm_snapshot(id, tbl, after, past, base) VALUES (0, ?1, ?2, ?3, ?4) \
-                 ON CONFLICT(id) DO UPDATE SET tbl = excluded.tbl, after = excluded.after, \
-                 past = excluded.past, base = excluded.base",
+                "UPDATE __lm_snapshot SET tbl = ?1, after = ?2, past = ?3, base = ?4, \
+                 partial = ?5 WHERE id = 0",
                 (
                     &out.cursor.table,
                     &out.cursor.after,
                     out.cursor.past,
                     encode_knowledge(&meet)?,
+                    partial,
                 ),
             )?;
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Where the listing stands: the cursor, and whether a table held here
+    /// was skipped so far.
+    fn listing_state(&self) -> Result<(SnapshotCursor, bool)> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT tbl, after, past, partial FROM __lm_snapshot WHERE id = 0",
+                [],
+                |r| {
+                    Ok((
+                        SnapshotCursor {
+                            table: r.get(0)?,
+                            after: r.get(1)?,
+                            past: r.get(2)?,
+                        },
+                        r.get(3)?,
+                    ))
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
     }
 
     /// One new local transaction: deletes the rows of `drop` (ordinary

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS __lm_owned(actor INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS __lm_stale(id INTEGER PRIMARY KEY CHECK (id = 0), reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS __lm_snapshot(
     id INTEGER PRIMARY KEY CHECK (id = 0), tbl TEXT NOT NULL, after BLOB, past INTEGER NOT NULL,
-    base BLOB, need BLOB, frozen BLOB);
+    base BLOB, need BLOB, frozen BLOB, partial INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS __lm_checked(id INTEGER PRIMARY KEY CHECK (id = 0), knowledge BLOB NOT NULL);
 ";
 

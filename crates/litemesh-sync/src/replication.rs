@@ -147,6 +147,8 @@ pub enum StorageOp {
         chunk: KeyChunk,
         /// The peer's knowledge at its listing.
         theirs: Knowledge,
+        /// What the snapshot must cover (`Store::prune_absent`).
+        need: BTreeMap<ActorId, u64>,
     },
 }
 
@@ -314,6 +316,21 @@ struct Session {
     base: Option<Knowledge>,
     /// A range of a snapshot listing was checked.
     listed: bool,
+    /// The request asked for a snapshot answer.
+    asked_snapshot: bool,
+    /// Ranges of the listing waiting to be checked, in order: one at a
+    /// time, each after every apply before it.
+    keys: VecDeque<KeyChunk>,
+    /// A range is being checked.
+    pruning: bool,
+}
+
+impl Session {
+    /// Work of this node's own the session waits on: applies, listing
+    /// ranges queued or being checked.
+    fn pending(&self) -> usize {
+        self.applying + self.keys.len() + usize::from(self.pruning)
+    }
 }
 
 /// Why a storage operation was asked for.
@@ -661,7 +678,7 @@ impl Replication {
             .collected
             .iter()
             .map(|(a, c)| k.missing_up_to(a, *c))
-            .sum();
+            .fold(0, u64::saturating_add);
         (missing > 0).then_some(missing)
     }
 
@@ -674,7 +691,10 @@ impl Replication {
             return None;
         }
         k.union_with(&self.checked);
-        let missing: u64 = collected.iter().map(|(a, c)| k.missing_up_to(a, *c)).sum();
+        let missing: u64 = collected
+            .iter()
+            .map(|(a, c)| k.missing_up_to(a, *c))
+            .fold(0, u64::saturating_add);
         (missing > 0).then_some(missing)
     }
 
@@ -939,10 +959,11 @@ impl Replication {
                 match result {
                     Ok(newly) => {
                         s.learned |= newly;
-                        if s.paused && s.applying < MAX_APPLYING_PER_SESSION {
+                        if s.paused && s.pending() < MAX_APPLYING_PER_SESSION {
                             s.paused = false;
                             self.events.push_back(Event::ResumeReading(id));
                         }
+                        self.next_prune(id);
                         self.try_finish(now, id);
                     }
                     Err(e) => self.fail(now, id, format!("applying its changes failed: {e}")),
@@ -1012,15 +1033,16 @@ impl Replication {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        s.applying -= 1;
+        s.pruning = false;
         s.deadline = now + self.config.session_timeout;
         match result {
             Ok(_) => {
                 s.listed = true;
-                if s.paused && s.applying < MAX_APPLYING_PER_SESSION {
+                if s.paused && s.pending() < MAX_APPLYING_PER_SESSION {
                     s.paused = false;
                     self.events.push_back(Event::ResumeReading(id));
                 }
+                self.next_prune(id);
                 self.try_finish(now, id);
             }
             Err(e) => self.fail(now, id, format!("checking a snapshot listing failed: {e}")),
@@ -1232,14 +1254,22 @@ impl Replication {
                 }
                 // The other way round: the requester collected versions this
                 // node lacks — this node is the stale one.
-                if let Some(missing) = self.lacks_collected_by(&retention.collected) {
+                // Only what the requester holds can it have collected (a
+                // wrong report must not fence this node for good).
+                let collected: BTreeMap<ActorId, u64> = retention
+                    .collected
+                    .iter()
+                    .map(|(a, c)| (*a, (*c).min(knowledge.complete_through(a))))
+                    .filter(|(_, c)| *c > 0)
+                    .collect();
+                if let Some(missing) = self.lacks_collected_by(&collected) {
                     let reason = format!(
                         "{from} collected the tombstones of {missing} version(s) this node \
                          lacks (it was away longer than its peers waited for it): rows deleted \
                          meanwhile may still be here; it catches up by snapshot \
                          (docs/retention.md)"
                     );
-                    self.note_need(from, reason, &retention.collected);
+                    self.note_need(from, reason, &collected);
                 }
                 let refusal = if let Some(why) = &self.needs_snapshot {
                     // Its listing (only) may serve another stale node: the
@@ -1378,27 +1408,25 @@ impl Replication {
                 self.fail(now, session, format!("refused: {reason}"));
                 return false;
             }
+            Ok(Frame::Base(_) | Frame::Keys(_)) if !s.asked_snapshot => {
+                self.fail(now, session, "a snapshot listing it did not ask for".into());
+                return false;
+            }
             Ok(Frame::Base(knowledge)) => {
                 s.base = Some(knowledge);
             }
             Ok(Frame::Keys(chunk)) => {
-                let Some(theirs) = s.base.clone() else {
+                if s.base.is_none() {
                     self.fail(now, session, "a snapshot listing without its base".into());
                     return false;
-                };
-                if self.needs_snapshot.is_none() {
-                    // Whole already (another listing completed): ignored.
-                } else {
-                    // The batches before it are applied first.
-                    self.flush(session);
-                    let op = OpId(self.next());
-                    self.ops.insert(op, Purpose::Prune(session));
-                    if let Some(s) = self.sessions.get_mut(&session) {
-                        s.applying += 1;
-                    }
-                    self.storage
-                        .push_back(StorageOp::Prune { op, chunk, theirs });
                 }
+                if self.needs_snapshot.is_some() {
+                    // Checked in order, each after the batches before it.
+                    s.keys.push_back(chunk);
+                    self.flush(session);
+                    self.next_prune(session);
+                }
+                // Else whole already (another listing completed): ignored.
             }
             Ok(Frame::Done(knowledge, info)) => {
                 let peer = s.peer;
@@ -1413,12 +1441,36 @@ impl Replication {
         let Some(s) = self.sessions.get_mut(&session) else {
             return false;
         };
-        if s.applying >= MAX_APPLYING_PER_SESSION {
+        if s.pending() >= MAX_APPLYING_PER_SESSION {
             s.paused = true;
             false
         } else {
             true
         }
+    }
+
+    /// Asks for the check of the session's next listing range, if none is
+    /// running and every apply before it has reported.
+    fn next_prune(&mut self, session: SessionId) {
+        let need = self.need.clone();
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.pruning || s.applying > 0 {
+            return;
+        }
+        let (Some(chunk), Some(theirs)) = (s.keys.pop_front(), s.base.clone()) else {
+            return;
+        };
+        s.pruning = true;
+        let op = OpId(self.next());
+        self.ops.insert(op, Purpose::Prune(session));
+        self.storage.push_back(StorageOp::Prune {
+            op,
+            chunk,
+            theirs,
+            need,
+        });
     }
 
     /// The response stream of `session` ended: `Ok` when the peer finished
@@ -1452,7 +1504,7 @@ impl Replication {
             .sessions
             .iter()
             // While its own applies are behind, the node waits on itself.
-            .filter(|(_, s)| s.deadline <= now && s.applying == 0)
+            .filter(|(_, s)| s.deadline <= now && s.pending() == 0)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -1465,7 +1517,7 @@ impl Replication {
         let sessions = self
             .sessions
             .values()
-            .filter(|s| s.applying == 0)
+            .filter(|s| s.pending() == 0)
             .map(|s| s.deadline)
             .min();
         match (self.sched.poll_timeout(now), sessions) {
@@ -1508,7 +1560,8 @@ impl Replication {
         }
         if let Some(peer) = polled {
             let mut retention = self.own_retention();
-            if self.needs_snapshot.is_some() {
+            let asked_snapshot = self.needs_snapshot.is_some();
+            if asked_snapshot {
                 retention.snapshot = Some(self.snapshot.cursor.clone());
             }
             let request = Message::SyncRequest {
@@ -1532,6 +1585,9 @@ impl Replication {
                             ended: false,
                             base: None,
                             listed: false,
+                            asked_snapshot,
+                            keys: VecDeque::new(),
+                            pruning: false,
                         },
                     );
                     return Some(Transmit::Request {
@@ -1602,7 +1658,7 @@ impl Replication {
         let Some(s) = self.sessions.get(&id) else {
             return;
         };
-        if !s.ended || s.applying > 0 {
+        if !s.ended || s.pending() > 0 {
             return;
         }
         let Some(theirs) = s.theirs.clone() else {

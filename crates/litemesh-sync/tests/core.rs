@@ -136,7 +136,9 @@ fn drain(c: &mut Replication, now: Duration) -> Out {
                 o.extract_snapshots.push(snapshot);
                 o.extract_listing_only.push(listing_only);
             }
-            StorageOp::Prune { op, chunk, theirs } => o.prunes.push((op, chunk, theirs)),
+            StorageOp::Prune {
+                op, chunk, theirs, ..
+            } => o.prunes.push((op, chunk, theirs)),
         }
     }
     while let Some(e) = c.poll_event() {
@@ -624,9 +626,11 @@ fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing()
     }
     let o = drain(&mut c, now);
     assert_eq!(o.applies.len(), 1, "the batch before the range");
+    assert!(o.prunes.is_empty(), "the range waits for the batch before it");
+    c.handle_applied(now, o.applies[0].0, Ok(true));
+    let o = drain(&mut c, now);
     assert_eq!(o.prunes.len(), 1);
     assert_eq!(o.prunes[0].2, theirs, "checked against the base");
-    c.handle_applied(now, o.applies[0].0, Ok(true));
     let next = SnapshotCursor {
         table: "t".into(),
         after: Some(vec![9]),

@@ -214,11 +214,22 @@ fn storage(inner: &Arc<Inner>, op: StorageOp) {
                 drive(&inner, |c, now| c.handle_extracted(now, op, outcome));
             });
         }
-        StorageOp::Prune { op, chunk, theirs } => {
+        StorageOp::Prune {
+            op,
+            chunk,
+            theirs,
+            need,
+        } => {
             let inner = inner.clone();
             tokio::spawn(async move {
+                let i2 = inner.clone();
                 let res = inner
-                    .with_writer(move |w| Ok(w.prune_absent(&chunk, &theirs)?))
+                    .with_writer(move |w| {
+                        // It may write (rows deleted or rebased): never
+                        // under a version number a peer already holds.
+                        i2.rotate_if_on_probation(w)?;
+                        Ok(w.prune_absent(&chunk, &theirs, &need)?)
+                    })
                     .await;
                 let res = match res {
                     Ok(p) => {
