@@ -626,7 +626,10 @@ fn a_node_told_it_needs_a_snapshot_asks_for_one_and_is_whole_after_the_listing()
     }
     let o = drain(&mut c, now);
     assert_eq!(o.applies.len(), 1, "the batch before the range");
-    assert!(o.prunes.is_empty(), "the range waits for the batch before it");
+    assert!(
+        o.prunes.is_empty(),
+        "the range waits for the batch before it"
+    );
     c.handle_applied(now, o.applies[0].0, Ok(true));
     let o = drain(&mut c, now);
     assert_eq!(o.prunes.len(), 1);
