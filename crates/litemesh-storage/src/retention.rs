@@ -256,13 +256,19 @@ impl Store {
     ) -> Result<()> {
         let knowledge = self.knowledge()?;
         let tx = self.conn.unchecked_transaction()?;
+        let was = crate::snapshot::stale_row(&tx)?;
         tx.execute(
             "INSERT OR REPLACE INTO __lm_stale(id, reason) VALUES (0, ?1)",
             [reason],
         )?;
-        let (mut merged, frozen) = match crate::snapshot::stale_row(&tx)? {
+        let (mut merged, frozen) = match was {
             Some((need, frozen)) => (need, frozen),
-            None => (BTreeMap::new(), knowledge),
+            None => {
+                // Newly stale: a listing starts from the beginning, whatever
+                // an earlier one left behind.
+                tx.execute("DELETE FROM __lm_snapshot", [])?;
+                (BTreeMap::new(), knowledge)
+            }
         };
         for (a, c) in need {
             let e = merged.entry(*a).or_insert(0);

@@ -336,17 +336,23 @@ impl Store {
                 }
             }
             None => {
-                if cursor.after.is_some() && !cursor.past {
-                    return Err(StorageError::SnapshotOutOfOrder);
-                }
-                // Tables of this node the listing went past unlisted (the
-                // peer does not hold them): their rows are not checked.
                 let end = if chunk.table.is_empty() {
                     None
                 } else {
                     Some(chunk.table.as_str())
                 };
-                skipped = mine.iter().any(|t| {
+                if cursor.after.is_some() && !cursor.past {
+                    // A table left in the middle: only a peer that lists
+                    // the next tables may go on from here (it does not hold
+                    // the rest of this one, which stays unchecked).
+                    if end.is_some_and(|e| e <= cursor.table.as_str()) {
+                        return Err(StorageError::SnapshotOutOfOrder);
+                    }
+                    skipped = true;
+                }
+                // Tables of this node the listing went past unlisted (the
+                // peer does not hold them): their rows are not checked.
+                skipped |= mine.iter().any(|t| {
                     let after_cursor = if cursor.past {
                         t.as_str() > cursor.table.as_str()
                     } else {
@@ -360,6 +366,11 @@ impl Store {
                     return Err(StorageError::SnapshotOutOfOrder);
                 }
             }
+        }
+        // The listing ends here: tables of this node after its last one
+        // were not listed either.
+        if chunk.last && !chunk.table.is_empty() {
+            skipped |= mine.iter().any(|t| t.as_str() > chunk.table.as_str());
         }
         let t = if chunk.table.is_empty() {
             None
@@ -458,7 +469,6 @@ impl Store {
                 after: chunk.through.clone(),
             }
         };
-        let knowledge = self.knowledge()?;
         let checked = read_checked(&self.conn)?;
         let m = crate::merge::Merging::enter(self)?;
         let tx = m.conn.unchecked_transaction()?;
@@ -483,14 +493,21 @@ impl Store {
         }
         if chunk.last {
             let mut now_checked = checked;
-            if !partial {
-                now_checked.union_with(&meet);
-                tx.execute(
-                    "INSERT OR REPLACE INTO __lm_checked(id, knowledge) VALUES (0, ?1)",
-                    [encode_knowledge(&now_checked)?],
-                )?;
+            // Tables the peer does not hold were not listed; the versions
+            // that wrote them are out of its base already (it holds them
+            // without their rows: `__lm_withheld`), so the rest counts.
+            if partial {
+                tracing::info!("a snapshot listing went past tables the peer does not hold");
             }
-            let mut holds = knowledge;
+            now_checked.union_with(&meet);
+            tx.execute(
+                "INSERT OR REPLACE INTO __lm_checked(id, knowledge) VALUES (0, ?1)",
+                [encode_knowledge(&now_checked)?],
+            )?;
+            // What its rows reflect: what it held when it learned it was
+            // stale, and what listings checked since — not what came as
+            // cleared meanwhile (the batches of this very snapshot).
+            let mut holds = frozen.clone();
             holds.union_with(&now_checked);
             let short: u64 = all_need
                 .iter()

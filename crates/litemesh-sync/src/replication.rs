@@ -1453,9 +1453,15 @@ impl Replication {
     /// running and every apply before it has reported.
     fn next_prune(&mut self, session: SessionId) {
         let need = self.need.clone();
+        let whole = self.needs_snapshot.is_none();
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
+        if whole {
+            // Whole already (another listing completed): the rest is moot.
+            s.keys.clear();
+            return;
+        }
         if s.pruning || s.applying > 0 {
             return;
         }
