@@ -11,7 +11,9 @@ use litemesh::{FaultHandle, Node, Settings, Statement, Tls, Value};
 
 use crate::CliResult;
 
-const SCHEMA: &str = "CREATE TABLE events (id TEXT PRIMARY KEY, node TEXT, seq INTEGER, body TEXT)";
+const SCHEMA: &str = "CREATE TABLE events (id TEXT PRIMARY KEY, node TEXT, seq INTEGER, body TEXT);
+CREATE TABLE tallies (id TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) -- litemesh: counter = n
+;";
 const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
 /// How long the nodes may take to converge after the healing.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(25);
@@ -61,6 +63,24 @@ async fn count(n: &Node) -> i64 {
     }
 }
 
+/// The counter every write increments, as node `n` sees it.
+async fn tally(n: &Node) -> i64 {
+    match n
+        .query(
+            "SELECT n FROM tallies WHERE id = 'writes'".into(),
+            None,
+            Duration::ZERO,
+        )
+        .await
+    {
+        Ok(r) => match r.rows.first().and_then(|r| r.first()) {
+            Some(Value::Integer(c)) => *c,
+            _ => 0,
+        },
+        Err(_) => -1,
+    }
+}
+
 /// Row count and an FNV-1a checksum of every row in key order.
 async fn contents(n: &Node) -> Result<(usize, u64), String> {
     let r = n
@@ -104,9 +124,10 @@ async fn progress(t0: Instant, phase: &str, nodes: &[DemoNode]) {
             .count();
         let rows = count(&d.node).await;
         line.push_str(&format!(
-            " | {} rows={rows} missing={} lag={:.1}s alive={alive}",
+            " | {} rows={rows} missing={} counter={} lag={:.1}s alive={alive}",
             d.node.name(),
             written - rows,
+            tally(&d.node).await,
             lag(&d.node).await
         ));
     }
@@ -117,15 +138,23 @@ async fn write(d: &mut DemoNode) -> Result<(), String> {
     d.seq += 1;
     let name = d.node.name().to_string();
     d.node
-        .execute(vec![Statement::with_params(
-            "INSERT INTO events (id, node, seq, body) VALUES (?1, ?2, ?3, ?4)",
-            vec![
-                Value::Text(format!("{name}-{:05}", d.seq)),
-                Value::Text(name.clone()),
-                Value::Integer(d.seq),
-                Value::Text(format!("event {} written on {name}", d.seq)),
-            ],
-        )])
+        .execute(vec![
+            Statement::with_params(
+                "INSERT INTO events (id, node, seq, body) VALUES (?1, ?2, ?3, ?4)",
+                vec![
+                    Value::Text(format!("{name}-{:05}", d.seq)),
+                    Value::Text(name.clone()),
+                    Value::Integer(d.seq),
+                    Value::Text(format!("event {} written on {name}", d.seq)),
+                ],
+            ),
+            // One counter, incremented by every write on every node: its
+            // contributions add up across the partition (a counter column).
+            Statement::from(
+                "INSERT INTO tallies (id, n) VALUES ('writes', 1) \
+                 ON CONFLICT (id) DO UPDATE SET n = n + 1",
+            ),
+        ])
         .await
         .map(|_| ())
         .map_err(|e| format!("write on {name}: {e}"))
@@ -292,7 +321,13 @@ async fn demo(a: DemoArgs) -> CliResult {
                 Err(e) => return finish(&nodes, Err(e)).await,
             }
         }
-        if all.iter().all(|c| *c == all[0] && c.0 as i64 == writes) {
+        let mut tallies = Vec::with_capacity(n);
+        for d in &nodes {
+            tallies.push(tally(&d.node).await);
+        }
+        if all.iter().all(|c| *c == all[0] && c.0 as i64 == writes)
+            && tallies.iter().all(|t| *t == writes)
+        {
             break Ok(healed.elapsed());
         }
         if healed.elapsed() > CONVERGE_TIMEOUT {
@@ -342,17 +377,25 @@ async fn demo(a: DemoArgs) -> CliResult {
 async fn finish(nodes: &[DemoNode], outcome: Result<Duration, String>) -> CliResult {
     println!("final contents:");
     let mut sums = Vec::new();
+    let mut tallies = Vec::new();
     for d in nodes {
         let c = contents(&d.node).await;
+        let t = tally(&d.node).await;
         match &c {
             Ok((rows, sum)) => {
-                println!("  {:<8} rows={rows:<5} checksum={sum:016x}", d.node.name())
+                println!(
+                    "  {:<8} rows={rows:<5} checksum={sum:016x} counter={t}",
+                    d.node.name()
+                )
             }
             Err(e) => println!("  {:<8} unreadable: {e}", d.node.name()),
         }
         sums.push(c.ok());
+        tallies.push(t);
     }
-    let identical = sums.windows(2).all(|w| w[0] == w[1]) && sums[0].is_some();
+    let identical = sums.windows(2).all(|w| w[0] == w[1])
+        && sums[0].is_some()
+        && tallies.windows(2).all(|w| w[0] == w[1]);
     // All leave at once (each leave waits for its announcement to go out).
     let leaving: Vec<_> = nodes
         .iter()
@@ -372,6 +415,11 @@ async fn finish(nodes: &[DemoNode], outcome: Result<Duration, String>) -> CliRes
                  converged {:.3} s after the healing, all nodes identical — OK",
                 nodes.len(),
                 t.as_secs_f64()
+            );
+            println!(
+                "         the counter incremented by every write on every node, both sides \
+                 of the partition, reads {} everywhere: the exact sum",
+                tallies[0]
             );
             Ok(ExitCode::SUCCESS)
         }

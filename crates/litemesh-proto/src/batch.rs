@@ -16,15 +16,85 @@ pub struct SeqRange {
     pub end: u64,
 }
 
+/// How a cell merges with concurrent writes of it (`docs/storage.md`,
+/// "Commutative columns"). Travels with every cell that is not
+/// [`CellKind::Plain`], so that a node whose schema declares the column
+/// differently refuses the change (quarantine) instead of merging it by
+/// another rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum CellKind {
+    /// Last writer wins: the value of the write with the higher cell version
+    /// (then the larger actor id).
+    #[default]
+    Plain,
+    /// One node's contribution to a counter: the cell's value is the sum, over
+    /// the actors that wrote it in this life, of their latest contribution
+    /// (plus the column's default). `value` is the writer's contribution
+    /// (an integer), not the sum.
+    Counter,
+    /// A register that only moves up: concurrent writes merge to the largest.
+    Max,
+    /// A register that only moves down: concurrent writes merge to the smallest.
+    Min,
+}
+
+impl CellKind {
+    /// True for last-writer-wins cells (the field is left out of encodings).
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        *self == CellKind::Plain
+    }
+
+    /// The name used in schema directives and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Plain => "plain",
+            CellKind::Counter => "counter",
+            CellKind::Max => "max",
+            CellKind::Min => "min",
+        }
+    }
+}
+
+impl From<CellKind> for u8 {
+    fn from(k: CellKind) -> u8 {
+        match k {
+            CellKind::Plain => 0,
+            CellKind::Counter => 1,
+            CellKind::Max => 2,
+            CellKind::Min => 3,
+        }
+    }
+}
+
+impl TryFrom<u8> for CellKind {
+    type Error = String;
+    fn try_from(b: u8) -> Result<CellKind, String> {
+        Ok(match b {
+            0 => CellKind::Plain,
+            1 => CellKind::Counter,
+            2 => CellKind::Max,
+            3 => CellKind::Min,
+            other => return Err(format!("unknown cell kind {other}")),
+        })
+    }
+}
+
 /// One cell of a row change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellChange {
     /// Column name.
     pub column: String,
-    /// New value.
+    /// New value (for a [`CellKind::Counter`] cell: the writer's
+    /// contribution).
     pub value: Value,
     /// Cell version: how many times the cell was written in this life of the row.
     pub cv: u64,
+    /// How the cell merges (a trailing field: absent for plain cells, and
+    /// in batches of earlier releases).
+    #[serde(default, skip_serializing_if = "CellKind::is_plain")]
+    pub kind: CellKind,
 }
 
 /// One row write: the row's causal length and the cells this write still owns.
@@ -117,8 +187,17 @@ impl ChangeBatch {
     }
 }
 
-/// Wire format version of [`ChangeBatch`] encodings.
-pub const WIRE_VERSION: u8 = 1;
+/// Wire format version of [`ChangeBatch`] encodings that carry commutative
+/// cells ([`CellKind`] other than plain). A batch without them is encoded
+/// as format [`WIRE_VERSION_PLAIN`], byte for byte as before, so a mesh
+/// whose nodes run different releases keeps replicating everything but
+/// commutative columns (a node of an earlier release refuses a format-2
+/// batch, loudly, instead of merging a counter as a plain cell).
+pub const WIRE_VERSION: u8 = 2;
+
+/// Wire format version of batches without commutative cells (the format of
+/// earlier releases, still decoded).
+pub const WIRE_VERSION_PLAIN: u8 = 1;
 
 /// Default upper bound for an encoded batch.
 pub const DEFAULT_MAX_WIRE_BYTES: usize = 8 * 1024 * 1024;
@@ -126,7 +205,17 @@ pub const DEFAULT_MAX_WIRE_BYTES: usize = 8 * 1024 * 1024;
 /// Encodes a batch: one format byte, then MessagePack. Fails if the result is
 /// larger than `limit`.
 pub fn encode_batch(batch: &ChangeBatch, limit: usize) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![WIRE_VERSION];
+    let commutative = batch
+        .versions
+        .iter()
+        .flat_map(|v| &v.rows)
+        .flat_map(|r| &r.cells)
+        .any(|c| !c.kind.is_plain());
+    let mut out = vec![if commutative {
+        WIRE_VERSION
+    } else {
+        WIRE_VERSION_PLAIN
+    }];
     rmp_serde::encode::write(&mut out, batch).map_err(WireError::malformed)?;
     check_size(out.len(), limit)?;
     Ok(out)
@@ -140,9 +229,9 @@ pub fn decode_batch(bytes: &[u8], limit: usize) -> Result<ChangeBatch, WireError
     let (&ver, body) = bytes
         .split_first()
         .ok_or_else(|| WireError::malformed("empty message"))?;
-    if ver != WIRE_VERSION {
+    if ver != WIRE_VERSION && ver != WIRE_VERSION_PLAIN {
         return Err(WireError::Malformed(format!(
-            "unsupported wire version {ver} (this node speaks {WIRE_VERSION})"
+            "unsupported wire version {ver} (this node speaks {WIRE_VERSION_PLAIN} and {WIRE_VERSION})"
         )));
     }
     let batch: ChangeBatch = rmp_serde::from_slice(body).map_err(WireError::malformed)?;
@@ -171,6 +260,14 @@ pub fn validate(batch: &ChangeBatch) -> Result<(), WireError> {
             }
             if r.cl % 2 == 0 && !r.cells.is_empty() {
                 return Err(WireError::Malformed("cells on a deleted row".into()));
+            }
+            if r.cells
+                .iter()
+                .any(|c| c.kind == CellKind::Counter && !matches!(c.value, Value::Integer(_)))
+            {
+                return Err(WireError::Malformed(
+                    "a counter contribution that is not an integer".into(),
+                ));
             }
         }
         if v.withheld.len() > crate::placement::MAX_WITHHELD {

@@ -37,8 +37,8 @@ pub mod channel {
 
 pub use actor::ActorId;
 pub use batch::{
-    CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, RowChange, SeqRange, VersionChanges,
-    WIRE_VERSION, decode_batch, encode_batch, validate,
+    CellChange, CellKind, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, RowChange, SeqRange,
+    VersionChanges, WIRE_VERSION, WIRE_VERSION_PLAIN, decode_batch, encode_batch, validate,
 };
 pub use error::WireError;
 pub use knowledge::Knowledge;

@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use litemesh_proto::Value;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, Error as SqlError};
@@ -48,6 +49,9 @@ pub(crate) struct CaptureState {
     /// as a typed error for [`Store::transaction`](crate::Store::transaction)
     /// to return instead of SQLite's text.
     pub refusal: Mutex<Option<crate::StorageError>>,
+    /// Register columns the last row write did not move, with the value
+    /// they keep: the trigger writes them back (`__lm_fix`).
+    pub fixes: Mutex<crate::commute::Fixes>,
 }
 
 impl CaptureState {
@@ -63,6 +67,11 @@ impl CaptureState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        self.set_fixes(Vec::new());
+    }
+
+    fn set_fixes(&self, fixes: crate::commute::Fixes) {
+        *self.fixes.lock().unwrap_or_else(|e| e.into_inner()) = fixes;
     }
 
     /// Takes the typed reason of the last refused row write, if any.
@@ -249,43 +258,92 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         if ctx.len() < 6 {
             return Err(user_err("__lm_clk_update: too few arguments"));
         }
-        let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
         let entry = entry_arg(ctx, 1)?;
         let npk: usize = ctx.get::<i64>(5)?.try_into().unwrap_or(0);
-        let first = 6 + npk;
-        if first > ctx.len() || !(ctx.len() - first).is_multiple_of(2) {
-            return Err(user_err("__lm_clk_update: bad arguments"));
+        update_clock(ctx, &s, 4, 6, npk, |clock, col, _| {
+            clock.bump(col, entry);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            UpdateError::Sql(e) => e,
+            UpdateError::Counter(_) => user_err("__lm_clk_update: unexpected counter"),
+        })
+    })?;
+
+    // __lm_clk_insert_k(old_clock, actor, version, seq, ncols, floor, table,
+    // kinds, names, new_0, …): `__lm_clk_insert` for a table with
+    // commutative columns (see commute.rs): `kinds` names each non-key
+    // column's kind, `names` their names (for errors), then the inserted
+    // values. Registers a write replacing a live row did not move are
+    // recorded for `__lm_fix`.
+    let s = state.clone();
+    conn.create_scalar_function("__lm_clk_insert_k", -1, flags, move |ctx| {
+        if ctx.len() < 9 {
+            return Err(user_err("__lm_clk_insert_k: too few arguments"));
         }
-        let mut size: usize = (6..first).map(|i| value_size(ctx.get_raw(i))).sum();
-        let mut col = 0u32;
-        let mut i = first;
-        while i + 1 < ctx.len() {
-            let new = ctx.get_raw(i);
-            if !same(new, ctx.get_raw(i + 1)) {
-                if let ValueRef::Text(t) = new
-                    && std::str::from_utf8(t).is_err()
-                {
-                    let table: String = ctx.get(4)?;
-                    return Err(refuse(&s, crate::StorageError::InvalidText { table }));
-                }
-                size += value_size(new);
-                clock.bump(col, entry);
+        let old = clock_arg(ctx, 0)?;
+        let entry = entry_arg(ctx, 1)?;
+        let floor: Option<i64> = ctx.get(5)?;
+        let kinds = kinds_arg(ctx, 7, ctx.len() - 9)?;
+        let news: Vec<ValueRef<'_>> = (9..ctx.len()).map(|i| ctx.get_raw(i)).collect();
+        let mut fixes = Vec::new();
+        match crate::commute::local_insert(old.as_ref(), entry, &kinds, &news, floor, &mut fixes) {
+            Ok(clock) => {
+                s.set_fixes(fixes);
+                Ok(clock.encode())
             }
-            col += 1;
-            i += 2;
+            Err(col) => Err(refuse(&s, counter_refusal(ctx, 6, 8, col, news[col])?)),
         }
-        if size > MAX_ROW_WRITE_BYTES {
-            let table: String = ctx.get(4)?;
-            return Err(refuse(
-                &s,
-                crate::StorageError::RowTooLarge {
-                    table,
-                    size,
-                    limit: MAX_ROW_WRITE_BYTES,
-                },
-            ));
+    })?;
+
+    // __lm_clk_update_k(clock, actor, version, seq, table_name, kinds, names,
+    // npk, pk..., new_0, old_0, ...): `__lm_clk_update` for a table with
+    // commutative columns.
+    let s = state.clone();
+    conn.create_scalar_function("__lm_clk_update_k", -1, flags, move |ctx| {
+        if ctx.len() < 8 {
+            return Err(user_err("__lm_clk_update_k: too few arguments"));
         }
-        Ok(clock.encode())
+        let npk: usize = ctx.get::<i64>(7)?.try_into().unwrap_or(0);
+        let first = 8 + npk;
+        if first > ctx.len() || !(ctx.len() - first).is_multiple_of(2) {
+            return Err(user_err("__lm_clk_update_k: bad arguments"));
+        }
+        let kinds = kinds_arg(ctx, 5, (ctx.len() - first) / 2)?;
+        let mut fixes = Vec::new();
+        let entry = entry_arg(ctx, 1)?;
+        let clock = update_clock(ctx, &s, 4, 8, npk, |clock, col, new| {
+            crate::commute::local_update(clock, kinds[col as usize], col, new, entry, &mut fixes)
+                .map_err(|()| col as usize)
+        });
+        match clock {
+            Ok(c) => {
+                s.set_fixes(fixes);
+                Ok(c)
+            }
+            Err(UpdateError::Sql(e)) => Err(e),
+            Err(UpdateError::Counter(col)) => {
+                let new = ctx.get_raw(first + 2 * col);
+                Err(refuse(&s, counter_refusal(ctx, 4, 6, col, new)?))
+            }
+        }
+    })?;
+
+    // __lm_fixing(): whether the last row write left register columns to
+    // write back; __lm_fix(col, current): the value column `col` keeps
+    // (its current value when it has none to write back).
+    let s = state.clone();
+    conn.create_scalar_function("__lm_fixing", 0, flags, move |_| {
+        Ok(!s.fixes.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+    })?;
+    let s = state.clone();
+    conn.create_scalar_function("__lm_fix", 2, flags, move |ctx| {
+        let col: i64 = ctx.get(0)?;
+        let fixes = s.fixes.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match fixes.iter().find(|(c, _)| i64::from(*c) == col) {
+            Some((_, v)) => v.clone(),
+            None => Value::from_ref(ctx.get_raw(1)),
+        })
     })?;
 
     // __lm_clk_delete(clock, actor, version, seq): the clock after a local delete.
@@ -370,4 +428,107 @@ fn refuse(state: &CaptureState, e: crate::StorageError) -> SqlError {
     let msg = e.to_string();
     *state.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     SqlError::UserFunctionError(msg.into())
+}
+
+/// Why [`update_clock`] failed.
+enum UpdateError {
+    Sql(SqlError),
+    /// A counter column (by index) written with a non-integer.
+    Counter(usize),
+}
+
+impl From<SqlError> for UpdateError {
+    fn from(e: SqlError) -> Self {
+        UpdateError::Sql(e)
+    }
+}
+
+/// The body of the update clock functions: the clock is argument 0, the
+/// table's name argument `name_at`, the key `npk` values from `pk_at`, then
+/// pairs of (new, old) values by column. Checks every changed cell (valid
+/// UTF-8; with the key, within [`MAX_ROW_WRITE_BYTES`]) and records it with
+/// `write(clock, column, new)`.
+fn update_clock(
+    ctx: &rusqlite::functions::Context<'_>,
+    s: &CaptureState,
+    name_at: usize,
+    pk_at: usize,
+    npk: usize,
+    mut write: impl FnMut(&mut RowClock, u32, ValueRef<'_>) -> Result<(), usize>,
+) -> Result<Vec<u8>, UpdateError> {
+    let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
+    let first = pk_at + npk;
+    if first > ctx.len() || !(ctx.len() - first).is_multiple_of(2) {
+        return Err(user_err("update clock: bad arguments").into());
+    }
+    let mut size: usize = (pk_at..first).map(|i| value_size(ctx.get_raw(i))).sum();
+    let mut col = 0u32;
+    let mut i = first;
+    while i + 1 < ctx.len() {
+        let new = ctx.get_raw(i);
+        if !same(new, ctx.get_raw(i + 1)) {
+            if let ValueRef::Text(t) = new
+                && std::str::from_utf8(t).is_err()
+            {
+                let table: String = ctx.get(name_at)?;
+                return Err(refuse(s, crate::StorageError::InvalidText { table }).into());
+            }
+            size += value_size(new);
+            write(&mut clock, col, new).map_err(UpdateError::Counter)?;
+        }
+        col += 1;
+        i += 2;
+    }
+    if size > MAX_ROW_WRITE_BYTES {
+        let table: String = ctx.get(name_at)?;
+        return Err(refuse(
+            s,
+            crate::StorageError::RowTooLarge {
+                table,
+                size,
+                limit: MAX_ROW_WRITE_BYTES,
+            },
+        )
+        .into());
+    }
+    Ok(clock.encode())
+}
+
+/// The column kinds argument at `i`, for `ncols` columns.
+fn kinds_arg(
+    ctx: &rusqlite::functions::Context<'_>,
+    i: usize,
+    ncols: usize,
+) -> rusqlite::Result<Vec<crate::commute::ColKind>> {
+    let text: String = ctx.get(i)?;
+    crate::commute::parse_kinds(&text)
+        .filter(|k| k.len() == ncols)
+        .ok_or_else(|| user_err("column kinds do not match the values"))
+}
+
+/// The refusal of a counter written with something other than an integer:
+/// the table's name is argument `table_at`, the columns' names (joined by
+/// U+001F) argument `names_at`.
+fn counter_refusal(
+    ctx: &rusqlite::functions::Context<'_>,
+    table_at: usize,
+    names_at: usize,
+    col: usize,
+    value: ValueRef<'_>,
+) -> rusqlite::Result<crate::StorageError> {
+    let table: String = ctx.get(table_at)?;
+    let names: String = ctx.get(names_at)?;
+    let column = names.split('\u{1f}').nth(col).unwrap_or("?").to_string();
+    let value = match value {
+        ValueRef::Null => "NULL".to_string(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => format!("{f} (a REAL)"),
+        ValueRef::Text(_) => "a TEXT value".to_string(),
+        ValueRef::Blob(_) => "a BLOB".to_string(),
+    };
+    Ok(crate::StorageError::NotACount {
+        table,
+        column,
+        value,
+    })
 }

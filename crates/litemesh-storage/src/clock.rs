@@ -11,7 +11,10 @@
 //! | `oc` | cells with a column index below `oc` and no explicit clock belong to `owner` with cell version 1 (the common case after an insert) |
 //! | cells | explicit cell clocks `(column index, cell version, actor index, version, seq)` |
 //!
-//! all as varints. The compact default (`oc` = number of columns, no explicit
+//! all as varints, then, for tables with commutative columns
+//! ([`crate::commute`]), after a marker: the counter contributions
+//! `(column index, actor index, version, seq, zigzag value)` and the register
+//! values `(column index, length, value in the key encoding)`. The compact default (`oc` = number of columns, no explicit
 //! cells) makes a freshly inserted row cost a few bytes of metadata, and a
 //! column added later needs no metadata rewrite: its index is at or above
 //! every existing row's `oc`, so its cells start with no clock (and the
@@ -40,33 +43,6 @@ pub(crate) struct CellClock {
 pub(crate) struct Cells(pub Vec<(u32, CellClock)>);
 
 impl Cells {
-    /// Decodes the `__cells` column. `None` if the bytes are corrupt.
-    pub fn decode(blob: Option<&[u8]>) -> Option<Cells> {
-        let Some(mut bytes) = blob else {
-            return Some(Cells::default());
-        };
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let col = u32::try_from(varint::get(&mut bytes)?).ok()?;
-            let cv = varint::get(&mut bytes)?;
-            let actor = varint::get(&mut bytes)?;
-            let version = varint::get(&mut bytes)?;
-            let seq = varint::get(&mut bytes)?;
-            out.push((
-                col,
-                CellClock {
-                    cv,
-                    entry: EntryRef {
-                        actor,
-                        version,
-                        seq,
-                    },
-                },
-            ));
-        }
-        Some(Cells(out))
-    }
-
     /// Encodes for the `__cells` column; `None` (SQL NULL) when empty.
     pub fn encode(&self) -> Option<Vec<u8>> {
         if self.0.is_empty() {
@@ -100,8 +76,31 @@ impl Cells {
     }
 }
 
+/// One actor's contribution to a counter cell in this life of the row: the
+/// sum of every change that actor made to it, as of `entry` (its latest
+/// write of the cell). Only that actor ever writes it, so of two
+/// contributions of one actor the one with the later entry is the current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub col: u32,
+    pub entry: EntryRef,
+    pub value: i64,
+}
+
+/// The value of a max/min register cell, kept with its clock so that the
+/// merge and a write that replaces the row compare against it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reg {
+    pub col: u32,
+    pub value: litemesh_proto::Value,
+}
+
+/// Marks the start of the commutative section of a packed clock (above any
+/// column index, which is a `u32` below 480).
+const COMMUTE_MARK: u64 = 1 << 32;
+
 /// The metadata row of one data row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RowClock {
     /// Causal length: odd = alive, even = deleted, 0 = never seen.
     pub cl: u64,
@@ -111,6 +110,10 @@ pub(crate) struct RowClock {
     /// at cell version 1.
     pub owner_cells: u32,
     pub cells: Cells,
+    /// Counter contributions, sorted by (column, actor index).
+    pub slots: Vec<Slot>,
+    /// Register values, sorted by column.
+    pub regs: Vec<Reg>,
 }
 
 impl RowClock {
@@ -145,8 +148,74 @@ impl RowClock {
                 owner: entry,
                 owner_cells: ncols,
                 cells: Cells::default(),
+                slots: Vec::new(),
+                regs: Vec::new(),
             },
         }
+    }
+
+    /// The contribution of actor index `actor` to counter column `col`.
+    pub fn slot(&self, col: u32, actor: u64) -> Option<&Slot> {
+        self.slots
+            .binary_search_by_key(&(col, actor), |s| (s.col, s.entry.actor))
+            .ok()
+            .map(|i| &self.slots[i])
+    }
+
+    /// Sets a contribution (replacing the same actor's for that column).
+    pub fn set_slot(&mut self, slot: Slot) {
+        match self
+            .slots
+            .binary_search_by_key(&(slot.col, slot.entry.actor), |s| (s.col, s.entry.actor))
+        {
+            Ok(i) => self.slots[i] = slot,
+            Err(i) => self.slots.insert(i, slot),
+        }
+    }
+
+    /// The sum of the contributions to counter column `col` (wrapping, as
+    /// every node computes it: the same on all of them whatever the order).
+    pub fn slot_sum(&self, col: u32) -> i64 {
+        self.slots
+            .iter()
+            .filter(|s| s.col == col)
+            .fold(0i64, |a, s| a.wrapping_add(s.value))
+    }
+
+    /// The value of register column `col`, if it was written in this life.
+    pub fn reg(&self, col: u32) -> Option<&litemesh_proto::Value> {
+        self.regs
+            .binary_search_by_key(&col, |r| r.col)
+            .ok()
+            .map(|i| &self.regs[i].value)
+    }
+
+    /// Sets the value of register column `col`.
+    pub fn set_reg(&mut self, col: u32, value: litemesh_proto::Value) {
+        match self.regs.binary_search_by_key(&col, |r| r.col) {
+            Ok(i) => self.regs[i].value = value,
+            Err(i) => self.regs.insert(i, Reg { col, value }),
+        }
+    }
+
+    /// Whether `entry` still owns anything of the row: its life (the
+    /// entry that set the causal length), a cell, or a counter
+    /// contribution. Kinds are not needed: a counter column never has a
+    /// cell clock of its own that matters (see `crate::commute`).
+    pub fn owned_by(&self, entry: EntryRef, ncols: u32) -> bool {
+        self.owner == entry
+            || (self.cl % 2 == 1
+                && ((0..ncols).any(|i| self.cell(i).is_some_and(|x| x.entry == entry))
+                    || self.slots.iter().any(|s| s.entry == entry)))
+    }
+
+    /// Every entry that wrote this life: the owner, the cells' writers and
+    /// the counter contributions'.
+    pub fn life_entries(&self, ncols: u32) -> Vec<EntryRef> {
+        let mut life = vec![self.owner];
+        life.extend((0..ncols).filter_map(|c| self.cell(c).map(|x| x.entry)));
+        life.extend(self.slots.iter().map(|s| s.entry));
+        life
     }
 
     /// A life started by a local insert, moved above `floor` (the highest
@@ -173,6 +242,8 @@ impl RowClock {
             owner: entry,
             owner_cells: 0,
             cells: Cells::default(),
+            slots: Vec::new(),
+            regs: Vec::new(),
         }
     }
 
@@ -193,6 +264,23 @@ impl RowClock {
         if let Some(cells) = self.cells.encode() {
             out.extend_from_slice(&cells);
         }
+        if !self.slots.is_empty() || !self.regs.is_empty() {
+            varint::put(&mut out, COMMUTE_MARK);
+            varint::put(&mut out, self.slots.len() as u64);
+            for s in &self.slots {
+                varint::put(&mut out, u64::from(s.col));
+                varint::put(&mut out, s.entry.actor);
+                varint::put(&mut out, s.entry.version);
+                varint::put(&mut out, s.entry.seq);
+                varint::put(&mut out, ((s.value << 1) ^ (s.value >> 63)) as u64);
+            }
+            for r in &self.regs {
+                varint::put(&mut out, u64::from(r.col));
+                let v = crate::value::encode_pk(&[r.value.as_ref()]);
+                varint::put(&mut out, v.len() as u64);
+                out.extend_from_slice(&v);
+            }
+        }
         out
     }
 
@@ -203,7 +291,44 @@ impl RowClock {
         let version = varint::get(&mut bytes)?;
         let seq = varint::get(&mut bytes)?;
         let owner_cells = u32::try_from(varint::get(&mut bytes)?).ok()?;
-        let cells = Cells::decode(Some(bytes))?;
+        let mut cells = Vec::new();
+        let mut slots = Vec::new();
+        let mut regs = Vec::new();
+        while !bytes.is_empty() {
+            let col = varint::get(&mut bytes)?;
+            if col == COMMUTE_MARK {
+                let n = varint::get(&mut bytes)?;
+                for _ in 0..n {
+                    let col = u32::try_from(varint::get(&mut bytes)?).ok()?;
+                    let entry = EntryRef {
+                        actor: varint::get(&mut bytes)?,
+                        version: varint::get(&mut bytes)?,
+                        seq: varint::get(&mut bytes)?,
+                    };
+                    let z = varint::get(&mut bytes)?;
+                    let value = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                    slots.push(Slot { col, entry, value });
+                }
+                while !bytes.is_empty() {
+                    let col = u32::try_from(varint::get(&mut bytes)?).ok()?;
+                    let len = usize::try_from(varint::get(&mut bytes)?).ok()?;
+                    let (v, rest) = bytes.split_at_checked(len)?;
+                    bytes = rest;
+                    let [value] =
+                        <[litemesh_proto::Value; 1]>::try_from(crate::value::decode_pk(v)?).ok()?;
+                    regs.push(Reg { col, value });
+                }
+                break;
+            }
+            let col = u32::try_from(col).ok()?;
+            let cv = varint::get(&mut bytes)?;
+            let entry = EntryRef {
+                actor: varint::get(&mut bytes)?,
+                version: varint::get(&mut bytes)?,
+                seq: varint::get(&mut bytes)?,
+            };
+            cells.push((col, CellClock { cv, entry }));
+        }
         Some(RowClock {
             cl,
             owner: EntryRef {
@@ -212,7 +337,9 @@ impl RowClock {
                 seq,
             },
             owner_cells,
-            cells,
+            cells: Cells(cells),
+            slots,
+            regs,
         })
     }
 }

@@ -130,6 +130,39 @@ pub enum StorageError {
         table: String,
     },
 
+    /// A counter column written with something other than an integer.
+    #[error(
+        "column {column:?} of table {table:?} is a counter: it holds integers, and {value} \
+         cannot be written to it (count in whole units — cents, milliseconds — or declare a \
+         plain column)"
+    )]
+    NotACount {
+        /// The table.
+        table: String,
+        /// The counter column.
+        column: String,
+        /// What was written, described.
+        value: String,
+    },
+
+    /// A remote change merges a column by another rule than this node's
+    /// schema declares (the schemas of the two nodes differ).
+    #[error(
+        "a change from a peer writes column {column:?} of table {table:?} as a {remote} column, \
+         but this node's schema declares it {local}: the nodes' schemas differ; apply the same \
+         schema on every node"
+    )]
+    KindMismatch {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The kind this node's schema declares.
+        local: &'static str,
+        /// The kind the change carries.
+        remote: &'static str,
+    },
+
     /// A client statement that cannot run as sent (e.g. the wrong number of
     /// parameters).
     #[error("{0}")]
@@ -238,6 +271,8 @@ impl StorageError {
             | StorageError::RowTooLarge { .. }
             | StorageError::NullKey { .. }
             | StorageError::InvalidText { .. }
+            | StorageError::NotACount { .. }
+            | StorageError::KindMismatch { .. }
             | StorageError::UnknownTable(_) => true,
             _ => false,
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::params_from_iter;
 
 use crate::clock::EntryRef;
+use crate::commute::ColKind;
 use crate::error::{Result, StorageError};
 use crate::log::{LogEntry, decode_entries};
 use crate::schema::TableMeta;
@@ -13,8 +14,8 @@ use crate::value::decode_pk;
 use litemesh_proto::RangeSet;
 use litemesh_proto::Value;
 use litemesh_proto::{
-    ActorId, CellChange, ChangeBatch, Cleared, Entitlement, Knowledge, Placement, RowChange,
-    SeqRange, VersionChanges,
+    ActorId, CellChange, CellKind, ChangeBatch, Cleared, Entitlement, Knowledge, Placement,
+    RowChange, SeqRange, VersionChanges,
 };
 
 /// What one call to [`Store::changes_since`] produced.
@@ -609,20 +610,58 @@ fn live_row(
     let Some(clock) = crate::merge::load_clock(conn, t, &pk)? else {
         return Ok(None);
     };
+    // Plain cells owned, read from the table; commutative ones come from
+    // the clock (a counter's contribution, a register's value).
     let mut owned: Vec<(usize, u64)> = Vec::new();
+    let mut from_clock: Vec<(usize, CellChange)> = Vec::new();
     if clock.cl % 2 == 1 {
         for i in 0..t.cols.len() {
-            if let Some(c) = clock.cell(i as u32)
-                && c.entry == entry
-            {
-                owned.push((i, c.cv));
+            let col = i as u32;
+            match t.kinds[i] {
+                ColKind::Plain => {
+                    if let Some(c) = clock.cell(col)
+                        && c.entry == entry
+                    {
+                        owned.push((i, c.cv));
+                    }
+                }
+                ColKind::Counter { .. } => {
+                    if let Some(s) = clock.slot(col, entry.actor)
+                        && s.entry == entry
+                    {
+                        from_clock.push((
+                            i,
+                            CellChange {
+                                column: t.cols[i].clone(),
+                                value: Value::Integer(s.value),
+                                cv: 1,
+                                kind: CellKind::Counter,
+                            },
+                        ));
+                    }
+                }
+                k @ (ColKind::Max | ColKind::Min) => {
+                    if let Some(c) = clock.cell(col)
+                        && c.entry == entry
+                    {
+                        from_clock.push((
+                            i,
+                            CellChange {
+                                column: t.cols[i].clone(),
+                                value: clock.reg(col).cloned().unwrap_or(Value::Null),
+                                cv: c.cv,
+                                kind: k.cell_kind(),
+                            },
+                        ));
+                    }
+                }
             }
         }
     }
-    if owned.is_empty() && clock.owner != entry {
+    if owned.is_empty() && from_clock.is_empty() && clock.owner != entry {
         return Ok(None);
     }
-    let mut cells = Vec::with_capacity(owned.len());
+    let mut cells = Vec::with_capacity(owned.len() + from_clock.len());
     if !owned.is_empty() {
         let mut stmt = conn.prepare_cached(&t.sql.select_cols)?;
         let mut rows = stmt.query(params_from_iter(pk.iter()))?;
@@ -630,13 +669,24 @@ fn live_row(
             StorageError::Corrupt(format!("live clock without a row in {}", t.name))
         })?;
         for (i, cv) in owned {
-            cells.push(CellChange {
-                column: t.cols[i].clone(),
-                value: r.get::<_, Value>(i)?,
-                cv,
-            });
+            cells.push((
+                i,
+                CellChange {
+                    column: t.cols[i].clone(),
+                    value: r.get::<_, Value>(i)?,
+                    cv,
+                    kind: CellKind::Plain,
+                },
+            ));
         }
     }
+    let cells = if from_clock.is_empty() {
+        cells.into_iter().map(|(_, c)| c).collect()
+    } else {
+        cells.extend(from_clock);
+        cells.sort_by_key(|(i, _)| *i);
+        cells.into_iter().map(|(_, c)| c).collect()
+    };
     Ok(Some(RowChange {
         table: t.name.clone(),
         pk,

@@ -32,6 +32,7 @@
 mod backup;
 mod capture;
 mod clock;
+mod commute;
 mod error;
 mod extract;
 mod lex;
@@ -53,9 +54,10 @@ pub use error::{Interruption, Result, StorageError};
 pub use extract::ExtractStats;
 /// The shared vocabulary, re-exported: the engine reads and writes these types.
 pub use litemesh_proto::{
-    ActorId, CellChange, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Entitlement, KeyChunk,
-    Knowledge, Placement, RangeSet, RowChange, SeqRange, SnapshotCursor, Value, VersionChanges,
-    WIRE_VERSION, WireError, decode_batch, encode_batch, validate,
+    ActorId, CellChange, CellKind, ChangeBatch, Cleared, DEFAULT_MAX_WIRE_BYTES, Entitlement,
+    KeyChunk, Knowledge, Placement, RangeSet, RowChange, SeqRange, SnapshotCursor, Value,
+    VersionChanges, WIRE_VERSION, WIRE_VERSION_PLAIN, WireError, decode_batch, encode_batch,
+    validate,
 };
 pub use merge::{ApplyReport, QuarantinedVersion, RetryReport};
 pub use placement::EntitlementReport;

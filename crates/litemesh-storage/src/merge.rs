@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::clock::{CellClock, Cells, EntryRef, RowClock};
+use crate::clock::{CellClock, Cells, EntryRef, Reg, RowClock, Slot};
+use crate::commute::{ColKind, counter_value};
 use crate::error::{Result, StorageError};
 use crate::log::LogEntry;
 use crate::schema::{TableMeta, q};
@@ -24,7 +25,7 @@ use crate::store::{Store, add_have, has_version};
 use crate::value::encode_pk;
 use litemesh_proto::RangeSet;
 use litemesh_proto::Value;
-use litemesh_proto::{ActorId, ChangeBatch, RowChange, SeqRange, VersionChanges};
+use litemesh_proto::{ActorId, CellChange, ChangeBatch, RowChange, SeqRange, VersionChanges};
 use std::borrow::Cow;
 
 /// What [`Store::apply`] did.
@@ -867,7 +868,20 @@ impl Store {
         let mut unknown = Vec::new();
         for c in &row.cells {
             match t.column(&c.column) {
-                Some(i) => known.push((i, c)),
+                Some(i) => {
+                    // A cell merged by another rule than this node's schema
+                    // says: the schemas differ, and no rule is right here.
+                    let local = t.kinds[i as usize].cell_kind();
+                    if local != c.kind {
+                        return Err(StorageError::KindMismatch {
+                            table: t.name.clone(),
+                            column: t.cols[i as usize].clone(),
+                            local: local.name(),
+                            remote: c.kind.name(),
+                        });
+                    }
+                    known.push((i, c))
+                }
                 None => unknown.push(c.clone()),
             }
         }
@@ -903,22 +917,80 @@ impl Store {
                     owner: entry,
                     owner_cells: 0,
                     cells: Cells::default(),
+                    slots: Vec::new(),
+                    regs: Vec::new(),
                 };
                 store_clock(conn, &t, &row.pk, &clock, local.is_some())?;
             } else {
                 // A new life of the row: earlier cells are void.
                 let mut cells = Cells::default();
-                let mut compact = known.len() == t.cols.len();
+                let mut slots = Vec::new();
+                let mut regs = Vec::new();
+                // What the table holds: a counter's value is its base plus
+                // the contribution (the one contribution of this life yet).
+                let mut counted: Vec<(u32, Value)> = Vec::new();
+                let mut plain_cells = 0;
+                let mut compact = true;
                 for (i, c) in &known {
-                    compact &= c.cv == 1;
-                    cells.set(*i, CellClock { cv: c.cv, entry });
+                    match t.kinds[*i as usize] {
+                        ColKind::Counter { base } => {
+                            let Value::Integer(v) = c.value else {
+                                return Err(StorageError::Decode(
+                                    "a counter contribution that is not an integer".into(),
+                                ));
+                            };
+                            slots.push(Slot {
+                                col: *i,
+                                entry,
+                                value: v,
+                            });
+                            counted.push((*i, counter_value(base, v)));
+                        }
+                        k => {
+                            if k.is_register() {
+                                regs.push(Reg {
+                                    col: *i,
+                                    value: c.value.clone(),
+                                });
+                            }
+                            plain_cells += 1;
+                            compact &= c.cv == 1;
+                            cells.set(*i, CellClock { cv: c.cv, entry });
+                        }
+                    }
                 }
+                // Compact when every column but the counters is written at
+                // cell version 1 (a counter's clock is its contributions).
+                let counters = t
+                    .kinds
+                    .iter()
+                    .filter(|k| matches!(k, ColKind::Counter { .. }))
+                    .count();
+                compact &= plain_cells + counters == t.cols.len();
+                slots.sort_by_key(|s| s.col);
+                regs.sort_by_key(|r| r.col);
+                let value_of = |i: u32, c: &'_ CellChange| -> Value {
+                    match counted.iter().find(|(k, _)| *k == i) {
+                        Some((_, v)) => v.clone(),
+                        None => c.value.clone(),
+                    }
+                };
+                let owned: Vec<(u32, Cow<'_, Value>)> = known
+                    .iter()
+                    .map(|(i, c)| {
+                        if counted.is_empty() {
+                            (*i, Cow::Borrowed(&c.value))
+                        } else {
+                            (*i, Cow::Owned(value_of(*i, c)))
+                        }
+                    })
+                    .collect();
                 if known.len() == t.cols.len() {
                     // Every column present: one prepared statement for all rows.
                     let mut vals: Vec<&Value> = row.pk.iter().collect();
                     let mut by_idx: Vec<Option<&Value>> = vec![None; t.cols.len()];
-                    for (i, c) in &known {
-                        by_idx[*i as usize] = Some(&c.value);
+                    for (i, v) in &owned {
+                        by_idx[*i as usize] = Some(v.as_ref());
                     }
                     vals.extend(by_idx.into_iter().map(|v| v.unwrap_or(&Value::Null)));
                     conn.prepare_cached(&t.sql.replace_row)?
@@ -926,9 +998,9 @@ impl Store {
                 } else {
                     let mut cols: Vec<&str> = t.pk.iter().map(String::as_str).collect();
                     let mut vals: Vec<&Value> = row.pk.iter().collect();
-                    for (i, c) in &known {
+                    for (i, v) in &owned {
                         cols.push(&t.cols[*i as usize]);
-                        vals.push(&c.value);
+                        vals.push(v.as_ref());
                     }
                     let sql = format!(
                         "INSERT OR REPLACE INTO {}({}) VALUES ({})",
@@ -952,6 +1024,8 @@ impl Store {
                     owner: entry,
                     owner_cells: oc,
                     cells,
+                    slots,
+                    regs,
                 };
                 store_clock(conn, &t, &row.pk, &clock, local.is_some())?;
                 report.cells_written += known.len();
@@ -961,19 +1035,62 @@ impl Store {
         } else if row.cl % 2 == 1 {
             let mut local = local.expect("cl > 0 means a clock row");
             let mut won: Vec<(u32, &Value)> = Vec::new();
+            // Counters whose value changed, with the new value.
+            let mut counted: Vec<(u32, Value)> = Vec::new();
             for (i, c) in &known {
-                let wins = match local.cell(*i) {
-                    None => true,
-                    Some(l) => {
-                        let la = crate::store::actor_at(&self.actors, l.entry.actor as i64)?;
-                        (c.cv, actor) > (l.cv, la)
+                let wins = match t.kinds[*i as usize] {
+                    ColKind::Plain => match local.cell(*i) {
+                        None => true,
+                        Some(l) => {
+                            let la = crate::store::actor_at(&self.actors, l.entry.actor as i64)?;
+                            (c.cv, actor) > (l.cv, la)
+                        }
+                    },
+                    ColKind::Counter { base } => {
+                        let Value::Integer(v) = c.value else {
+                            return Err(StorageError::Decode(
+                                "a counter contribution that is not an integer".into(),
+                            ));
+                        };
+                        if crate::commute::merge_contribution(&mut local, *i, entry, v) {
+                            counted.push((*i, counter_value(base, local.slot_sum(*i))));
+                        }
+                        false
+                    }
+                    k => {
+                        let actors = &self.actors;
+                        let wins = crate::commute::register_wins(
+                            &local,
+                            k,
+                            *i,
+                            &c.value,
+                            c.cv,
+                            actor,
+                            |idx| actors.get(idx as usize).copied(),
+                        );
+                        if wins {
+                            local.set_reg(*i, c.value.clone());
+                        }
+                        wins
                     }
                 };
                 if wins {
                     won.push((*i, &c.value));
                 }
             }
+            for (i, v) in &counted {
+                let vals = std::iter::once(v).chain(row.pk.iter());
+                conn.prepare_cached(&t.sql.update_col[*i as usize])?
+                    .execute(params_from_iter(vals))?;
+            }
+            if won.is_empty() && !counted.is_empty() {
+                store_clock(conn, &t, &row.pk, &local, true)?;
+                report.cells_written += counted.len();
+                report.tables_changed.insert(t.name.clone());
+                wrote = true;
+            }
             if !won.is_empty() {
+                report.cells_written += counted.len();
                 for (i, v) in &won {
                     let vals = std::iter::once(*v).chain(row.pk.iter());
                     conn.prepare_cached(&t.sql.update_col[*i as usize])?

@@ -36,11 +36,37 @@ pub struct EntitlementReport {
     pub versions_refetched: u64,
 }
 
-/// The placement directives of a schema text, by lower-cased table name. A
-/// directive is a comment anywhere inside a `CREATE TABLE` statement (up to
-/// its `;`, so a comment after the closing parenthesis counts). One in any
-/// other statement is an error.
+/// What the `litemesh:` directives of one `CREATE TABLE` statement declare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Directives {
+    /// The regions it is pinned to (`regions = …`); `None`: everywhere.
+    pub regions: Option<BTreeSet<String>>,
+    /// Commutative columns (`counter = …`, `max = …`, `min = …`), as
+    /// written, with their kind.
+    pub kinds: Vec<(String, litemesh_proto::CellKind)>,
+}
+
+impl Directives {
+    fn is_empty(&self) -> bool {
+        self.regions.is_none() && self.kinds.is_empty()
+    }
+}
+
+/// The placement directives of a schema text, by lower-cased table name
+/// (see [`table_directives`]).
+#[cfg(test)]
 pub(crate) fn directives(schema: &str) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    Ok(table_directives(schema)?
+        .into_iter()
+        .filter_map(|(t, d)| d.regions.map(|r| (t, r)))
+        .collect())
+}
+
+/// The `litemesh:` directives of a schema text, by lower-cased table name.
+/// A directive is a comment anywhere inside a `CREATE TABLE` statement (up
+/// to its `;`, so a comment after the closing parenthesis counts). One in
+/// any other statement is an error.
+pub(crate) fn table_directives(schema: &str) -> Result<BTreeMap<String, Directives>> {
     let mut out = BTreeMap::new();
     for seg in statements(schema) {
         let has = comments(seg).iter().any(|c| {
@@ -69,27 +95,41 @@ pub(crate) fn directives(schema: &str) -> Result<BTreeMap<String, BTreeSet<Strin
             .unwrap_or_default();
         let [table] = created.as_slice() else {
             return Err(StorageError::SchemaSql(format!(
-                "a `litemesh:` directive must be inside the CREATE TABLE statement it places                  (before its `;`): {}",
+                "a `litemesh:` directive must be inside the CREATE TABLE statement it declares \
+                 for (before its `;`): {}",
                 seg.trim().chars().take(80).collect::<String>()
             )));
         };
-        if let Some(r) = parse_directive(table, seg)? {
-            out.insert(table.to_ascii_lowercase(), r);
+        let d = parse_directives(table, seg)?;
+        if !d.is_empty() {
+            out.insert(table.to_ascii_lowercase(), d);
         }
     }
     Ok(out)
 }
 
 /// Parses the placement directive of one `CREATE TABLE` statement: the
-/// regions it names, or `None` when it has none. A comment that starts with
-/// `litemesh:` and says anything else is an error (a typo must not leave a
-/// table replicated everywhere).
+/// regions it names, or `None` when it has none.
+#[cfg(test)]
 pub(crate) fn parse_directive(table: &str, sql: &str) -> Result<Option<BTreeSet<String>>> {
+    Ok(parse_directives(table, sql)?.regions)
+}
+
+/// The grammar of a directive, for errors.
+const GRAMMAR: &str = "`litemesh: regions = REGION[, REGION…]`, `litemesh: counter = COLUMN[, \
+                       COLUMN…]`, `max = …` or `min = …` (several clauses separated by `;`)";
+
+/// Parses the `litemesh:` directives of one `CREATE TABLE` statement. A
+/// comment that starts with `litemesh:` and says anything else is an error
+/// (a typo must not leave a table replicated everywhere, or a counter
+/// merged as a plain column).
+pub(crate) fn parse_directives(table: &str, sql: &str) -> Result<Directives> {
+    use litemesh_proto::CellKind;
     let bad = |why: String| StorageError::Unsupported {
         table: table.to_string(),
         reason: why,
     };
-    let mut found: Option<BTreeSet<String>> = None;
+    let mut found = Directives::default();
     for comment in comments(sql) {
         let c = comment.trim().trim_start_matches(['*', '!']).trim();
         let Some(rest) = c
@@ -99,58 +139,80 @@ pub(crate) fn parse_directive(table: &str, sql: &str) -> Result<Option<BTreeSet<
         else {
             if mentions_directive(c) {
                 return Err(bad(format!(
-                    "comment {c:?} looks like a placement directive but is not one: write \
-                     `litemesh: regions = REGION[, REGION…]`"
+                    "comment {c:?} looks like a litemesh directive but is not one: write {GRAMMAR}"
                 )));
             }
             continue;
         };
-        let Some(list) = rest
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("regions"))
-            .map(|_| rest[7..].trim_start())
-            .and_then(|r| r.strip_prefix('='))
-        else {
-            return Err(bad(format!(
-                "unknown litemesh directive {c:?}: the one directive is \
-                 `litemesh: regions = REGION[, REGION…]`"
-            )));
-        };
-        if found.is_some() {
-            return Err(bad("more than one `litemesh: regions` directive".into()));
-        }
-        let mut regions = BTreeSet::new();
-        for r in list
-            .split([',', ' ', '\t', '\n', '\r'])
-            .filter(|r| !r.is_empty())
-        {
-            let ok = r.len() <= 64
-                && r.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+        for clause in rest.split(';').map(str::trim).filter(|x| !x.is_empty()) {
+            let Some((key, list)) = clause.split_once('=') else {
                 return Err(bad(format!(
-                    "region {r:?} in `litemesh: regions`: use 1 to 64 ASCII letters, digits, \
-                     '-', '_' or '.'"
+                    "unknown litemesh directive {clause:?}: the directives are {GRAMMAR}"
                 )));
+            };
+            let key = key.trim().to_ascii_lowercase();
+            let items: Vec<&str> = list
+                .split([',', ' ', '\t', '\n', '\r'])
+                .filter(|r| !r.is_empty())
+                .collect();
+            if items.is_empty() {
+                return Err(bad(format!("`litemesh: {key} =` names nothing")));
             }
-            regions.insert(r.to_string());
+            let kind = match key.as_str() {
+                "regions" => {
+                    if found.regions.is_some() {
+                        return Err(bad("more than one `litemesh: regions` directive".into()));
+                    }
+                    let mut regions = BTreeSet::new();
+                    for r in items {
+                        let ok = r.len() <= 64
+                            && r.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+                            });
+                        if !ok {
+                            return Err(bad(format!(
+                                "region {r:?} in `litemesh: regions`: use 1 to 64 ASCII letters, \
+                                 digits, '-', '_' or '.'"
+                            )));
+                        }
+                        regions.insert(r.to_string());
+                    }
+                    found.regions = Some(regions);
+                    continue;
+                }
+                "counter" => CellKind::Counter,
+                "max" => CellKind::Max,
+                "min" => CellKind::Min,
+                _ => {
+                    return Err(bad(format!(
+                        "unknown litemesh directive {clause:?}: the directives are {GRAMMAR}"
+                    )));
+                }
+            };
+            for col in items {
+                let col = col.trim_matches(['"', '`', '[', ']']);
+                if found.kinds.iter().any(|(c, _)| c.eq_ignore_ascii_case(col)) {
+                    return Err(bad(format!(
+                        "column {col:?} is named by more than one `litemesh:` directive"
+                    )));
+                }
+                found.kinds.push((col.to_string(), kind));
+            }
         }
-        if regions.is_empty() {
-            return Err(bad("`litemesh: regions =` names no region".into()));
-        }
-        found = Some(regions);
     }
     Ok(found)
 }
 
-/// Whether a comment mentions `litemesh` followed by `region`: a directive
-/// mistyped (a typo must not leave a table replicated everywhere).
+/// Whether a comment mentions `litemesh` followed by `region`, `counter`,
+/// `max` or `min`: a directive mistyped (a typo must not leave a table
+/// replicated everywhere, or a counter merged as a plain column).
 fn mentions_directive(c: &str) -> bool {
     let l = c.to_ascii_lowercase();
     l.find("litemesh").is_some_and(|i| {
-        l[i + 8..]
-            .trim_start_matches(|ch: char| !ch.is_ascii_alphanumeric())
-            .starts_with("region")
+        let rest = l[i + 8..].trim_start_matches(|ch: char| !ch.is_ascii_alphanumeric());
+        ["region", "counter", "max", "min"]
+            .iter()
+            .any(|w| rest.starts_with(w))
     })
 }
 

@@ -189,14 +189,7 @@ impl Store {
                             out.tombstones += 1;
                         }
                         // Still owns the row's life or a cell: kept.
-                        Some(c)
-                            if c.owner == entry
-                                || (c.cl % 2 == 1
-                                    && (0..t.cols.len() as u32)
-                                        .any(|i| c.cell(i).is_some_and(|x| x.entry == entry))) =>
-                        {
-                            kept.push(le)
-                        }
+                        Some(c) if c.owned_by(entry, t.cols.len() as u32) => kept.push(le),
                         // Owns nothing any more (overwritten, or its row
                         // deleted since): compaction's job, done on the way.
                         _ => out.dead_entries += 1,

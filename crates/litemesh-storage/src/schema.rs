@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
+use crate::commute::ColKind;
 use crate::error::{Result, StorageError};
 
 /// Quotes an SQL identifier.
@@ -46,6 +47,10 @@ pub(crate) struct TableMeta {
     pub col_idx: HashMap<String, u32>,
     /// Lower-cased column names to their index (SQLite names are case-insensitive).
     pub col_idx_ci: HashMap<String, u32>,
+    /// How each non-key column merges, by clock index.
+    pub kinds: Vec<ColKind>,
+    /// Whether any column is commutative (counter, max or min).
+    pub commutative: bool,
     /// Quoted name of the clock table.
     pub clk: String,
     /// Prepared-statement texts used for every merged or extracted row.
@@ -150,9 +155,18 @@ struct DeclaredTable {
     cols: Vec<ColInfo>,
     /// The regions its placement directive names (`None`: everywhere).
     regions: Option<std::collections::BTreeSet<String>>,
+    /// Commutative columns, by exact column name.
+    kinds: HashMap<String, ColKind>,
 }
 
 impl DeclaredTable {
+    /// Whether column `name` (any case) is a counter.
+    fn is_counter(&self, name: &str) -> bool {
+        self.kinds
+            .iter()
+            .any(|(c, k)| c.eq_ignore_ascii_case(name) && matches!(k, ColKind::Counter { .. }))
+    }
+
     fn pk(&self) -> Vec<String> {
         let mut pk: Vec<_> = self.cols.iter().filter(|c| c.pk > 0).collect();
         pk.sort_by_key(|c| c.pk);
@@ -187,7 +201,7 @@ fn declare(
     sql: &str,
     report: &mut SchemaReport,
 ) -> Result<(Vec<DeclaredTable>, Vec<DeclaredIndex>)> {
-    let placed = crate::placement::directives(sql)?;
+    let placed = crate::placement::table_directives(sql)?;
     let scratch = Connection::open_in_memory()?;
     use rusqlite::fallible_iterator::FallibleIterator;
     let mut batch = rusqlite::Batch::new(&scratch, sql);
@@ -230,12 +244,17 @@ fn declare(
             return Err(StorageError::ReservedName(name));
         }
         let cols = table_info(&scratch, &name)?;
-        let regions = placed.get(&name.to_ascii_lowercase()).cloned();
+        let d = placed
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        let kinds = declared_kinds(&scratch, &name, &cols, &d.kinds)?;
         let t = DeclaredTable {
             name: name.clone(),
             sql: sql.clone(),
             cols,
-            regions,
+            regions: d.regions,
+            kinds,
         };
         let pk = t.pk();
         if pk.is_empty() {
@@ -505,6 +524,16 @@ fn check_index(t: &DeclaredTable, index: &str, sql: &str) -> Result<()> {
         .collect();
     checks.push((where_cols.clone(), where_calls));
     for (cols, calls) in checks {
+        if let Some(c) = cols.iter().find(|c| t.is_counter(c)).filter(|_| calls) {
+            return Err(StorageError::Unsupported {
+                table: t.name.clone(),
+                reason: format!(
+                    "index {index:?} computes its entries from counter {c:?} through a \
+                     function: a counter's value is a sum no node wrote, which the function may \
+                     not take, and the merge would fail on some nodes; index the counter itself"
+                ),
+            });
+        }
         if cols.len() >= 2 && calls {
             return Err(StorageError::Unsupported {
                 table: t.name.clone(),
@@ -671,6 +700,17 @@ fn check_checks(t: &DeclaredTable) -> Result<()> {
             }
             j += 1;
         }
+        if let Some(c) = cols.iter().find(|c| t.is_counter(c)) {
+            return Err(StorageError::Unsupported {
+                table: t.name.clone(),
+                reason: format!(
+                    "a CHECK constraint reads counter {c:?}: a counter is the sum of every \
+                     node's contributions, each valid where it was made, and the sum can break \
+                     the constraint (stock 1, two nodes take one each: -1); check the value in \
+                     the application"
+                ),
+            });
+        }
         if cols.len() >= 2 {
             return Err(StorageError::Unsupported {
                 table: t.name.clone(),
@@ -713,11 +753,38 @@ pub(crate) fn load_tables(conn: &Connection) -> Result<HashMap<String, std::sync
             .collect();
         let clk = q(&format!("__lm_clk_{name}"));
         let sql = std::sync::Arc::new(TableSql::new(&name, &clk, &pk, &cols));
+        let mut kinds = vec![ColKind::Plain; cols.len()];
+        let declared: Vec<(i64, String, Option<i64>)> = conn
+            .prepare_cached("SELECT idx, kind, base FROM __lm_kinds WHERE tbl = ?1")?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (idx, kind, base) in declared {
+            let k = match kind.as_str() {
+                "counter" => ColKind::Counter {
+                    base: base.unwrap_or(0),
+                },
+                "max" => ColKind::Max,
+                "min" => ColKind::Min,
+                other => {
+                    return Err(StorageError::Corrupt(format!(
+                        "unknown column kind {other:?} in table {name:?}"
+                    )));
+                }
+            };
+            let slot = usize::try_from(idx)
+                .ok()
+                .and_then(|i| kinds.get_mut(i))
+                .ok_or_else(|| StorageError::Corrupt(format!("column kind of {name:?}")))?;
+            *slot = k;
+        }
+        let commutative = kinds.iter().any(|k| *k != ColKind::Plain);
         out.insert(
             name.clone(),
             std::sync::Arc::new(TableMeta {
                 id,
                 sql,
+                kinds,
+                commutative,
                 clk,
                 name,
                 pk,
@@ -808,6 +875,7 @@ fn create_table(tx: &Transaction<'_>, t: &DeclaredTable, report: &mut SchemaRepo
             "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
             (id, idx as i64, &c.name),
         )?;
+        record_kind(tx, id, idx as i64, t.kinds.get(&c.name))?;
     }
     let pk_defs: Vec<String> = pk
         .iter()
@@ -867,6 +935,23 @@ fn migrate_table(
                 c.name, t.name
             )));
         }
+        if c.pk == 0 {
+            let now = meta
+                .column(&c.name)
+                .map_or(ColKind::Plain, |i| meta.kinds[i as usize]);
+            let wanted = t.kinds.get(&c.name).copied().unwrap_or(ColKind::Plain);
+            if now.cell_kind() != wanted.cell_kind() {
+                return Err(StorageError::Destructive(format!(
+                    "column {:?} of {:?} is a {} column and the schema declares it {}: a \
+                     column's merge rule cannot change (its replicas hold values merged by \
+                     the old one); add a new column",
+                    c.name,
+                    t.name,
+                    now.cell_kind().name(),
+                    wanted.cell_kind().name()
+                )));
+            }
+        }
     }
     let mut added = false;
     for d in &t.cols {
@@ -887,19 +972,17 @@ fn migrate_table(
             def.push_str(&format!(" DEFAULT {dflt}"));
         }
         tx.execute_batch(&format!("ALTER TABLE {} ADD COLUMN {def}", q(&t.name)))?;
+        let idx = meta.cols.len() as i64
+            + report
+                .added_columns
+                .iter()
+                .filter(|(tb, _)| tb == &t.name)
+                .count() as i64;
         tx.execute(
             "INSERT INTO __lm_columns(tbl, idx, name) VALUES (?1, ?2, ?3)",
-            (
-                meta.id,
-                meta.cols.len() as i64
-                    + report
-                        .added_columns
-                        .iter()
-                        .filter(|(tb, _)| tb == &t.name)
-                        .count() as i64,
-                &d.name,
-            ),
+            (meta.id, idx, &d.name),
         )?;
+        record_kind(tx, meta.id, idx, t.kinds.get(&d.name))?;
         report.added_columns.push((t.name.clone(), d.name.clone()));
         added = true;
     }
@@ -910,6 +993,108 @@ fn migrate_table(
         create_triggers(tx, &meta)?;
     }
     Ok(())
+}
+
+/// Records a commutative column in the registry (`__lm_kinds`).
+fn record_kind(tx: &Transaction<'_>, tbl: i64, idx: i64, kind: Option<&ColKind>) -> Result<()> {
+    let (name, base) = match kind {
+        None | Some(ColKind::Plain) => return Ok(()),
+        Some(ColKind::Counter { base }) => ("counter", Some(*base)),
+        Some(ColKind::Max) => ("max", None),
+        Some(ColKind::Min) => ("min", None),
+    };
+    tx.execute(
+        "INSERT OR REPLACE INTO __lm_kinds(tbl, idx, kind, base) VALUES (?1, ?2, ?3, ?4)",
+        (tbl, idx, name, base),
+    )?;
+    Ok(())
+}
+
+/// Checks the commutative columns a table's directives declare and returns
+/// them by exact column name: columns of the table, not of its key; a
+/// counter holds integers (INTEGER affinity) and starts at an integer
+/// DEFAULT; no CHECK constraint reads a counter (a sum of contributions,
+/// each valid where it was made, can break it: stock 1, two nodes take one
+/// each).
+fn declared_kinds(
+    scratch: &Connection,
+    table: &str,
+    cols: &[ColInfo],
+    declared: &[(String, litemesh_proto::CellKind)],
+) -> Result<HashMap<String, ColKind>> {
+    use litemesh_proto::CellKind;
+    let bad = |why: String| StorageError::Unsupported {
+        table: table.to_string(),
+        reason: why,
+    };
+    let strict: bool = scratch
+        .query_row(
+            "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    let mut out = HashMap::new();
+    for (name, kind) in declared {
+        let Some(c) = cols.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
+            return Err(bad(format!(
+                "`litemesh: {} = {name}` names no column of the table",
+                kind.name()
+            )));
+        };
+        if c.pk > 0 {
+            return Err(bad(format!(
+                "key column {:?} cannot be a {} (keys identify rows)",
+                c.name,
+                kind.name()
+            )));
+        }
+        let k = match kind {
+            CellKind::Counter => {
+                let d = c.decl_type.to_ascii_uppercase();
+                let integer = if strict {
+                    d == "INT" || d == "INTEGER"
+                } else {
+                    d.contains("INT")
+                };
+                if !integer {
+                    return Err(bad(format!(
+                        "counter {:?} is declared {:?}: a counter holds integers — declare it \
+                         INTEGER (REAL sums would differ in their last bits between nodes that \
+                         add the same numbers in another order; count whole units such as \
+                         cents instead)",
+                        c.name, c.decl_type
+                    )));
+                }
+                let base = c.dflt.as_deref().and_then(integer_literal).ok_or_else(|| {
+                    bad(format!(
+                        "counter {:?} needs an integer DEFAULT, the value it starts from \
+                         (e.g. `{} INTEGER NOT NULL DEFAULT 0`)",
+                        c.name, c.name
+                    ))
+                })?;
+                ColKind::Counter { base }
+            }
+            CellKind::Max => ColKind::Max,
+            CellKind::Min => ColKind::Min,
+            CellKind::Plain => continue,
+        };
+        out.insert(c.name.clone(), k);
+    }
+    Ok(out)
+}
+
+/// An integer DEFAULT as `PRAGMA table_info` shows it (`0`, `-5`, `(+3)`).
+fn integer_literal(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
+        .unwrap_or(t)
+        .trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    t.parse().ok()
 }
 
 /// Key columns with no type affinity: untyped or BLOB (ANY in a STRICT
@@ -1014,13 +1199,55 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     } else {
         "NULL".to_string()
     };
+    // Tables with commutative columns (commute.rs) call the `_k` variants
+    // of the clock functions, which take each column's kind (and name, for
+    // errors) and, on inserts, the inserted values; registers a write did
+    // not move are written back by `fix` (last in the trigger, so a
+    // recursive trigger it fires runs after this write's bookkeeping).
+    let kinds = lit(&t
+        .kinds
+        .iter()
+        .map(|k| k.token())
+        .collect::<Vec<_>>()
+        .join(" "));
+    let names = lit(&t.cols.join("\u{1f}"));
+    let insert_fn = |clock: &str| {
+        if t.commutative {
+            format!(
+                "__lm_clk_insert_k({clock}, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor}, \
+                 {tname}, {kinds}, {names}{cells_new})"
+            )
+        } else {
+            format!(
+                "__lm_clk_insert({clock}, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor})"
+            )
+        }
+    };
     let insert_clock = |pkvals: &str| {
         format!(
-            "INSERT INTO {clk}({pk_cols}, __clk) \
-             VALUES ({pkvals}, __lm_clk_insert(NULL, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor})) \
-             ON CONFLICT({pk_cols}) DO UPDATE SET \
-             __clk = __lm_clk_insert(__clk, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor});\n"
+            "INSERT INTO {clk}({pk_cols}, __clk) VALUES ({pkvals}, {}) \
+             ON CONFLICT({pk_cols}) DO UPDATE SET __clk = {};\n",
+            insert_fn("NULL"),
+            insert_fn("__clk"),
         )
+    };
+    let registers: Vec<String> = t
+        .cols
+        .iter()
+        .zip(&t.kinds)
+        .enumerate()
+        .filter(|(_, (_, k))| k.is_register())
+        .map(|(i, (c, _))| format!("{0} = __lm_fix({i}, {0})", q(c)))
+        .collect();
+    let fix = |m: &str| {
+        if registers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "UPDATE {tq} SET {} WHERE __lm_fixing() AND {m};\n",
+                registers.join(", ")
+            )
+        }
     };
     let delete_clock = |m: &str| {
         format!(
@@ -1061,33 +1288,42 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", trig(kind)));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}{}END;\n",
+        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}{}{}END;\n",
         trig("ins"),
         key_check("NEW."),
         log(&pk_new, true, &cells_new),
-        insert_clock(&pk_new)
+        insert_clock(&pk_new),
+        fix(&match_on("NEW.")),
     ));
     if ncols > 0 {
         // The changed cells are checked (UTF-8, size) by `__lm_clk_update`,
         // which compares each pair once; the key is unchanged.
         let cells = pairs(&t.cols);
+        let update_fn = if t.commutative {
+            format!(
+                "__lm_clk_update_k(__clk, {local}, __lm_version(), __lm_cur_seq(), {tname}, {kinds}, {names}"
+            )
+        } else {
+            format!("__lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), {tname}")
+        };
         sql.push_str(&format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND __lm_differ({cells}) BEGIN\n{log}\
-             UPDATE {clk} SET __clk = __lm_clk_update(__clk, {local}, __lm_version(), __lm_cur_seq(), \
-             {tname}, {npk}, {pk_new}, {cells}) WHERE {m};\nEND;\n",
+             UPDATE {clk} SET __clk = {update_fn}, {npk}, {pk_new}, {cells}) WHERE {m};\n{fix}END;\n",
             trig("upd"),
             log = log(&pk_new, false, ""),
             m = match_on("NEW."),
+            fix = fix(&match_on("NEW.")),
         ));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}{}END;\n",
+        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}{}{}END;\n",
         trig("updpk"),
         key_check("NEW."),
         log(&pk_old, false, ""),
         delete_clock(&match_on("OLD.")),
         log(&pk_new, true, &cells_new),
         insert_clock(&pk_new),
+        fix(&match_on("NEW.")),
     ));
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER DELETE ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",

@@ -428,10 +428,7 @@ impl Store {
                         continue;
                     }
                     let clock = k.clock;
-                    let mut life: Vec<crate::clock::EntryRef> = vec![clock.owner];
-                    life.extend(
-                        (0..t.cols.len() as u32).filter_map(|c| clock.cell(c).map(|x| x.entry)),
-                    );
+                    let life = clock.life_entries(t.cols.len() as u32);
                     let seen = life.iter().any(|e| {
                         self.actors
                             .get(e.actor as usize)

@@ -45,9 +45,12 @@ pub(crate) fn keep_next_version(conn: &Connection) -> Result<()> {
 /// collection (`__lm_floor`, `__lm_collected`, `__lm_owned`: a binary that
 /// does not know the floors would insert a key whose tombstone was collected
 /// below it, and lose that write on every node that still holds the
-/// tombstone). Older formats are upgraded in place when opened; a binary
-/// older than the file's format refuses to open it.
-const FORMAT: i64 = 5;
+/// tombstone); format 6 adds commutative columns (`__lm_kinds`, and counter
+/// contributions and register values in row clocks: a binary that does not
+/// know them would merge a counter as a plain cell). Older formats are
+/// upgraded in place when opened; a binary older than the file's format
+/// refuses to open it.
+const FORMAT: i64 = 6;
 
 const INTERNAL_DDL: &str = "
 CREATE TABLE IF NOT EXISTS __lm_site(
@@ -68,6 +71,9 @@ CREATE TABLE IF NOT EXISTS __lm_tables(
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, pk TEXT NOT NULL, sql TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS __lm_columns(
     tbl INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (tbl, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __lm_kinds(
+    tbl INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, base INTEGER,
     PRIMARY KEY (tbl, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __lm_log(
     id INTEGER PRIMARY KEY,
@@ -112,7 +118,7 @@ ALTER TABLE __lm_site ADD COLUMN capture INTEGER NOT NULL DEFAULT 0;
 
 /// Version of the capture triggers' text: a file whose triggers were made by
 /// another version gets them regenerated when opened.
-const CAPTURE: i64 = 6;
+const CAPTURE: i64 = 7;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -262,7 +268,7 @@ impl Store {
                     )?;
                 }
                 // Format 3 only adds key encodings (the old ones still
-                // read); formats 4 and 5 only add tables (created above).
+                // read); formats 4, 5 and 6 only add tables (created above).
                 // Which earlier actors were this file's own is not recorded
                 // before format 5: only the current one is claimed.
                 Some((_, 2..=4)) => {
@@ -271,6 +277,9 @@ impl Store {
                         "INSERT OR IGNORE INTO __lm_owned(actor) SELECT local FROM __lm_site",
                         [],
                     )?;
+                }
+                Some((_, 5)) => {
+                    tx.execute("UPDATE __lm_site SET format = ?1 WHERE id = 0", [FORMAT])?;
                 }
                 Some((_, f)) if f != FORMAT => {
                     return Err(StorageError::Corrupt(format!(
@@ -922,6 +931,7 @@ fn own_error(e: &StorageError) -> bool {
             | StorageError::RowTooLarge { .. }
             | StorageError::NullKey { .. }
             | StorageError::InvalidText { .. }
+            | StorageError::NotACount { .. }
             | StorageError::InvalidStatement(_)
     )
 }

@@ -234,6 +234,7 @@ fn bad_batch(actor: ActorId, version: u64, key: &str) -> ChangeBatch {
                     column: "n".into(),
                     value: Value::Text("not a number".into()),
                     cv: 1,
+                    kind: Default::default(),
                 }],
             }],
             withheld: vec![],
@@ -671,16 +672,17 @@ fn format_2_to_4_files_open_and_a_newer_format_is_refused() {
         s.execute_batch("INSERT INTO items VALUES ('b', 2, 'y')")
             .unwrap();
     }
-    assert_eq!(format(), 5);
-    // Format 3 (before table placement) and 4 (before collection) too.
-    for f in [3, 4] {
+    assert_eq!(format(), 6);
+    // Format 3 (before table placement), 4 (before collection) and 5
+    // (before commutative columns) too.
+    for f in [3, 4, 5] {
         set(f);
         drop(Store::open(&path).unwrap());
-        assert_eq!(format(), 5);
+        assert_eq!(format(), 6);
     }
-    set(6);
+    set(7);
     let err = Store::open(&path).unwrap_err();
-    assert!(err.to_string().contains("format 6"), "{err}");
+    assert!(err.to_string().contains("format 7"), "{err}");
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn batch(actor: ActorId, version: u64, bytes: usize) -> ChangeBatch {
                     column: "v".into(),
                     value: Value::Blob(vec![7; bytes]),
                     cv: 1,
+                    kind: Default::default(),
                 }],
             }],
             withheld: vec![],

@@ -1,6 +1,8 @@
 //! What the churn and absence benchmarks share: their arguments and the
 //! churn workload.
 
+#![allow(dead_code)]
+
 use litemesh_storage::Store;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
