@@ -217,6 +217,9 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
     let mut memb = Vec::new();
     let mut failed = Vec::new();
     let mut acked = 0;
+    // Counters: increments acknowledged, keys incremented, keys exact on
+    // every node at the end.
+    let mut counters = (0u64, 0usize, 0usize);
     // Seeds are independent: `jobs` threads take them in turn; the results
     // are reported in seed order.
     let next = std::sync::atomic::AtomicU64::new(a);
@@ -255,6 +258,9 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
     }
     for (seed, r) in results {
         acked += r.acked;
+        counters.0 += r.counter_increments;
+        counters.1 += r.counter_keys;
+        counters.2 += r.counters_exact;
         collected_total += r.tombstones_collected;
         snapshots.0 += r.snapshots;
         snapshots.1 += r.snapshot_dropped;
@@ -314,6 +320,11 @@ fn mesh(flags: &BTreeMap<String, String>) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     println!("transactions acknowledged: {acked}");
+    println!(
+        "counters: {} increments acknowledged on {} keys; {} of {} equal on every node to the sum \
+         of their acknowledged deltas",
+        counters.0, counters.1, counters.2, counters.1
+    );
     println!(
         "replicas identical after the heal: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
         pct(&mut conv, 0.5),

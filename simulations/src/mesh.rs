@@ -45,7 +45,12 @@ use crate::network::{LinkConfig, Network, Outgoing, SimNode};
 
 const SCHEMA: &str = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER, writer TEXT);\n\
                       CREATE TABLE events (id TEXT PRIMARY KEY, tx TEXT, n INTEGER);\n\
+                      CREATE TABLE tally (k TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0) \
+                      -- litemesh: counter = n\n;\n\
                       CREATE TABLE pinned (tx TEXT PRIMARY KEY, writer TEXT) -- litemesh: regions = r0";
+
+/// Keys of the `tally` table (a counter each) the workload increments.
+pub const COUNTER_KEYS: u32 = 4;
 
 /// The region the `pinned` table lives in.
 pub const PINNED_REGION: usize = 0;
@@ -82,6 +87,9 @@ pub struct Acked {
     /// It also wrote a row of the `pinned` table (nodes of its region
     /// write one in every transaction).
     pub pinned: bool,
+    /// It also incremented a counter: the `tally` key and the delta (the
+    /// upsert `n = n + delta`).
+    pub increment: Option<(String, i64)>,
 }
 
 /// A simulated litemesh node: the node core and a SQLite file.
@@ -104,6 +112,9 @@ pub struct MeshNode {
     answering: BTreeMap<RequestId, (SocketAddr, u64, Vec<Vec<u8>>)>,
     next_request: u64,
     rng: ChaCha8Rng,
+    /// The counter increments' own draws: the rest of the workload draws
+    /// what it drew before counters (the same seeds, the same histories).
+    counter_rng: ChaCha8Rng,
     next_write: Option<Duration>,
     write_interval: Duration,
     writes: u64,
@@ -118,6 +129,9 @@ pub struct MeshNode {
     /// Sabotage: collect tombstones by this node's own knowledge alone,
     /// ignoring what peers hold.
     naive_collection: bool,
+    /// Sabotage: record every counter increment with a delta one more than
+    /// the one committed.
+    miscount: bool,
     /// Tombstones collected since the node (re)started.
     pub collected: u64,
     /// Whether being told (or telling a peer) "needs a snapshot" is
@@ -250,6 +264,7 @@ impl MeshNode {
             answering: BTreeMap::new(),
             next_request: 0,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xabcdef ^ now.as_nanos() as u64),
+            counter_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x636f_756e_7465 ^ now.as_nanos() as u64),
             next_write: None,
             write_interval: Duration::from_millis(300),
             writes: 0,
@@ -257,6 +272,7 @@ impl MeshNode {
             errors,
             deletes: retention.is_some(),
             naive_collection: false,
+            miscount: false,
             collected: 0,
             stale_allowed: false,
             snapshots_completed: 0,
@@ -271,6 +287,12 @@ impl MeshNode {
     /// deletes itself, whatever its peers hold. The checker must catch it.
     pub fn collect_naively(&mut self) {
         self.naive_collection = true;
+    }
+
+    /// Sabotage: this node records each counter increment it commits with
+    /// a delta one more than the one it wrote. The checker must catch it.
+    pub fn miscount_counters(&mut self) {
+        self.miscount = true;
     }
 
     /// Tombstones the node's file holds now.
@@ -409,7 +431,26 @@ impl MeshNode {
         for r in rows {
             out.push(r.expect("row"));
         }
+        for (k, n) in self.counters() {
+            // `ct:KEY:VALUE`: a NULL shows as `:None`, a row missing a cell.
+            out.push(format!("ct:{k}:{n:?}"));
+        }
         out
+    }
+
+    /// The counters of the `tally` table, by key.
+    pub fn counters(&self) -> BTreeMap<String, Option<i64>> {
+        let mut st = self
+            .store
+            .connection()
+            .prepare_cached("SELECT k, n FROM tally ORDER BY k")
+            .expect("query");
+        st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
     }
 
     /// Rows visible per transaction.
@@ -454,6 +495,14 @@ impl MeshNode {
         // With deletes on, a third of the transactions delete their key
         // instead: keys die and come back, the case collection must get right.
         let delete = self.deletes && self.rng.random_bool(0.35);
+        // Half of the transactions also add to one of a few counters (never
+        // deleted), in the upsert form, by a delta that may be negative.
+        let r = &mut self.counter_rng;
+        let increment = r.random_bool(0.5).then(|| {
+            let key = format!("c{}", r.random_range(0..COUNTER_KEYS));
+            let d: i64 = r.random_range(1..10);
+            (key, if r.random_bool(0.3) { -d } else { d })
+        });
         let committed = self.store.transaction(|t| {
             if pinned {
                 t.execute("INSERT INTO pinned VALUES (?1, ?2)", (&tx, &name))?;
@@ -471,6 +520,13 @@ impl MeshNode {
                 t.execute(
                     "INSERT INTO events VALUES (?1, ?2, ?3)",
                     (format!("{tx}/{i}"), &tx, n as i64),
+                )?;
+            }
+            if let Some((key, d)) = &increment {
+                t.execute(
+                    "INSERT INTO tally(k, n) VALUES (?1, ?2) \
+                     ON CONFLICT(k) DO UPDATE SET n = n + excluded.n",
+                    (key, d),
                 )?;
             }
             Ok(())
@@ -494,6 +550,7 @@ impl MeshNode {
             node: self.idx,
             at: self.now,
             pinned,
+            increment: increment.map(|(k, d)| (k, if self.miscount { d + 1 } else { d })),
         });
         let mut batches: Vec<ChangeBatch> = Vec::new();
         if let Err(e) = self.store.version_changes(version, 256 * 1024, |b| {
@@ -907,6 +964,10 @@ pub struct MeshParams {
     /// Sabotage: every node collects tombstones by its own knowledge alone
     /// (see [`MeshNode::collect_naively`]). The checker must catch it.
     pub naive_collection: bool,
+    /// Sabotage: every node records its counter increments one more than
+    /// it committed (see [`MeshNode::miscount_counters`]). The checker must
+    /// catch it.
+    pub miscount_counters: bool,
     /// After the faults, the last node is cut off alone for this long,
     /// writing on its own, while `forget_after` is a third of it: the
     /// others forget it and collect tombstones it lacks, and when it comes
@@ -927,6 +988,7 @@ impl Default for MeshParams {
             ignore_placement: false,
             retention: None,
             naive_collection: false,
+            miscount_counters: false,
             long_absence: None,
         }
     }
@@ -980,12 +1042,24 @@ pub struct MeshReport {
     pub snapshots: u64,
     pub snapshot_dropped: u64,
     pub snapshot_rebased: u64,
+    /// Acknowledged transactions that incremented a counter.
+    pub counter_increments: u64,
+    /// Counters incremented at least once.
+    pub counter_keys: usize,
+    /// Counters equal, on every node at the end, to the sum of the deltas
+    /// of their acknowledged increments.
+    pub counters_exact: usize,
 }
 
 /// The state checker: holds every node to the promises, as the run runs.
 #[derive(Debug, Default)]
 pub struct Checker {
     acked: Vec<Acked>,
+    /// Per counter key: the acknowledged increments and the sum of their
+    /// deltas (what every replica's value must end at).
+    counters: BTreeMap<String, (u64, i64)>,
+    /// Counters found exact at the end.
+    counters_exact: usize,
     /// Per node, the knowledge last seen (it must only grow).
     seen: BTreeMap<usize, Knowledge>,
     /// What it found.
@@ -995,15 +1069,7 @@ pub struct Checker {
 impl Checker {
     /// Looks at every running node now.
     pub fn check(&mut self, net: &mut Network<MeshNode>) {
-        for i in 0..net.len() {
-            if !net.is_up(i) {
-                continue;
-            }
-            let acked = net
-                .with_node(i, |n, _| std::mem::take(&mut n.acked))
-                .unwrap_or_default();
-            self.acked.extend(acked);
-        }
+        self.collect(net);
         let now = net.now();
         for i in 0..net.len() {
             if !net.is_up(i) {
@@ -1075,6 +1141,32 @@ impl Checker {
         self.violations.dedup();
     }
 
+    /// Takes what every running node acknowledged since the last look.
+    pub fn collect(&mut self, net: &mut Network<MeshNode>) {
+        for i in 0..net.len() {
+            if !net.is_up(i) {
+                continue;
+            }
+            let acked = net
+                .with_node(i, |n, _| std::mem::take(&mut n.acked))
+                .unwrap_or_default();
+            self.take(acked);
+        }
+    }
+
+    /// Holds the nodes to `acked`, transactions a node acknowledged (a
+    /// crashed node's too: its commits are in its file).
+    pub fn take(&mut self, acked: Vec<Acked>) {
+        for a in &acked {
+            if let Some((k, d)) = &a.increment {
+                let c = self.counters.entry(k.clone()).or_default();
+                c.0 += 1;
+                c.1 += d;
+            }
+        }
+        self.acked.extend(acked);
+    }
+
     fn violate(&mut self, v: String) {
         if self.violations.len() < 100 {
             self.violations.push(v);
@@ -1088,10 +1180,8 @@ impl Checker {
             let n = net.node(i);
             let partial = n.dump().iter().filter(|r| r.contains(":None")).count();
             if partial > 0 {
-                self.violations.push(format!(
-                    "end {}: {partial} kv row(s) missing a cell",
-                    n.name()
-                ));
+                self.violations
+                    .push(format!("end {}: {partial} row(s) missing a cell", n.name()));
             }
             let visible = n.tx_rows();
             let pinned = n.pinned_rows();
@@ -1114,6 +1204,52 @@ impl Checker {
                 }
             }
         }
+        self.check_counters(net);
+    }
+
+    /// Every counter, on every node, is the sum of the deltas of its
+    /// acknowledged increments (no row where none was acknowledged).
+    fn check_counters(&mut self, net: &Network<MeshNode>) {
+        let observed: Vec<(String, BTreeMap<String, Option<i64>>)> = (0..net.len())
+            .map(|i| (net.node(i).name().to_string(), net.node(i).counters()))
+            .collect();
+        let keys: BTreeSet<String> = self
+            .counters
+            .keys()
+            .chain(observed.iter().flat_map(|(_, c)| c.keys()))
+            .cloned()
+            .collect();
+        for k in keys {
+            let expected = self.counters.get(&k).map(|c| c.1);
+            if observed
+                .iter()
+                .all(|(_, c)| c.get(&k).map(|v| *v == expected) == Some(true))
+            {
+                self.counters_exact += 1;
+                continue;
+            }
+            let expected = match self.counters.get(&k) {
+                Some((n, sum)) => format!("{sum} (the sum of {n} acknowledged increments)"),
+                None => "no row (no acknowledged increment)".to_string(),
+            };
+            let seen: Vec<String> = observed
+                .iter()
+                .map(|(name, c)| match c.get(&k) {
+                    None => format!("{name}=no row"),
+                    Some(None) => format!("{name}=NULL"),
+                    Some(Some(v)) => format!("{name}={v}"),
+                })
+                .collect();
+            self.violations.push(format!(
+                "end: counter {k}: expected {expected}, observed {}",
+                seen.join(" ")
+            ));
+        }
+    }
+
+    /// Acknowledged transactions that incremented a counter.
+    pub fn increments(&self) -> u64 {
+        self.counters.values().map(|c| c.0).sum()
     }
 
     /// Transactions acknowledged so far.
@@ -1162,6 +1298,9 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
         }
         if p.naive_collection {
             n.collect_naively();
+        }
+        if p.miscount_counters {
+            n.miscount_counters();
         }
         n.stale_allowed = p.long_absence.is_some();
         net.add_node(addr_of(i), i % 3, n);
@@ -1239,8 +1378,14 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
                 if p.naive_collection {
                     n.collect_naively();
                 }
+                if p.miscount_counters {
+                    n.miscount_counters();
+                }
                 n.stale_allowed = p.long_absence.is_some();
                 collected += net.node(*v).collected;
+                // What it acknowledged since the checker's last look and
+                // before the crash: committed, in the file it restarts from.
+                checker.take(net.node(*v).acked.clone());
                 net.restart(*v, addr_of(*v), n);
                 let w = p.write_interval;
                 net.with_node(*v, |n, now| n.set_writing(now, Some(w)));
@@ -1304,6 +1449,8 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
             break;
         }
     }
+    // What the nodes acknowledged since the checker's last look.
+    checker.collect(&mut net);
     checker.check_final(&net);
     let mut violations = std::mem::take(&mut checker.violations);
     if converged_after.is_none() {
@@ -1353,5 +1500,8 @@ pub fn run(p: &MeshParams, dir: &Path) -> MeshReport {
         snapshots,
         snapshot_dropped: (0..p.nodes).map(|i| net.node(i).snapshot_dropped).sum(),
         snapshot_rebased: (0..p.nodes).map(|i| net.node(i).snapshot_rebased).sum(),
+        counter_increments: checker.increments(),
+        counter_keys: checker.counters.len(),
+        counters_exact: checker.counters_exact,
     }
 }

@@ -21,6 +21,8 @@ fn mixed_faults_lose_nothing_and_heal() {
         let r = run(&params(seed), dir.path());
         assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
         assert!(r.acked > 200, "seed {seed}: {} transactions", r.acked);
+        assert!(r.counter_increments > 50, "seed {seed}: {r:?}");
+        assert_eq!(r.counters_exact, r.counter_keys, "seed {seed}");
         // Simulated time: exact and reproducible, not a wall-clock figure.
         let c = r.converged_after.expect("converged");
         assert!(
@@ -77,6 +79,31 @@ fn the_checker_catches_lost_writes() {
         }
     }
     assert!(found, "no seed with a crash showed the loss");
+}
+
+#[test]
+fn the_checker_catches_a_wrong_counter_sum() {
+    // Every node records its counter increments one more than it committed:
+    // the replicas agree with each other, not with the increments.
+    let p = MeshParams {
+        miscount_counters: true,
+        faults: 1,
+        ..params(5)
+    };
+    let r = run(&p, tempfile::tempdir().unwrap().path());
+    assert!(r.counter_increments > 50, "{r:?}");
+    assert!(
+        r.counter_keys > 0 && r.counters_exact < r.counter_keys,
+        "{r:?}"
+    );
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.starts_with("end: counter c") && v.contains("expected")),
+        "{:#?}",
+        r.violations
+    );
+    assert!(r.converged_after.is_some(), "the replicas still agree");
 }
 
 #[test]

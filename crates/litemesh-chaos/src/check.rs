@@ -59,6 +59,22 @@
 //! `SetRegister` statements (a set always changes the row: values are
 //! unique). An acknowledged delete still counts as applied on its own node
 //! (read-your-writes) and for the final states.
+//!
+//! # Counters
+//!
+//! A counter's value is its default (0) plus the sum of every increment
+//! applied anywhere, whatever the order and concurrency, so its final value
+//! is known exactly but for the increments of unknown outcome: it must be
+//! the sum of the increments known applied plus the sum of *some subset* of
+//! the unknown ones (each may or may not have been applied). Known applied:
+//! an acknowledged upsert (it always adds its delta), an acknowledged update
+//! with a non-empty token (an update of a row the node lacks changes
+//! nothing and names no version), and an increment of unknown outcome whose
+//! transaction's event rows are in every final state (transactions apply
+//! whole; event rows are never deleted). Known not applied: a refused one
+//! (4xx), and one of unknown outcome whose event rows are in no final state.
+//! The deltas are small, so the set of subset sums is computed exactly
+//! ([`SubsetSums`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -125,15 +141,24 @@ pub enum AnomalyKind {
     /// event rows are never updated or deleted. One anomaly per (node, txn).
     /// Also an acknowledged large value missing from a node's final contents,
     /// and an acknowledged row of a pinned table missing from the final
-    /// contents of a node of its regions.
+    /// contents of a node of its regions; and a counter missing from a
+    /// node's final contents although an increment known applied changed
+    /// it (rows of counters are never deleted).
     LostWrite,
     /// A large value in a node's final contents is not what its write wrote
     /// (type, length or digest differ). Large rows are never updated, and a
     /// row's change travels whole.
     CorruptValue,
+    /// A counter's final value on some node is not the sum of the
+    /// increments known applied plus the sum of some subset of those of
+    /// unknown outcome: an acknowledged increment was lost, or one was
+    /// applied twice, or a refused one was applied. Every increment adds
+    /// exactly its delta once, on every node.
+    CounterMismatch,
     /// Something written only by a request that failed definitely (4xx) is
     /// visible: an event row or large value in a final state, or a register
-    /// value read or in a final state. A failed transaction applies nothing.
+    /// value read or in a final state, or a counter row that only failed
+    /// upserts could have created. A failed transaction applies nothing.
     FailedWriteVisible,
     /// A request the API's sandbox must refuse (DDL, a pragma, transaction
     /// control, ATTACH, litemesh's own tables or functions, a write through
@@ -146,6 +171,9 @@ pub enum AnomalyKind {
     /// MB, in a request under the 8 MiB body limit) was refused (4xx). Such a
     /// write must commit.
     LargeWriteRefused,
+    /// A counter increment was refused with a 4xx other than 408 (a time
+    /// limit). It is valid SQL on a table of the schema: it must commit.
+    CounterWriteRefused,
     /// A row write over the agent's size limit (4 MiB of key and cells) was
     /// not refused: answered 2xx, or with a status other than 413 (or 503),
     /// or its row is in a final state.
@@ -170,7 +198,7 @@ pub enum AnomalyKind {
     /// may be held, whole).
     HalfTransaction,
     /// The final contents of the nodes differ after the final healing (a
-    /// pinned table: among the nodes of its regions).
+    /// pinned table: among the nodes of its regions), counters included.
     Divergence,
     /// A read with a version token did not see the write named by the token:
     /// `ReadTxn` counted 0 rows, or `ReadRegister` returned a value stale with
@@ -183,8 +211,8 @@ pub enum AnomalyKind {
     /// the node itself, or waited for with a token). Node state is durable,
     /// also across restarts.
     NonMonotonicRead,
-    /// A register value (read, or in a final state), or an event row in a
-    /// final state, that no request ever wrote.
+    /// A register value (read, or in a final state), or an event row or a
+    /// counter row in a final state, that no request ever wrote.
     InventedValue,
     /// A node's final register value is stale with respect to an acknowledged
     /// write of that key (which must have reached every node).
@@ -208,12 +236,14 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in order.
-    pub const ALL: [AnomalyKind; 18] = [
+    pub const ALL: [AnomalyKind; 20] = [
         AnomalyKind::LostWrite,
         AnomalyKind::CorruptValue,
+        AnomalyKind::CounterMismatch,
         AnomalyKind::FailedWriteVisible,
         AnomalyKind::SandboxBreach,
         AnomalyKind::LargeWriteRefused,
+        AnomalyKind::CounterWriteRefused,
         AnomalyKind::OversizedAccepted,
         AnomalyKind::PlacementBreach,
         AnomalyKind::HalfTransaction,
@@ -234,9 +264,11 @@ impl AnomalyKind {
         match self {
             AnomalyKind::LostWrite => "lost-write",
             AnomalyKind::CorruptValue => "corrupt-value",
+            AnomalyKind::CounterMismatch => "counter-mismatch",
             AnomalyKind::FailedWriteVisible => "failed-write-visible",
             AnomalyKind::SandboxBreach => "sandbox-breach",
             AnomalyKind::LargeWriteRefused => "large-write-refused",
+            AnomalyKind::CounterWriteRefused => "counter-write-refused",
             AnomalyKind::OversizedAccepted => "oversized-accepted",
             AnomalyKind::PlacementBreach => "placement-breach",
             AnomalyKind::HalfTransaction => "half-transaction",
@@ -295,6 +327,43 @@ pub struct Metrics {
     /// The pinned table: where it was found, and the refusals (histories
     /// with one).
     pub placement: Option<PlacementMetrics>,
+    /// The counters: increments by outcome, and the verdict on the final
+    /// values (histories with counter increments or counter rows).
+    pub counters: Option<CounterMetrics>,
+}
+
+/// What the run showed of the counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CounterMetrics {
+    /// Counters written, or found in a final state.
+    pub counters: u64,
+    /// Increments acknowledged.
+    pub acked: u64,
+    /// What they added (an update that changed nothing adds 0).
+    pub acked_sum: i64,
+    /// Acknowledged updates that changed nothing (their node did not hold
+    /// the row yet).
+    pub acked_unchanged: u64,
+    /// Per node: increments acknowledged by it (index: node).
+    pub acked_by_node: Vec<u64>,
+    /// Increments of unknown outcome.
+    pub unknown: u64,
+    /// Of those, shown applied or not applied by their transaction's event
+    /// rows in the final states.
+    pub resolved: u64,
+    /// Increments refused (4xx): nothing applied.
+    pub failed: u64,
+    /// Nodes whose final counters were read.
+    pub nodes: u64,
+    /// Whether every node's final counters are the same (ids and values).
+    pub identical: bool,
+    /// Counters whose final value is possible on every node holding them:
+    /// the sum of the increments known applied plus that of some subset of
+    /// those of unknown outcome.
+    pub possible: u64,
+    /// Of those, counters whose value is exactly the sum of the increments
+    /// known applied.
+    pub exact: u64,
 }
 
 /// What the run showed of the pinned table's placement.
@@ -431,6 +500,7 @@ pub fn check(h: &History) -> CheckResult {
     check_large_values(&ix, &mut out);
     check_hostile(&ix, &mut out);
     check_placement(&ix, &mut out);
+    check_counters(&ix, &mut out);
     check_end(&ix, &mut out);
     check_crashes(&ix, &mut out);
     // Stable: keeps the (deterministic) order within a kind.
@@ -614,6 +684,9 @@ struct Index<'a> {
     large: HashMap<&'a str, LargeRef>,
     /// Rows of the pinned table, by id.
     pinned: BTreeMap<&'a str, PinnedRef<'a>>,
+    /// Counters, by id: every counter incremented, or found in a final
+    /// state.
+    counters: BTreeMap<&'a str, CounterInfo>,
     /// Rows that hostile requests would have written, and the request.
     hostile_rows: HashMap<&'a str, &'a Op>,
     /// Write ops of each transaction id.
@@ -642,6 +715,7 @@ impl<'a> Index<'a> {
             events: HashMap::new(),
             large: HashMap::new(),
             pinned: BTreeMap::new(),
+            counters: BTreeMap::new(),
             hostile_rows: HashMap::new(),
             txn_ops: HashMap::new(),
             samples: Vec::new(),
@@ -737,10 +811,11 @@ impl<'a> Index<'a> {
                             ops.push(op.id);
                         }
                     }
-                    Stmt::Invalid => {}
+                    Stmt::AddCounter { .. } | Stmt::Invalid => {}
                 }
             }
         }
+        ix.counters = counter_infos(h);
         for w in &ix.regs {
             let k = ix.keys.entry(w.key).or_default();
             if w.st == St::Failed {
@@ -1109,7 +1184,10 @@ fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
     for (i, f) in finals.iter().enumerate() {
         let same = classes.iter_mut().find(|c| {
             let r = &finals[c[0]];
-            r.events == f.events && r.registers == f.registers && r.large == f.large
+            r.events == f.events
+                && r.registers == f.registers
+                && r.large == f.large
+                && r.counters == f.counters
         });
         match same {
             Some(c) => c.push(i),
@@ -1197,6 +1275,33 @@ fn check_divergence(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
                 })
                 .collect();
             let _ = write!(detail, " registers: {};", examples(&list, reg_total));
+        }
+        let ct = diff_maps(&r.counters, &o.counters);
+        let ct_keys = ct
+            .only_a
+            .0
+            .iter()
+            .chain(&ct.only_b.0)
+            .chain(&ct.differ.0)
+            .collect::<BTreeSet<_>>();
+        let ct_total = ct.only_a.1 + ct.only_b.1 + ct.differ.1;
+        if ct_total > 0 {
+            let show = |v: Option<&Option<i64>>| match v {
+                None => "no row".to_string(),
+                Some(None) => "not an integer".to_string(),
+                Some(Some(n)) => n.to_string(),
+            };
+            let list: Vec<String> = ct_keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{k}: {rn}={} {on}={}",
+                        show(r.counters.get(**k)),
+                        show(o.counters.get(**k))
+                    )
+                })
+                .collect();
+            let _ = write!(detail, " counters: {};", examples(&list, ct_total));
         }
         detail.pop();
         push(out, AnomalyKind::Divergence, detail, op_list(ops));
@@ -2533,11 +2638,549 @@ fn check_end(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
 }
 
 // ---------------------------------------------------------------------------
+// Counters
+// ---------------------------------------------------------------------------
+
+/// Every sum of a subset of some deltas (the empty subset included), as a
+/// bitset over `min..=max`: `min` is the sum of the negative deltas, `max`
+/// that of the positive ones, and bit `i` stands for the sum `min + i`.
+#[derive(Debug, Clone)]
+struct SubsetSums {
+    min: i64,
+    max: i64,
+    bits: Vec<u64>,
+}
+
+impl SubsetSums {
+    /// The subset sums of `deltas`. Equal deltas are taken together: `k`
+    /// copies of `d` add the same sums as `d, 2d, 4d, …` and the rest up to
+    /// `k·d` (binary splitting), so a long run's thousands of small deltas
+    /// cost a few dozen shifts of the bitset.
+    fn of(deltas: &[i64]) -> SubsetSums {
+        let min: i64 = deltas.iter().filter(|d| **d < 0).sum();
+        let max: i64 = deltas.iter().filter(|d| **d > 0).sum();
+        let len = usize::try_from(max - min + 1).expect("a range of sums that fits in memory");
+        let mut sums = SubsetSums {
+            min,
+            max,
+            bits: vec![0; len.div_ceil(64)],
+        };
+        sums.set(0);
+        let mut copies: BTreeMap<i64, i64> = BTreeMap::new();
+        for &d in deltas.iter().filter(|d| **d != 0) {
+            *copies.entry(d).or_default() += 1;
+        }
+        for (d, mut left) in copies {
+            let mut take = 1;
+            while left > 0 {
+                let part = take.min(left);
+                // Every partial sum stays within min..=max: no bit is
+                // shifted out of the set.
+                let by = usize::try_from((d * part).unsigned_abs()).expect("a small shift");
+                if d > 0 {
+                    sums.or_shifted_up(by);
+                } else {
+                    sums.or_shifted_down(by);
+                }
+                left -= part;
+                take *= 2;
+            }
+        }
+        sums
+    }
+
+    /// The bit of `sum`, if it is within `min..=max`.
+    fn bit(&self, sum: i64) -> Option<usize> {
+        (self.min..=self.max)
+            .contains(&sum)
+            .then(|| usize::try_from(sum - self.min).expect("within the range"))
+    }
+
+    fn set(&mut self, sum: i64) {
+        let i = self.bit(sum).expect("a sum within the range");
+        self.bits[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether some subset of the deltas sums to `sum`.
+    fn contains(&self, sum: i64) -> bool {
+        self.bit(sum)
+            .is_some_and(|i| (self.bits[i / 64] >> (i % 64)) & 1 == 1)
+    }
+
+    /// Adds `s + k` for every sum `s` (`bits |= bits << k`), in place: from
+    /// the top down, so that every word read is still the old one.
+    fn or_shifted_up(&mut self, k: usize) {
+        let (words, shift) = (k / 64, k % 64);
+        for i in (words..self.bits.len()).rev() {
+            let src = i - words;
+            let mut v = self.bits[src] << shift;
+            if shift > 0 && src > 0 {
+                v |= self.bits[src - 1] >> (64 - shift);
+            }
+            self.bits[i] |= v;
+        }
+    }
+
+    /// Adds `s - k` for every sum `s` (`bits |= bits >> k`), in place: from
+    /// the bottom up.
+    fn or_shifted_down(&mut self, k: usize) {
+        let (words, shift) = (k / 64, k % 64);
+        let n = self.bits.len();
+        for i in 0..n.saturating_sub(words) {
+            let src = i + words;
+            let mut v = self.bits[src] >> shift;
+            if shift > 0 && src + 1 < n {
+                v |= self.bits[src + 1] << (64 - shift);
+            }
+            self.bits[i] |= v;
+        }
+    }
+
+    /// The greatest possible sum below `x`.
+    fn below(&self, x: i64) -> Option<i64> {
+        (self.min..x.min(self.max + 1))
+            .rev()
+            .find(|s| self.contains(*s))
+    }
+
+    /// The least possible sum above `x`.
+    fn above(&self, x: i64) -> Option<i64> {
+        (x.max(self.min - 1) + 1..=self.max).find(|s| self.contains(*s))
+    }
+
+    /// Whether every sum in `min..=max` is possible.
+    fn contiguous(&self) -> bool {
+        (self.min..=self.max).all(|s| self.contains(s))
+    }
+}
+
+/// Whether a counter increment was applied, as far as the history tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// It was: acknowledged (and it changed the row), or of unknown outcome
+    /// with its transaction's event rows in every final state.
+    Yes,
+    /// It was not: refused, acknowledged but changed nothing (an update of
+    /// a row its node did not hold), or of unknown outcome with its
+    /// transaction's event rows in no final state.
+    No,
+    /// It may or may not have been.
+    Maybe,
+}
+
+/// Whether a counter increment of write op `op` (an upsert if `upsert`,
+/// else an update) was applied (see [`Applied`]).
+///
+/// An acknowledged upsert always adds its delta (it inserts the row or
+/// updates it). An acknowledged update adds its delta if it changed its row,
+/// which its token shows when it is its transaction's only statement
+/// (non-empty: it changed something; empty: nothing). An increment of
+/// unknown outcome in one transaction with event rows was applied iff they
+/// were: transactions apply whole, and event rows are never deleted.
+fn increment_applied(h: &History, op: &Op, upsert: bool) -> Applied {
+    let OpKind::Write { stmts, token, .. } = &op.kind else {
+        return Applied::No;
+    };
+    match status(&op.outcome) {
+        St::Failed => Applied::No,
+        St::Ok if upsert => Applied::Yes,
+        St::Ok => match token {
+            Some(t) if t.is_empty() => Applied::No,
+            Some(_) if stmts.len() == 1 => Applied::Yes,
+            _ => Applied::Maybe,
+        },
+        St::Unknown => {
+            let events: Vec<&String> = stmts
+                .iter()
+                .filter_map(|s| match s {
+                    Stmt::InsertEvent { id, .. } => Some(id),
+                    _ => None,
+                })
+                .collect();
+            if events.is_empty() || h.finals.is_empty() {
+                return Applied::Maybe;
+            }
+            let held = |f: &FinalState| {
+                events
+                    .iter()
+                    .filter(|id| f.events.contains_key(**id))
+                    .count()
+            };
+            if h.finals.iter().all(|f| held(f) == events.len()) {
+                Applied::Yes
+            } else if h.finals.iter().all(|f| held(f) == 0) {
+                Applied::No
+            } else {
+                // Seen in part, or on some nodes only: reported as such
+                // (half-transaction, divergence); nothing settled here.
+                Applied::Maybe
+            }
+        }
+    }
+}
+
+/// What the requests say of one counter: which increments were applied,
+/// which may have been, and who may have created its row.
+#[derive(Debug, Default)]
+struct CounterInfo {
+    /// Every acknowledged increment (ops).
+    acked_ops: Vec<u64>,
+    /// Increments of unknown outcome, settled or not.
+    unknown_outcome: u64,
+    /// Acknowledged increments that changed it: `(op, delta)`.
+    acked: Vec<(u64, i64)>,
+    /// Acknowledged updates that changed nothing (ops).
+    acked_unchanged: Vec<u64>,
+    /// Increments of unknown outcome that their event rows show applied:
+    /// `(op, delta)`.
+    resolved: Vec<(u64, i64)>,
+    /// Increments of unknown outcome that their event rows show not
+    /// applied (ops).
+    resolved_not: Vec<u64>,
+    /// Increments that may or may not have been applied (of unknown
+    /// outcome, or acknowledged updates whose effect the token does not
+    /// show): `(op, delta)`.
+    unknown: Vec<(u64, i64)>,
+    /// Refused increments (ops).
+    failed: Vec<u64>,
+    /// A request that may have created its row: a non-failed upsert (an
+    /// update never creates one).
+    creator: Option<u64>,
+    /// A failed upsert, if any.
+    failed_upsert: Option<u64>,
+}
+
+impl CounterInfo {
+    /// The sum of the increments known applied.
+    fn known_sum(&self) -> i64 {
+        self.acked
+            .iter()
+            .chain(&self.resolved)
+            .map(|(_, d)| d)
+            .sum()
+    }
+
+    /// Whether some increment known applied changed it (its row must then
+    /// be on every node: rows of counters are never deleted).
+    fn must_exist(&self) -> bool {
+        !self.acked.is_empty() || !self.resolved.is_empty()
+    }
+
+    /// The sums the increments of unknown outcome may add.
+    fn unknown_sums(&self) -> SubsetSums {
+        let deltas: Vec<i64> = self.unknown.iter().map(|(_, d)| *d).collect();
+        SubsetSums::of(&deltas)
+    }
+
+    /// Whether `value` is a possible final value: the known sum plus that
+    /// of some subset of the unknown increments.
+    fn possible(&self, value: Option<i64>, sums: &SubsetSums) -> bool {
+        value.is_some_and(|v| sums.contains(v - self.known_sum()))
+    }
+}
+
+/// Every counter incremented by a request, or found in a final state.
+fn counter_infos(h: &History) -> BTreeMap<&str, CounterInfo> {
+    let mut out: BTreeMap<&str, CounterInfo> = BTreeMap::new();
+    for op in &h.ops {
+        let OpKind::Write { stmts, .. } = &op.kind else {
+            continue;
+        };
+        for (id, delta, upsert) in stmts.iter().filter_map(Stmt::counter) {
+            let c = out.entry(id).or_default();
+            let st = status(&op.outcome);
+            match st {
+                St::Ok => c.acked_ops.push(op.id),
+                St::Unknown => c.unknown_outcome += 1,
+                St::Failed => {}
+            }
+            if upsert {
+                match st {
+                    St::Failed => c.failed_upsert = c.failed_upsert.or(Some(op.id)),
+                    _ => c.creator = c.creator.or(Some(op.id)),
+                }
+            }
+            match (st, increment_applied(h, op, upsert)) {
+                (St::Ok, Applied::Yes) => c.acked.push((op.id, delta)),
+                (St::Ok, Applied::No) => c.acked_unchanged.push(op.id),
+                (St::Failed, _) => c.failed.push(op.id),
+                (_, Applied::Yes) => c.resolved.push((op.id, delta)),
+                (_, Applied::No) => c.resolved_not.push(op.id),
+                (_, Applied::Maybe) => c.unknown.push((op.id, delta)),
+            }
+        }
+    }
+    for f in &h.finals {
+        for id in f.counters.keys() {
+            out.entry(id.as_str()).or_default();
+        }
+    }
+    out
+}
+
+/// Deltas as a multiset, in increasing order, e.g. `-2 ×2, +1 ×4, +3 ×1`.
+fn delta_multiset(deltas: impl IntoIterator<Item = i64>) -> String {
+    let mut n: BTreeMap<i64, u64> = BTreeMap::new();
+    for d in deltas {
+        *n.entry(d).or_default() += 1;
+    }
+    n.iter()
+        .map(|(d, k)| format!("{d:+} ×{k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn node_names(nodes: &[NodeIx]) -> String {
+    nodes
+        .iter()
+        .map(|n| name(*n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why counter `id`'s value `value` on `nodes` is impossible.
+fn counter_mismatch(
+    id: &str,
+    value: Option<i64>,
+    nodes: &[NodeIx],
+    c: &CounterInfo,
+    sums: &SubsetSums,
+) -> String {
+    let known = c.known_sum();
+    let acked: i64 = c.acked.iter().map(|(_, d)| d).sum();
+    let mut d = match value {
+        Some(v) => format!("counter {id} is {v} on {}: ", node_names(nodes)),
+        None => format!("counter {id} is not an integer on {}: ", node_names(nodes)),
+    };
+    let _ = write!(
+        d,
+        "its {} acknowledged increments sum to {acked}",
+        c.acked_ops.len()
+    );
+    if !c.acked_unchanged.is_empty() {
+        let _ = write!(
+            d,
+            " ({} of them updates that changed nothing)",
+            c.acked_unchanged.len()
+        );
+    }
+    if !c.resolved.is_empty() {
+        let _ = write!(
+            d,
+            ", and {} of unknown outcome that their event rows show applied add {} (known sum {known})",
+            c.resolved.len(),
+            delta_multiset(c.resolved.iter().map(|(_, d)| *d))
+        );
+    }
+    if c.unknown.is_empty() {
+        let _ = write!(
+            d,
+            "; none is of unknown outcome, so it must be exactly {known}"
+        );
+    } else {
+        let _ = write!(
+            d,
+            "; {} of unknown outcome, any of which may have applied, have the deltas {}, so it must be {known} plus the sum of some of them: within {}..={} ({})",
+            c.unknown.len(),
+            delta_multiset(c.unknown.iter().map(|(_, d)| *d)),
+            known + sums.min,
+            known + sums.max,
+            if sums.contiguous() {
+                "every value in between possible"
+            } else {
+                "not every value in between"
+            }
+        );
+    }
+    if let Some(v) = value {
+        let (lo, hi) = (known + sums.min, known + sums.max);
+        if v < lo {
+            let _ = write!(
+                d,
+                "; {v} is {} below the least possible value: increments lost",
+                lo - v
+            );
+        } else if v > hi {
+            let _ = write!(
+                d,
+                "; {v} is {} above the greatest possible value: an increment applied twice, or a refused one applied",
+                v - hi
+            );
+        } else {
+            let (below, above) = (sums.below(v - known), sums.above(v - known));
+            let _ = write!(
+                d,
+                "; {v} falls between the possible values {} and {}",
+                below.map_or("—".into(), |s| (known + s).to_string()),
+                above.map_or("—".into(), |s| (known + s).to_string())
+            );
+        }
+    }
+    d
+}
+
+/// Counters (increments of [`Stmt::AddCounter`], final states'
+/// `counters`; see the module docs):
+///
+/// - **CounterMismatch**: a final value that is not the sum of the
+///   increments known applied plus that of some subset of those of unknown
+///   outcome (or not an integer). One anomaly per (counter, value), naming
+///   the nodes that hold it.
+/// - **LostWrite**: a counter missing from a node's final state although an
+///   increment known applied changed it; one anomaly per (node, counter).
+/// - **FailedWriteVisible** / **InventedValue**: a counter row that only
+///   failed upserts, or no request at all, could have created.
+/// - **CounterWriteRefused**: an increment refused with a 4xx other than
+///   408 (a time limit says nothing about the statement).
+///
+/// Nodes holding different values are reported by `check_divergence`.
+fn check_counters(ix: &Index<'_>, out: &mut Vec<Anomaly>) {
+    for op in &ix.h.ops {
+        let (Outcome::Failed(why), OpKind::Write { stmts, .. }) = (&op.outcome, &op.kind) else {
+            continue;
+        };
+        if why.starts_with("408") {
+            continue;
+        }
+        for (id, delta, upsert) in stmts.iter().filter_map(Stmt::counter) {
+            push(
+                out,
+                AnomalyKind::CounterWriteRefused,
+                format!(
+                    "{}: {} of counter {id} by {delta:+} (write op {}) was refused: {why}",
+                    name(op.node),
+                    if upsert { "upsert" } else { "update" },
+                    op.id
+                ),
+                vec![op.id],
+            );
+        }
+    }
+    for (id, c) in &ix.counters {
+        let mut by_value: BTreeMap<Option<i64>, Vec<NodeIx>> = BTreeMap::new();
+        for f in &ix.h.finals {
+            match f.counters.get(*id) {
+                Some(v) => by_value.entry(*v).or_default().push(f.node),
+                None if c.must_exist() => {
+                    let ops: Vec<u64> =
+                        c.acked.iter().chain(&c.resolved).map(|(o, _)| *o).collect();
+                    push(
+                        out,
+                        AnomalyKind::LostWrite,
+                        format!(
+                            "{}: counter {id} is missing from its final state, although {} increments known applied changed it (write ops {})",
+                            name(f.node),
+                            ops.len(),
+                            examples(
+                                &ops.iter().map(u64::to_string).collect::<Vec<_>>(),
+                                ops.len()
+                            )
+                        ),
+                        op_list(ops),
+                    );
+                }
+                None => {}
+            }
+        }
+        if by_value.is_empty() {
+            continue;
+        }
+        if c.creator.is_none() {
+            let nodes: Vec<NodeIx> = by_value.values().flatten().copied().collect();
+            let (kind, why, ops) = match c.failed_upsert {
+                Some(op) => (
+                    AnomalyKind::FailedWriteVisible,
+                    format!("which only failed upserts could have created (write op {op})"),
+                    vec![op],
+                ),
+                None => (
+                    AnomalyKind::InventedValue,
+                    "which no request could have created (no upsert of it was sent)".to_string(),
+                    Vec::new(),
+                ),
+            };
+            push(
+                out,
+                kind,
+                format!(
+                    "{}: final state holds counter {id}, {why}",
+                    node_names(&nodes)
+                ),
+                ops,
+            );
+            continue;
+        }
+        let sums = c.unknown_sums();
+        for (value, nodes) in &by_value {
+            if c.possible(*value, &sums) {
+                continue;
+            }
+            // The requests that could explain it: those of unknown outcome
+            // first, then the last acknowledged ones.
+            let ops = c
+                .unknown
+                .iter()
+                .map(|(o, _)| *o)
+                .chain(c.acked.iter().rev().map(|(o, _)| *o));
+            push(
+                out,
+                AnomalyKind::CounterMismatch,
+                counter_mismatch(id, *value, nodes, c, &sums),
+                op_list(ops),
+            );
+        }
+    }
+}
+
+/// The counters' metrics (`None`: a history without counters).
+fn counter_metrics(ix: &Index<'_>) -> Option<CounterMetrics> {
+    if ix.counters.is_empty() {
+        return None;
+    }
+    let h = ix.h;
+    let mut m = CounterMetrics {
+        counters: ix.counters.len() as u64,
+        acked_by_node: vec![0; ix.n],
+        nodes: h.finals.len() as u64,
+        identical: h.finals.windows(2).all(|w| w[0].counters == w[1].counters),
+        ..CounterMetrics::default()
+    };
+    for (id, c) in &ix.counters {
+        m.acked += c.acked_ops.len() as u64;
+        m.acked_sum += c.acked.iter().map(|(_, d)| d).sum::<i64>();
+        m.acked_unchanged += c.acked_unchanged.len() as u64;
+        m.unknown += c.unknown_outcome;
+        m.resolved += (c.resolved.len() + c.resolved_not.len()) as u64;
+        m.failed += c.failed.len() as u64;
+        for op in &c.acked_ops {
+            if let Some(slot) = ix.ops.get(op).and_then(|o| m.acked_by_node.get_mut(o.node)) {
+                *slot += 1;
+            }
+        }
+        let values: Vec<Option<i64>> = h
+            .finals
+            .iter()
+            .filter_map(|f| f.counters.get(*id).copied())
+            .collect();
+        let present = values.len() == h.finals.len() || !c.must_exist();
+        let sums = c.unknown_sums();
+        if present && c.creator.is_some() && values.iter().all(|v| c.possible(*v, &sums)) {
+            m.possible += 1;
+            if values.iter().all(|v| *v == Some(c.known_sum())) {
+                m.exact += 1;
+            }
+        }
+    }
+    Some(m)
+}
+
+// ---------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------
 
 fn kind_name(k: &OpKind) -> &'static str {
     match k {
+        OpKind::Write { stmts, .. } if stmts.iter().any(|s| s.counter().is_some()) => "counter",
         OpKind::Write { .. } => "write",
         OpKind::Hostile { expect: 413, .. } => "oversized",
         OpKind::Hostile { attack, .. } if attack.starts_with("placement-") => "placement",
@@ -2632,7 +3275,7 @@ fn metrics(ix: &Index<'_>) -> Metrics {
                         m.large_acked += 1;
                         m.large_bytes_acked += u64::from(*len);
                     }
-                    Stmt::InsertPinned { .. } | Stmt::Invalid => {}
+                    Stmt::InsertPinned { .. } | Stmt::AddCounter { .. } | Stmt::Invalid => {}
                 }
             }
         }
@@ -2705,6 +3348,7 @@ fn metrics(ix: &Index<'_>) -> Metrics {
         catch_up: j.caught_up.map(|c| c - j.ready),
     });
     m.placement = h.pinned.as_ref().map(|p| placement_metrics(ix, p));
+    m.counters = counter_metrics(ix);
     m
 }
 
@@ -3079,9 +3723,13 @@ mod tests {
             writes.sort_by(|a, b| a.complete.total_cmp(&b.complete));
             let mut f = FinalState::default();
             for w in writes {
-                let OpKind::Write { stmts, .. } = &w.kind else {
+                let OpKind::Write { stmts, token, .. } = &w.kind else {
                     unreachable!()
                 };
+                // An empty token: the write changed nothing.
+                if token.as_deref() == Some("") {
+                    continue;
+                }
                 for s in stmts {
                     match s {
                         Stmt::InsertEvent { id, txn, size, .. } => {
@@ -3104,6 +3752,15 @@ mod tests {
                         Stmt::InsertPinned { id, txn } => {
                             f.pinned.insert(id.clone(), txn.clone());
                         }
+                        // An upsert creates the row or adds to it; an
+                        // update only adds to a row that is there.
+                        Stmt::AddCounter { id, delta, upsert } => match f.counters.get_mut(id) {
+                            Some(Some(n)) => *n += delta,
+                            None if *upsert => {
+                                f.counters.insert(id.clone(), Some(*delta));
+                            }
+                            _ => {}
+                        },
                         Stmt::Invalid => {}
                     }
                 }
@@ -4345,6 +5002,350 @@ mod tests {
             r.anomalies
         );
         assert!(r.anomalies[0].ops == vec![f]);
+    }
+
+    fn add(id: &str, delta: i64, upsert: bool) -> Stmt {
+        Stmt::AddCounter {
+            id: id.into(),
+            delta,
+            upsert,
+        }
+    }
+
+    /// Adds `delta` to counter `id` in every final state (an increment of
+    /// unknown outcome that was applied).
+    fn final_add(b: &mut B, id: &str, delta: i64) {
+        for f in &mut b.h.finals {
+            let n = f.counters.get_mut(id).unwrap().as_mut().unwrap();
+            *n += delta;
+        }
+    }
+
+    /// The ops of [`counted`].
+    struct Counted {
+        /// `c0`: +5 acknowledged (an update).
+        up: u64,
+        /// `c1`: +4 acknowledged (the upsert that created it).
+        c1_first: u64,
+        /// `c1`: +2 of unknown outcome, applied.
+        u_applied: u64,
+        /// `c1`: +3 of unknown outcome, not applied.
+        u_not: u64,
+    }
+
+    /// Three nodes adding to two counters. `c0`: created concurrently by an
+    /// upsert on each node (+1, +1, +2), then +5 and −3 by updates: 6, all
+    /// acknowledged. `c1`: created by +4 (acknowledged); an acknowledged
+    /// update of +2 that changed nothing (its node did not hold the row
+    /// yet: empty token); of unknown outcome, +2 applied and +3 not, +5 in
+    /// a transaction whose event row is in the final states (applied) and
+    /// +1 in one whose event row is not (not applied); +1 refused for a
+    /// time limit (408). Final `c1`: 4 + 2 + 5 = 11, the known sum being 9
+    /// and the unknown deltas +2 and +3 (possible: 9, 11, 12, 14).
+    fn counted() -> (B, Counted) {
+        let mut b = B::new(3);
+        b.ok(0, 0.0, 0.1, vec![add("c0", 1, true)]);
+        b.ok(1, 0.0, 0.1, vec![add("c0", 1, true)]);
+        b.ok(2, 0.0, 0.1, vec![add("c0", 2, true)]);
+        let up = b.ok(0, 0.2, 0.3, vec![add("c0", 5, false)]);
+        b.ok(1, 0.2, 0.3, vec![add("c0", -3, false)]);
+        let c1_first = b.ok(2, 0.0, 0.1, vec![add("c1", 4, true)]);
+        let nothing = OpKind::Write {
+            stmts: vec![add("c1", 2, false)],
+            token: Some(String::new()),
+            version: None,
+        };
+        b.op(0, 0.0, 0.05, nothing, Outcome::Ok);
+        let u_applied = b.write(0, 0.5, 5.5, vec![add("c1", 2, true)], unknown());
+        let u_not = b.write(1, 0.5, 5.5, vec![add("c1", 3, true)], unknown());
+        b.write(
+            2,
+            0.5,
+            5.5,
+            vec![ev("ce1", "ct1", 1), add("c1", 5, true)],
+            unknown(),
+        );
+        b.write(
+            0,
+            0.5,
+            5.5,
+            vec![ev("ce2", "ct2", 1), add("c1", 1, true)],
+            unknown(),
+        );
+        let time_limit = Outcome::Failed("408: the statement ran past its time limit".into());
+        b.write(1, 0.5, 0.6, vec![add("c1", 1, true)], time_limit);
+        b.settle(6.0);
+        final_add(&mut b, "c1", 2 + 5);
+        for f in &mut b.h.finals {
+            f.events.insert("ce1".into(), ("ct1".into(), 1));
+        }
+        let ops = Counted {
+            up,
+            c1_first,
+            u_applied,
+            u_not,
+        };
+        (b, ops)
+    }
+
+    #[test]
+    fn counters_clean_run_and_its_report() {
+        let (b, _) = counted();
+        assert_eq!(b.h.finals[0].counters["c0"], Some(6));
+        assert_eq!(b.h.finals[0].counters["c1"], Some(11));
+        let r = b.check();
+        assert_clean(&r);
+        let c = r.metrics.counters.clone().unwrap();
+        assert_eq!((c.counters, c.nodes), (2, 3));
+        assert_eq!((c.acked, c.acked_sum, c.acked_unchanged), (7, 10, 1));
+        assert_eq!(c.acked_by_node, vec![3, 2, 2]);
+        assert_eq!((c.unknown, c.resolved, c.failed), (4, 2, 1));
+        assert!(c.identical);
+        assert_eq!((c.possible, c.exact), (2, 1));
+        assert_eq!(
+            r.metrics.by_kind["counter"],
+            OutcomeCounts {
+                ok: 7,
+                failed: 1,
+                unknown: 4
+            }
+        );
+        let line = crate::report::counters_line(&c);
+        assert!(
+            line.starts_with(
+                "counters: 2 counters, 7 increments acknowledged (sum 10; n1 3, n2 2, n3 2; 1 of \
+                 them updates that changed nothing), 4 of unknown outcome (2 of them settled by \
+                 their transaction's event rows), 1 refused; final values identical on 3 nodes \
+                 and within the acknowledged sum for 2 of 2 counters"
+            ),
+            "{line}"
+        );
+        let summary = crate::report::summary(&b.h, &r, None);
+        assert!(summary.contains(&line), "{summary}");
+
+        // Every increment of unknown outcome applied, or none: fine too.
+        let mut all = counted().0;
+        final_add(&mut all, "c1", 3);
+        assert_clean(&all.check());
+        let mut none = counted().0;
+        final_add(&mut none, "c1", -2);
+        assert_clean(&none.check());
+
+        // Histories without counters have no counter metrics.
+        assert!(clean().0.check().metrics.counters.is_none());
+    }
+
+    #[test]
+    fn a_lost_counter_increment_is_a_mismatch() {
+        // c0 without its +5: no increment of c0 is of unknown outcome.
+        let (mut b, o) = counted();
+        final_add(&mut b, "c0", -5);
+        let a = only(&b.check(), AnomalyKind::CounterMismatch, 1);
+        assert_eq!(
+            a[0].detail,
+            "counter c0 is 1 on n1, n2, n3: its 5 acknowledged increments sum to 6; none is of \
+             unknown outcome, so it must be exactly 6; 1 is 5 below the least possible value: \
+             increments lost"
+        );
+        assert!(a[0].ops.contains(&o.up), "{:?}", a[0].ops);
+
+        // c1 without its first +4: 7, below 9 whatever the unknown did.
+        let (mut b, o) = counted();
+        final_add(&mut b, "c1", -4);
+        let a = only(&b.check(), AnomalyKind::CounterMismatch, 1);
+        assert_eq!(
+            a[0].detail,
+            "counter c1 is 7 on n1, n2, n3: its 2 acknowledged increments sum to 4 (1 of them \
+             updates that changed nothing), and 1 of unknown outcome that their event rows show \
+             applied add +5 ×1 (known sum 9); 2 of unknown outcome, any of which may have \
+             applied, have the deltas +2 ×1, +3 ×1, so it must be 9 plus the sum of some of \
+             them: within 9..=14 (not every value in between); 7 is 2 below the least possible \
+             value: increments lost"
+        );
+        assert_eq!(&a[0].ops[..2], &[o.u_applied, o.u_not]);
+        assert!(a[0].ops.contains(&o.c1_first), "{:?}", a[0].ops);
+    }
+
+    #[test]
+    fn a_double_applied_counter_increment_is_a_mismatch() {
+        // +4 applied twice: 15, above the greatest possible 14.
+        let (mut b, _) = counted();
+        final_add(&mut b, "c1", 4);
+        let a = only(&b.check(), AnomalyKind::CounterMismatch, 1);
+        assert!(
+            a[0].detail.starts_with("counter c1 is 15 on n1, n2, n3:")
+                && a[0].detail.ends_with(
+                    "15 is 1 above the greatest possible value: an increment applied twice, or \
+                     a refused one applied"
+                ),
+            "{}",
+            a[0].detail
+        );
+        // The unknown +2 applied twice: 13, between the possible 12 and 14.
+        let (mut b, _) = counted();
+        final_add(&mut b, "c1", 2);
+        let a = only(&b.check(), AnomalyKind::CounterMismatch, 1);
+        assert!(
+            a[0].detail
+                .ends_with("13 falls between the possible values 12 and 14"),
+            "{}",
+            a[0].detail
+        );
+        // The +1 whose event row is nowhere applied anyway (10): possible
+        // were it of unknown outcome alone, impossible once its
+        // transaction shows it was not applied.
+        let (mut b, _) = counted();
+        final_add(&mut b, "c1", -1);
+        let a = only(&b.check(), AnomalyKind::CounterMismatch, 1);
+        assert!(
+            a[0].detail
+                .ends_with("10 falls between the possible values 9 and 11"),
+            "{}",
+            a[0].detail
+        );
+        // A refusal for anything but a time limit (408) is an anomaly of
+        // its own: a valid increment must commit.
+        let (mut b, _) = counted();
+        let refused = b.write(
+            2,
+            7.0,
+            7.1,
+            vec![add("c0", 1, true)],
+            Outcome::Failed("400: no such column: n".into()),
+        );
+        let a = only(&b.check(), AnomalyKind::CounterWriteRefused, 1);
+        assert_eq!(
+            a[0].detail,
+            format!(
+                "n3: upsert of counter c0 by +1 (write op {refused}) was refused: 400: no such \
+                 column: n"
+            )
+        );
+        assert_eq!(a[0].ops, vec![refused]);
+    }
+
+    #[test]
+    fn diverging_missing_invented_and_failed_counters() {
+        // n3 did not get the unknown +2 the others got: both values are
+        // possible, but the replicas disagree.
+        let (mut b, _) = counted();
+        *b.h.finals[2].counters.get_mut("c1").unwrap() = Some(9);
+        let a = only(&b.check(), AnomalyKind::Divergence, 1);
+        assert_eq!(
+            a[0].detail,
+            "final state of {n3} differs from {n1, n2}: counters: c1: n1=11 n3=9"
+        );
+        assert!(!b.check().metrics.counters.unwrap().identical);
+
+        // n2 lost the row of c0: lost, and different from the others.
+        let (mut b, _) = counted();
+        b.h.finals[1].counters.remove("c0");
+        let r = b.check();
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([(AnomalyKind::LostWrite, 1), (AnomalyKind::Divergence, 1)]),
+            "{:#?}",
+            r.anomalies
+        );
+        assert!(
+            r.anomalies[0]
+                .detail
+                .starts_with("n2: counter c0 is missing from its final state, although 5 increments known applied changed it"),
+            "{}",
+            r.anomalies[0].detail
+        );
+        assert_eq!(r.metrics.counters.unwrap().possible, 1);
+
+        // A counter nobody wrote, and one only a refused upsert could have
+        // created, on every node; and a value that is not an integer.
+        let (mut b, _) = counted();
+        let refused = b.write(
+            1,
+            7.0,
+            7.1,
+            vec![add("c2", 1, true)],
+            Outcome::Failed("403: not allowed".into()),
+        );
+        for f in &mut b.h.finals {
+            f.counters.insert("c9".into(), Some(1));
+            f.counters.insert("c2".into(), Some(1));
+            f.counters.insert("c0".into(), None);
+        }
+        let r = b.check();
+        assert_eq!(
+            tally(&r),
+            BTreeMap::from([
+                (AnomalyKind::CounterMismatch, 1),
+                (AnomalyKind::CounterWriteRefused, 1),
+                (AnomalyKind::FailedWriteVisible, 1),
+                (AnomalyKind::InventedValue, 1),
+            ]),
+            "{:#?}",
+            r.anomalies
+        );
+        let detail = |k| {
+            r.anomalies
+                .iter()
+                .find(|a| a.kind == k)
+                .map(|a| a.detail.clone())
+                .unwrap()
+        };
+        assert!(
+            detail(AnomalyKind::CounterMismatch)
+                .starts_with("counter c0 is not an integer on n1, n2, n3"),
+            "{}",
+            detail(AnomalyKind::CounterMismatch)
+        );
+        assert_eq!(
+            detail(AnomalyKind::FailedWriteVisible),
+            format!(
+                "n1, n2, n3: final state holds counter c2, which only failed upserts could have created (write op {refused})"
+            )
+        );
+        assert_eq!(
+            detail(AnomalyKind::InventedValue),
+            "n1, n2, n3: final state holds counter c9, which no request could have created (no upsert of it was sent)"
+        );
+    }
+
+    #[test]
+    fn subset_sums_are_exact() {
+        // Against brute force: mixed signs, repeated deltas (binary
+        // splitting), and shifts across and beyond a 64-bit word.
+        let cases: Vec<Vec<i64>> = vec![
+            vec![],
+            vec![3],
+            vec![-2],
+            vec![2, 3],
+            vec![1, 1, 1, 1, 1, 1, 1],
+            vec![5, 5, 5, -3, -3, 2],
+            vec![70, -65, 1, 130, -1, 64, 64, 64],
+            (0..40)
+                .map(|i| if i % 3 == 0 { -(i % 4) - 1 } else { i % 5 + 1 })
+                .collect(),
+        ];
+        for deltas in cases {
+            let s = SubsetSums::of(&deltas);
+            let mut want = BTreeSet::from([0i64]);
+            for d in &deltas {
+                let more: Vec<i64> = want.iter().map(|x| x + d).collect();
+                want.extend(more);
+            }
+            for x in s.min - 70..=s.max + 70 {
+                assert_eq!(s.contains(x), want.contains(&x), "{deltas:?}: sum {x}");
+            }
+            assert_eq!(s.min, *want.first().unwrap(), "{deltas:?}");
+            assert_eq!(s.max, *want.last().unwrap(), "{deltas:?}");
+            let mid = (s.min + s.max) / 2;
+            assert_eq!(s.below(mid), want.range(..mid).next_back().copied());
+            assert_eq!(s.above(mid), want.range(mid + 1..).next().copied());
+        }
+        // A long run's thousands of small deltas: quick.
+        let many: Vec<i64> = (0..20_000)
+            .map(|i| [1, 2, 3, 4, 5, -1, -2, -3][i % 8])
+            .collect();
+        let s = SubsetSums::of(&many);
+        assert!(s.contiguous() && s.contains(-15_000) && s.contains(37_500));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::history::NodeIx;
 /// The replicated schema every agent starts with. `pinned_eu`
 /// ([`crate::history::PINNED_TABLE`]) is pinned to region `eu`
 /// ([`crate::history::PINNED_REGION`]): only `n1` and `n4` may hold it.
+/// The column `n` of `counters` ([`crate::history::COUNTER_TABLE`]) is a
+/// counter: every node's increments add up, concurrent ones included.
 pub const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -44,6 +46,11 @@ CREATE TABLE IF NOT EXISTS pinned_eu (
     txn TEXT NOT NULL DEFAULT '',
     client INTEGER NOT NULL DEFAULT 0
 ) -- litemesh: regions = eu
+;
+CREATE TABLE IF NOT EXISTS counters (
+    id TEXT PRIMARY KEY,
+    n INTEGER NOT NULL DEFAULT 0
+) -- litemesh: counter = n
 ;
 ";
 
@@ -411,16 +418,36 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{PINNED_REGION, PINNED_TABLE};
+    use crate::history::{COUNTER_COLUMN, COUNTER_TABLE, PINNED_REGION, PINNED_TABLE};
+
+    /// The `CREATE TABLE` statement of `table` in the schema, up to its `;`.
+    fn create_table(table: &str) -> &'static str {
+        let start = SCHEMA
+            .find(&format!("CREATE TABLE IF NOT EXISTS {table} ("))
+            .expect("the table is in the schema");
+        &SCHEMA[start..start + SCHEMA[start..].find(';').unwrap()]
+    }
 
     #[test]
     fn the_schema_pins_the_pinned_table_to_its_region() {
-        let start = SCHEMA
-            .find(&format!("CREATE TABLE IF NOT EXISTS {PINNED_TABLE} ("))
-            .expect("the pinned table is in the schema");
-        let stmt = &SCHEMA[start..start + SCHEMA[start..].find(';').unwrap()];
+        let stmt = create_table(PINNED_TABLE);
         assert!(
             stmt.contains(&format!("-- litemesh: regions = {PINNED_REGION}\n")),
+            "{stmt}"
+        );
+    }
+
+    #[test]
+    fn the_schema_declares_the_counter_column() {
+        let stmt = create_table(COUNTER_TABLE);
+        assert!(
+            stmt.contains(&format!(
+                "    {COUNTER_COLUMN} INTEGER NOT NULL DEFAULT 0\n"
+            )),
+            "{stmt}"
+        );
+        assert!(
+            stmt.contains(&format!("-- litemesh: counter = {COUNTER_COLUMN}\n")),
             "{stmt}"
         );
     }

@@ -35,6 +35,15 @@ pub const PINNED_TABLE: &str = "pinned_eu";
 /// `n1` and `n4`; one node with three).
 pub const PINNED_REGION: &str = "eu";
 
+/// The table of the chaos schema whose column [`COUNTER_COLUMN`] is a
+/// counter (`-- litemesh: counter = n` in its `CREATE TABLE`): its value is
+/// its default (0) plus the sum of every node's increments, concurrent ones
+/// included.
+pub const COUNTER_TABLE: &str = "counters";
+
+/// The counter column of [`COUNTER_TABLE`].
+pub const COUNTER_COLUMN: &str = "n";
+
 /// A pinned table and the regions it may be held in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pinned {
@@ -160,6 +169,31 @@ pub enum Stmt {
         /// A text value (else a blob).
         text: bool,
     },
+    /// An increment of counter `id` ([`COUNTER_TABLE`]) by `delta`, which
+    /// is never 0: an upsert (`INSERT INTO counters(id, n) VALUES (id,
+    /// delta) ON CONFLICT(id) DO UPDATE SET n = n + excluded.n`, which adds
+    /// `delta` whether it inserts the row or updates it), or an update
+    /// (`UPDATE counters SET n = n + delta`, or `n - |delta|` for a negative
+    /// one), which adds `delta` to a row the node holds and changes nothing
+    /// on a node without the row. Rows of counters are never deleted.
+    AddCounter {
+        /// Counter id, from a small shared set.
+        id: String,
+        /// What it adds (negative: subtracts).
+        delta: i64,
+        /// An upsert (else an update).
+        upsert: bool,
+    },
+}
+
+impl Stmt {
+    /// The counter increment of this statement: `(id, delta, upsert)`.
+    pub fn counter(&self) -> Option<(&str, i64, bool)> {
+        match self {
+            Stmt::AddCounter { id, delta, upsert } => Some((id.as_str(), *delta, *upsert)),
+            _ => None,
+        }
+    }
 }
 
 /// A request and, when it succeeded, what the answer said.
@@ -304,6 +338,10 @@ pub struct FinalState {
     /// Every row of `large`: `id →` what its value is.
     #[serde(default)]
     pub large: BTreeMap<String, LargeFinal>,
+    /// Every counter of [`COUNTER_TABLE`]: `id → n` (`None`: a value that
+    /// is not an integer).
+    #[serde(default)]
+    pub counters: BTreeMap<String, Option<i64>>,
     /// Every row of the pinned table, `id → txn`, read through the API on
     /// nodes of its regions (elsewhere the API refuses it: what the node's
     /// file holds is in `file`).

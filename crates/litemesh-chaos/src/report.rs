@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::check::{CheckResult, PlacementMetrics};
+use crate::check::{CheckResult, CounterMetrics, PlacementMetrics};
 use crate::history::{History, node_name};
 use crate::run::RunConfig;
 
@@ -84,6 +84,40 @@ pub fn placement_line(p: &PlacementMetrics) -> String {
         p.probes_unknown,
         p.probes_other,
         p.rows_refused_max,
+    )
+}
+
+/// The counters' result in one line, e.g. `counters: 8 counters, 5120
+/// increments acknowledged (sum 14032; n1 1040, n2 1003, …), 212 of unknown
+/// outcome, 0 refused; final values identical on 5 nodes and within the
+/// acknowledged sum for 8 of 8 counters …`.
+pub fn counters_line(c: &CounterMetrics) -> String {
+    let by_node = c
+        .acked_by_node
+        .iter()
+        .enumerate()
+        .map(|(n, k)| format!("{} {k}", node_name(n)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unchanged = match c.acked_unchanged {
+        0 => String::new(),
+        k => format!("; {k} of them updates that changed nothing"),
+    };
+    let resolved = match c.resolved {
+        0 => String::new(),
+        k => format!(" ({k} of them settled by their transaction's event rows)"),
+    };
+    let agree = if c.identical {
+        format!("final values identical on {} nodes", c.nodes)
+    } else {
+        format!("final values NOT identical on the {} nodes", c.nodes)
+    };
+    format!(
+        "counters: {} counters, {} increments acknowledged (sum {}; {by_node}{unchanged}), {} of \
+         unknown outcome{resolved}, {} refused; {agree} and within the acknowledged sum for {} of \
+         {} counters (each the sum of the increments known applied plus that of some of those \
+         of unknown outcome; {} exactly the known sum)",
+        c.counters, c.acked, c.acked_sum, c.unknown, c.failed, c.possible, c.counters, c.exact,
     )
 }
 
@@ -237,6 +271,9 @@ pub fn summary(h: &History, r: &CheckResult, cfg: Option<&RunConfig>) -> String 
     }
     if let Some(p) = &m.placement {
         let _ = writeln!(s, "\n{}", placement_line(p));
+    }
+    if let Some(c) = &m.counters {
+        let _ = writeln!(s, "\n{}", counters_line(c));
     }
     let ends: Vec<_> = h.finals.iter().filter_map(|f| f.end.as_ref()).collect();
     if !ends.is_empty() {

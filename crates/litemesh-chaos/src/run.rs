@@ -461,6 +461,10 @@ impl Runner {
         for r in read("SELECT k, v FROM registers")? {
             st.registers.insert(text(&r, 0), text(&r, 1));
         }
+        for r in read("SELECT id, n FROM counters")? {
+            st.counters
+                .insert(text(&r, 0), r.get(1).and_then(Value::as_i64));
+        }
         // The pinned table, where the node may hold it (elsewhere the API
         // refuses; its file is read once the agent has stopped).
         let pinned = Pinned::chaos();

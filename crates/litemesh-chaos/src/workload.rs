@@ -6,7 +6,9 @@
 //! sandbox must refuse. Clients beside a node of the pinned table's region
 //! write rows of it (some in the same transaction as event rows); clients
 //! beside a node outside it now and then try to read or write it, which
-//! must be refused (403). Every request and answer is recorded as an [`Op`].
+//! must be refused (403). Clients on every node add to a few shared counters
+//! (a column declared `-- litemesh: counter = n`), whatever the faults.
+//! Every request and answer is recorded as an [`Op`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -35,6 +37,19 @@ const PLACEMENT_PROBE_P: f64 = 0.008;
 /// Number of shared register keys: few, so that nodes write the same cells
 /// concurrently.
 pub const REGISTER_KEYS: usize = 8;
+
+/// Number of shared counters (rows of [`crate::history::COUNTER_TABLE`]):
+/// few, so that every node adds to each of them, concurrently and across
+/// every fault.
+pub const COUNTERS: usize = 8;
+
+/// Probability that a client's request is a counter increment.
+const COUNTER_P: f64 = 0.12;
+
+/// The id of counter `i` (`c0`, …, `c7`).
+pub fn counter_id(i: usize) -> String {
+    format!("c{i}")
+}
 
 /// What every client shares.
 pub struct Shared {
@@ -98,6 +113,10 @@ pub struct Client {
     pinned_home: bool,
     /// Attempts on the pinned table so far (its node outside the region).
     probes: u64,
+    /// Per counter: its node holds its row (an upsert of it was
+    /// acknowledged there; rows of counters are never deleted), so an
+    /// update of it changes it.
+    counter_held: [bool; COUNTERS],
     ops: Vec<Op>,
 }
 
@@ -116,6 +135,7 @@ impl Client {
             recent: VecDeque::new(),
             pinned_home: region_of(home) == PINNED_REGION,
             probes: 0,
+            counter_held: [false; COUNTERS],
             ops: Vec::new(),
         }
     }
@@ -196,6 +216,9 @@ impl Client {
         if !self.pinned_home && self.rng.random_bool(PLACEMENT_PROBE_P) {
             return self.placement_probe();
         }
+        if self.rng.random_bool(COUNTER_P) {
+            return self.add_counter();
+        }
         let roll = self.rng.random_range(0..100);
         match roll {
             // Now and then a transaction larger than a sync batch (256 KiB):
@@ -268,12 +291,17 @@ impl Client {
         )
     }
 
-    fn write(&mut self, stmts: Vec<Stmt>) {
+    /// Sends `stmts` to its node as one transaction and records it; true if
+    /// it was acknowledged.
+    fn write(&mut self, stmts: Vec<Stmt>) -> bool {
         let invoke = self.shared.now();
         let (outcome, token, version) = post_write(&self.api[self.home], &stmts, self.id);
+        let acked = outcome == Outcome::Ok;
         // A transaction that changed nothing (a delete of a missing row) has
-        // no version to name: nothing to read back with its token.
-        let ok = outcome == Outcome::Ok && version.is_some();
+        // no version to name: nothing to read back with its token. Nor has a
+        // lone counter increment anything a token read looks for.
+        let lone_counter = matches!(stmts.as_slice(), [Stmt::AddCounter { .. }]);
+        let ok = acked && version.is_some() && !lone_counter;
         let id = self.record(
             self.home,
             invoke,
@@ -289,6 +317,35 @@ impl Client {
             if self.recent.len() > 16 {
                 self.recent.pop_front();
             }
+        }
+        acked
+    }
+
+    /// Adds to one of the shared counters on its node: mostly (70%) an
+    /// upsert of 1–5, which creates the row if the node lacks it, alone or
+    /// (15% of them) in one transaction with an event row; otherwise an
+    /// update adding 1–5 (20%) or subtracting 1–3 (10%), sent only once its
+    /// node is known to hold the row (else an upsert instead), so that an
+    /// update seldom changes nothing. Deltas are small and never 0, so that
+    /// the checker can tell exactly which sums the increments of unknown
+    /// outcome allow.
+    fn add_counter(&mut self) {
+        let i = self.rng.random_range(0..COUNTERS);
+        let id = counter_id(i);
+        let held = self.counter_held[i];
+        let (delta, upsert) = match self.rng.random_range(0..100) {
+            0..20 if held => (self.rng.random_range(1..=5), false),
+            20..30 if held => (-self.rng.random_range(1..=3), false),
+            _ => (self.rng.random_range(1..=5), true),
+        };
+        let mut stmts = if upsert && self.rng.random_bool(0.15) {
+            self.events(1, 0)
+        } else {
+            Vec::new()
+        };
+        stmts.push(Stmt::AddCounter { id, delta, upsert });
+        if self.write(stmts) && upsert {
+            self.counter_held[i] = true;
         }
     }
 
@@ -583,6 +640,26 @@ pub fn statement(s: &Stmt, client: u32) -> Statement {
         .bind(txn.as_str())
         .bind(client),
         Stmt::Invalid => Statement::new("INSERT INTO no_such_table VALUES (1)"),
+        Stmt::AddCounter {
+            id,
+            delta,
+            upsert: true,
+        } => Statement::new(
+            "INSERT INTO counters(id, n) VALUES (?, ?) \
+             ON CONFLICT(id) DO UPDATE SET n = n + excluded.n",
+        )
+        .bind(id.as_str())
+        .bind(*delta),
+        Stmt::AddCounter { id, delta, .. } => {
+            let (op, by) = if *delta < 0 {
+                ("-", -*delta)
+            } else {
+                ("+", *delta)
+            };
+            Statement::new(format!("UPDATE counters SET n = n {op} ? WHERE id = ?"))
+                .bind(by)
+                .bind(id.as_str())
+        }
         Stmt::InsertLarge {
             id,
             len,
@@ -1074,5 +1151,35 @@ impl HostileClient {
         a.request =
             Request::Transaction(a.sql.iter().map(|s| Statement::new(s.as_str())).collect());
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(delta: i64, upsert: bool) -> Statement {
+        let s = Stmt::AddCounter {
+            id: counter_id(3),
+            delta,
+            upsert,
+        };
+        statement(&s, 0)
+    }
+
+    #[test]
+    fn counter_increments_add_their_delta_in_every_form() {
+        let upsert = add(4, true);
+        assert_eq!(
+            upsert.sql,
+            "INSERT INTO counters(id, n) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET n = n + excluded.n"
+        );
+        assert_eq!(upsert.params, vec![Value::from("c3"), Value::Integer(4)]);
+        let plus = add(2, false);
+        assert_eq!(plus.sql, "UPDATE counters SET n = n + ? WHERE id = ?");
+        assert_eq!(plus.params, vec![Value::Integer(2), Value::from("c3")]);
+        let minus = add(-3, false);
+        assert_eq!(minus.sql, "UPDATE counters SET n = n - ? WHERE id = ?");
+        assert_eq!(minus.params, vec![Value::Integer(3), Value::from("c3")]);
     }
 }
