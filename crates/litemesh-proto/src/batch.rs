@@ -95,6 +95,16 @@ pub struct CellChange {
     /// in batches of earlier releases).
     #[serde(default, skip_serializing_if = "CellKind::is_plain")]
     pub kind: CellKind,
+    /// For a [`CellKind::Counter`] cell: the counter's base (its column's
+    /// DEFAULT) where it was written, so that a node whose schema declares
+    /// another refuses the change instead of summing from a different
+    /// start. (A trailing field, absent when 0.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// One row write: the row's causal length and the cells this write still owns.

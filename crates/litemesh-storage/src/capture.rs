@@ -49,9 +49,6 @@ pub(crate) struct CaptureState {
     /// as a typed error for [`Store::transaction`](crate::Store::transaction)
     /// to return instead of SQLite's text.
     pub refusal: Mutex<Option<crate::StorageError>>,
-    /// Register columns the last row write did not move, with the value
-    /// they keep: the trigger writes them back (`__lm_fix`).
-    pub fixes: Mutex<crate::commute::Fixes>,
 }
 
 impl CaptureState {
@@ -67,11 +64,6 @@ impl CaptureState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        self.set_fixes(Vec::new());
-    }
-
-    fn set_fixes(&self, fixes: crate::commute::Fixes) {
-        *self.fixes.lock().unwrap_or_else(|e| e.into_inner()) = fixes;
     }
 
     /// Takes the typed reason of the last refused row write, if any.
@@ -80,6 +72,16 @@ impl CaptureState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// `e`, or the typed refusal it carries: the reason the capture
+    /// recorded, when `e` is that refusal's error (not an earlier one the
+    /// caller caught and went on from).
+    pub fn typed(&self, e: crate::StorageError) -> crate::StorageError {
+        match self.take_refusal() {
+            Some(r) if e.to_string().contains(&r.to_string()) => r,
+            _ => e,
+        }
     }
 
     /// Takes the buffered log entries.
@@ -260,22 +262,21 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         }
         let entry = entry_arg(ctx, 1)?;
         let npk: usize = ctx.get::<i64>(5)?.try_into().unwrap_or(0);
-        update_clock(ctx, &s, 4, 6, npk, |clock, col, _| {
+        update_clock(ctx, &s, 4, 6, npk, |clock, col, _, _| {
             clock.bump(col, entry);
             Ok(())
         })
         .map_err(|e| match e {
             UpdateError::Sql(e) => e,
-            UpdateError::Counter(_) => user_err("__lm_clk_update: unexpected counter"),
+            UpdateError::Refused(_) => user_err("__lm_clk_update: unexpected refusal"),
         })
     })?;
 
     // __lm_clk_insert_k(old_clock, actor, version, seq, ncols, floor, table,
-    // kinds, names, new_0, …): `__lm_clk_insert` for a table with
+    // kinds, names, now_0, …): `__lm_clk_insert` for a table with
     // commutative columns (see commute.rs): `kinds` names each non-key
-    // column's kind, `names` their names (for errors), then the inserted
-    // values. Registers a write replacing a live row did not move are
-    // recorded for `__lm_fix`.
+    // column's kind, `names` their names (for errors), then each column's
+    // value as the row now holds it (NULL for plain columns: unused).
     let s = state.clone();
     conn.create_scalar_function("__lm_clk_insert_k", -1, flags, move |ctx| {
         if ctx.len() < 9 {
@@ -285,20 +286,17 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
         let entry = entry_arg(ctx, 1)?;
         let floor: Option<i64> = ctx.get(5)?;
         let kinds = kinds_arg(ctx, 7, ctx.len() - 9)?;
-        let news: Vec<ValueRef<'_>> = (9..ctx.len()).map(|i| ctx.get_raw(i)).collect();
-        let mut fixes = Vec::new();
-        match crate::commute::local_insert(old.as_ref(), entry, &kinds, &news, floor, &mut fixes) {
-            Ok(clock) => {
-                s.set_fixes(fixes);
-                Ok(clock.encode())
-            }
-            Err(col) => Err(refuse(&s, counter_refusal(ctx, 6, 8, col, news[col])?)),
+        let now: Vec<ValueRef<'_>> = (9..ctx.len()).map(|i| ctx.get_raw(i)).collect();
+        match crate::commute::local_insert(old.as_ref(), entry, &kinds, &now, floor) {
+            Ok(clock) => Ok(clock.encode()),
+            Err(r) => Err(refuse(&s, refusal(ctx, 6, 8, r)?)),
         }
     })?;
 
     // __lm_clk_update_k(clock, actor, version, seq, table_name, kinds, names,
-    // npk, pk..., new_0, old_0, ...): `__lm_clk_update` for a table with
-    // commutative columns.
+    // npk, pk..., now_0, old_0, ...): `__lm_clk_update` for a table with
+    // commutative columns; `now_i` is the column's value as the row now
+    // holds it (read from the table for commutative columns).
     let s = state.clone();
     conn.create_scalar_function("__lm_clk_update_k", -1, flags, move |ctx| {
         if ctx.len() < 8 {
@@ -310,40 +308,15 @@ pub(crate) fn attach_state(conn: &mut Connection) -> rusqlite::Result<Arc<Captur
             return Err(user_err("__lm_clk_update_k: bad arguments"));
         }
         let kinds = kinds_arg(ctx, 5, (ctx.len() - first) / 2)?;
-        let mut fixes = Vec::new();
         let entry = entry_arg(ctx, 1)?;
-        let clock = update_clock(ctx, &s, 4, 8, npk, |clock, col, new| {
-            crate::commute::local_update(clock, kinds[col as usize], col, new, entry, &mut fixes)
-                .map_err(|()| col as usize)
+        let clock = update_clock(ctx, &s, 4, 8, npk, |clock, col, now, before| {
+            crate::commute::local_update(clock, kinds[col as usize], col, now, before, entry)
         });
         match clock {
-            Ok(c) => {
-                s.set_fixes(fixes);
-                Ok(c)
-            }
+            Ok(c) => Ok(c),
             Err(UpdateError::Sql(e)) => Err(e),
-            Err(UpdateError::Counter(col)) => {
-                let new = ctx.get_raw(first + 2 * col);
-                Err(refuse(&s, counter_refusal(ctx, 4, 6, col, new)?))
-            }
+            Err(UpdateError::Refused(r)) => Err(refuse(&s, refusal(ctx, 4, 6, r)?)),
         }
-    })?;
-
-    // __lm_fixing(): whether the last row write left register columns to
-    // write back; __lm_fix(col, current): the value column `col` keeps
-    // (its current value when it has none to write back).
-    let s = state.clone();
-    conn.create_scalar_function("__lm_fixing", 0, flags, move |_| {
-        Ok(!s.fixes.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
-    })?;
-    let s = state.clone();
-    conn.create_scalar_function("__lm_fix", 2, flags, move |ctx| {
-        let col: i64 = ctx.get(0)?;
-        let fixes = s.fixes.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(match fixes.iter().find(|(c, _)| i64::from(*c) == col) {
-            Some((_, v)) => v.clone(),
-            None => Value::from_ref(ctx.get_raw(1)),
-        })
     })?;
 
     // __lm_clk_delete(clock, actor, version, seq): the clock after a local delete.
@@ -433,8 +406,8 @@ fn refuse(state: &CaptureState, e: crate::StorageError) -> SqlError {
 /// Why [`update_clock`] failed.
 enum UpdateError {
     Sql(SqlError),
-    /// A counter column (by index) written with a non-integer.
-    Counter(usize),
+    /// A write of a commutative column refused.
+    Refused(crate::commute::Refusal),
 }
 
 impl From<SqlError> for UpdateError {
@@ -447,14 +420,19 @@ impl From<SqlError> for UpdateError {
 /// table's name argument `name_at`, the key `npk` values from `pk_at`, then
 /// pairs of (new, old) values by column. Checks every changed cell (valid
 /// UTF-8; with the key, within [`MAX_ROW_WRITE_BYTES`]) and records it with
-/// `write(clock, column, new)`.
+/// `write(clock, column, new, old)`.
 fn update_clock(
     ctx: &rusqlite::functions::Context<'_>,
     s: &CaptureState,
     name_at: usize,
     pk_at: usize,
     npk: usize,
-    mut write: impl FnMut(&mut RowClock, u32, ValueRef<'_>) -> Result<(), usize>,
+    mut write: impl FnMut(
+        &mut RowClock,
+        u32,
+        ValueRef<'_>,
+        ValueRef<'_>,
+    ) -> Result<(), crate::commute::Refusal>,
 ) -> Result<Vec<u8>, UpdateError> {
     let mut clock = clock_arg(ctx, 0)?.ok_or_else(|| user_err("missing row clock"))?;
     let first = pk_at + npk;
@@ -465,8 +443,8 @@ fn update_clock(
     let mut col = 0u32;
     let mut i = first;
     while i + 1 < ctx.len() {
-        let new = ctx.get_raw(i);
-        if !same(new, ctx.get_raw(i + 1)) {
+        let (new, old) = (ctx.get_raw(i), ctx.get_raw(i + 1));
+        if !same(new, old) {
             if let ValueRef::Text(t) = new
                 && std::str::from_utf8(t).is_err()
             {
@@ -474,7 +452,7 @@ fn update_clock(
                 return Err(refuse(s, crate::StorageError::InvalidText { table }).into());
             }
             size += value_size(new);
-            write(&mut clock, col, new).map_err(UpdateError::Counter)?;
+            write(&mut clock, col, new, old).map_err(UpdateError::Refused)?;
         }
         col += 1;
         i += 2;
@@ -506,29 +484,49 @@ fn kinds_arg(
         .ok_or_else(|| user_err("column kinds do not match the values"))
 }
 
-/// The refusal of a counter written with something other than an integer:
-/// the table's name is argument `table_at`, the columns' names (joined by
-/// U+001F) argument `names_at`.
-fn counter_refusal(
+/// The typed error of a refused write of a commutative column: the table's
+/// name is argument `table_at`, the columns' names (joined by U+001F)
+/// argument `names_at`.
+fn refusal(
     ctx: &rusqlite::functions::Context<'_>,
     table_at: usize,
     names_at: usize,
-    col: usize,
-    value: ValueRef<'_>,
+    r: crate::commute::Refusal,
 ) -> rusqlite::Result<crate::StorageError> {
+    use crate::commute::Refusal;
     let table: String = ctx.get(table_at)?;
     let names: String = ctx.get(names_at)?;
-    let column = names.split('\u{1f}').nth(col).unwrap_or("?").to_string();
-    let value = match value {
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => format!("{f} (a REAL)"),
-        ValueRef::Text(_) => "a TEXT value".to_string(),
-        ValueRef::Blob(_) => "a BLOB".to_string(),
-    };
-    Ok(crate::StorageError::NotACount {
-        table,
-        column,
-        value,
+    let name = |col: usize| names.split('\u{1f}').nth(col).unwrap_or("?").to_string();
+    Ok(match r {
+        Refusal::NotACount { col, value } => crate::StorageError::NotACount {
+            table,
+            column: name(col),
+            value: match value {
+                Value::Real(_) => format!(
+                    "{} (a REAL; a sum beyond the 64-bit range becomes one)",
+                    describe(&value)
+                ),
+                Value::Text(_) => format!("{} (TEXT)", describe(&value)),
+                _ => describe(&value),
+            },
+        },
+        Refusal::Backwards { col, from, to } => crate::StorageError::RegisterBackwards {
+            table,
+            column: name(col),
+            from: describe(&from),
+            to: describe(&to),
+        },
     })
+}
+
+/// A value as an error message shows it.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => format!("{f:?}"),
+        Value::Text(t) if t.len() <= 40 => format!("{t:?}"),
+        Value::Text(t) => format!("{:?}…", t.chars().take(40).collect::<String>()),
+        Value::Blob(b) => format!("a blob of {} bytes", b.len()),
+    }
 }

@@ -26,7 +26,7 @@
 //! - A **max** (**min**) register keeps the largest (smallest) value written
 //!   in this life, by SQLite's order of values (NULL < numbers < text < blobs,
 //!   text compared bytewise); NULL means "no value" and never wins. A local
-//!   write of a value that does not move it leaves it unchanged.
+//!   write that would move it back is refused (write `max(col, ?)`).
 //!
 //! A delete and a re-insert start a new life, as for every cell.
 
@@ -135,7 +135,8 @@ fn cmp_int_real(i: i64, f: f64) -> Ordering {
 pub(crate) fn sql_cmp(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
     match (a, b) {
         (ValueRef::Integer(x), ValueRef::Integer(y)) => x.cmp(&y),
-        (ValueRef::Real(x), ValueRef::Real(y)) => x.total_cmp(&y),
+        // -0.0 and 0.0 are equal, as for SQLite (and as each is to 0).
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
         (ValueRef::Integer(x), ValueRef::Real(y)) => cmp_int_real(x, y),
         (ValueRef::Real(x), ValueRef::Integer(y)) => cmp_int_real(y, x).reverse(),
         (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x.cmp(y),
@@ -181,34 +182,54 @@ fn integer(v: ValueRef<'_>) -> Option<i64> {
     }
 }
 
-/// Values to write back after a local write: register columns the write
-/// did not move, with the value they keep.
-pub(crate) type Fixes = Vec<(u32, Value)>;
+/// Why a local write of a commutative column is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// A counter (by column index) written with something other than an
+    /// integer.
+    NotACount { col: usize, value: Value },
+    /// A register (by column index) written with a value that would move
+    /// it the wrong way: `from` is its value, `to` the value written.
+    Backwards { col: usize, from: Value, to: Value },
+}
 
-/// A local write of register `col` with `new` (the clock says whether it
-/// moves it); records the value to keep when it does not.
+fn not_a_count(col: usize, value: ValueRef<'_>) -> Refusal {
+    Refusal::NotACount {
+        col,
+        value: Value::from_ref(value),
+    }
+}
+
+/// A local write of register `col` with `new`, the value the row now
+/// holds; `cur` is the value it held (the row's value before the write when
+/// the register has no clock in this life: its column's default). A value
+/// that ranks lower is refused; one that ranks the same or higher is
+/// written (equal ranks with other bytes, `1` and `1.0`, are decided by the
+/// cell clock on merge, as a plain cell).
 fn write_register(
     clock: &mut RowClock,
     kind: ColKind,
     col: u32,
     new: ValueRef<'_>,
+    before: ValueRef<'_>,
     entry: EntryRef,
-    fixes: &mut Fixes,
-) {
-    let cur = clock
+) -> Result<(), Refusal> {
+    let held = clock
         .cell(col)
         .map(|_| clock.reg(col).cloned().unwrap_or(Value::Null));
-    match cur {
-        Some(cur) if register_rank(kind, new, cur.as_ref()) != Ordering::Greater => {
-            if !same(new, cur.as_ref()) {
-                fixes.push((col, cur));
-            }
-        }
-        _ => {
-            clock.bump(col, entry);
-            clock.set_reg(col, Value::from_ref(new));
-        }
+    let cur = held.clone().unwrap_or_else(|| Value::from_ref(before));
+    if register_rank(kind, new, cur.as_ref()) == Ordering::Less {
+        return Err(Refusal::Backwards {
+            col: col as usize,
+            from: cur,
+            to: Value::from_ref(new),
+        });
     }
+    if held.is_none() || !same(new, cur.as_ref()) {
+        clock.bump(col, entry);
+        clock.set_reg(col, Value::from_ref(new));
+    }
+    Ok(())
 }
 
 /// Whether two values are the same by type and bytes.
@@ -220,35 +241,40 @@ fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
 }
 
 /// The clock after a local insert by `entry` into a table with commutative
-/// columns (`news`: the inserted non-key values, by column index). Over a
-/// live row (`INSERT OR REPLACE`, a key moved onto a live one) every column
-/// is written as by an update: a counter moves by the difference, a
-/// register only in its direction; otherwise the row starts a life whose
-/// counters hold the inserted value minus their base as this actor's
-/// contribution. `Err(column)`: a counter written with a non-integer.
+/// columns. `now`: each non-key column's value as the row holds it once the
+/// insert is done (read from the table, so that a trigger of the
+/// application that changed the row first is counted too; plain columns'
+/// are not used). Over a live row (`INSERT OR REPLACE`, a key moved onto a
+/// live one) every column is written as by an update: a counter moves by
+/// the difference, a register may not move back; otherwise the row starts
+/// a life whose counters hold the inserted value minus their base as this
+/// actor's contribution.
 pub(crate) fn local_insert(
     old: Option<&RowClock>,
     entry: EntryRef,
     kinds: &[ColKind],
-    news: &[ValueRef<'_>],
+    now: &[ValueRef<'_>],
     floor: Option<i64>,
-    fixes: &mut Fixes,
-) -> Result<RowClock, usize> {
+) -> Result<RowClock, Refusal> {
     let ncols = kinds.len() as u32;
     if let Some(p) = old.filter(|p| p.cl % 2 == 1) {
         let mut c = p.clone();
-        for (i, (&k, &new)) in kinds.iter().zip(news).enumerate() {
+        for (i, (&k, &new)) in kinds.iter().zip(now).enumerate() {
             let col = i as u32;
             match k {
                 ColKind::Plain => c.bump(col, entry),
                 ColKind::Counter { base } => {
-                    let new = integer(new).ok_or(i)?;
+                    let new = integer(new).ok_or_else(|| not_a_count(i, new))?;
                     let delta = new.wrapping_sub(base.wrapping_add(c.slot_sum(col)));
                     if delta != 0 {
                         contribute(&mut c, col, entry, delta);
                     }
                 }
-                ColKind::Max | ColKind::Min => write_register(&mut c, k, col, new, entry, fixes),
+                // No value before the replace to fall back on: a register
+                // without a clock takes the new value.
+                ColKind::Max | ColKind::Min => {
+                    write_register(&mut c, k, col, new, new, entry)?;
+                }
             }
         }
         return Ok(c);
@@ -257,12 +283,14 @@ pub(crate) fn local_insert(
     if let Some(f) = floor {
         c = c.above_floor(f.max(0) as u64);
     }
-    for (i, (&k, &new)) in kinds.iter().zip(news).enumerate() {
+    for (i, (&k, &new)) in kinds.iter().zip(now).enumerate() {
         let col = i as u32;
         match k {
             ColKind::Plain => {}
             ColKind::Counter { base } => {
-                let delta = integer(new).ok_or(i)?.wrapping_sub(base);
+                let delta = integer(new)
+                    .ok_or_else(|| not_a_count(i, new))?
+                    .wrapping_sub(base);
                 if delta != 0 {
                     contribute(&mut c, col, entry, delta);
                 }
@@ -273,27 +301,28 @@ pub(crate) fn local_insert(
     Ok(c)
 }
 
-/// Records a local update of column `col` from `old` to `new` (which differ)
-/// in a table with commutative columns. `Err(())`: a counter written with
-/// a non-integer.
+/// Records a local update of column `col` that changed it: `now` is its
+/// value as the row holds it after the update (read from the table, so
+/// that an application trigger that changed the row since is counted
+/// too), `before` its value before.
 pub(crate) fn local_update(
     clock: &mut RowClock,
     kind: ColKind,
     col: u32,
-    new: ValueRef<'_>,
+    now: ValueRef<'_>,
+    before: ValueRef<'_>,
     entry: EntryRef,
-    fixes: &mut Fixes,
-) -> Result<(), ()> {
+) -> Result<(), Refusal> {
     match kind {
         ColKind::Plain => clock.bump(col, entry),
         ColKind::Counter { base } => {
-            let new = integer(new).ok_or(())?;
-            let delta = new.wrapping_sub(base.wrapping_add(clock.slot_sum(col)));
+            let now = integer(now).ok_or_else(|| not_a_count(col as usize, now))?;
+            let delta = now.wrapping_sub(base.wrapping_add(clock.slot_sum(col)));
             if delta != 0 {
                 contribute(clock, col, entry, delta);
             }
         }
-        ColKind::Max | ColKind::Min => write_register(clock, kind, col, new, entry, fixes),
+        ColKind::Max | ColKind::Min => write_register(clock, kind, col, now, before, entry)?,
     }
     Ok(())
 }

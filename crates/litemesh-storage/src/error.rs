@@ -145,12 +145,29 @@ pub enum StorageError {
         value: String,
     },
 
+    /// A write that would move a max (min) register down (up).
+    #[error(
+        "column {column:?} of table {table:?} is a register that only moves one way: {to} would \
+         move it back from {from}; write max({column}, …) (or min, for a min register) to keep \
+         the larger (smaller) value"
+    )]
+    RegisterBackwards {
+        /// The table.
+        table: String,
+        /// The register column.
+        column: String,
+        /// Its value.
+        from: String,
+        /// The value written.
+        to: String,
+    },
+
     /// A remote change merges a column by another rule than this node's
     /// schema declares (the schemas of the two nodes differ).
     #[error(
         "a change from a peer writes column {column:?} of table {table:?} as a {remote} column, \
-         but this node's schema declares it {local}: the nodes' schemas differ; apply the same \
-         schema on every node"
+         but this node's schema declares it a {local} column: the nodes' schemas differ; apply \
+         the same schema on every node"
     )]
     KindMismatch {
         /// The table.
@@ -158,9 +175,9 @@ pub enum StorageError {
         /// The column.
         column: String,
         /// The kind this node's schema declares.
-        local: &'static str,
+        local: String,
         /// The kind the change carries.
-        remote: &'static str,
+        remote: String,
     },
 
     /// A client statement that cannot run as sent (e.g. the wrong number of
@@ -272,6 +289,7 @@ impl StorageError {
             | StorageError::NullKey { .. }
             | StorageError::InvalidText { .. }
             | StorageError::NotACount { .. }
+            | StorageError::RegisterBackwards { .. }
             | StorageError::KindMismatch { .. }
             | StorageError::UnknownTable(_) => true,
             _ => false,

@@ -625,7 +625,7 @@ fn live_row(
                         owned.push((i, c.cv));
                     }
                 }
-                ColKind::Counter { .. } => {
+                ColKind::Counter { base } => {
                     if let Some(s) = clock.slot(col, entry.actor)
                         && s.entry == entry
                     {
@@ -636,6 +636,7 @@ fn live_row(
                                 value: Value::Integer(s.value),
                                 cv: 1,
                                 kind: CellKind::Counter,
+                                base,
                             },
                         ));
                     }
@@ -651,6 +652,7 @@ fn live_row(
                                 value: clock.reg(col).cloned().unwrap_or(Value::Null),
                                 cv: c.cv,
                                 kind: k.cell_kind(),
+                                base: 0,
                             },
                         ));
                     }
@@ -676,6 +678,7 @@ fn live_row(
                     value: r.get::<_, Value>(i)?,
                     cv,
                     kind: CellKind::Plain,
+                    base: 0,
                 },
             ));
         }

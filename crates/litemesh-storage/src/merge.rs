@@ -25,7 +25,9 @@ use crate::store::{Store, add_have, has_version};
 use crate::value::encode_pk;
 use litemesh_proto::RangeSet;
 use litemesh_proto::Value;
-use litemesh_proto::{ActorId, CellChange, ChangeBatch, RowChange, SeqRange, VersionChanges};
+use litemesh_proto::{
+    ActorId, CellChange, CellKind, ChangeBatch, RowChange, SeqRange, VersionChanges,
+};
 use std::borrow::Cow;
 
 /// What [`Store::apply`] did.
@@ -871,13 +873,22 @@ impl Store {
                 Some(i) => {
                     // A cell merged by another rule than this node's schema
                     // says: the schemas differ, and no rule is right here.
-                    let local = t.kinds[i as usize].cell_kind();
-                    if local != c.kind {
+                    let kind = t.kinds[i as usize];
+                    let base = match kind {
+                        ColKind::Counter { base } => base,
+                        _ => 0,
+                    };
+                    if kind.cell_kind() != c.kind || base != c.base {
                         return Err(StorageError::KindMismatch {
                             table: t.name.clone(),
                             column: t.cols[i as usize].clone(),
-                            local: local.name(),
-                            remote: c.kind.name(),
+                            local: describe_kind(kind),
+                            remote: describe_kind(match c.kind {
+                                CellKind::Counter => ColKind::Counter { base: c.base },
+                                CellKind::Max => ColKind::Max,
+                                CellKind::Min => ColKind::Min,
+                                CellKind::Plain => ColKind::Plain,
+                            }),
                         });
                     }
                     known.push((i, c))
@@ -1119,6 +1130,14 @@ impl Store {
             tbl: t.id,
             pk: encode_pk(&pkref),
         }))
+    }
+}
+
+/// A column kind as a mismatch error names it.
+fn describe_kind(k: ColKind) -> String {
+    match k {
+        ColKind::Counter { base } => format!("counter (DEFAULT {base})"),
+        other => other.cell_kind().name().to_string(),
     }
 }
 

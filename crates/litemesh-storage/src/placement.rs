@@ -151,10 +151,18 @@ pub(crate) fn parse_directives(table: &str, sql: &str) -> Result<Directives> {
                 )));
             };
             let key = key.trim().to_ascii_lowercase();
-            let items: Vec<&str> = list
-                .split([',', ' ', '\t', '\n', '\r'])
-                .filter(|r| !r.is_empty())
-                .collect();
+            // Regions by commas or spaces; column names by commas (a
+            // quoted name may hold spaces).
+            let items: Vec<&str> = if key == "regions" {
+                list.split([',', ' ', '\t', '\n', '\r'])
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            } else {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .collect()
+            };
             if items.is_empty() {
                 return Err(bad(format!("`litemesh: {key} =` names nothing")));
             }
@@ -203,16 +211,22 @@ pub(crate) fn parse_directives(table: &str, sql: &str) -> Result<Directives> {
     Ok(found)
 }
 
-/// Whether a comment mentions `litemesh` followed by `region`, `counter`,
-/// `max` or `min`: a directive mistyped (a typo must not leave a table
-/// replicated everywhere, or a counter merged as a plain column).
+/// Whether a comment mentions `litemesh` followed by `region…`, or by
+/// `counter`, `max` or `min` and `=`: a directive mistyped (a typo must not
+/// leave a table replicated everywhere, or a counter merged as a plain
+/// column). Prose (`-- litemesh, minimal schema`) is not.
 fn mentions_directive(c: &str) -> bool {
     let l = c.to_ascii_lowercase();
     l.find("litemesh").is_some_and(|i| {
         let rest = l[i + 8..].trim_start_matches(|ch: char| !ch.is_ascii_alphanumeric());
-        ["region", "counter", "max", "min"]
-            .iter()
-            .any(|w| rest.starts_with(w))
+        let word: String = rest
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+            .collect();
+        let after = rest[word.len()..].trim_start();
+        rest.starts_with("region")
+            || (["counter", "counters", "max", "min"].contains(&word.as_str())
+                && (after.starts_with('=') || after.starts_with(':')))
     })
 }
 

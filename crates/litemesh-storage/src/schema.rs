@@ -1085,16 +1085,39 @@ fn declared_kinds(
     Ok(out)
 }
 
-/// An integer DEFAULT as `PRAGMA table_info` shows it (`0`, `-5`, `(+3)`).
+/// An integer DEFAULT as `PRAGMA table_info` shows it: a literal, decimal
+/// or hexadecimal, in parentheses and signed any number of times (`0`,
+/// `-5`, `(+3)`, `0x10`, `(-(5))`). Only a literal: a counter's base must
+/// be the same on every node, so `random()` and the like are not one.
 fn integer_literal(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let t = t
-        .strip_prefix('(')
-        .and_then(|x| x.strip_suffix(')'))
-        .unwrap_or(t)
-        .trim();
-    let t = t.strip_prefix('+').unwrap_or(t);
-    t.parse().ok()
+    let mut t = text.trim();
+    let mut negative = false;
+    loop {
+        if let Some(inner) = t.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
+            t = inner.trim();
+        } else if let Some(rest) = t.strip_prefix('-') {
+            negative = !negative;
+            t = rest.trim();
+        } else if let Some(rest) = t.strip_prefix('+') {
+            t = rest.trim();
+        } else {
+            break;
+        }
+    }
+    let magnitude: i128 = match t.get(..2) {
+        Some(p) if p.eq_ignore_ascii_case("0x") => {
+            // SQLite reads up to 16 hex digits as a 64-bit two's
+            // complement integer.
+            let digits = &t[2..];
+            if digits.is_empty() || digits.len() > 16 {
+                return None;
+            }
+            i128::from(u64::from_str_radix(digits, 16).ok()? as i64)
+        }
+        _ if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t.parse().ok()?,
+        _ => return None,
+    };
+    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
 }
 
 /// Key columns with no type affinity: untyped or BLOB (ANY in a STRICT
@@ -1201,9 +1224,9 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
     };
     // Tables with commutative columns (commute.rs) call the `_k` variants
     // of the clock functions, which take each column's kind (and name, for
-    // errors) and, on inserts, the inserted values; registers a write did
-    // not move are written back by `fix` (last in the trigger, so a
-    // recursive trigger it fires runs after this write's bookkeeping).
+    // errors) and its value as the row holds it now — read from the table,
+    // not NEW: a trigger of the application that fired first may have
+    // changed the row since, and a counter must count that too.
     let kinds = lit(&t
         .kinds
         .iter()
@@ -1211,11 +1234,31 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" "));
     let names = lit(&t.cols.join("\u{1f}"));
+    let now = |prefix: &str, c: &String, k: &ColKind| {
+        if *k == ColKind::Plain {
+            "NULL".to_string()
+        } else {
+            format!(
+                "(SELECT {} FROM {tq} WHERE {})",
+                q(c),
+                t.pk.iter()
+                    .map(|p| format!("{} = {prefix}{}", q(p), q(p)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            )
+        }
+    };
+    let now_new: String = t
+        .cols
+        .iter()
+        .zip(&t.kinds)
+        .map(|(c, k)| format!(", {}", now("NEW.", c, k)))
+        .collect();
     let insert_fn = |clock: &str| {
         if t.commutative {
             format!(
                 "__lm_clk_insert_k({clock}, {local}, __lm_version(), __lm_cur_seq(), {ncols}, {floor}, \
-                 {tname}, {kinds}, {names}{cells_new})"
+                 {tname}, {kinds}, {names}{now_new})"
             )
         } else {
             format!(
@@ -1230,24 +1273,6 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
             insert_fn("NULL"),
             insert_fn("__clk"),
         )
-    };
-    let registers: Vec<String> = t
-        .cols
-        .iter()
-        .zip(&t.kinds)
-        .enumerate()
-        .filter(|(_, (_, k))| k.is_register())
-        .map(|(i, (c, _))| format!("{0} = __lm_fix({i}, {0})", q(c)))
-        .collect();
-    let fix = |m: &str| {
-        if registers.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "UPDATE {tq} SET {} WHERE __lm_fixing() AND {m};\n",
-                registers.join(", ")
-            )
-        }
     };
     let delete_clock = |m: &str| {
         format!(
@@ -1288,17 +1313,34 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", trig(kind)));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}{}{}END;\n",
+        "CREATE TRIGGER {} AFTER INSERT ON {tq} WHEN __lm_local() BEGIN\n{}{}{}END;\n",
         trig("ins"),
         key_check("NEW."),
         log(&pk_new, true, &cells_new),
         insert_clock(&pk_new),
-        fix(&match_on("NEW.")),
     ));
     if ncols > 0 {
         // The changed cells are checked (UTF-8, size) by `__lm_clk_update`,
         // which compares each pair once; the key is unchanged.
         let cells = pairs(&t.cols);
+        // The (now, old) pairs the clock function compares: for commutative
+        // columns, the value the row holds now.
+        let compared = if t.commutative {
+            t.cols
+                .iter()
+                .zip(&t.kinds)
+                .map(|(c, k)| {
+                    if *k == ColKind::Plain {
+                        format!("NEW.{0}, OLD.{0}", q(c))
+                    } else {
+                        format!("{}, OLD.{}", now("NEW.", c, k), q(c))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            cells.clone()
+        };
         let update_fn = if t.commutative {
             format!(
                 "__lm_clk_update_k(__clk, {local}, __lm_version(), __lm_cur_seq(), {tname}, {kinds}, {names}"
@@ -1308,22 +1350,20 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableMeta) -> Result<()> {
         };
         sql.push_str(&format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND ({pk_same}) AND __lm_differ({cells}) BEGIN\n{log}\
-             UPDATE {clk} SET __clk = {update_fn}, {npk}, {pk_new}, {cells}) WHERE {m};\n{fix}END;\n",
+             UPDATE {clk} SET __clk = {update_fn}, {npk}, {pk_new}, {compared}) WHERE {m};\nEND;\n",
             trig("upd"),
             log = log(&pk_new, false, ""),
             m = match_on("NEW."),
-            fix = fix(&match_on("NEW.")),
         ));
     }
     sql.push_str(&format!(
-        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}{}{}END;\n",
+        "CREATE TRIGGER {} AFTER UPDATE ON {tq} WHEN __lm_local() AND NOT ({pk_same}) BEGIN\n{}{}{}{}{}END;\n",
         trig("updpk"),
         key_check("NEW."),
         log(&pk_old, false, ""),
         delete_clock(&match_on("OLD.")),
         log(&pk_new, true, &cells_new),
         insert_clock(&pk_new),
-        fix(&match_on("NEW.")),
     ));
     sql.push_str(&format!(
         "CREATE TRIGGER {} AFTER DELETE ON {tq} WHEN __lm_local() BEGIN\n{}{}END;\n",

@@ -525,7 +525,7 @@ impl Store {
             let value = match f(&tx) {
                 Ok(v) => v,
                 // A row write the capture refused: its typed reason.
-                Err(e) => return Err(self.state.take_refusal().unwrap_or(e)),
+                Err(e) => return Err(self.state.typed(e)),
             };
             // Write the buffered change-log entries in chunks, in this transaction.
             let entries = self.state.take_buffer();
@@ -660,7 +660,7 @@ impl Store {
                                 Ok((v, version))
                             }
                         }
-                        Err(e) => Err(self.state.take_refusal().unwrap_or(e)),
+                        Err(e) => Err(self.state.typed(e)),
                     }
                 };
                 match res {
@@ -932,6 +932,7 @@ fn own_error(e: &StorageError) -> bool {
             | StorageError::NullKey { .. }
             | StorageError::InvalidText { .. }
             | StorageError::NotACount { .. }
+            | StorageError::RegisterBackwards { .. }
             | StorageError::InvalidStatement(_)
     )
 }

@@ -307,31 +307,35 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Tx { node, writes } => {
-                let made = nodes[node]
-                    .transaction(|tx| {
-                        let mut made = Vec::new();
-                        for w in &writes {
-                            let key = format!("k{}", key_of(w));
-                            let (cl0, before) = (causal_length(tx, &key), seen(tx, &key));
-                            tx.execute_batch(&sql(w))?;
-                            let (cl1, after) = (causal_length(tx, &key), seen(tx, &key));
-                            let Some(after) = after else { continue };
-                            let (likes0, views0) = match &before {
-                                Some(b) if cl0 == cl1 => (b.likes, b.views),
-                                _ => (0, 100),
-                            };
-                            made.push((
-                                key_of(w),
-                                cl1,
-                                after.likes - likes0,
-                                after.views - views0,
-                                after,
-                            ));
-                        }
-                        Ok(made)
-                    })
-                    .unwrap()
-                    .value;
+                let done = nodes[node].transaction(|tx| {
+                    let mut made = Vec::new();
+                    for w in &writes {
+                        let key = format!("k{}", key_of(w));
+                        let (cl0, before) = (causal_length(tx, &key), seen(tx, &key));
+                        tx.execute_batch(&sql(w))?;
+                        let (cl1, after) = (causal_length(tx, &key), seen(tx, &key));
+                        let Some(after) = after else { continue };
+                        let (likes0, views0) = match &before {
+                            Some(b) if cl0 == cl1 => (b.likes, b.views),
+                            _ => (0, 100),
+                        };
+                        made.push((
+                            key_of(w),
+                            cl1,
+                            after.likes - likes0,
+                            after.views - views0,
+                            after,
+                        ));
+                    }
+                    Ok(made)
+                });
+                // A register written backwards refuses the transaction:
+                // nothing of it happened.
+                let made = match done {
+                    Ok(c) => c.value,
+                    Err(StorageError::RegisterBackwards { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                };
                 for (key, cl, dl, dv, after) in made {
                     let l = lives.entry((key, cl)).or_default();
                     l.likes += dl;
@@ -546,43 +550,152 @@ fn concurrent_inserts_of_one_key_add_up() {
 }
 
 #[test]
-fn a_register_write_that_does_not_move_it_changes_nothing() {
+fn a_register_write_that_would_move_it_back_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     a.execute_batch("INSERT INTO posts(id, hi, lo) VALUES ('p', 10, 10)")
         .unwrap();
-    a.execute_batch("UPDATE posts SET hi = 3, lo = 30, title = 't' WHERE id = 'p'")
-        .unwrap();
-    assert_eq!(get(&a, "p", "hi"), Value::Integer(10));
-    assert_eq!(get(&a, "p", "lo"), Value::Integer(10));
-    assert_eq!(get(&a, "p", "title"), Value::Text("t".into()));
-    // NULL is no value: it never replaces one.
-    a.execute_batch("UPDATE posts SET hi = NULL, lo = NULL WHERE id = 'p'")
-        .unwrap();
-    assert_eq!(get(&a, "p", "hi"), Value::Integer(10));
-    assert_eq!(get(&a, "p", "lo"), Value::Integer(10));
-    // Replacing the row keeps the registers where they are (the row's life
-    // goes on), and moves them when the new values do.
-    a.execute_batch("INSERT OR REPLACE INTO posts(id, hi, lo) VALUES ('p', 4, 4)")
-        .unwrap();
-    assert_eq!(get(&a, "p", "hi"), Value::Integer(10));
-    assert_eq!(get(&a, "p", "lo"), Value::Integer(4));
-    // A key moved onto a live row: its registers are compared too.
-    a.execute_batch(
+    let v = a.db_version().unwrap();
+    for sql in [
+        "UPDATE posts SET hi = 3, title = 't' WHERE id = 'p'",
+        "UPDATE posts SET lo = 30 WHERE id = 'p'",
+        // NULL is no value: it never replaces one.
+        "UPDATE posts SET hi = NULL WHERE id = 'p'",
+        // Replacing the row goes on with its life: registers too.
+        "INSERT OR REPLACE INTO posts(id, hi, lo) VALUES ('p', 4, 4)",
+        // A key moved onto a live row: its registers are compared too.
         "INSERT INTO posts(id, hi, lo) VALUES ('q', 20, 20); \
          UPDATE OR REPLACE posts SET id = 'p', hi = 1 WHERE id = 'q'",
+    ] {
+        let err = a.execute_batch(sql).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::RegisterBackwards { .. }),
+            "{sql}: {err}"
+        );
+        assert!(err.to_string().contains("would move it back"), "{err}");
+    }
+    assert_eq!(a.db_version().unwrap(), v, "nothing committed");
+    assert_eq!(get(&a, "p", "title"), Value::Null);
+    // The forms that keep the larger (smaller) value always pass.
+    a.execute_batch(
+        "UPDATE posts SET hi = max(hi, 3), lo = min(lo, 30), title = 't' WHERE id = 'p'",
     )
     .unwrap();
-    assert_eq!(get(&a, "p", "hi"), Value::Integer(10));
+    a.execute_batch("INSERT OR REPLACE INTO posts(id, hi, lo) VALUES ('p', 11, 4)")
+        .unwrap();
+    assert_eq!(get(&a, "p", "hi"), Value::Integer(11));
     assert_eq!(get(&a, "p", "lo"), Value::Integer(4));
-    // Everything a replica sees agrees.
     let mut b = open(&dir, "b");
     sync(&a, &mut b);
     assert_eq!(rows(&a), rows(&b));
 }
 
 #[test]
-fn recursive_triggers_do_not_change_the_outcome() {
+fn zeros_of_either_sign_and_type_rank_equal_and_converge() {
+    // -0.0, 0 and 0.0 are one rank; the cell clock decides, the same on
+    // every node whatever the order of arrival.
+    let dir = tempfile::tempdir().unwrap();
+    let mut n: Vec<Store> = (0..3).map(|i| open(&dir, &format!("z{i}"))).collect();
+    n[0].execute_batch("INSERT INTO posts(id) VALUES ('p')")
+        .unwrap();
+    for i in 1..3 {
+        let (f, t) = pair(&mut n, 0, i);
+        sync(f, t);
+    }
+    for (i, v) in ["-0.0", "0", "0.0"].iter().enumerate() {
+        n[i].execute_batch(&format!(
+            "UPDATE posts SET hi = {v}, lo = {v} WHERE id = 'p'"
+        ))
+        .unwrap();
+    }
+    for order in [[1, 2], [2, 0], [0, 1]] {
+        let to = 3 - order[0] - order[1];
+        for from in order {
+            let (f, t) = pair(&mut n, from, to);
+            sync(f, t);
+        }
+    }
+    for _ in 0..2 {
+        for from in 0..3 {
+            for to in 0..3 {
+                if from != to {
+                    let (f, t) = pair(&mut n, from, to);
+                    sync(f, t);
+                }
+            }
+        }
+    }
+    let typed = |s: &Store| -> String {
+        s.connection()
+            .query_row(
+                "SELECT typeof(hi) || quote(hi) || typeof(lo) || quote(lo) FROM posts",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(typed(&n[0]), typed(&n[1]));
+    assert_eq!(typed(&n[0]), typed(&n[2]));
+}
+
+#[test]
+fn application_triggers_that_change_a_counter_are_counted_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(&dir, "a");
+    let mut b = open(&dir, "b");
+    // Made after the capture triggers: SQLite fires them first.
+    a.connection()
+        .execute_batch(
+            "CREATE TRIGGER bonus AFTER INSERT ON posts BEGIN \
+               UPDATE posts SET likes = likes + 100, hi = 50 WHERE id = NEW.id; END; \
+             CREATE TRIGGER again AFTER UPDATE OF title ON posts BEGIN \
+               UPDATE posts SET likes = likes + 1000 WHERE id = NEW.id; END;",
+        )
+        .unwrap();
+    a.execute_batch("INSERT INTO posts(id, likes, hi) VALUES ('p', 1, 5)")
+        .unwrap();
+    assert_eq!(get(&a, "p", "likes"), Value::Integer(101));
+    a.execute_batch("UPDATE posts SET title = 't', likes = likes + 1 WHERE id = 'p'")
+        .unwrap();
+    assert_eq!(get(&a, "p", "likes"), Value::Integer(1102));
+    sync(&a, &mut b);
+    assert_eq!(rows(&a), rows(&b));
+    assert_eq!(get(&b, "p", "hi"), Value::Integer(50));
+}
+
+#[test]
+fn a_register_column_added_later_does_not_move_back_from_its_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    a.apply_schema("CREATE TABLE r (id TEXT PRIMARY KEY)")
+        .unwrap();
+    a.execute_batch("INSERT INTO r VALUES ('old')").unwrap();
+    let later =
+        "CREATE TABLE r (id TEXT PRIMARY KEY, hi INTEGER DEFAULT 100) -- litemesh: max = hi\n;";
+    a.apply_schema(later).unwrap();
+    let err = a.execute_batch("UPDATE r SET hi = 5").unwrap_err();
+    assert!(
+        matches!(err, StorageError::RegisterBackwards { .. }),
+        "{err}"
+    );
+    a.execute_batch("UPDATE r SET hi = 150").unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    b.apply_schema("CREATE TABLE r (id TEXT PRIMARY KEY)")
+        .unwrap();
+    b.apply_schema(later).unwrap();
+    sync(&a, &mut b);
+    let hi: i64 = b
+        .connection()
+        .query_row("SELECT hi FROM r", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(hi, 150);
+}
+
+#[test]
+fn with_recursive_triggers_a_replace_is_a_delete_and_an_insert_on_every_node() {
+    // SQLite runs INSERT OR REPLACE as a delete and an insert when
+    // recursive triggers are on: the row starts a new life, its counters
+    // and registers with it — on every node alike.
     let dir = tempfile::tempdir().unwrap();
     let mut a = open(&dir, "a");
     let mut b = open(&dir, "b");
@@ -591,13 +704,18 @@ fn recursive_triggers_do_not_change_the_outcome() {
         .unwrap();
     a.execute_batch("INSERT INTO posts(id, hi, lo, likes) VALUES ('p', 10, 10, 2)")
         .unwrap();
-    a.execute_batch("UPDATE posts SET hi = 3, lo = 30, likes = likes + 1 WHERE id = 'p'")
+    sync(&a, &mut b);
+    b.execute_batch("UPDATE posts SET likes = likes + 3 WHERE id = 'p'")
+        .unwrap();
+    a.execute_batch("UPDATE posts SET hi = 12, lo = 9, likes = likes + 1 WHERE id = 'p'")
         .unwrap();
     a.execute_batch("INSERT OR REPLACE INTO posts(id, hi, lo, likes) VALUES ('p', 1, 99, 5)")
         .unwrap();
     sync(&a, &mut b);
+    sync(&b, &mut a);
     assert_eq!(rows(&a), rows(&b));
-    assert_eq!(get(&b, "p", "likes"), Value::Integer(5));
+    assert_eq!(get(&b, "p", "likes"), Value::Integer(5), "a new life");
+    assert_eq!(get(&b, "p", "hi"), Value::Integer(1));
 }
 
 #[test]
@@ -693,6 +811,30 @@ fn the_schema_check_refuses_counters_that_could_not_converge() {
         let err = s.apply_schema(sql).unwrap_err().to_string();
         assert!(err.contains(why), "{sql}: {err}");
     }
+    // Prose that mentions litemesh is no directive; integer literals in
+    // any spelling are bases; a quoted column name may hold spaces.
+    let mut p = Store::open(dir.path().join("p.db")).unwrap();
+    p.apply_schema(
+        "CREATE TABLE prose (id TEXT PRIMARY KEY, \"my hits\" INTEGER DEFAULT (-(0x10)), \
+         z INTEGER DEFAULT 0) -- litemesh, minimal schema\n\
+         -- litemesh: counter = \"my hits\"\n;",
+    )
+    .unwrap();
+    p.execute_batch(
+        "INSERT INTO prose(id) VALUES ('a'); UPDATE prose SET \"my hits\" = \"my hits\" + 1",
+    )
+    .unwrap();
+    assert_eq!(
+        p.connection()
+            .query_row("SELECT \"my hits\" FROM prose", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        -15
+    );
+    let err = p
+        .apply_schema("CREATE TABLE rnd (id TEXT PRIMARY KEY, n INTEGER DEFAULT (random())) -- litemesh: counter = n\n;")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("integer DEFAULT"), "{err}");
     // STRICT tables, a negative base, a column added later.
     s.apply_schema(
         "CREATE TABLE t (id TEXT PRIMARY KEY, n INT NOT NULL DEFAULT -5) STRICT -- litemesh: counter = n",
@@ -752,6 +894,25 @@ fn a_node_whose_schema_merges_a_column_otherwise_quarantines_the_change() {
         "{report:?}"
     );
     assert_eq!(b.quarantined_count(), 2);
+}
+
+#[test]
+fn a_counter_whose_default_differs_between_nodes_is_quarantined_not_summed_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Store::open(dir.path().join("a.db")).unwrap();
+    let mut b = Store::open(dir.path().join("b.db")).unwrap();
+    a.apply_schema(
+        "CREATE TABLE c (id TEXT PRIMARY KEY, n INTEGER DEFAULT 0) -- litemesh: counter = n\n;",
+    )
+    .unwrap();
+    b.apply_schema(
+        "CREATE TABLE c (id TEXT PRIMARY KEY, n INTEGER DEFAULT 100) -- litemesh: counter = n\n;",
+    )
+    .unwrap();
+    a.execute_batch("INSERT INTO c VALUES ('p', 5)").unwrap();
+    let report = b.apply_all(&batches(&a, &b, 1 << 20)).unwrap();
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert!(report.quarantined[0].2.contains("DEFAULT 0"), "{report:?}");
 }
 
 #[test]

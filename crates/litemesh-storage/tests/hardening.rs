@@ -235,6 +235,7 @@ fn bad_batch(actor: ActorId, version: u64, key: &str) -> ChangeBatch {
                     value: Value::Text("not a number".into()),
                     cv: 1,
                     kind: Default::default(),
+                    base: 0,
                 }],
             }],
             withheld: vec![],

@@ -41,6 +41,7 @@ fn batch(actor: ActorId, version: u64, bytes: usize) -> ChangeBatch {
                     value: Value::Blob(vec![7; bytes]),
                     cv: 1,
                     kind: Default::default(),
+                    base: 0,
                 }],
             }],
             withheld: vec![],
